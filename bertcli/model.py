@@ -1,0 +1,280 @@
+"""BERT pretraining model logic: config presets, the masked-positions-only loss, optimizer groups, LR schedule."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertForPreTraining
+
+# Google's BERT sizes (github.com/google-research/bert, "24 smaller BERT models"): (layers, hidden).
+# Heads = hidden / 64 and intermediate = 4 · hidden, as in all of them.
+PRESETS: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+# The BertConfig fields a `model:` section may set (everything else comes from the data or is fixed).
+BERT_CONFIG_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+)
+
+IGNORE_INDEX = -100
+
+
+def preset_fields(preset: str) -> dict[str, int]:
+    """BertConfig fields of one of Google's sizes."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    layers, hidden = PRESETS[preset]
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": hidden // 64,
+        "intermediate_size": 4 * hidden,
+    }
+
+
+def build_bert_config(
+    preset: str | None,
+    fields: dict[str, Any],
+    vocab_size: int,
+    pad_token_id: int,
+    attn_implementation: str = "sdpa",
+) -> BertConfig:
+    """BertConfig from a preset, then explicit fields (None = not set), with vocab and [PAD] taken from the data.
+
+    Explicit fields override the preset; a hidden_size given without heads/intermediate derives them the
+    preset way (hidden / 64, 4 · hidden) so `model.hidden_size: 256` alone is a valid model.
+    """
+    values: dict[str, Any] = preset_fields(preset) if preset else {}
+    given = {k: v for k, v in fields.items() if v is not None and k in BERT_CONFIG_FIELDS}
+    values.update(given)
+    hidden = values.get("hidden_size", BertConfig().hidden_size)
+    if "num_attention_heads" not in given and ("hidden_size" in given or "num_attention_heads" not in values):
+        values["num_attention_heads"] = max(1, hidden // 64)
+    if "intermediate_size" not in given and ("hidden_size" in given or "intermediate_size" not in values):
+        values["intermediate_size"] = 4 * hidden
+    if hidden % values["num_attention_heads"]:
+        raise ValueError(
+            f"hidden_size {hidden} is not a multiple of num_attention_heads {values['num_attention_heads']}"
+        )
+    config = BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **values)
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def build_model(config: BertConfig, seed: int) -> BertForPreTraining:
+    """A freshly initialised BertForPreTraining (SDPA attention); the seed fixes the initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForPreTraining(config)
+    return model
+
+
+def load_pretrained_model(path: str, attn_implementation: str = "sdpa") -> tuple[BertForPreTraining, list[str]]:
+    """BertForPreTraining from a Hugging Face BERT directory; returns the model and the names of weights that
+    were missing there and therefore freshly initialised (e.g. the NSP head of a BertForMaskedLM checkpoint).
+
+    Only safetensors are read (use_safetensors=True): a pickled checkpoint is never unpickled.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, info = BertForPreTraining.from_pretrained(
+            path,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            output_loading_info=True,
+            local_files_only=True,
+        )
+    missing = sorted(set(info.get("missing_keys", [])))
+    return model, missing
+
+
+@dataclass
+class PretrainingBatch:
+    """One micro-batch, already on the device.
+
+    input_ids, token_type_ids, attention_mask: (B, T) int64. masked_positions: (N,) flat indices b·T + t of the
+    predicted positions; masked_labels: (N,) their original ids. next_sentence_label: (B,) or None (no NSP).
+    """
+
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    masked_positions: torch.Tensor
+    masked_labels: torch.Tensor
+    next_sentence_label: torch.Tensor | None
+
+    def to(self, device: torch.device) -> PretrainingBatch:
+        return PretrainingBatch(
+            *(t.to(device, non_blocking=True) if t is not None else None for t in self.__dict__.values())
+        )
+
+
+# Indices into the statistics vector returned with the loss (summed over micro-batches and ranks).
+STAT_MLM_LOSS_SUM, STAT_MLM_CORRECT, STAT_MLM_COUNT, STAT_NSP_LOSS_SUM, STAT_NSP_CORRECT, STAT_NSP_COUNT = range(6)
+NUM_STATS = 6
+
+
+def pretraining_loss(
+    model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLM + NSP loss of a stock BertForPreTraining, with the vocabulary projection only at masked positions.
+
+    BertForPreTraining.forward projects every position onto the whole vocabulary (B·T·V logits) although only
+    ~15% are scored; like Google's, NVIDIA's, MosaicBERT's and Cramming's code we gather the masked hidden states
+    first. The modules used are the model's own, so the saved weights are a stock BertForPreTraining.
+
+    Returns (loss, stats): loss = mean MLM cross-entropy over the masked positions + mean NSP cross-entropy;
+    stats (NUM_STATS,) float64, detached: sums and counts for logging (see STAT_*).
+    """
+    out = model.bert(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        token_type_ids=batch.token_type_ids,
+    )
+    hidden = out.last_hidden_state  # (B, T, H)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
+    masked_hidden = flat.index_select(0, batch.masked_positions)  # (N, H)
+    logits = model.cls.predictions(masked_hidden).float()  # (N, V), fp32 for a stable softmax
+    labels = batch.masked_labels
+    mlm_loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    mlm_count = labels.numel()
+    mlm_loss = mlm_loss_sum / max(mlm_count, 1)
+
+    nsp_logits = model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
+    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=hidden.device)
+    with torch.no_grad():
+        stats[STAT_MLM_LOSS_SUM] = mlm_loss_sum.detach().double()
+        stats[STAT_MLM_CORRECT] = (logits.argmax(-1) == labels).sum().double()
+        stats[STAT_MLM_COUNT] = mlm_count
+    if has_nsp and batch.next_sentence_label is not None:
+        nsp_labels = batch.next_sentence_label
+        nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
+        with torch.no_grad():
+            stats[STAT_NSP_LOSS_SUM] = nsp_loss.detach().double() * nsp_labels.numel()
+            stats[STAT_NSP_CORRECT] = (nsp_logits.argmax(-1) == nsp_labels).sum().double()
+            stats[STAT_NSP_COUNT] = nsp_labels.numel()
+    else:
+        # MLM-only data: keep the pooler and NSP head in the graph with zero gradient, so DDP sees every
+        # parameter used and the saved model still has (untrained) NSP weights.
+        nsp_loss = nsp_logits.sum() * 0.0
+    return mlm_loss + nsp_loss, stats
+
+
+class PretrainingModule(nn.Module):
+    """Wraps a BertForPreTraining so that DDP and torch.compile see the whole loss computation in forward()."""
+
+    def __init__(self, model: BertForPreTraining, has_nsp: bool = True):
+        super().__init__()
+        self.model = model
+        self.has_nsp = has_nsp
+
+    def forward(self, batch: PretrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return pretraining_loss(self.model, batch, self.has_nsp)
+
+
+def summarize_stats(stats: torch.Tensor | list[float]) -> dict[str, float]:
+    """Loss means and accuracies from summed statistics (see STAT_*)."""
+    s = [float(x) for x in stats]
+    out = {
+        "mlm_loss": s[STAT_MLM_LOSS_SUM] / s[STAT_MLM_COUNT] if s[STAT_MLM_COUNT] else float("nan"),
+        "mlm_accuracy": s[STAT_MLM_CORRECT] / s[STAT_MLM_COUNT] if s[STAT_MLM_COUNT] else float("nan"),
+    }
+    if s[STAT_NSP_COUNT]:
+        out["nsp_loss"] = s[STAT_NSP_LOSS_SUM] / s[STAT_NSP_COUNT]
+        out["nsp_accuracy"] = s[STAT_NSP_CORRECT] / s[STAT_NSP_COUNT]
+    return out
+
+
+def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight decay on weight matrices/embeddings, none on biases and LayerNorm (as BERT does)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():  # shared (tied) parameters are listed once
+        if not param.requires_grad:
+            continue
+        if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or param.ndim < 2:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    fused: bool = False,
+) -> torch.optim.AdamW:
+    """torch.optim.AdamW over optimizer_param_groups; fused=True (one kernel for all parameters) on CUDA."""
+    groups = optimizer_param_groups(model, weight_decay)
+    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": None}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
+
+
+def lr_multiplier(
+    step: int,
+    progress: float,
+    warmup_steps: int,
+    warmup_progress: float,
+    schedule: str,
+) -> float:
+    """Factor on the peak learning rate for the update that follows `step` completed updates.
+
+    Linear warmup over warmup_steps, then decay over training progress p in [0, 1] (p = step / max_steps, or the
+    share of time_budget_s spent when that is larger): `linear` to 0, `cosine` to 0, or `constant`.
+    warmup_progress is p at the end of warmup, so the decay spans exactly the rest of training.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = 1.0 - warmup_progress
+    q = min(max((progress - warmup_progress) / span, 0.0), 1.0) if span > 0 else 1.0
+    if schedule == "linear":
+        return 1.0 - q
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * q))
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(config: BertConfig, seq_length: int, masked_fraction: float = 0.15) -> float:
+    """Training FLOPs per token (forward + backward = 3 × forward, matmuls only), as used for MFU.
+
+    Encoder: 24·H²·L (QKV/output/FFN with intermediate 4H) + 4·T·H·L (attention scores and values) per token,
+    times 2 for multiply-add; the vocabulary projection counts only at the masked share of positions.
+    """
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_layer = 2 * (4 * h * h + 2 * h * inter) + 2 * 2 * seq_length * h
+    head = masked_fraction * 2 * (h * h + h * config.vocab_size)
+    return 3.0 * (layers * per_layer + head)
