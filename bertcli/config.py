@@ -1,0 +1,348 @@
+"""Strict YAML → dataclass config loading: every problem in a file is reported at once."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import math
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from bertcli.errors import ConfigError
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------- field documentation
+
+def field_docs(schema_cls: type) -> dict[str, str]:
+    """The attribute docstrings (the string literal under each field) of a dataclass schema."""
+    try:
+        source = textwrap.dedent(inspect.getsource(schema_cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:] + [None]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(
+                nxt.value.value, str
+            ):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _resolved_fields(schema_cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(schema_cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema_cls)}
+
+
+# ---------------------------------------------------------------- type checking
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp)
+        return f"a list of {_describe(inner)}"
+    if tp is type(None):
+        return "null"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return the value converted to tp, or _MISSING when it does not fit."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            out = _coerce(value, arg)
+            if out is not _MISSING:
+                return out
+        return _MISSING
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices and type(value) in {type(c) for c in choices}:
+            return value
+        # YAML reads `false`/`off` as booleans; a literal of strings may still name them.
+        if isinstance(value, bool):
+            if str(value).lower() in choices:
+                return str(value).lower()
+            if {"none", "all"} <= set(choices):  # strip_accents: false/true
+                return "all" if value else "none"
+        return _MISSING
+    if origin is list:
+        (inner,) = get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `--set input=a.txt` names a single item
+        if not isinstance(value, list):
+            return _MISSING
+        items = [_coerce(v, inner) for v in value]
+        return _MISSING if any(i is _MISSING for i in items) else items
+    if tp is bool:
+        return value if isinstance(value, bool) else _MISSING
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                return _MISSING
+        return _MISSING
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                return _MISSING
+        return _MISSING
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return _MISSING
+    if tp is dict:
+        return value if isinstance(value, dict) else _MISSING
+    if tp is Any:
+        return value
+    return _MISSING
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if "ge" in meta and value < meta["ge"]:
+        return f"a value >= {meta['ge']}"
+    if "gt" in meta and value <= meta["gt"]:
+        return f"a value > {meta['gt']}"
+    if "le" in meta and value > meta["le"]:
+        return f"a value <= {meta['le']}"
+    if "lt" in meta and value >= meta["lt"]:
+        return f"a value < {meta['lt']}"
+    return None
+
+
+def _build(schema_cls: type, data: dict, prefix: str, origins: dict[str, str], problems: list[str]) -> Any:
+    fields = _resolved_fields(schema_cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        where = origins.get(dotted, "")
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            if close:
+                hint = f"; did you mean '{prefix}{close[0]}'?"
+            else:
+                hint = f" (valid keys: {', '.join(prefix + f for f in fields)})"
+            problems.append(f"unknown key '{dotted}'{where}{hint}")
+            continue
+        field, tp = fields[key]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"key '{dotted}'{where}: expected a mapping, got {value!r}")
+                continue
+            kwargs[key] = _build(tp, value, dotted + ".", origins, problems)
+            continue
+        out = _coerce(value, tp)
+        if out is _MISSING:
+            problems.append(f"key '{dotted}'{where}: got {value!r}, expected {_describe(tp)}")
+            continue
+        bad_range = _check_range(out, field.metadata)
+        if bad_range:
+            problems.append(f"key '{dotted}'{where}: got {value!r}, expected {bad_range}")
+            continue
+        kwargs[key] = out
+    try:
+        return schema_cls(**kwargs)
+    except TypeError as exc:  # a required field with no default
+        problems.append(f"{prefix or 'config'}: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------- loading
+
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist", hint="check the --config path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{p}{line}: YAML syntax error: {exc.problem or exc}", hint="fix the YAML at that line"
+        ) from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _record_origins(data: dict, prefix: str, origin: str, origins: dict[str, str]) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        origins[dotted] = origin
+        if isinstance(value, dict):
+            _record_origins(value, dotted + ".", origin, origins)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` → ("a.b", value parsed as a YAML scalar or list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set vocab_size=8000")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set '{text}': the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    schema_cls: type,
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    cli_values: dict[str, Any] | None = None,
+    validate: bool = True,
+):
+    """Schema defaults ← YAML file ← `--set a.b=v` overrides ← explicit CLI flags; strict, all problems at once.
+
+    validate=False skips the cross-field checks (e.g. "no input given"), for showing a config.
+    """
+    data: dict = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        data = _read_yaml(path)
+        _record_origins(data, "", f" in {path}", origins)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+        origins[key] = f" (from --set {text})"
+    for key, value in (cli_values or {}).items():
+        if value is None or value == [] or value == ():
+            continue
+        _set_dotted(data, key, list(value) if isinstance(value, tuple) else value)
+        origins[key] = f" (from --{key.replace('_', '-')})"
+    problems: list[str] = []
+    cfg = _build(schema_cls, data, "", origins, problems)
+    if cfg is not None and not problems and validate:
+        problems.extend(_validate_tree(cfg))
+    if problems:
+        source = f" in {path}" if path else ""
+        if len(problems) == 1:
+            raise ConfigError(problems[0], hint=f"run `bert config show` to see every valid key{source}")
+        raise ConfigError(
+            f"{len(problems)} problems with the config{source}:\n  - " + "\n  - ".join(problems),
+            hint="fix them all, then run again",
+        )
+    return cfg
+
+
+def _validate_tree(cfg: Any) -> list[str]:
+    problems: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            problems.extend(_validate_tree(value))
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        problems.extend(validate())
+    return problems
+
+
+# ---------------------------------------------------------------- writing
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _yaml_lines(cfg: Any, indent: int, comments: bool) -> list[str]:
+    docs = field_docs(type(cfg)) if comments else {}
+    pad = "  " * indent
+    lines: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in docs:
+            for doc_line in textwrap.wrap(docs[f.name], 100 - len(pad)):
+                lines.append(f"{pad}# {doc_line}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.extend(_yaml_lines(value, indent + 1, comments))
+        else:
+            lines.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+    return lines
+
+
+def _yaml_scalar(value: Any) -> str:
+    dumped = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**6)
+    return dumped.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def config_to_yaml(cfg: Any, comments: bool = False) -> str:
+    """The config as YAML listing every field, in schema order (with field docs as comments if asked)."""
+    return "\n".join(_yaml_lines(cfg, 0, comments)) + "\n"
+
+
+def config_hash(cfg: Any, exclude: typing.Iterable[str] = ()) -> str:
+    """sha256 of the canonical JSON of the config, leaving out keys that do not change the output."""
+    data = copy.deepcopy(config_to_dict(cfg))
+    for key in exclude:
+        data.pop(key, None)
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,614 @@
+"""Use a trained BERT: NSP prediction, mask filling, evaluation on an artifact, contextual embeddings."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from bertcli.errors import ArtifactError, InputError
+
+# Files from which `from_pretrained` can take weights (single file or sharded index).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that does not stop the command (e.g. text truncated)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LoadedModel:
+    """A BertForPreTraining with its tokenizer, ready for inference."""
+
+    model: Any  # transformers.BertForPreTraining, in eval mode, on `device`
+    tokenizer: Any  # transformers tokenizer (fast)
+    device: Any  # torch.device
+    path: Path
+    max_length: int
+    """Longest input in tokens, [CLS]/[SEP] included: the model's position embeddings (or the tokenizer's limit)."""
+
+    @property
+    def special_ids(self) -> set[int]:
+        return set(self.tokenizer.all_special_ids)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """auto → cuda when available, else cpu; otherwise the named device."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device '{device}': {exc}", hint="use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
+    return dev
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A Hugging Face model directory, or a `bert pretrain` run directory (its final/ checkpoint is used)."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"model directory '{p}' does not exist", hint="pass --model DIR of a trained BERT")
+    if not p.is_dir():
+        raise ArtifactError(f"--model '{p}' is a file, expected a model directory")
+    if not (p / "config.json").is_file() and (p / "manifest.json").is_file():
+        # A run directory: use its final checkpoint, which is what a user means by "the model".
+        if (p / "final" / "config.json").is_file():
+            return p / "final"
+        steps = sorted(d for d in p.glob("step-*") if (d / "config.json").is_file())
+        hint = f"pass --model {steps[-1]} to use the newest checkpoint" if steps else "let `bert pretrain` finish"
+        raise ArtifactError(f"run directory '{p}' has no final/ checkpoint yet", hint=hint)
+    return p
+
+
+def _read_model_config(model_dir: Path) -> dict:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ArtifactError(
+            f"'{model_dir}' has no config.json: not a Hugging Face model directory",
+            hint="pass the directory written by save_pretrained (e.g. run/final)",
+        )
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{config_path}: expected a JSON object")
+    return data
+
+
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    need_mlm: bool = False,
+    need_nsp: bool = False,
+    attentions: bool = False,
+) -> LoadedModel:
+    """Load a BertForPreTraining directory (ours or any Hugging Face one) and its tokenizer, checking both."""
+    model_dir = resolve_model_dir(path)
+    config = _read_model_config(model_dir)
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise ArtifactError(
+            f"'{model_dir}' holds a {model_type or 'model of unknown type'} model, not BERT "
+            f"(config.json model_type={model_type!r})",
+            hint="these commands take a BERT model (model_type 'bert'), e.g. the final/ directory of `bert pretrain`",
+        )
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ArtifactError(
+            f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})",
+            hint="the checkpoint was not finished or not saved with save_pretrained; use another checkpoint",
+        )
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ArtifactError(
+            f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
+            hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))",
+        )
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # the library raises many types for a broken tokenizer directory
+        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {exc}") from exc
+    try:
+        model, info = BertForPreTraining.from_pretrained(
+            str(model_dir), output_loading_info=True, attn_implementation="eager" if attentions else "sdpa"
+        )
+    except Exception as exc:
+        raise ArtifactError(f"'{model_dir}': cannot load the weights: {exc}") from exc
+    missing = set(info.get("missing_keys", ()))
+    if need_mlm and any(k.startswith("cls.predictions") for k in missing):
+        raise ArtifactError(
+            f"'{model_dir}' has no masked-LM head (it was saved without BertForPreTraining's cls.predictions)",
+            hint="use a model saved as BertForPreTraining or BertForMaskedLM",
+        )
+    if need_nsp and any(k.startswith("cls.seq_relationship") for k in missing):
+        raise ArtifactError(
+            f"'{model_dir}' has no next-sentence-prediction head (cls.seq_relationship is missing)",
+            hint="use a model saved as BertForPreTraining (MLM + NSP), e.g. the final/ directory of `bert pretrain`",
+        )
+    model_vocab = model.config.vocab_size
+    if len(tokenizer) > model_vocab:
+        raise ArtifactError(
+            f"'{model_dir}': the tokenizer has {len(tokenizer)} tokens but the model only {model_vocab} embeddings",
+            hint="the tokenizer files do not belong to this model",
+        )
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(dev)
+    model.eval()
+    max_length = int(model.config.max_position_embeddings)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < max_length:
+        max_length = tok_max
+    return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _encode(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    seconds: Sequence[str] | None = None,
+    what: Callable[[int], str] = lambda i: f"text {i + 1}",
+    offsets: bool = False,
+) -> dict:
+    """Tokenize a batch, truncating (with a warning naming the item) what exceeds the model's positions."""
+    tok = loaded.tokenizer
+    kwargs: dict[str, Any] = {"add_special_tokens": True, "return_offsets_mapping": offsets}
+    full = tok(list(texts), list(seconds) if seconds is not None else None, **kwargs)
+    lengths = [len(ids) for ids in full["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > loaded.max_length]
+    if not too_long:
+        return full
+    for i in too_long:
+        warn(
+            f"{what(i)} has {lengths[i]} tokens, more than the model's {loaded.max_length} positions; "
+            f"truncated to {loaded.max_length}"
+        )
+    return tok(
+        list(texts),
+        list(seconds) if seconds is not None else None,
+        truncation="longest_first" if seconds is not None else True,
+        max_length=loaded.max_length,
+        **kwargs,
+    )
+
+
+def _pad_batch(loaded: LoadedModel, enc: dict) -> dict:
+    """Lists of ids → padded tensors on the model's device: input_ids, token_type_ids, attention_mask (B, T)."""
+    import torch
+
+    pad_id = loaded.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = 0  # any id works: padded positions are masked out of attention
+    rows = enc["input_ids"]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    types = enc.get("token_type_ids")
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+        if types is not None:
+            token_type_ids[i, : len(row)] = torch.tensor(types[i], dtype=torch.long)
+    return {
+        "input_ids": input_ids.to(loaded.device),
+        "token_type_ids": token_type_ids.to(loaded.device),
+        "attention_mask": attention_mask.to(loaded.device),
+    }
+
+
+# ---------------------------------------------------------------- predict-nsp
+
+
+def predict_nsp(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
+                what: Callable[[int], str] | None = None) -> list[dict]:
+    """IsNext probability for each (first, second) pair; label 0 of the NSP head is IsNext (transformers')."""
+    import torch
+
+    results: list[dict] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        enc = _encode(
+            loaded,
+            [a for a, _ in chunk],
+            [b for _, b in chunk],
+            what=(lambda i: what(start + i)) if what else (lambda i: f"pair {start + i + 1}"),
+        )
+        batch = _pad_batch(loaded, enc)
+        with torch.inference_mode():
+            out = loaded.model.bert(**batch)
+            logits = loaded.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
+            probs = torch.softmax(logits.float(), dim=-1)[:, 0].cpu().tolist()
+        for (first, second), p in zip(chunk, probs):
+            results.append(
+                {"first": first, "second": second, "is_next_probability": p, "label": "IsNext" if p >= 0.5 else "NotNext"}
+            )
+    return results
+
+
+def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, first, second) from a TSV (first<TAB>second) or JSONL ({"first":…, "second":…}) file, streamed."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
+    as_json: bool | None = True if p.suffix in (".jsonl", ".json") else (False if p.suffix in (".tsv", ".txt") else None)
+    with p.open("r", encoding="utf-8", newline=None) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            try:
+                line = line.rstrip("\n").lstrip("\ufeff") if line_no == 1 else line.rstrip("\n")
+            except UnicodeDecodeError as exc:  # pragma: no cover - raised by the iterator, handled below
+                raise InputError(f"{p}:{line_no}: not UTF-8 ({exc})") from exc
+            if not line.strip():
+                continue
+            if as_json is None:
+                as_json = line.lstrip().startswith("{")
+            if as_json:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(
+                        f"{p}:{line_no}: not a JSON object ({exc.msg})",
+                        hint='each line must be {"first": "…", "second": "…"}',
+                    ) from exc
+                if not isinstance(obj, dict) or not isinstance(obj.get("first"), str) or not isinstance(
+                    obj.get("second"), str
+                ):
+                    raise InputError(
+                        f"{p}:{line_no}: expected string fields \"first\" and \"second\"",
+                        hint='each line must be {"first": "…", "second": "…"}',
+                    )
+                first, second = obj["first"], obj["second"]
+            else:
+                parts = line.split("\t")
+                if len(parts) != 2:
+                    raise InputError(
+                        f"{p}:{line_no}: expected 2 tab-separated columns (first<TAB>second), found {len(parts)}",
+                        hint="separate the two sentences with exactly one tab, or use JSONL",
+                    )
+                first, second = parts
+            if not first.strip() or not second.strip():
+                raise InputError(f"{p}:{line_no}: an empty sentence", hint="both sentences of a pair need text")
+            yield line_no, first, second
+
+
+def _checked_lines(path: Path) -> None:
+    """Read the whole pairs file once so a malformed line fails before any output is written."""
+    try:
+        for _ in read_pairs_file(path):
+            pass
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def predict_nsp_file(loaded: LoadedModel, path: str | Path, batch_size: int = 32) -> Iterator[dict]:
+    """Predictions for every pair of a TSV/JSONL file, in order, streamed batch by batch."""
+    p = Path(path)
+    _checked_lines(p)
+    chunk: list[tuple[int, str, str]] = []
+
+    def flush() -> list[dict]:
+        lines = [n for n, _, _ in chunk]
+        out = predict_nsp(loaded, [(a, b) for _, a, b in chunk], batch_size, what=lambda i: f"{p}:{lines[i]}")
+        chunk.clear()
+        return out
+
+    for item in read_pairs_file(p):
+        chunk.append(item)
+        if len(chunk) == batch_size:
+            yield from flush()
+    if chunk:
+        yield from flush()
+
+
+# ---------------------------------------------------------------- fill-mask
+
+
+def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
+    """The top_k tokens (special tokens left out) and probabilities for every mask token in the text."""
+    import torch
+
+    tok = loaded.tokenizer
+    mask_token, mask_id = tok.mask_token, tok.mask_token_id
+    if mask_token is None or mask_id is None:
+        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks")
+    if top_k < 1:
+        raise InputError(f"--top-k {top_k}: expected a value >= 1")
+    enc = _encode(loaded, [text], what=lambda i: "the text")
+    ids = enc["input_ids"][0]
+    positions = [i for i, t in enumerate(ids) if t == mask_id]
+    if not positions:
+        if mask_token in text:
+            raise InputError(
+                f"every {mask_token} in the text lies beyond the model's {loaded.max_length} positions",
+                hint="shorten the text before the mask",
+            )
+        raise InputError(
+            f"the text has no {mask_token} token: {text!r}",
+            hint=f"write {mask_token} (exactly so) where a word should be predicted, "
+            f"e.g. \"The {mask_token} sat on the mat.\"",
+        )
+    batch = _pad_batch(loaded, enc)
+    with torch.inference_mode():
+        hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)
+        logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
+    # Special tokens are not words: a small model predicts [SEP]/[PAD] often, which helps nobody.
+    banned = [i for i in loaded.special_ids if i < logits.shape[-1]]
+    logits[:, banned] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    k = min(top_k, probs.shape[-1] - len(banned))
+    top_p, top_i = probs.topk(k, dim=-1)
+    results = []
+    for m, pos in enumerate(positions):
+        preds = []
+        for p, i in zip(top_p[m].tolist(), top_i[m].tolist()):
+            filled = list(ids)
+            filled[pos] = i
+            # The other masks stay masked in `sequence`, as in transformers' fill-mask pipeline.
+            preds.append(
+                {
+                    "token": tok.convert_ids_to_tokens(i),
+                    "token_id": i,
+                    "probability": p,
+                    "sequence": tok.decode(filled, skip_special_tokens=False)
+                    .replace(tok.cls_token, "")
+                    .replace(tok.sep_token, "")
+                    .strip(),
+                }
+            )
+        results.append({"mask_index": m, "position": pos, "predictions": preds})
+    return results
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _check_data_matches_model(loaded: LoadedModel, data_dir: Path, manifest: dict) -> None:
+    """Refuse data made with another vocabulary or longer than the model's positions."""
+    vocab = loaded.tokenizer.get_vocab()
+    data_tok_dir = data_dir / "tokenizer"
+    if (data_tok_dir / "vocab.txt").is_file():
+        data_vocab = [line.rstrip("\n") for line in (data_tok_dir / "vocab.txt").open(encoding="utf-8")]
+        same = len(data_vocab) == len(vocab) and all(vocab.get(t) == i for i, t in enumerate(data_vocab))
+        if not same:
+            raise ArtifactError(
+                f"the data artifact '{data_dir}' was made with another vocabulary than the model '{loaded.path}'",
+                hint="evaluate on data built with the model's own tokenizer",
+            )
+    special = manifest.get("special_token_ids") or {}
+    tok = loaded.tokenizer
+    mine = {"pad": tok.pad_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id, "mask": tok.mask_token_id}
+    for name, value in mine.items():
+        if name in special and special[name] != value:
+            raise ArtifactError(
+                f"the data artifact '{data_dir}' has {name} id {special[name]}, the model's tokenizer {value}",
+                hint="evaluate on data built with the model's own tokenizer",
+            )
+    seq_len = manifest.get("max_seq_length")
+    if isinstance(seq_len, int) and seq_len > loaded.model.config.max_position_embeddings:
+        raise ArtifactError(
+            f"the data artifact '{data_dir}' has sequences of up to {seq_len} tokens, "
+            f"the model only {loaded.model.config.max_position_embeddings} positions",
+            hint="evaluate on data built with a max_seq_length the model supports",
+        )
+
+
+def evaluate(
+    loaded: LoadedModel,
+    data_dir: str | Path,
+    batch_size: int = 32,
+    max_sequences: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """MLM loss, MLM accuracy at the masked positions, perplexity (exp of the loss) and NSP accuracy on a masked
+    artifact."""
+    import torch
+    from tqdm import tqdm
+
+    from bertcli import artifacts
+
+    data = Path(data_dir)
+    manifest = artifacts.load_manifest(data, ("mask",))
+    _check_data_matches_model(loaded, data, manifest)
+    rows = artifacts.ShardedArrays(data)
+    n = len(rows) if max_sequences is None else min(len(rows), max_sequences)
+    if n == 0:
+        raise ArtifactError(f"the data artifact '{data}' holds no sequences")
+    # Length-sorted batches waste little on padding; the order does not change the sums.
+    lengths = np.asarray(rows.lengths("input_ids"))[:n] if callable(getattr(rows, "lengths", None)) else None
+    if lengths is None:
+        lengths = np.asarray(rows.lengths)[:n]
+    order = np.argsort(lengths, kind="stable")
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    loss_sum = 0.0
+    correct = 0
+    masked = 0
+    nsp_correct = 0
+    nsp_total = 0
+    has_pairs = False
+    bar = tqdm(total=n, unit="seq", desc="evaluate", disable=not progress, dynamic_ncols=True)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch_rows = [rows[int(i)] for i in idx]
+        width = max(len(r["input_ids"]) for r in batch_rows)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(idx), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
+        rows_pos: list[int] = []
+        cols_pos: list[int] = []
+        labels: list[int] = []
+        nsp_labels = []
+        for b, r in enumerate(batch_rows):
+            length = len(r["input_ids"])
+            input_ids[b, :length] = torch.from_numpy(np.asarray(r["input_ids"], dtype=np.int64))
+            attention_mask[b, :length] = 1
+            boundary = int(r["type_boundary"])
+            token_type_ids[b, boundary:length] = 1
+            if boundary < length:
+                has_pairs = True
+            positions = np.asarray(r["masked_positions"], dtype=np.int64)
+            rows_pos.extend([b] * len(positions))
+            cols_pos.extend(positions.tolist())
+            labels.extend(np.asarray(r["masked_labels"], dtype=np.int64).tolist())
+            nsp_labels.append(int(r["next_sentence_label"]))
+        batch = {
+            "input_ids": input_ids.to(loaded.device),
+            "token_type_ids": token_type_ids.to(loaded.device),
+            "attention_mask": attention_mask.to(loaded.device),
+        }
+        with torch.inference_mode():
+            out = loaded.model.bert(**batch)
+            # The MLM head only at the masked positions: full-vocabulary logits everywhere would dominate the cost.
+            hidden = out.last_hidden_state[torch.tensor(rows_pos), torch.tensor(cols_pos)]  # (M, H)
+            logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
+            target = torch.tensor(labels, dtype=torch.long, device=loaded.device)
+            if len(labels):
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(-1) == target).sum())
+                masked += len(labels)
+            nsp_logits = loaded.model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
+            nsp_pred = nsp_logits.argmax(-1).cpu()
+            nsp_correct += int((nsp_pred == torch.tensor(nsp_labels)).sum())
+            nsp_total += len(nsp_labels)
+        bar.update(len(idx))
+    bar.close()
+    if masked == 0:
+        raise ArtifactError(f"the data artifact '{data}' has no masked positions to evaluate")
+    mlm_loss = loss_sum / masked
+    return {
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": correct / masked,
+        "perplexity": math.exp(min(mlm_loss, 700.0)),
+        # Sequences without a segment B (nsp: false data) carry no NSP task to score.
+        "nsp_accuracy": nsp_correct / nsp_total if has_pairs else None,
+        "sequences": n,
+        "masked_tokens": masked,
+    }
+
+
+# ---------------------------------------------------------------- embed
+
+
+def find_word(text: str, word: str) -> tuple[int, int] | None:
+    """Character span of the first occurrence of word in text, ignoring case: a whole word first, then a word that
+    starts with it (Korean particles: 파이썬은), then anywhere (scripts written without spaces)."""
+    escaped = re.escape(word)
+    for pattern in (rf"(?<!\w){escaped}(?!\w)", rf"(?<!\w){escaped}", escaped):
+        m = re.search(pattern, text, flags=re.IGNORECASE)
+        if m:
+            return m.start(), m.end()
+    return None
+
+
+def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int = -1) -> dict:
+    """The word's contextual vector in each sentence (mean of its pieces' hidden states at `layer`) and cosine
+    similarities, beside the static input-embedding ones (the same pieces give the same static vector)."""
+    import torch
+
+    if not word.strip():
+        raise InputError("--word is empty", hint="give the word to look up, e.g. --word python")
+    if not sentences:
+        raise InputError("no sentences given", hint='pass one or more sentences, e.g. "He got bit by Python."')
+    n_layers = loaded.model.config.num_hidden_layers
+    if not -(n_layers + 1) <= layer <= n_layers:
+        raise InputError(f"--layer {layer}: the model has layers 0 (embeddings) to {n_layers}")
+    spans = []
+    for i, sentence in enumerate(sentences):
+        span = find_word(sentence, word.strip())
+        if span is None:
+            raise InputError(
+                f"the word {word!r} does not occur in sentence {i + 1}: {sentence!r}",
+                hint="every sentence must contain the word (case is ignored)",
+            )
+        spans.append(span)
+    enc = _encode(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
+    piece_positions: list[list[int]] = []
+    pieces: list[list[str]] = []
+    for i, (start, end) in enumerate(spans):
+        offsets = enc["offset_mapping"][i]
+        ids = enc["input_ids"][i]
+        unk_id = loaded.tokenizer.unk_token_id
+        # The pieces whose characters overlap the word; [UNK] counts as a piece, [CLS]/[SEP] do not.
+        pos = [
+            t
+            for t, (a, b) in enumerate(offsets)
+            if b > a and a < end and b > start and (ids[t] not in loaded.special_ids or ids[t] == unk_id)
+        ]
+        if not pos:
+            raise InputError(
+                f"the word {word!r} in sentence {i + 1} lies beyond the model's {loaded.max_length} positions",
+                hint="shorten the sentence",
+            )
+        piece_positions.append(pos)
+        pieces.append(loaded.tokenizer.convert_ids_to_tokens([ids[t] for t in pos]))
+        if loaded.tokenizer.unk_token_id is not None and loaded.tokenizer.unk_token_id in [ids[t] for t in pos]:
+            warn(f"sentence {i + 1}: the word {word!r} contains pieces unknown to the vocabulary ({pieces[-1]})")
+    batch = _pad_batch(loaded, enc)
+    with torch.inference_mode():
+        out = loaded.model.bert(**batch, output_hidden_states=True)
+        hidden = out.hidden_states[layer]  # (B, T, H)
+        word_emb = loaded.model.bert.embeddings.word_embeddings.weight  # (V, H)
+        contextual = torch.stack([hidden[i, pos].mean(0) for i, pos in enumerate(piece_positions)]).float()
+        static = torch.stack(
+            [word_emb[batch["input_ids"][i, pos]].mean(0) for i, pos in enumerate(piece_positions)]
+        ).float()
+    return {
+        "word": word,
+        "sentences": list(sentences),
+        "layer": layer if layer >= 0 else n_layers + 1 + layer,
+        "pieces": pieces,
+        "contextual_similarity": _cosine_matrix(contextual),
+        "static_similarity": _cosine_matrix(static),
+        "vectors": contextual.cpu().tolist(),
+    }
+
+
+def _cosine_matrix(x: Any) -> list[list[float]]:
+    import torch
+
+    unit = torch.nn.functional.normalize(x, dim=-1)  # (N, H)
+    return (unit @ unit.T).clamp(-1.0, 1.0).cpu().tolist()
+
+
+# ---------------------------------------------------------------- helpers for the CLI
+
+
+def format_matrix(matrix: Sequence[Sequence[float]], labels: Iterable[str]) -> str:
+    """A small similarity matrix as aligned text rows."""
+    labels = list(labels)
+    head = " " * 6 + "".join(f"{lab:>8}" for lab in labels)
+    lines = [head]
+    for lab, row in zip(labels, matrix):
+        lines.append(f"{lab:>6}" + "".join(f"{v:8.3f}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""`bert train-vocab`: corpus → tokenizer directory (vocab.txt, tokenizer.json, transformers config files)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from tqdm.auto import tqdm
+
+from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
+from bertcli.corpus import CorpusStats, iter_texts, require_text, resolve_inputs
+from bertcli.errors import ConfigError
+from bertcli.schemas import TrainVocabConfig
+from bertcli.vocab import build_normalizer, build_pre_tokenizer, build_tokenizer, canonical_order, save_tokenizer
+
+BATCH_SENTENCES = 2048
+
+BPE_REPRODUCIBILITY = (
+    "algorithm bpe uses the tokenizers library's trainer, which breaks pair-count ties by hash order "
+    "(huggingface/tokenizers #1794): two runs on the same corpus can learn a few different tokens at the margin. "
+    "Ids are put in a canonical order, so runs that learn the same token set get identical files. "
+    "Use algorithm: wordpiece for byte-identical vocabularies."
+)
+
+
+def file_fingerprints(paths: list[Path]) -> list[dict]:
+    """Path, size and sha256 of each input file, for the manifest."""
+    out = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+    return out
+
+
+def _batches(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> Iterator[list[str]]:
+    total = sum(p.stat().st_size for p in paths)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="reading corpus", dynamic_ncols=True)
+    seen = 0
+    batch: list[str] = []
+    for sentence in iter_texts(paths, cfg.layout, cfg.format, cfg.text_field, cfg.errors, cfg.language, stats):
+        batch.append(sentence)
+        if len(batch) >= BATCH_SENTENCES:
+            yield batch
+            batch = []
+            bar.update(min(stats.bytes, total) - seen)
+            seen = min(stats.bytes, total)
+    if batch:
+        yield batch
+    bar.update(max(total - seen, 0))
+    bar.close()
+
+
+def _train_bpe(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> list[str]:
+    from tokenizers import Tokenizer, trainers
+    from tokenizers.models import WordPiece
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=cfg.continuing_subword_prefix))
+    tok.normalizer = build_normalizer(cfg.lowercase, cfg.strip_accents, cfg.clean_text, cfg.handle_chinese_chars)
+    tok.pre_tokenizer = build_pre_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        limit_alphabet=cfg.limit_alphabet or None,
+        special_tokens=list(cfg.special_tokens),
+        continuing_subword_prefix=cfg.continuing_subword_prefix,
+        show_progress=True,
+    )
+    tok.train_from_iterator(_batches(cfg, paths, stats), trainer=trainer)
+    return list(tok.get_vocab())
+
+
+def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> list[str]:
+    from bertcli.stages.word_counts import count_words
+    from bertcli.wordpiece import train_wordpiece
+
+    word_counts = count_words(paths, cfg, stats)
+    return train_wordpiece(
+        word_counts,
+        vocab_size=cfg.vocab_size,
+        special_tokens=list(cfg.special_tokens),
+        score=cfg.score,
+        min_frequency=cfg.min_frequency,
+        limit_alphabet=cfg.limit_alphabet,
+        continuing_subword_prefix=cfg.continuing_subword_prefix,
+        progress=True,
+    )
+
+
+def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
+    """Train the vocabulary and write the tokenizer directory; returns the manifest."""
+    paths = resolve_inputs(cfg.input)
+    check_output(cfg.output, overwrite)
+    if cfg.vocab_size <= len(cfg.special_tokens):
+        raise ConfigError(
+            f"key 'vocab_size': {cfg.vocab_size} leaves no room beside the {len(cfg.special_tokens)} special tokens",
+            hint="raise vocab_size (30522 is BERT's)",
+        )
+    if cfg.num_workers:
+        # The tokenizers trainer sizes its thread pool from this variable when it first runs.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
+    stats = CorpusStats()
+    with atomic_output_dir(cfg.output, overwrite) as tmp:
+        if cfg.algorithm == "bpe":
+            learned = _train_bpe(cfg, paths, stats)
+        else:
+            learned = _train_wordpiece(cfg, paths, stats)
+        require_text(stats, cfg.input)
+        prefix = cfg.continuing_subword_prefix
+        alphabet = {t[len(prefix) :] if t.startswith(prefix) and len(t) > len(prefix) else t for t in learned}
+        alphabet = {t for t in alphabet if len(t) == 1} - set(cfg.special_tokens)
+        if len(learned) > cfg.vocab_size:
+            raise ConfigError(
+                f"key 'vocab_size': {cfg.vocab_size} is smaller than the {len(cfg.special_tokens)} special tokens "
+                f"plus the corpus's alphabet ({len(learned) - len(cfg.special_tokens)} character pieces)",
+                hint=f"raise vocab_size above {len(learned)}, or lower limit_alphabet",
+            )
+        vocab = canonical_order(learned, cfg.special_tokens, prefix) if cfg.algorithm == "bpe" else learned
+        tok = build_tokenizer(
+            vocab,
+            lowercase=cfg.lowercase,
+            strip_accents=cfg.strip_accents,
+            clean_text=cfg.clean_text,
+            handle_chinese_chars=cfg.handle_chinese_chars,
+            continuing_subword_prefix=prefix,
+            max_input_chars_per_word=cfg.max_input_chars_per_word,
+        )
+        save_tokenizer(
+            tok,
+            tmp,
+            lowercase=cfg.lowercase,
+            strip_accents=cfg.strip_accents,
+            handle_chinese_chars=cfg.handle_chinese_chars,
+            special_tokens=list(cfg.special_tokens),
+        )
+        special_ids = {t: tok.token_to_id(t) for t in cfg.special_tokens}
+        reproducible = cfg.algorithm != "bpe"
+        manifest = write_manifest(
+            tmp,
+            "train-vocab",
+            cfg,
+            stats={
+                "vocab_size": len(vocab),
+                "alphabet_size": len(alphabet),
+                "requested_vocab_size": cfg.vocab_size,
+                **stats.as_dict(),
+            },
+            inputs={"corpus": file_fingerprints(paths)},
+            extra={
+                "algorithm": cfg.algorithm,
+                "score": cfg.score if cfg.algorithm == "wordpiece" else None,
+                "special_token_ids": special_ids,
+                "vocab_size": len(vocab),
+                "reproducible": reproducible,
+                "reproducibility_note": BPE_REPRODUCIBILITY if not reproducible else (
+                    "deterministic: the same corpus and config give byte-identical vocab.txt and tokenizer.json"
+                ),
+            },
+        )
+    return manifest
+
+
+def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
+    """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
+    from bertcli.vocab import load_tokenizer
+
+    loaded = load_tokenizer(tokenizer_dir)
+    encodings = loaded.tokenizer.encode_batch(list(texts))
+    return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

@@ -1,0 +1,231 @@
+"""WordPiece tokenizers: the normalization pipeline, building one from a vocabulary, loading a saved one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+from bertcli.errors import ArtifactError
+
+SPECIAL_ROLES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DEFAULT_MODEL_MAX_LENGTH = 512
+
+
+def build_normalizer(
+    lowercase: bool, strip_accents: str, clean_text: bool = True, handle_chinese_chars: bool = True
+) -> normalizers.Normalizer:
+    """BERT's normalizer, with accent stripping that can spare non-Latin scripts.
+
+    strip_accents "none" and "all" are plain BertNormalizers, so every loader (BertTokenizerFast included) rebuilds
+    the same thing from tokenizer_config.json. "latin" decomposes, drops combining marks that follow a Latin
+    letter, and recomposes (NFC), so Hangul syllables and kana voicing marks come back whole.
+    """
+    if strip_accents == "latin":
+        return normalizers.Sequence(
+            [
+                normalizers.BertNormalizer(
+                    clean_text=clean_text,
+                    handle_chinese_chars=handle_chinese_chars,
+                    strip_accents=False,
+                    lowercase=False,
+                ),
+                normalizers.NFD(),
+                normalizers.Replace(Regex(r"(?<=\p{Latin})\p{Mn}+"), ""),
+                normalizers.NFC(),
+            ]
+            + ([normalizers.Lowercase()] if lowercase else [])
+        )
+    # strip_accents must be given explicitly: None would mean "strip whenever lowercasing" (BERT's default),
+    # which splits Hangul into jamo.
+    return normalizers.BertNormalizer(
+        clean_text=clean_text,
+        handle_chinese_chars=handle_chinese_chars,
+        strip_accents=strip_accents == "all",
+        lowercase=lowercase,
+    )
+
+
+def build_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Whitespace and punctuation splitting, as Google BERT's BasicTokenizer does."""
+    return pre_tokenizers.BertPreTokenizer()
+
+
+def build_tokenizer(
+    vocab: list[str],
+    *,
+    lowercase: bool,
+    strip_accents: str,
+    clean_text: bool,
+    handle_chinese_chars: bool,
+    unk_token: str = "[UNK]",
+    cls_token: str = "[CLS]",
+    sep_token: str = "[SEP]",
+    continuing_subword_prefix: str = "##",
+    max_input_chars_per_word: int = 100,
+) -> Tokenizer:
+    """A greedy longest-match-first WordPiece tokenizer over `vocab` (ids = positions in the list)."""
+    token_to_id = {tok: i for i, tok in enumerate(vocab)}
+    tok = Tokenizer(
+        WordPiece(
+            token_to_id,
+            unk_token=unk_token,
+            continuing_subword_prefix=continuing_subword_prefix,
+            max_input_chars_per_word=max_input_chars_per_word,
+        )
+    )
+    tok.normalizer = build_normalizer(lowercase, strip_accents, clean_text, handle_chinese_chars)
+    tok.pre_tokenizer = build_pre_tokenizer()
+    cls_id, sep_id = token_to_id[cls_token], token_to_id[sep_token]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls_token}:0 $A:0 {sep_token}:0",
+        pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
+        special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
+    )
+    tok.decoder = decoders.WordPiece(prefix=continuing_subword_prefix)
+    return tok
+
+
+def canonical_order(tokens: Iterable[str], special_tokens: list[str], prefix: str = "##") -> list[str]:
+    """A fixed id order for a token set: specials, then single characters, then ##characters, then the rest.
+
+    Within each group tokens sort by code point, so two trainer runs that learn the same set give the same ids.
+    """
+    specials = list(special_tokens)
+    rest = set(tokens) - set(specials)
+
+    def key(t: str) -> tuple:
+        cont = t.startswith(prefix) and len(t) > len(prefix)
+        core = t[len(prefix) :] if cont else t
+        return (len(core) > 1, cont, core)
+
+    return specials + sorted(rest, key=key)
+
+
+def save_tokenizer(
+    tok: Tokenizer,
+    out_dir: Path,
+    *,
+    lowercase: bool,
+    strip_accents: str,
+    handle_chinese_chars: bool,
+    special_tokens: list[str],
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+) -> None:
+    """vocab.txt, tokenizer.json and the transformers config files, so AutoTokenizer loads the directory as is."""
+    vocab = tok.get_vocab()
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t in ordered), encoding="utf-8")
+    tok.save(str(out_dir / "tokenizer.json"))
+    roles = {f"{role}_token": token for role, token in SPECIAL_ROLES.items()}
+    extra = [t for t in special_tokens if t not in SPECIAL_ROLES.values()]
+    config: dict = {
+        # BertTokenizer(Fast) rebuilds BertNormalizer from do_lower_case/strip_accents and would drop a custom
+        # normalizer; the generic class keeps tokenizer.json's pipeline exactly.
+        "tokenizer_class": "PreTrainedTokenizerFast" if strip_accents == "latin" else "BertTokenizer",
+        "do_lower_case": lowercase,
+        "strip_accents": {"none": False, "all": True, "latin": False}[strip_accents],
+        "tokenize_chinese_chars": handle_chinese_chars,
+        "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+        **roles,
+    }
+    if extra:
+        config["additional_special_tokens"] = extra
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    special_map = dict(roles)
+    if extra:
+        special_map["additional_special_tokens"] = extra
+    (out_dir / "special_tokens_map.json").write_text(
+        json.dumps(special_map, indent=2, ensure_ascii=False) + "\n", "utf-8"
+    )
+
+
+@dataclass
+class LoadedTokenizer:
+    """A tokenizer directory, read: the `tokenizers` object, its special ids and an identity hash."""
+
+    tokenizer: Tokenizer
+    vocab_size: int
+    special_ids: dict[str, int]
+    hash: str
+    path: Path
+    max_length: int
+    continuing_subword_prefix: str
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return sorted(set(self.special_ids.values()))
+
+
+def tokenizer_hash(directory: Path) -> str:
+    """Identity of a tokenizer: the vocabulary in id order and the normalization pipeline."""
+    data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    identity = {
+        "model": data.get("model"),
+        "normalizer": data.get("normalizer"),
+        "pre_tokenizer": data.get("pre_tokenizer"),
+    }
+    blob = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def load_tokenizer(directory: str | Path) -> LoadedTokenizer:
+    """Load a tokenizer directory (ours or any Hugging Face BERT tokenizer with a tokenizer.json)."""
+    d = Path(directory)
+    hint = "make one with `bert train-vocab`, or point at a directory holding tokenizer.json"
+    if not d.is_dir():
+        raise ArtifactError(f"tokenizer directory '{d}' does not exist", hint=hint)
+    if not (d / "tokenizer.json").is_file():
+        raise ArtifactError(f"'{d}' is not a tokenizer directory (no tokenizer.json in it)", hint=hint)
+    try:
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    except Exception as exc:  # the library raises plain Exceptions for malformed files
+        raise ArtifactError(f"{d / 'tokenizer.json'}: cannot be read as a tokenizer ({exc})", hint=hint) from exc
+    config: dict = {}
+    if (d / "tokenizer_config.json").is_file():
+        try:
+            config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            config = {}
+    special_ids: dict[str, int] = {}
+    for role, default in SPECIAL_ROLES.items():
+        token = config.get(f"{role}_token", default)
+        if isinstance(token, dict):  # AddedToken serialised by transformers
+            token = token.get("content", default)
+        token_id = tok.token_to_id(token)
+        if token_id is None:
+            raise ArtifactError(
+                f"tokenizer '{d}' has no {token} token (needed as the {role} token)",
+                hint="train the vocabulary with the default special_tokens",
+            )
+        special_ids[role] = token_id
+    model = json.loads(tok.model.__getstate__()) if hasattr(tok.model, "__getstate__") else {}
+    prefix = model.get("continuing_subword_prefix") or "##"
+    max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
+    if not isinstance(max_length, int) or max_length > 1_000_000:  # transformers' "no limit" sentinel
+        max_length = DEFAULT_MODEL_MAX_LENGTH
+    return LoadedTokenizer(
+        tokenizer=tok,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        special_ids=special_ids,
+        hash=tokenizer_hash(d),
+        path=d,
+        max_length=max_length,
+        continuing_subword_prefix=prefix,
+    )
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Carry a tokenizer inside a later artifact, so every artifact is self-contained."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            (dst / name).write_bytes((src / name).read_bytes())
