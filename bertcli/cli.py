@@ -142,6 +142,145 @@ def tokenize(
             typer.echo(" ".join(str(i) for i in row["ids"]))
 
 
+# ---------------------------------------------------------------- use a trained model (bertcli/stages/predict.py)
+
+ModelOpt = typer.Option(
+    ..., "--model", "-m", help="A BertForPreTraining directory: a run (its final/ is used), run/final, or any HF BERT."
+)
+DeviceOpt = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N.")
+BatchOpt = typer.Option(32, "--batch-size", min=1, help="Sequences per forward pass.")
+
+
+@app.command("predict-nsp")
+@report_errors
+def predict_nsp(
+    model: Path = ModelOpt,
+    first: Optional[str] = typer.Option(None, "--first", help="Sentence A."),
+    second: Optional[str] = typer.Option(None, "--second", help="Sentence B: does it follow A?"),
+    input_: Optional[Path] = typer.Option(
+        None, "--input", "-i", help='TSV (first<TAB>second) or JSONL ({"first":…,"second":…}) file; prints JSONL.'
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per pair."),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Next-sentence prediction: the probability that --second follows --first (IsNext), or for every pair of a file."""
+    from bertcli.errors import InputError
+    from bertcli.stages import predict as stage
+
+    if input_ is not None and (first is not None or second is not None):
+        raise InputError("give either --first and --second, or --input FILE, not both")
+    if input_ is None and (first is None or second is None):
+        raise InputError("predict-nsp needs --first TEXT and --second TEXT, or --input FILE")
+    loaded = stage.load_model(model, device=device, need_nsp=True)
+    if input_ is not None:
+        for row in stage.predict_nsp_file(loaded, input_, batch_size=batch_size):
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    (row,) = stage.predict_nsp(loaded, [(first, second)])
+    if as_json:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        typer.echo(f"{row['label']}  (IsNext probability {row['is_next_probability']:.4f})")
+
+
+@app.command("fill-mask")
+@report_errors
+def fill_mask(
+    text: str = typer.Argument(..., help="Text with one or more mask tokens, e.g. \"The cat [MASK] on the mat.\""),
+    model: Path = ModelOpt,
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Predictions per mask."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: text and, per mask, its predictions."),
+    device: str = DeviceOpt,
+) -> None:
+    """The top-k tokens and probabilities for every mask token in TEXT."""
+    from bertcli.stages import predict as stage
+
+    loaded = stage.load_model(model, device=device, need_mlm=True)
+    masks = stage.fill_mask(loaded, text, top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps({"text": text, "masks": masks}, ensure_ascii=False))
+        return
+    for m in masks:
+        if len(masks) > 1:
+            typer.echo(f"{loaded.tokenizer.mask_token} #{m['mask_index'] + 1} (token {m['position']}):")
+        for p in m["predictions"]:
+            typer.echo(f"  {p['probability']:.4f}  {p['token']:<15} {p['sequence']}")
+
+
+@app.command("evaluate")
+@report_errors
+def evaluate(
+    model: Path = ModelOpt,
+    data: Path = typer.Option(..., "--data", "-d", help="A masked artifact made by `bert mask`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    batch_size: int = BatchOpt,
+    max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Evaluate only the first N."),
+    device: str = DeviceOpt,
+) -> None:
+    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a masked artifact."""
+    from bertcli.stages import predict as stage
+
+    loaded = stage.load_model(model, device=device, need_mlm=True, need_nsp=True)
+    metrics = stage.evaluate(loaded, data, batch_size=batch_size, max_sequences=max_sequences, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    nsp = "n/a (no sentence pairs)" if metrics["nsp_accuracy"] is None else f"{metrics['nsp_accuracy']:.4f}"
+    typer.echo(
+        f"{metrics['sequences']:,} sequences, {metrics['masked_tokens']:,} masked tokens\n"
+        f"mlm_loss      {metrics['mlm_loss']:.4f}\nmlm_accuracy  {metrics['mlm_accuracy']:.4f}\n"
+        f"perplexity    {metrics['perplexity']:.2f}\nnsp_accuracy  {nsp}"
+    )
+
+
+@app.command("embed")
+@report_errors
+def embed(
+    sentences: List[str] = typer.Argument(..., help="Sentences that each contain the word."),
+    model: Path = ModelOpt,
+    word: str = typer.Option(..., "--word", "-w", help="The word to compare across the sentences (case ignored)."),
+    layer: int = typer.Option(-1, "--layer", help="Hidden layer of the contextual vector (-1: last, 0: embeddings)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: pieces, vectors and both matrices."),
+    device: str = DeviceOpt,
+) -> None:
+    """The word's contextual vector in each sentence and their cosine similarities, beside the static ones."""
+    from bertcli.stages import predict as stage
+
+    loaded = stage.load_model(model, device=device)
+    result = stage.embed(loaded, word, sentences, layer=layer)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    labels = [f"s{i + 1}" for i in range(len(sentences))]
+    for label, sentence, pieces in zip(labels, sentences, result["pieces"]):
+        typer.echo(f"{label}: {sentence}    pieces: {' '.join(pieces)}")
+    typer.echo(f"\ncontextual (layer {result['layer']}) cosine similarity:")
+    typer.echo(stage.format_matrix(result["contextual_similarity"], labels))
+    typer.echo("\nstatic (input embedding) cosine similarity:")
+    typer.echo(stage.format_matrix(result["static_similarity"], labels))
+
+
+@app.command("attention")
+@report_errors
+def attention(
+    text: str = typer.Argument(..., help="The text to look at."),
+    model: Path = ModelOpt,
+    out: Path = typer.Option(Path("attention.html"), "--out", "-o", help="HTML file to write."),
+    png: bool = typer.Option(False, "--png", help="Also write one heatmap PNG per layer (needs matplotlib)."),
+    second: Optional[str] = typer.Option(None, "--second", help="A second segment, to see attention across a pair."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    device: str = DeviceOpt,
+) -> None:
+    """Every layer's and head's attention as a self-contained HTML page (open it in a browser; no network)."""
+    from bertcli.stages import attention as stage
+
+    result = stage.run(model, text, out=out, second=second, png=png, overwrite=overwrite, device=device)
+    typer.echo(f"wrote {result['html']}: {result['layers']} layers × {result['heads']} heads, {len(result['tokens'])} tokens")
+    for path in result["png"]:
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console entry point: `bert …` and `python -m bertcli …`."""
     try:

@@ -363,12 +363,13 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
     with torch.inference_mode():
         hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)
         logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
-    # Special tokens are not words: a small model predicts [SEP]/[PAD] often, which helps nobody.
-    banned = [i for i in loaded.special_ids if i < logits.shape[-1]]
-    logits[:, banned] = float("-inf")
-    probs = torch.softmax(logits, dim=-1)
-    k = min(top_k, probs.shape[-1] - len(banned))
-    top_p, top_i = probs.topk(k, dim=-1)
+        # Special tokens are not words: a small model predicts [SEP]/[PAD] often, which helps nobody.
+        banned = [i for i in loaded.special_ids if i < logits.shape[-1]]
+        logits[:, banned] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        k = min(top_k, probs.shape[-1] - len(banned))
+        top_p, top_i = probs.topk(k, dim=-1)
+    frame_ids = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
     results = []
     for m, pos in enumerate(positions):
         preds = []
@@ -381,10 +382,7 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
                     "token": tok.convert_ids_to_tokens(i),
                     "token_id": i,
                     "probability": p,
-                    "sequence": tok.decode(filled, skip_special_tokens=False)
-                    .replace(tok.cls_token, "")
-                    .replace(tok.sep_token, "")
-                    .strip(),
+                    "sequence": tok.decode([t for t in filled if t not in frame_ids]).strip(),
                 }
             )
         results.append({"mask_index": m, "position": pos, "predictions": preds})
@@ -439,17 +437,14 @@ def evaluate(
     from bertcli import artifacts
 
     data = Path(data_dir)
-    manifest = artifacts.load_manifest(data, ("mask",))
+    manifest = artifacts.load_manifest(data, ("mask", "masked"))
     _check_data_matches_model(loaded, data, manifest)
     rows = artifacts.ShardedArrays(data)
     n = len(rows) if max_sequences is None else min(len(rows), max_sequences)
     if n == 0:
         raise ArtifactError(f"the data artifact '{data}' holds no sequences")
     # Length-sorted batches waste little on padding; the order does not change the sums.
-    lengths = np.asarray(rows.lengths("input_ids"))[:n] if callable(getattr(rows, "lengths", None)) else None
-    if lengths is None:
-        lengths = np.asarray(rows.lengths)[:n]
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(rows.lengths("input_ids")[:n], kind="stable")
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     loss_sum = 0.0
     correct = 0
