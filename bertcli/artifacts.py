@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -107,12 +108,13 @@ def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "bertcli": __version__, "numpy": np.__version__}
     for name in ("torch", "transformers", "tokenizers"):
         module = sys.modules.get(name)
-        if module is None:
-            try:
-                module = __import__(name)
-            except ImportError:
-                continue
-        versions[name] = getattr(module, "__version__", "unknown")
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+            continue
+        try:  # read from the installed metadata: importing torch just to name it costs ~150 MB
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return versions
 
 

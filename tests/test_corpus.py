@@ -1,0 +1,114 @@
+"""Reading corpora: layouts, formats, encodings, enormous lines, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from bertcli import corpus
+from bertcli.corpus import CorpusStats, iter_documents, iter_texts, resolve_inputs
+from bertcli.errors import InputError
+
+
+def test_sentence_per_line_documents(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("A one.\nA two.\n\n\nB one.\n  \nC one.\nC two.", encoding="utf-8")
+    stats = CorpusStats()
+    docs = list(iter_documents([p], stats=stats))
+    assert docs == [["A one.", "A two."], ["B one."], ["C one.", "C two."]]
+    assert stats.documents == 3 and stats.sentences == 5
+
+
+def test_bom_crlf_and_nul_bytes(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_bytes(b"\xef\xbb\xbfFirst line.\r\nSec\x00ond line.\r\n\r\nNext doc.\r\n")
+    stats = CorpusStats()
+    assert list(iter_documents([p], stats=stats)) == [["First line.", "Second line."], ["Next doc."]]
+    assert stats.nul_bytes_removed == 1
+
+
+def test_gzip_and_jsonl(tmp_path):
+    gz = tmp_path / "c.txt.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write("Gz one.\nGz two.\n")
+    jl = tmp_path / "d.jsonl"
+    jl.write_text(
+        json.dumps({"body": "J one.\nJ two."}) + "\n\n" + json.dumps({"body": "K one."}) + "\n", encoding="utf-8"
+    )
+    assert list(iter_documents([gz])) == [["Gz one.", "Gz two."]]
+    assert list(iter_documents([jl], text_field="body")) == [["J one.", "J two."], ["K one."]]
+    with pytest.raises(InputError, match=r"d\.jsonl:1: no 'text' field"):
+        list(iter_documents([jl]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: not valid JSON"):
+        list(iter_documents([bad]))
+
+
+def test_document_per_line_keeps_korean_and_cjk(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text(
+        "Dr. Smith went home. He was tired!\n"
+        "서울은 대한민국의 수도입니다. 부산은 항구 도시입니다.\n"
+        "\n"
+        "今日は晴れです。明日は雨でしょう。\n"
+        "北京是中国的首都。上海很大！\n",
+        encoding="utf-8",
+    )
+    stats = CorpusStats()
+    docs = list(iter_documents([p], layout="document-per-line", stats=stats))
+    assert docs == [
+        ["Dr. Smith went home.", "He was tired!"],
+        ["서울은 대한민국의 수도입니다.", "부산은 항구 도시입니다."],
+        ["今日は晴れです。", "明日は雨でしょう。"],
+        ["北京是中国的首都。", "上海很大！"],
+    ]
+    assert stats.empty_documents == 1
+
+
+def test_invalid_utf8_strict_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"fine\nalso fine\nbro\xffken\n")
+    with pytest.raises(InputError) as exc:
+        list(iter_texts([p]))
+    assert f"{p}:3: invalid UTF-8" in exc.value.message and "errors: replace" in exc.value.hint
+    stats = CorpusStats()
+    assert list(iter_texts([p], errors="replace", stats=stats)) == ["fine", "also fine", "bro\ufffdken"]
+    assert stats.replaced_invalid_utf8_lines == 1
+
+
+def test_binary_file_refused(tmp_path):
+    p = tmp_path / "image.txt"
+    p.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(InputError, match="binary file"):
+        list(iter_texts([p], errors="replace"))
+
+
+def test_enormous_line_comes_in_bounded_pieces_without_splitting_words(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "MAX_LINE_BYTES", 4096)
+    words = [f"w{i}é" for i in range(5000)]  # ~35 KB on one line, multi-byte characters included
+    p = tmp_path / "huge.txt"
+    p.write_text("start.\n" + " ".join(words) + "\nend.\n", encoding="utf-8")
+    stats = CorpusStats()
+    pieces = list(iter_texts([p], stats=stats))
+    assert pieces[0] == "start." and pieces[-1] == "end."
+    middle = pieces[1:-1]
+    assert len(middle) > 5 and max(len(m.encode()) for m in middle) <= 4096
+    assert " ".join(middle).split() == words
+    assert stats.long_lines_split == 1
+
+
+def test_resolve_inputs_files_dirs_globs(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.txt", "a.txt", "sub/c.txt.gz", "sub/.hidden.txt"):
+        (tmp_path / name).write_bytes(b"x\n")
+    assert [p.name for p in resolve_inputs([tmp_path])] == ["a.txt", "b.txt", "c.txt.gz"]
+    assert [p.name for p in resolve_inputs([str(tmp_path / "*.txt")])] == ["a.txt", "b.txt"]
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_inputs([tmp_path / "missing.txt"])
+    with pytest.raises(InputError, match="matches no file"):
+        resolve_inputs([str(tmp_path / "*.nothing")])
+    with pytest.raises(InputError, match="no input corpus"):
+        resolve_inputs([])

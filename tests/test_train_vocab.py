@@ -1,0 +1,185 @@
+"""`bert train-vocab` and `bert tokenize`: outputs, loaders agree, script-safe normalization, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcli.cli import app
+
+runner = CliRunner()
+
+TEXTS = {
+    "english": "The hacker ethic is a kludge of folklore, isn't it?",
+    "korean": "한국어 문장은 자모로 쪼개지면 안 됩니다.",
+    "japanese": "ガギグゲゴとパピプペポは濁点を持っています。",
+    "chinese": "北京是中国的首都。",
+    "accented": "Crème brûlée, Ångström, naïve café and São Paulo.",
+}
+
+
+def _train(tmp_path, tiny_corpus, multilingual_corpus, *sets: str, name: str = "tok") -> Path:
+    out = tmp_path / name
+    args = ["train-vocab", "--input", str(tiny_corpus), "--input", str(multilingual_corpus), "--output", str(out)]
+    for s in ("vocab_size=900",) + sets:
+        args += ["--set", s]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _tokenize_json(tok_dir: Path, texts: list[str]) -> list[dict]:
+    result = runner.invoke(app, ["tokenize", "--tokenizer", str(tok_dir), "--json", *texts])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+
+
+def test_output_directory_and_manifest(tiny_tokenizer):
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.yaml"):
+        assert (tiny_tokenizer / name).is_file(), name
+    manifest = json.loads((tiny_tokenizer / "manifest.json").read_text())
+    assert manifest["stage"] == "train-vocab" and manifest["algorithm"] == "bpe"
+    assert manifest["reproducible"] is False and "#1794" in manifest["reproducibility_note"]
+    assert manifest["special_token_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    assert manifest["inputs"]["corpus"][0]["sha256"] and len(manifest["config_hash"]) == 64
+    vocab = (tiny_tokenizer / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert len(vocab) == manifest["vocab_size"] <= 1000
+    # canonical order: single characters, then ##characters, then longer pieces
+    kinds = [(len(t.removeprefix("##")) > 1, t.startswith("##") and len(t) > 2) for t in vocab[5:]]
+    assert kinds == sorted(kinds)
+
+
+@pytest.mark.parametrize("strip_accents", ["none", "latin", "all"])
+def test_autotokenizer_gives_the_ids_bert_tokenize_gives(tmp_path, tiny_corpus, multilingual_corpus, strip_accents):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    tok_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, f"strip_accents={strip_accents}")
+    ours = _tokenize_json(tok_dir, list(TEXTS.values()))
+    auto = AutoTokenizer.from_pretrained(tok_dir)
+    for text, row in zip(TEXTS.values(), ours):
+        assert auto(text)["input_ids"] == row["ids"], (strip_accents, text)
+        assert row["tokens"][0] == "[CLS]" and row["tokens"][-1] == "[SEP]"
+    if strip_accents != "latin":  # BertTokenizerFast rebuilds BertNormalizer, which cannot express "latin"
+        bert_fast = BertTokenizerFast.from_pretrained(tok_dir)
+        for text, row in zip(TEXTS.values(), ours):
+            assert bert_fast(text)["input_ids"] == row["ids"], (strip_accents, text)
+
+
+def test_default_normalization_keeps_scripts_whole(tiny_tokenizer):
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    for name, text in TEXTS.items():
+        back = auto.decode(auto(text)["input_ids"], skip_special_tokens=True)
+        expected = text.lower() if name in ("english", "accented") else text
+        assert back.replace(" ", "") == expected.replace(" ", ""), name
+
+
+def test_strip_accents_latin_spares_hangul_and_kana(tmp_path, tiny_corpus, multilingual_corpus):
+    from transformers import AutoTokenizer
+
+    tok_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, "strip_accents=latin")
+    auto = AutoTokenizer.from_pretrained(tok_dir)
+
+    def roundtrip(text: str) -> str:
+        return auto.decode(auto(text)["input_ids"], skip_special_tokens=True).replace(" ", "")
+
+    assert roundtrip(TEXTS["accented"]) == "cremebrulee,angstrom,naivecafeandsaopaulo."
+    assert roundtrip(TEXTS["korean"]) == TEXTS["korean"].replace(" ", "")
+    assert roundtrip(TEXTS["japanese"]) == TEXTS["japanese"]
+    all_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, "strip_accents=all", name="all")
+    auto_all = AutoTokenizer.from_pretrained(all_dir)
+    # BERT's own stripping drops the kana voicing marks: why it is not our default
+    assert "ガ" not in auto_all.decode(auto_all(TEXTS["japanese"])["input_ids"])
+
+
+def test_tokenize_plain_output(tiny_tokenizer):
+    result = runner.invoke(app, ["tokenize", "--tokenizer", str(tiny_tokenizer), "hello world"])
+    assert result.exit_code == 0
+    tokens, ids = result.output.strip().splitlines()[-2:]
+    assert tokens.split()[0] == "[CLS]" and ids.split()[0] == "2"
+
+
+def test_python_m_and_debug_traceback(tmp_path):
+    env = dict(os.environ)
+    ok = subprocess.run([sys.executable, "-m", "bertcli", "--version"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "bertcli" in ok.stdout
+    missing = [sys.executable, "-m", "bertcli", "tokenize", "--tokenizer", str(tmp_path / "nope"), "x"]
+    quiet = subprocess.run(missing, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.startswith("error: tokenizer directory")
+    loud = subprocess.run(missing, capture_output=True, text=True, env={**env, "BERTCLI_DEBUG": "1"})
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+
+
+# ---------------------------------------------------------------- bad input: exit 2, a clear message, nothing left
+
+
+def _bad(tmp_path: Path, args: list[str], expect: str) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train-vocab", "--output", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and expect in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "temporary directory left behind"
+
+
+def test_bad_missing_path(tmp_path):
+    _bad(tmp_path, ["--input", str(tmp_path / "nope.txt")], "does not exist")
+
+
+def test_bad_empty_and_blank_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    _bad(tmp_path, ["--input", str(tmp_path / "empty.txt")], "holds no text")
+    (tmp_path / "blank.txt").write_text("\n\n   \n\t\n")
+    _bad(tmp_path, ["--input", str(tmp_path / "blank.txt")], "holds no text")
+
+
+def test_bad_binary_and_invalid_utf8(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 50)
+    _bad(tmp_path, ["--input", str(tmp_path / "bin.txt")], "binary file")
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 ok\n".encode("utf-8") + "na\u00efve\n".encode("latin-1"))
+    _bad(tmp_path, ["--input", str(tmp_path / "latin1.txt")], "latin1.txt:2: invalid UTF-8")
+
+
+def test_bad_vocab_size_below_alphabet(tmp_path, tiny_corpus):
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--set", "vocab_size=30"], "smaller than the 5 special tokens")
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--set", "vocab_size=5"], "leaves no room")
+
+
+def test_bad_numbers_yaml_keys_types(tmp_path, tiny_corpus):
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--set", "vocab_size=0"], "expected a value >= 1")
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--set", "num_workers=-1"], "'num_workers'")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("vocab_size: 100\n  lowercase: true\n")
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--config", str(cfg)], f"{cfg}:2")
+    cfg.write_text("vocab_size: 100\nlowercas: true\n")
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--config", str(cfg)], "did you mean 'lowercase'")
+    cfg.write_text("vocab_size: a few\n")
+    _bad(tmp_path, ["--input", str(tiny_corpus), "--config", str(cfg)], "expected an integer")
+
+
+def test_existing_output_needs_overwrite_and_foreign_dirs_are_never_replaced(tmp_path, tiny_corpus):
+    out = tmp_path / "tok"
+    args = ["train-vocab", "--input", str(tiny_corpus), "--output", str(out), "--set", "vocab_size=300"]
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "manifest.json").read_bytes()
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert (out / "manifest.json").read_bytes() == first
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "thesis.tex").write_text("precious")
+    args[args.index(str(out))] = str(user_dir)
+    refused = runner.invoke(app, args + ["--overwrite"])
+    assert refused.exit_code == 2 and "not written by bertcli" in refused.output
+    assert (user_dir / "thesis.tex").read_text() == "precious"
