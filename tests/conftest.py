@@ -31,3 +31,12 @@ def tiny_tokenizer(tmp_path_factory, tiny_corpus, multilingual_corpus) -> Path:
     cfg = TrainVocabConfig(input=[str(tiny_corpus), str(multilingual_corpus)], output=str(out), vocab_size=1000)
     train_vocab.run(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BertForPreTraining + tokenizer made and trained (seconds) with plain transformers code, special
+    tokens at unusual ids (see tests/bert_tiny.py). Read-only: copy it to modify."""
+    from bert_tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
