@@ -112,3 +112,37 @@ def test_resolve_inputs_files_dirs_globs(tmp_path):
         resolve_inputs([str(tmp_path / "*.nothing")])
     with pytest.raises(InputError, match="no input corpus"):
         resolve_inputs([])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\n\nA one.\nA two.\n\n \nB one.\n\n",
+        b"A.\n  \t\nB.\n \n\n\nC. \n  ",
+        b"\xef\xbb\xbfOne.\r\nTwo\x00.\r\n\r\nThree.",
+        "서울은 수도입니다.\n\n北京是首都。\n".encode(),
+    ],
+)
+def test_fast_scan_counts_like_the_reader(tmp_path, content):
+    p = tmp_path / "c.txt"
+    p.write_bytes(content)
+    fast, slow = CorpusStats(), CorpusStats()
+    assert corpus.scan_plain_file(p, "strict", fast)
+    list(iter_documents([p], stats=slow))
+    assert (fast.lines, fast.sentences, fast.documents) == (slow.lines, slow.sentences, slow.documents)
+
+
+def test_fast_scan_defers_what_only_the_reader_handles(tmp_path, monkeypatch):
+    gz = tmp_path / "c.txt.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(b"A.\n")
+    assert not corpus.scan_plain_file(gz, "strict", CorpusStats())
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\nbad \xff\n")
+    assert not corpus.scan_plain_file(bad, "replace", CorpusStats())
+    with pytest.raises(InputError, match=r"bad\.txt:2: invalid UTF-8"):
+        corpus.scan_plain_file(bad, "strict", CorpusStats())
+    monkeypatch.setattr(corpus, "MAX_LINE_BYTES", 64)
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"short\n" + b"x " * 100 + b"\n")
+    assert not corpus.scan_plain_file(long, "strict", CorpusStats())

@@ -10,7 +10,7 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
-from bertcli.corpus import CorpusStats, iter_texts, require_text, resolve_inputs
+from bertcli.corpus import CorpusStats, is_jsonl, iter_texts, require_text, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError
 from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import build_normalizer, build_pre_tokenizer, build_tokenizer, canonical_order, save_tokenizer
@@ -70,8 +70,28 @@ def _train_bpe(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> 
         continuing_subword_prefix=cfg.continuing_subword_prefix,
         show_progress=True,
     )
-    tok.train_from_iterator(_batches(cfg, paths, stats), trainer=trainer)
+    if _native_readable(cfg, paths, stats):
+        # The trainer's own reader is parallel and sees exactly the sentences ours would (checked above).
+        tok.train([str(p) for p in paths], trainer=trainer)
+    else:
+        tok.train_from_iterator(_batches(cfg, paths, stats), trainer=trainer)
     return list(tok.get_vocab())
+
+
+def _native_readable(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> bool:
+    """True when every file is plain sentence-per-line UTF-8 that the `tokenizers` reader handles like ours.
+
+    clean_text is needed because it is what removes the BOM, NUL bytes and \\r that our reader drops.
+    """
+    if cfg.layout != "sentence-per-line" or not cfg.clean_text:
+        return False
+    scanned = CorpusStats()
+    for path in paths:
+        if is_jsonl(path, cfg.format) or not scan_plain_file(path, cfg.errors, scanned):
+            return False
+    for key, value in scanned.__dict__.items():
+        setattr(stats, key, value)
+    return True
 
 
 def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> list[str]:
