@@ -1,0 +1,350 @@
+"""NSP sentence pairs and FULL-SENTENCES packing from tokenized documents (Google BERT's semantics, fixed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+IS_NEXT = 0
+"""next_sentence_label of a real continuation (the transformers convention)."""
+RANDOM_NEXT = 1
+"""next_sentence_label of a segment B taken from another document."""
+NO_NSP_LABEL = -1
+"""next_sentence_label of a packed single-segment sequence (nsp: false); never a class to train on."""
+
+# Plan flags (bit field).
+FLAG_FORCED = 1  # random next forced: a one-sentence document, no sentence before or after to pair with
+FLAG_LOOKBACK = 2  # IsNext pair whose A is the sentences before a lone last sentence (see plan_document)
+FLAG_SHORT = 4  # the document drew a short target length (short_seq_prob)
+FLAG_FOLLOWING = 8  # IsNext pair of a one-sentence chunk whose B was taken from the sentences after it
+
+
+@dataclass(frozen=True)
+class PairingParams:
+    """The knobs of pair construction (a subset of PairsConfig, so the pure logic needs no config object)."""
+
+    max_seq_length: int
+    short_seq_prob: float = 0.1
+    nsp_probability: float = 0.5
+
+    @property
+    def max_num_tokens(self) -> int:
+        """Room for A and B: [CLS] A [SEP] B [SEP] spends three tokens on specials."""
+        return self.max_seq_length - 3
+
+
+class DocumentStore(Protocol):
+    """Tokenized documents by global index: flat tokens and sentence offsets into them."""
+
+    def sentence_count(self, doc: int) -> int: ...
+
+    def document(self, doc: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (T,), offsets (n_sentences + 1,) int64 into tokens) of one document."""
+        ...
+
+
+class UniformStream:
+    """Uniform draws from a Generator, fetched in batches: a scalar numpy draw costs microseconds, this far less.
+
+    The consumption order is fixed by the algorithm alone, so results do not depend on batching.
+    """
+
+    def __init__(self, rng: np.random.Generator, batch: int = 1024):
+        self._rng = rng
+        self._batch = batch
+        self._buf: list[float] = []
+        self._pos = 0
+
+    def uniform(self) -> float:
+        if self._pos >= len(self._buf):
+            self._buf = self._rng.random(self._batch).tolist()
+            self._pos = 0
+        u = self._buf[self._pos]
+        self._pos += 1
+        return u
+
+    def randint(self, low: int, high: int) -> int:
+        """An integer in [low, high], both included."""
+        return low + min(int(self.uniform() * (high - low + 1)), high - low)
+
+
+# A pair plan: (a_start, a_stop, b_doc, b_start, b_stop, target_b_length, label, flags)
+# Sentence indices of the own document for A; for B, sentence indices of b_doc. b_stop == -1 means
+# "from b_start until target_b_length tokens are reached" (random next; resolved when the tokens are at hand).
+PairPlan = tuple[int, int, int, int, int, int, int, int]
+
+
+def plan_document(
+    sentence_lengths: Sequence[int],
+    doc: int,
+    num_documents: int,
+    sentence_counts: Sequence[int] | np.ndarray,
+    stream: UniformStream,
+    params: PairingParams,
+) -> list[PairPlan]:
+    """Plan the sentence pairs of one document, Google's algorithm with its NSP label bias fixed.
+
+    As create_pretraining_data.py: one target length per document (max_num_tokens, or with short_seq_prob a random
+    length from 2 up); sentences gather into a chunk until it reaches the target (or the document ends); A is a
+    random non-empty prefix of the chunk; with nsp_probability B is a span of another document, drawn uniformly
+    from the whole corpus, and the chunk's unused sentences go back to be paired again; otherwise B is the rest of
+    the chunk. Differences, so that the IsNext share stays near 1 - nsp_probability:
+    - a one-sentence chunk whose coin says IsNext takes B from the sentences after it (Google forces random);
+    - a one-sentence chunk at the document's end whose coin says IsNext pairs with the sentences before it as A
+      (a real continuation; those sentences were already in an earlier pair of this pass);
+    - only a document of a single sentence, whose coin says IsNext, gets a forced random next (FLAG_FORCED).
+    The random draws depend on sentence lengths of this document and on the corpus's sentence counts only, never
+    on another document's tokens, so the plan can be made before those tokens are read.
+    """
+    lens = list(sentence_lengths)
+    n = len(lens)
+    max_num_tokens = params.max_num_tokens
+    target = max_num_tokens
+    base_flags = 0
+    if stream.uniform() < params.short_seq_prob:
+        target = stream.randint(2, max_num_tokens)
+        base_flags = FLAG_SHORT
+    plans: list[PairPlan] = []
+    chunk_start = 0
+    chunk_len = 0
+    i = 0
+    while i < n:
+        chunk_len += lens[i]
+        if i == n - 1 or chunk_len >= target:
+            chunk_size = i + 1 - chunk_start
+            a_end = chunk_start + 1 if chunk_size == 1 else stream.randint(chunk_start + 1, i)
+            a_len = sum(lens[chunk_start:a_end])
+            coin_random = stream.uniform() < params.nsp_probability
+            if coin_random or n == 1:
+                r = stream.randint(0, num_documents - 2)
+                if r >= doc:  # never the own document: skip over it
+                    r += 1
+                s = stream.randint(0, int(sentence_counts[r]) - 1)
+                flags = base_flags | (FLAG_FORCED if not coin_random else 0)
+                plans.append((chunk_start, a_end, r, s, -1, target - a_len, RANDOM_NEXT, flags))
+                i = a_end - 1  # the chunk's unused sentences are paired again
+            elif chunk_size > 1:
+                plans.append((chunk_start, a_end, doc, a_end, i + 1, 0, IS_NEXT, base_flags))
+            elif i < n - 1:
+                # A lone sentence (it reached the target by itself) with sentences after it: B follows it.
+                j = i + 1
+                b_len = 0
+                while j < n:
+                    b_len += lens[j]
+                    j += 1
+                    if a_len + b_len >= target:
+                        break
+                plans.append((chunk_start, a_end, doc, i + 1, j, 0, IS_NEXT, base_flags | FLAG_FOLLOWING))
+                i = j - 1
+            else:
+                # A lone last sentence: it becomes B, and the sentences before it (back to the target) become A.
+                k = chunk_start
+                back_len = 0
+                while k > 0:
+                    k -= 1
+                    back_len += lens[k]
+                    if back_len + lens[i] >= target:
+                        break
+                plans.append((k, chunk_start, doc, chunk_start, i + 1, 0, IS_NEXT, base_flags | FLAG_LOOKBACK))
+            chunk_start = i + 1
+            chunk_len = 0
+        i += 1
+    return plans
+
+
+def truncation_counts(len_a: int, len_b: int, max_num_tokens: int) -> tuple[int, int]:
+    """Tokens Google's truncate_seq_pair removes from A and from B: always from the longer one (B on a tie)."""
+    excess = len_a + len_b - max_num_tokens
+    if excess <= 0:
+        return 0, 0
+    # Phase 1 trims the longer segment down to the other's length (B one further on a tie, as the loop does);
+    # phase 2 alternates B, A, B, ... between two segments of equal length.
+    if len_a > len_b:
+        first = min(excess, len_a - len_b)
+        cut_a, cut_b = first, 0
+    else:
+        first = min(excess, len_b - len_a + 1)
+        cut_a, cut_b = 0, first
+    rest = excess - first
+    if rest:
+        if len_a > len_b:  # equal now; the loop's tie rule trims B first
+            cut_b += (rest + 1) // 2
+            cut_a += rest // 2
+        else:  # B is one shorter than A now: A first
+            cut_a += (rest + 1) // 2
+            cut_b += rest // 2
+    return cut_a, cut_b
+
+
+@dataclass
+class PairsBlock:
+    """Sequences built from one block of documents: flat ids with lengths, and the per-sequence scalars."""
+
+    input_ids: np.ndarray  # (total_tokens,) token dtype, sequences back to back
+    lengths: np.ndarray  # (num_sequences,) int64
+    type_boundary: np.ndarray  # (num_sequences,) int32: index of B's first token (== length without B)
+    next_sentence_label: np.ndarray  # (num_sequences,) int8
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+PAIR_STAT_KEYS = (
+    "pairs",
+    "tokens",
+    "is_next",
+    "random_next",
+    "forced_random_next",
+    "following_pairs",
+    "lookback_pairs",
+    "short_target_pairs",
+    "truncated_pairs",
+    "truncated_tokens",
+    "padding_tokens",
+    "dropped_empty_pairs",
+    "split_sentences",
+)
+
+
+def build_pairs(
+    plans: Iterable[tuple[int, PairPlan]],
+    store: DocumentStore,
+    trunc_rng: np.random.Generator,
+    params: PairingParams,
+    cls_id: int,
+    sep_id: int,
+    dtype: np.dtype,
+) -> PairsBlock:
+    """Turn plans (doc index, plan) into `[CLS] A [SEP] B [SEP]` sequences, truncating as Google does.
+
+    The truncation side (front or back, per removed token) is random: Binomial(k, 1/2) of the k removed tokens
+    come off the front, the same law as Google's token-by-token coin, from `trunc_rng`.
+    """
+    stats = dict.fromkeys(PAIR_STAT_KEYS, 0)
+    max_num_tokens = params.max_num_tokens
+    cls = np.array([cls_id], dtype=dtype)
+    sep = np.array([sep_id], dtype=dtype)
+    pieces: list[np.ndarray] = []
+    lengths: list[int] = []
+    boundaries: list[int] = []
+    labels: list[int] = []
+    cache_doc = -1
+    tokens = offsets = None
+    for doc, (a0, a1, b_doc, b0, b1, target_b, label, flags) in plans:
+        if doc != cache_doc:
+            tokens, offsets = store.document(doc)
+            cache_doc = doc
+        a = tokens[offsets[a0] : offsets[a1]]
+        b_tokens, b_offsets = (tokens, offsets) if b_doc == doc else store.document(b_doc)
+        if b1 < 0:
+            # Random next: sentences from b0 until B reaches its target length (at least one sentence).
+            want = int(b_offsets[b0]) + target_b
+            b1 = max(b0 + 1, int(np.searchsorted(b_offsets, want, side="left")))
+            b1 = min(b1, len(b_offsets) - 1)
+        b = b_tokens[b_offsets[b0] : b_offsets[b1]]
+        if len(a) == 0 or len(b) == 0:  # only sentences that tokenize to nothing can cause this
+            stats["dropped_empty_pairs"] += 1
+            continue
+        cut_a, cut_b = truncation_counts(len(a), len(b), max_num_tokens)
+        if cut_a or cut_b:
+            front_a = int(trunc_rng.binomial(cut_a, 0.5)) if cut_a else 0
+            front_b = int(trunc_rng.binomial(cut_b, 0.5)) if cut_b else 0
+            a = a[front_a : len(a) - (cut_a - front_a)]
+            b = b[front_b : len(b) - (cut_b - front_b)]
+            stats["truncated_pairs"] += 1
+            stats["truncated_tokens"] += cut_a + cut_b
+        pieces += (cls, a, sep, b, sep)
+        length = len(a) + len(b) + 3
+        lengths.append(length)
+        boundaries.append(len(a) + 2)
+        labels.append(label)
+        stats["pairs"] += 1
+        stats["tokens"] += length
+        stats["padding_tokens"] += params.max_seq_length - length
+        if label == IS_NEXT:
+            stats["is_next"] += 1
+        else:
+            stats["random_next"] += 1
+        if flags & FLAG_FORCED:
+            stats["forced_random_next"] += 1
+        if flags & FLAG_LOOKBACK:
+            stats["lookback_pairs"] += 1
+        if flags & FLAG_FOLLOWING:
+            stats["following_pairs"] += 1
+        if flags & FLAG_SHORT:
+            stats["short_target_pairs"] += 1
+    return PairsBlock(
+        input_ids=np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        type_boundary=np.asarray(boundaries, dtype=np.int32),
+        next_sentence_label=np.asarray(labels, dtype=np.int8),
+        stats=stats,
+    )
+
+
+def pack_documents(
+    documents: Iterable[tuple[np.ndarray, np.ndarray]],
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+    dtype: np.dtype,
+) -> PairsBlock:
+    """RoBERTa's FULL-SENTENCES: contiguous sentences packed into `[CLS] … [SEP]` sequences of up to max length.
+
+    Sequences run across document boundaries (within the block of documents given), with a [SEP] between
+    documents; a sentence longer than a whole sequence is cut into full-length pieces rather than dropped.
+    Deterministic: no randomness at all.
+    """
+    room = max_seq_length - 2  # [CLS] … [SEP]
+    sep = np.array([sep_id], dtype=dtype)
+    stats = dict.fromkeys(PAIR_STAT_KEYS, 0)
+    seqs: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    used = 0
+
+    def flush() -> None:
+        nonlocal current, used
+        while current and current[-1] is sep:  # no trailing document separator
+            current.pop()
+            used -= 1
+        if used:
+            seqs.append(np.concatenate([np.array([cls_id], dtype=dtype), *current, sep]).astype(dtype, copy=False))
+        current, used = [], 0
+
+    for tokens, offsets in documents:
+        if used:  # a new document inside the sequence: mark the boundary
+            if used + 1 >= room:
+                flush()
+            else:
+                current.append(sep)
+                used += 1
+        for s in range(len(offsets) - 1):
+            sentence = tokens[offsets[s] : offsets[s + 1]]
+            while len(sentence):
+                if used + len(sentence) <= room:
+                    current.append(sentence)
+                    used += len(sentence)
+                    break
+                if used == 0:  # longer than a sequence by itself: cut it
+                    current.append(sentence[:room])
+                    used = room
+                    sentence = sentence[room:]
+                    stats["split_sentences"] += 1
+                flush()
+    flush()
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    stats["pairs"] = len(seqs)
+    stats["tokens"] = int(lengths.sum())
+    stats["padding_tokens"] = int(max_seq_length * len(seqs) - lengths.sum())
+    return PairsBlock(
+        input_ids=np.concatenate(seqs).astype(dtype, copy=False) if seqs else np.zeros(0, dtype),
+        lengths=lengths,
+        type_boundary=lengths.astype(np.int32),
+        next_sentence_label=np.full(len(seqs), NO_NSP_LABEL, dtype=np.int8),
+        stats=stats,
+    )
+
+
+def share(part: int, whole: int) -> float:
+    """A rounded ratio for the manifest (0.0 when there is nothing)."""
+    return round(part / whole, 6) if whole else 0.0

@@ -1,0 +1,603 @@
+"""`bert pairs`: corpus + tokenizer → NSP sentence-pair artifact (sharded memory-mapped arrays)."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from bertcli import pairing
+from bertcli.artifacts import (
+    ShardedArrays,
+    ShardWriter,
+    atomic_output_dir,
+    check_output,
+    load_manifest,
+    token_dtype,
+    write_manifest,
+)
+from bertcli.config import load_config
+from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
+from bertcli.errors import ArtifactError, ConfigError, InputError
+from bertcli.schemas import PairsConfig
+from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
+
+BLOCK_DOCUMENTS = 256
+"""Documents per unit of work. RNGs are seeded per (seed, pass, block), so output never depends on workers."""
+SCRATCH = ".scratch"
+TOKENIZER_DIR = "tokenizer"
+RAGGED = "input_ids"
+
+
+# ---------------------------------------------------------------- the tokenized corpus, on disk
+
+class TokenStoreWriter:
+    """Append tokenized documents to flat files (tokens, sentence offsets, document index): memory stays flat."""
+
+    def __init__(self, directory: Path, dtype: np.dtype):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.dtype = dtype
+        self._files = {
+            name: open(directory / name, "wb")
+            for name in ("tokens.bin", "sent_offsets.i64", "doc_sent.i64", "doc_ids.i64", "counts.i32")
+        }
+        self.num_tokens = 0
+        self.num_sentences = 0
+        self._files["sent_offsets.i64"].write(np.zeros(1, np.int64).tobytes())
+        self._files["doc_sent.i64"].write(np.zeros(1, np.int64).tobytes())
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Sentence counts of the next documents in corpus order (all documents, stored or not)."""
+        self._files["counts.i32"].write(np.asarray(counts, np.int32).tobytes())
+
+    def add_documents(self, doc_ids: np.ndarray, counts: np.ndarray, lengths: np.ndarray, tokens: np.ndarray) -> None:
+        """Store documents (global ids ascending) with their sentence counts, sentence lengths and tokens."""
+        if not len(doc_ids):
+            return
+        self._files["tokens.bin"].write(np.asarray(tokens, self.dtype).tobytes())
+        sent_ends = self.num_tokens + np.cumsum(lengths, dtype=np.int64)
+        self._files["sent_offsets.i64"].write(sent_ends.tobytes())
+        doc_ends = self.num_sentences + np.cumsum(counts, dtype=np.int64)
+        self._files["doc_sent.i64"].write(doc_ends.tobytes())
+        self._files["doc_ids.i64"].write(np.asarray(doc_ids, np.int64).tobytes())
+        self.num_tokens += len(tokens)
+        self.num_sentences += len(lengths)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+def _map(path: Path, dtype: Any) -> np.ndarray:
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class TokenStore:
+    """Read side of TokenStoreWriter: memory-mapped, so its pages are the kernel's to drop, not ours to hold."""
+
+    def __init__(self, directory: Path, dtype: np.dtype):
+        self.tokens = _map(directory / "tokens.bin", dtype)
+        self.sent_offsets = _map(directory / "sent_offsets.i64", np.int64)
+        self.doc_sent = _map(directory / "doc_sent.i64", np.int64)
+        self.doc_ids = _map(directory / "doc_ids.i64", np.int64)
+        self.counts = _map(directory / "counts.i32", np.int32)
+        # A contiguous id range (the usual case) needs no search.
+        n = len(self.doc_ids)
+        self._first = int(self.doc_ids[0]) if n else 0
+        self._contiguous = bool(n) and int(self.doc_ids[-1]) - self._first == n - 1
+
+    def local(self, doc: int) -> int:
+        """Position of global document `doc` in this store, or -1."""
+        if self._contiguous:
+            k = doc - self._first
+            return k if 0 <= k < len(self.doc_ids) else -1
+        k = int(np.searchsorted(self.doc_ids, doc))
+        return k if k < len(self.doc_ids) and int(self.doc_ids[k]) == doc else -1
+
+    def document_at(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s0, s1 = int(self.doc_sent[k]), int(self.doc_sent[k + 1])
+        offsets = np.asarray(self.sent_offsets[s0 : s1 + 1])
+        return self.tokens[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+class CorpusView:
+    """Documents by global index from one or more stores (own partition first, then fetched foreign ones)."""
+
+    def __init__(self, stores: list[TokenStore], counts: np.ndarray):
+        self.stores = stores
+        self.counts = counts
+
+    def sentence_count(self, doc: int) -> int:
+        return int(self.counts[doc])
+
+    def has(self, doc: int) -> bool:
+        return any(s.local(doc) >= 0 for s in self.stores)
+
+    def document(self, doc: int) -> tuple[np.ndarray, np.ndarray]:
+        for store in self.stores:
+            k = store.local(doc)
+            if k >= 0:
+                return store.document_at(k)
+        raise KeyError(f"document {doc} was not tokenized")  # a bug, not a user error
+
+
+# ---------------------------------------------------------------- worker processes
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_tokenizer(tokenizer_json: str, dtype: np.dtype) -> None:
+    from tokenizers import Tokenizer
+
+    _WORKER["tokenizer"] = Tokenizer.from_file(tokenizer_json)
+    _WORKER["dtype"] = dtype
+
+
+def _tokenize_block(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence lengths (n,) int32 and their tokens back to back (token dtype), one batched Rust call."""
+    if not sentences:
+        return np.zeros(0, np.int32), np.zeros(0, _WORKER["dtype"])
+    encodings = _WORKER["tokenizer"].encode_batch(sentences, add_special_tokens=False)
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER["dtype"], count=int(lengths.sum()))
+    return lengths, tokens
+
+
+def _init_builder(context: dict) -> None:
+    _WORKER.clear()
+    _WORKER.update(context)
+    scratch = Path(context["scratch"])
+    stores = [TokenStore(scratch / name, context["dtype"]) for name in context["stores"]]
+    counts = _map(scratch / "own" / "counts.i32", np.int32)
+    _WORKER["view"] = CorpusView(stores, counts)
+
+
+def _block_rngs(seed: int, pass_index: int, block: int) -> tuple[pairing.UniformStream, np.random.Generator]:
+    structure = pairing.UniformStream(np.random.default_rng([seed, pass_index, block, 0]))
+    truncation = np.random.default_rng([seed, pass_index, block, 1])
+    return structure, truncation
+
+
+def _plan_block(block: int, pass_index: int) -> list[tuple[int, pairing.PairPlan]]:
+    ctx = _WORKER
+    view: CorpusView = ctx["view"]
+    num_documents = ctx["num_documents"]
+    stream, _ = _block_rngs(ctx["seed"], pass_index, block)
+    plans: list[tuple[int, pairing.PairPlan]] = []
+    for doc in range(block * BLOCK_DOCUMENTS, min(num_documents, (block + 1) * BLOCK_DOCUMENTS)):
+        _, offsets = view.document(doc)
+        for plan in pairing.plan_document(np.diff(offsets), doc, num_documents, view.counts, stream, ctx["params"]):
+            plans.append((doc, plan))
+    return plans
+
+
+def _foreign_requests(task: tuple[int, int]) -> np.ndarray:
+    """Random-next documents a block needs that this job did not tokenize: (r,) int64."""
+    block, pass_index = task
+    view: CorpusView = _WORKER["view"]
+    wanted = {plan[2] for _, plan in _plan_block(block, pass_index) if plan[4] < 0}
+    return np.asarray(sorted(d for d in wanted if not view.has(d)), dtype=np.int64)
+
+
+def _document_stats(block: int) -> dict[str, int]:
+    """Per-document facts, counted once (first pass) for this job's documents."""
+    ctx = _WORKER
+    view: CorpusView = ctx["view"]
+    max_num_tokens = ctx["params"].max_num_tokens
+    stats = dict.fromkeys(DOC_STAT_KEYS, 0)
+    for doc in range(block * BLOCK_DOCUMENTS, min(ctx["num_documents"], (block + 1) * BLOCK_DOCUMENTS)):
+        tokens, offsets = view.document(doc)
+        lengths = np.diff(offsets)
+        stats["documents"] += 1
+        stats["sentences"] += len(lengths)
+        stats["single_sentence_documents"] += len(lengths) == 1
+        stats["long_sentences"] += int((lengths > max_num_tokens).sum())
+        stats["empty_sentences"] += int((lengths == 0).sum())
+        stats["documents_without_tokens"] += len(tokens) == 0
+        stats["document_tokens"] += len(tokens)
+    return stats
+
+
+DOC_STAT_KEYS = (
+    "documents",
+    "sentences",
+    "single_sentence_documents",
+    "long_sentences",
+    "empty_sentences",
+    "documents_without_tokens",
+    "document_tokens",
+)
+
+
+def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, int]]:
+    block, pass_index = task
+    ctx = _WORKER
+    view: CorpusView = ctx["view"]
+    doc_stats = _document_stats(block) if pass_index == 0 else dict.fromkeys(DOC_STAT_KEYS, 0)
+    if ctx["nsp"]:
+        plans = _plan_block(block, pass_index)
+        _, truncation = _block_rngs(ctx["seed"], pass_index, block)
+        result = pairing.build_pairs(
+            plans, view, truncation, ctx["params"], ctx["cls_id"], ctx["sep_id"], ctx["dtype"]
+        )
+    else:
+        docs = range(block * BLOCK_DOCUMENTS, min(ctx["num_documents"], (block + 1) * BLOCK_DOCUMENTS))
+        result = pairing.pack_documents(
+            (view.document(d) for d in docs), ctx["params"].max_seq_length, ctx["cls_id"], ctx["sep_id"], ctx["dtype"]
+        )
+    return result, doc_stats
+
+
+def ordered_map(
+    func: Callable,
+    tasks: Iterable,
+    num_workers: int,
+    initializer: Callable,
+    initargs: tuple,
+) -> Iterator:
+    """func over tasks, results in task order, at most 2·num_workers tasks in flight (bounded memory).
+
+    Pool.imap would read the whole task iterator ahead of the workers; this never does. One worker means no
+    extra process at all.
+    """
+    if num_workers <= 1:
+        initializer(*initargs)
+        for task in tasks:
+            yield func(task)
+        return
+    ctx = mp.get_context("spawn")  # fork after tokenizers' threads have started can deadlock
+    with ctx.Pool(num_workers, initializer=initializer, initargs=initargs) as pool:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append(pool.apply_async(func, (task,)))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ---------------------------------------------------------------- reading and tokenizing the corpus
+
+def _corpus_blocks(cfg: PairsConfig, stats: CorpusStats) -> Iterator[list[list[str]]]:
+    block: list[list[str]] = []
+    for doc in iter_documents(cfg.input, cfg.layout, cfg.format, cfg.text_field, cfg.errors, cfg.language, stats):
+        block.append(doc)
+        if len(block) == BLOCK_DOCUMENTS:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _tokenize_corpus(
+    cfg: PairsConfig,
+    loaded: LoadedTokenizer,
+    out: Path,
+    dtype: np.dtype,
+    keep: Callable[[int], np.ndarray] | None,
+    desc: str,
+    stats: CorpusStats,
+) -> None:
+    """Stream the corpus once: every document's sentence count, and the tokens of those `keep` selects.
+
+    keep(block) -> bool mask over the block's documents (None: all). Skipped blocks are not tokenized at all.
+    """
+    writer = TokenStoreWriter(out, dtype)
+    bar = tqdm(desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True)
+    block_counts: collections.deque = collections.deque()
+
+    def tasks() -> Iterator[list[str]]:
+        for block_index, docs in enumerate(_corpus_blocks(cfg, stats)):
+            counts = np.fromiter(map(len, docs), dtype=np.int32, count=len(docs))
+            writer.add_counts(counts)
+            mask = np.ones(len(docs), bool) if keep is None else keep(block_index)[: len(docs)]
+            ids = block_index * BLOCK_DOCUMENTS + np.flatnonzero(mask)
+            block_counts.append((ids, counts[mask]))
+            yield [s for d, m in zip(docs, mask) if m for s in d]
+
+    tokenizer_json = str(loaded.path / "tokenizer.json")
+    initargs = (tokenizer_json, dtype)
+    for lengths, tokens in ordered_map(_tokenize_block, tasks(), cfg.num_workers, _init_tokenizer, initargs):
+        ids, counts = block_counts.popleft()
+        writer.add_documents(ids, counts, lengths, tokens)
+        bar.update(len(tokens))
+    writer.close()
+    bar.close()
+
+
+# ---------------------------------------------------------------- checks
+
+def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) -> None:
+    """Refuse an artifact made with another tokenizer than `loaded` (compared by vocabulary and pipeline hash)."""
+    made_with = (manifest.get("inputs") or {}).get("tokenizer") or {}
+    if made_with.get("hash") and made_with["hash"] != loaded.hash:
+        raise ArtifactError(
+            f"{what} was made with another tokenizer ({made_with.get('path')}, hash {made_with['hash'][:12]}) "
+            f"than '{loaded.path}' (hash {loaded.hash[:12]})",
+            hint="rebuild it with `bert pairs --tokenizer` pointing at the tokenizer you train with",
+        )
+    ids = manifest.get("special_token_ids")
+    if ids and ids != loaded.special_ids:
+        raise ArtifactError(
+            f"{what} records special-token ids {ids}, but tokenizer '{loaded.path}' has {loaded.special_ids}",
+            hint="rebuild the artifact with this tokenizer",
+        )
+
+
+def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
+    if cfg.max_seq_length > loaded.max_length:
+        raise ConfigError(
+            f"key 'max_seq_length': {cfg.max_seq_length} is above what tokenizer '{loaded.path}' allows "
+            f"(model_max_length {loaded.max_length})",
+            hint=f"use max_seq_length ≤ {loaded.max_length}",
+        )
+    if not cfg.nsp and cfg.dupe_factor > 1:
+        raise ConfigError(
+            f"key 'dupe_factor': {cfg.dupe_factor} with nsp: false would write identical copies (packing is not random)",
+            hint="set dupe_factor: 1 and use `bert mask` dupe_factor or dynamic masking for variety",
+        )
+
+
+def _shard_blocks(num_blocks: int, shard_index: int, num_shards: int) -> range:
+    """The contiguous range of blocks a shard job builds (concatenating the shards in order = one job's output)."""
+    return range(num_blocks * shard_index // num_shards, num_blocks * (shard_index + 1) // num_shards)
+
+
+def _summarise(totals: dict[str, int], corpus: dict, max_seq_length: int, dupe_factor: int) -> dict:
+    """Manifest stats: the integer counts (summable across shard parts) and the shares derived from them."""
+    pairs = totals["pairs"]
+    stats: dict[str, Any] = {"sequences": pairs, **totals}
+    stats.update(
+        is_next_share=pairing.share(totals["is_next"], pairs),
+        random_next_share=pairing.share(totals["random_next"], pairs),
+        forced_random_share=pairing.share(totals["forced_random_next"], pairs),
+        truncation_rate=pairing.share(totals["truncated_pairs"], pairs),
+        truncated_token_share=pairing.share(totals["truncated_tokens"], totals["document_tokens"] * dupe_factor),
+        short_sequence_share=pairing.share(totals["short_target_pairs"], pairs),
+        padding_share=pairing.share(totals["padding_tokens"], pairs * max_seq_length),
+        mean_sequence_length=round(totals["tokens"] / pairs, 3) if pairs else 0.0,
+        documents_skipped={
+            "no_tokens": totals["documents_without_tokens"],
+        },
+        corpus=corpus,
+    )
+    return stats
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
+    """Build the pairs artifact (or merge shard parts, when every input is a pairs artifact); returns the manifest."""
+    if cfg.input and all((Path(p) / "manifest.json").is_file() for p in cfg.input):
+        return merge_parts(cfg, overwrite)
+    paths = resolve_inputs(cfg.input)
+    loaded = load_tokenizer(cfg.tokenizer)
+    _check_config(cfg, loaded)
+    check_output(cfg.output, overwrite)
+    dtype = token_dtype(loaded.vocab_size)
+    params = pairing.PairingParams(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp_probability)
+    corpus_stats = CorpusStats()
+    with atomic_output_dir(cfg.output, overwrite) as tmp:
+        scratch = tmp / SCRATCH
+        sharded = cfg.num_shards > 1
+        own_blocks: range | None = None
+        if sharded:
+            # A first cheap pass counts documents, so that each job knows its contiguous share of blocks.
+            count_stats = CorpusStats()
+            _tokenize_corpus(cfg, loaded, scratch / "count", dtype, lambda b: np.zeros(BLOCK_DOCUMENTS, bool),
+                             "counting documents", count_stats)
+            num_documents = count_stats.documents
+            own_blocks = _shard_blocks(-(-num_documents // BLOCK_DOCUMENTS), cfg.shard_index, cfg.num_shards)
+            shutil.rmtree(scratch / "count")
+
+        def keep_own(block: int) -> np.ndarray:
+            inside = own_blocks is None or block in own_blocks
+            return np.full(BLOCK_DOCUMENTS, inside, bool)
+
+        _tokenize_corpus(cfg, loaded, scratch / "own", dtype, keep_own, "tokenizing", corpus_stats)
+        require_text(corpus_stats, cfg.input)
+        num_documents = corpus_stats.documents
+        if cfg.nsp and num_documents < 2:
+            raise InputError(
+                f"the corpus ({', '.join(map(str, paths))}) holds a single document: a random next sentence must come "
+                "from another document, so NSP pairs cannot be made without mislabelling",
+                hint="add documents (separate them by a blank line), or set nsp: false to pack MLM-only sequences",
+            )
+        num_blocks = -(-num_documents // BLOCK_DOCUMENTS)
+        blocks = own_blocks if own_blocks is not None else range(num_blocks)
+        context = {
+            "scratch": str(scratch),
+            "stores": ["own"],
+            "dtype": dtype,
+            "num_documents": num_documents,
+            "seed": cfg.seed,
+            "params": params,
+            "nsp": cfg.nsp,
+            "cls_id": loaded.special_ids["cls"],
+            "sep_id": loaded.special_ids["sep"],
+        }
+        if sharded and cfg.nsp:
+            # Random-next documents come from the whole corpus: find those this job lacks, then tokenize them.
+            tasks = [(b, p) for b in blocks for p in range(cfg.dupe_factor)]
+            wanted = np.unique(np.concatenate(
+                [np.zeros(0, np.int64)]
+                + list(ordered_map(_foreign_requests, tasks, cfg.num_workers, _init_builder, (context,)))
+            ))
+
+            def keep_foreign(block: int) -> np.ndarray:
+                ids = block * BLOCK_DOCUMENTS + np.arange(BLOCK_DOCUMENTS)
+                return np.isin(ids, wanted)
+
+            _tokenize_corpus(cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
+                             CorpusStats())
+            context["stores"] = ["own", "foreign"]
+
+        writer = ShardWriter(
+            tmp,
+            ragged={RAGGED: dtype},
+            scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
+            sequences_per_shard=cfg.sequences_per_shard,
+        )
+        totals = dict.fromkeys(pairing.PAIR_STAT_KEYS + DOC_STAT_KEYS, 0)
+        passes = cfg.dupe_factor if cfg.nsp else 1
+        tasks = [(b, p) for b in blocks for p in range(passes)]  # block-major: shard parts concatenate in order
+        bar = tqdm(desc="building pairs", unit="tok", unit_scale=True, dynamic_ncols=True)
+        for result, doc_stats in ordered_map(_build_block, tasks, cfg.num_workers, _init_builder, (context,)):
+            _write_block(writer, result)
+            for key, value in itertools.chain(result.stats.items(), doc_stats.items()):
+                totals[key] += value
+            bar.update(int(result.lengths.sum()))
+        bar.close()
+        writer.close()
+        shutil.rmtree(scratch)
+        if totals["pairs"] == 0:
+            raise InputError(
+                f"the corpus ({', '.join(map(str, paths))}) gave no sequences (every sentence tokenized to nothing)",
+                hint="check the corpus and the tokenizer",
+            )
+        copy_tokenizer_files(loaded.path, tmp / TOKENIZER_DIR)
+        from bertcli.stages.train_vocab import file_fingerprints
+
+        manifest = write_manifest(
+            tmp,
+            "pairs",
+            cfg,
+            stats=_summarise(totals, corpus_stats.as_dict(), cfg.max_seq_length, passes),
+            inputs={"tokenizer": {"path": str(loaded.path), "hash": loaded.hash}, "corpus": file_fingerprints(paths)},
+            extra=_extra(cfg, loaded, dtype, num_documents),
+        )
+    return manifest
+
+
+def _extra(cfg: PairsConfig, loaded: LoadedTokenizer, dtype: np.dtype, num_documents: int) -> dict:
+    return {
+        "special_token_ids": loaded.special_ids,
+        "vocab_size": loaded.vocab_size,
+        "max_seq_length": cfg.max_seq_length,
+        "token_dtype": np.dtype(dtype).name,
+        "nsp": cfg.nsp,
+        "dupe_factor": cfg.dupe_factor if cfg.nsp else 1,
+        "num_documents": num_documents,
+        "shard_index": cfg.shard_index,
+        "num_shards": cfg.num_shards,
+        "fields": {
+            "input_ids": "ragged, [CLS] A [SEP] B [SEP] (nsp: false: [CLS] text [SEP], [SEP] between documents)",
+            "type_boundary": "int32, index of B's first token; token_type_ids = 0 before it, 1 from it",
+            "next_sentence_label": "int8, 0 = IsNext, 1 = random next, -1 = no pair (nsp: false)",
+        },
+        "reproducible": True,
+    }
+
+
+def _write_block(writer: ShardWriter, result: pairing.PairsBlock) -> None:
+    ends = np.cumsum(result.lengths)
+    starts = ends - result.lengths
+    ids = result.input_ids
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        writer.add(
+            input_ids=ids[s:e],
+            type_boundary=int(result.type_boundary[i]),
+            next_sentence_label=int(result.next_sentence_label[i]),
+        )
+
+
+# ---------------------------------------------------------------- merging shard parts
+
+def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
+    """Join the parts of a `--num-shards` run into the artifact one job would have written, byte for byte."""
+    parts = [Path(p) for p in cfg.input]
+    manifests = [load_manifest(p, ("pairs",)) for p in parts]
+    configs = []
+    for part in parts:
+        data = yaml.safe_load((part / "config.yaml").read_text(encoding="utf-8"))
+        configs.append(data)
+    base = dict(configs[0])
+    for key in ("shard_index", "output", "num_workers"):
+        base.pop(key, None)
+    seen = []
+    for part, data, manifest in zip(parts, configs, manifests):
+        other = {k: v for k, v in data.items() if k not in ("shard_index", "output", "num_workers")}
+        if other != base:
+            diff = sorted(k for k in set(other) | set(base) if other.get(k) != base.get(k))
+            raise ArtifactError(
+                f"pairs part '{part}' was made with another config than '{parts[0]}' (keys {', '.join(diff)} differ)",
+                hint="merge only the parts of one `bert pairs --set num_shards=N` run",
+            )
+        if manifest["inputs"]["tokenizer"]["hash"] != manifests[0]["inputs"]["tokenizer"]["hash"]:
+            raise ArtifactError(f"pairs part '{part}' was made with another tokenizer than '{parts[0]}'")
+        seen.append(int(data.get("shard_index", 0)))
+    num_shards = int(base.get("num_shards", 1))
+    if sorted(seen) != list(range(num_shards)):
+        raise ArtifactError(
+            f"the parts given are shards {sorted(seen)} of a {num_shards}-shard run; need each of 0..{num_shards - 1} once",
+            hint="pass every part's directory with --input",
+        )
+    order = sorted(range(len(parts)), key=lambda i: seen[i])
+    merged_cfg = load_config(
+        PairsConfig,
+        None,
+        (),
+        {k: v for k, v in base.items() if k != "num_shards"} | {"output": cfg.output, "num_workers": cfg.num_workers},
+    )
+    merged_cfg = replace(merged_cfg, shard_index=0, num_shards=1)
+    check_output(cfg.output, overwrite)
+    dtype = np.dtype(manifests[0]["token_dtype"])
+    totals: dict[str, int] = {}
+    with atomic_output_dir(cfg.output, overwrite) as tmp:
+        writer = ShardWriter(
+            tmp,
+            ragged={RAGGED: dtype},
+            scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
+            sequences_per_shard=merged_cfg.sequences_per_shard,
+        )
+        bar = tqdm(desc="merging parts", unit="seq", unit_scale=True, dynamic_ncols=True)
+        for i in order:
+            arrays = ShardedArrays(parts[i])
+            for shard in arrays.shards:
+                offsets = np.asarray(shard[f"{RAGGED}.offsets"])
+                ids = shard[RAGGED]
+                tb, nsl = np.asarray(shard["type_boundary"]), np.asarray(shard["next_sentence_label"])
+                for j in range(len(offsets) - 1):
+                    writer.add(input_ids=ids[offsets[j] : offsets[j + 1]], type_boundary=int(tb[j]),
+                               next_sentence_label=int(nsl[j]))
+                bar.update(len(offsets) - 1)
+            for key, value in manifests[i]["stats"].items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        bar.close()
+        writer.close()
+        copy_tokenizer_files(parts[order[0]] / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
+        first = manifests[order[0]]
+        totals.pop("sequences", None)
+        stats = _summarise(totals, first["stats"]["corpus"], merged_cfg.max_seq_length, first["dupe_factor"])
+        extra = {k: v for k, v in first.items() if k in _extra_keys()}
+        extra.update(shard_index=0, num_shards=1)
+        manifest = write_manifest(tmp, "pairs", merged_cfg, stats=stats, inputs=first["inputs"], extra=extra)
+    return manifest
+
+
+def _extra_keys() -> tuple[str, ...]:
+    return ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp", "dupe_factor",
+            "num_documents", "shard_index", "num_shards", "fields", "reproducible")
+
+
+def load_pairs(directory: str | Path) -> tuple[dict, ShardedArrays, LoadedTokenizer]:
+    """A finished pairs artifact: its manifest, its arrays and the tokenizer inside it (checked against the manifest)."""
+    directory = Path(directory)
+    manifest = load_manifest(directory, ("pairs",))
+    loaded = load_tokenizer(directory / TOKENIZER_DIR)
+    check_tokenizer_matches(manifest, loaded, f"pairs artifact '{directory}'")
+    return manifest, ShardedArrays(directory), loaded
