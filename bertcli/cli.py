@@ -142,6 +142,74 @@ def tokenize(
             typer.echo(" ".join(str(i) for i in row["ids"]))
 
 
+# ---------------------------------------------------------------- pairs, mask, inspect (bertcli/stages/{pairs,mask,inspect}.py)
+
+
+@app.command("pairs")
+@report_errors
+def pairs(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    input_: Optional[List[str]] = typer.Option(
+        None, "--input", "-i", help="Corpus file, directory or glob (repeatable); or every part of a sharded run to merge."
+    ),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer directory (bert train-vocab)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Pairs artifact directory to write."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Build NSP sentence pairs ([CLS] A [SEP] B [SEP]) from a corpus, as Google BERT does, streamed and parallel."""
+    from bertcli.config import load_config
+    from bertcli.schemas import PairsConfig
+    from bertcli.stages import pairs as stage
+
+    cfg = load_config(PairsConfig, config, set_ or [], {"input": input_, "tokenizer": tokenizer, "output": output})
+    stats = stage.run(cfg, overwrite=overwrite)["stats"]
+    typer.echo(
+        f"wrote {cfg.output}: {stats['sequences']:,} sequences, {stats['tokens']:,} tokens, "
+        f"IsNext {stats['is_next_share']:.1%} (forced random {stats['forced_random_share']:.1%}), "
+        f"truncated {stats['truncation_rate']:.1%}"
+    )
+
+
+@app.command("mask")
+@report_errors
+def mask(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Pairs artifact directory (bert pairs)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Masked artifact directory to write."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Mask a pairs artifact for MLM (static masking): exact selection count, 80/10/10, optional whole words."""
+    from bertcli.config import load_config
+    from bertcli.schemas import MaskConfig
+    from bertcli.stages import mask as stage
+
+    cfg = load_config(MaskConfig, config, set_ or [], {"input": input_, "output": output})
+    stats = stage.run(cfg, overwrite=overwrite)["stats"]
+    typer.echo(
+        f"wrote {cfg.output}: {stats['sequences']:,} sequences, {stats['selected']:,} of {stats['candidates']:,} "
+        f"candidate tokens selected ({stats['selection_rate']:.2%}): {stats['replaced_mask']:,} [MASK], "
+        f"{stats['replaced_random']:,} random, {stats['kept']:,} kept"
+    )
+
+
+@app.command("inspect")
+@report_errors
+def inspect(
+    directory: Path = typer.Argument(..., help="An artifact directory (pairs, masked, tokenizer, …)."),
+    examples: int = typer.Option(3, "--examples", "-n", min=0, help="Decoded examples to print."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as one JSON object, nothing else."),
+) -> None:
+    """Print an artifact's stats and decoded examples (segments, [MASK]s and their labels visible)."""
+    from bertcli.stages import inspect as stage
+
+    if as_json:
+        typer.echo(json.dumps(stage.stats(directory), ensure_ascii=False))
+        return
+    typer.echo(stage.render(directory, examples))
+
+
 # ---------------------------------------------------------------- use a trained model (bertcli/stages/predict.py)
 
 ModelOpt = typer.Option(
