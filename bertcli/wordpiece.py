@@ -1,0 +1,475 @@
+"""Score-based WordPiece training (textbook, likelihood or count score): exact, deterministic and incremental."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from typing import Iterable, Literal, Sequence
+
+ScoreName = Literal["textbook", "likelihood", "count"]
+SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
+
+# The trainer compacts its heap when stale entries outnumber live pairs by this factor (bounds memory).
+_HEAP_SLACK = 3
+
+
+def merged_token(left: str, right: str, prefix: str = "##") -> str:
+    """The token a merge of `left` and `right` makes: `a` + `##b` → `ab`, `##a` + `##b` → `##ab`."""
+    return left + right[len(prefix) :] if right.startswith(prefix) else left + right
+
+
+def _xlogx_decrease(c: int, k: int) -> float:
+    """f(c - k) - f(c) for f(x) = x·ln x, 0 <= k <= c, without the cancellation of the naive difference."""
+    if k == 0:
+        return 0.0
+    if k == c:
+        return -c * math.log(c)
+    return (c - k) * math.log1p(-k / c) - k * math.log(c)
+
+
+def _xlogx_increase(c: int, k: int) -> float:
+    """f(c + k) - f(c) for f(x) = x·ln x, c >= 0, k >= 0."""
+    if k == 0:
+        return 0.0
+    if c == 0:
+        return k * math.log(k)
+    return k * math.log(c + k) + c * math.log1p(k / c)
+
+
+def likelihood_gain(merges: int, count_left: int, count_right: int, count_merged: int, total: int, same: bool) -> float:
+    """Exact change of the corpus's unigram log-likelihood (nats) when a pair is merged `merges` times.
+
+    L = Σ_s c_s·ln(c_s / N) = Σ_s f(c_s) - f(N) with f(x) = x·ln x. A merge performed k times changes only
+    c_left, c_right (each by -k; by -2k when both are the same token), c_merged (+k; it may already exist) and
+    N (-k), so ΔL = Δf(c_left) + Δf(c_right) + Δf(c_merged) - Δf(N). See docs/wordpiece.md for the derivation.
+    The evaluation order is fixed, so the same counts always give the same float.
+    """
+    if same:
+        gain = _xlogx_decrease(count_left, 2 * merges)
+    else:
+        gain = _xlogx_decrease(count_left, merges) + _xlogx_decrease(count_right, merges)
+    return (gain + _xlogx_increase(count_merged, merges)) - _xlogx_decrease(total, merges)
+
+
+def select_alphabet(word_counts: Sequence[tuple[str, int]], limit_alphabet: int) -> set[str] | None:
+    """The characters kept when the alphabet is limited: the `limit_alphabet` most frequent (ties: lower code
+    point first); None when there is no limit (0) or the corpus has no more distinct characters than that."""
+    if limit_alphabet <= 0:
+        return None
+    chars: set[str] = set()
+    for word, _ in word_counts:
+        chars.update(word)
+    if len(chars) <= limit_alphabet:
+        return None
+    char_counts: Counter[str] = Counter()
+    for word, count in word_counts:
+        for ch, n in Counter(word).items():
+            char_counts[ch] += n * count
+    ranked = sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {ch for ch, _ in ranked[:limit_alphabet]}
+
+
+def initial_split(word: str, prefix: str = "##") -> list[str]:
+    """A word as characters, every character but the first carrying the continuation prefix."""
+    return [word[0]] + [prefix + ch for ch in word[1:]]
+
+
+def train_wordpiece(
+    word_counts: Sequence[tuple[str, int]] | Iterable[tuple[str, int]],
+    vocab_size: int,
+    special_tokens: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    score: ScoreName = "likelihood",
+    min_frequency: int = 0,
+    limit_alphabet: int = 0,
+    continuing_subword_prefix: str = "##",
+    progress: bool = False,
+) -> list[str]:
+    """Learn a WordPiece vocabulary from word counts; returns the tokens in id order.
+
+    word_counts: (word, count) in order of the word's first appearance in the corpus (the tie rule depends on it).
+    The vocabulary is the special tokens, then the initial alphabet (first characters and prefixed following
+    characters, sorted by code point), then one token per merge in merge order (a merge whose token is already
+    present adds nothing). Each step merges the pair with the highest score:
+      textbook    freq(ab) / (freq(a)·freq(b))                  (Hugging Face course, chapter 6)
+      likelihood  exact gain in the unigram log-likelihood of the training corpus (see likelihood_gain)
+      count       freq(ab), BPE's criterion
+    Ties go to the pair met first when scanning the words in order, each left to right. Training stops at
+    vocab_size tokens or when no pair is left. min_frequency > 0: a pair occurring fewer times is never merged.
+    limit_alphabet > 0: only that many characters (the most frequent) are kept, and words containing any other
+    character are left out of training (greedy WordPiece encodes such words as the unknown token anyway).
+    If the special tokens and the alphabet alone exceed vocab_size, they are all returned (the caller decides).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    if vocab_size < 0 or min_frequency < 0 or limit_alphabet < 0:
+        raise ValueError("vocab_size, min_frequency and limit_alphabet must be >= 0")
+    if not continuing_subword_prefix:
+        raise ValueError("continuing_subword_prefix must not be empty")
+    trainer = _Trainer(list(word_counts), score, min_frequency, limit_alphabet, continuing_subword_prefix)
+    return trainer.train(vocab_size, list(special_tokens), progress)
+
+
+class _Trainer:
+    """Incremental pair statistics over the distinct words, with a lazily invalidated max-heap of pair scores.
+
+    Symbols are interned by their string (two merges that spell the same token make the same symbol, as in the
+    textbook loop). A pair (x, y) is the int key x·shift + y. The tie rule needs, for every pair, the position
+    of its first occurrence in scan order; a symbol's start character offset inside its word never changes under
+    merges, so (word offset + start offset) is a global, merge-stable position whose order is the scan order.
+
+    Heap invariant: every mergeable pair has exactly one current entry (its version), whose key
+    (-score, first position) is <= the pair's true key. Changes that can only raise the key (a count going
+    down, the corpus size N shrinking, the first occurrence being merged away) are left lazy and repaired when
+    the entry surfaces; changes that lower it (a count going up, a symbol frequency going down) push a new entry.
+    """
+
+    def __init__(
+        self, word_counts: list[tuple[str, int]], score: str, min_frequency: int, limit_alphabet: int, prefix: str
+    ) -> None:
+        merged: dict[str, int] = {}
+        for word, count in word_counts:
+            merged[word] = merged.get(word, 0) + count
+        word_counts = list(merged.items())
+        self.score = score
+        self.min_frequency = max(min_frequency, 1)
+        self.prefix = prefix
+        keep = select_alphabet(word_counts, limit_alphabet)
+        self.sym_str: list[str] = []
+        self.sym_index: dict[str, int] = {}
+        self.sym_freq: list[int] = []
+        self.words: list[list[int]] = []
+        self.starts: list[list[int]] = []
+        self.freqs: list[int] = []
+        self.offsets: list[int] = []
+        cont_cache: dict[str, int] = {}
+        first_cache: dict[str, int] = {}
+        offset = 0
+        for word, count in word_counts:
+            if count <= 0 or not word:
+                continue
+            if keep is not None and not keep.issuperset(word):
+                continue
+            sid = first_cache.get(word[0])
+            if sid is None:
+                sid = first_cache[word[0]] = self._intern(word[0])
+            syms = [sid]
+            for ch in word[1:]:
+                sid = cont_cache.get(ch)
+                if sid is None:
+                    sid = cont_cache[ch] = self._intern(prefix + ch)
+                syms.append(sid)
+            self.words.append(syms)
+            self.starts.append(list(range(len(word))))
+            self.freqs.append(count)
+            self.offsets.append(offset)
+            offset += len(word)
+        self.num_initial = len(self.sym_str)
+        freq = [0] * len(self.sym_str)
+        for syms, count in zip(self.words, self.freqs):
+            for s in syms:
+                freq[s] += count
+        self.sym_freq = freq
+        self.total = sum(freq)
+        # Every merge removes at least one symbol occurrence, so there are fewer merges than characters.
+        self.shift = 1 << max(20, (2 * offset + 2).bit_length())
+
+    def _intern(self, s: str) -> int:
+        sid = self.sym_index.get(s)
+        if sid is None:
+            sid = self.sym_index[s] = len(self.sym_str)
+            self.sym_str.append(s)
+            self.sym_freq.append(0)
+        return sid
+
+    # ---------------------------------------------------------------- pair statistics
+    def _build_pairs(self) -> None:
+        shift = self.shift
+        count: dict[int, int] = {}
+        where: dict[int, set[int]] = {}
+        first: dict[int, int] = {}
+        for w, syms in enumerate(self.words):
+            if len(syms) < 2:
+                continue
+            f = self.freqs[w]
+            off = self.offsets[w]
+            st = self.starts[w]
+            for i in range(len(syms) - 1):
+                pk = syms[i] * shift + syms[i + 1]
+                c = count.get(pk)
+                if c is None:
+                    count[pk] = f
+                    where[pk] = {w}
+                    first[pk] = off + st[i]
+                else:
+                    count[pk] = c + f
+                    where[pk].add(w)
+        self.count = count
+        self.where = where
+        self.first = first
+        self.dirty: set[int] = set()
+        # Symbol → pairs it is part of: their scores move when its frequency does.
+        sym_pairs: dict[int, set[int]] = {}
+        for pk in count:
+            x, y = divmod(pk, shift)
+            sym_pairs.setdefault(x, set()).add(pk)
+            sym_pairs.setdefault(y, set()).add(pk)
+        self.sym_pairs = sym_pairs
+        # likelihood: merges performed for a self pair (x, x) (a run of L x's merges floor(L/2) times), and
+        # the pairs whose merged token already exists (its frequency enters the gain).
+        self.self_merges: dict[int, int] = {}
+        self.result_pairs: dict[str, set[int]] = {}
+        self.pair_result: dict[int, str] = {}
+        if self.score == "likelihood":
+            for w, syms in enumerate(self.words):
+                for pk, k in _self_pair_merges(syms, shift).items():
+                    self.self_merges[pk] = self.self_merges.get(pk, 0) + k * self.freqs[w]
+            for pk in count:
+                self._register_result(pk)
+
+    def _register_result(self, pk: int) -> None:
+        x, y = divmod(pk, self.shift)
+        m = merged_token(self.sym_str[x], self.sym_str[y], self.prefix)
+        self.pair_result[pk] = m
+        self.result_pairs.setdefault(m, set()).add(pk)
+
+    def _score(self, pk: int) -> float:
+        c = self.count[pk]
+        if self.score == "count":
+            return float(c)
+        x, y = divmod(pk, self.shift)
+        fr = self.sym_freq
+        if self.score == "textbook":
+            return c / (fr[x] * fr[y])
+        same = x == y
+        k = self.self_merges[pk] if same else c
+        m = self.sym_index.get(self.pair_result[pk])
+        return likelihood_gain(k, fr[x], fr[y], fr[m] if m is not None else 0, self.total, same)
+
+    def _exact_first(self, pk: int) -> int:
+        w = min(self.where[pk])
+        x, y = divmod(pk, self.shift)
+        syms = self.words[w]
+        for i in range(len(syms) - 1):
+            if syms[i] == x and syms[i + 1] == y:
+                return self.offsets[w] + self.starts[w][i]
+        raise AssertionError("pair index out of sync")  # pragma: no cover
+
+    # ---------------------------------------------------------------- heap
+    def _push(self, pk: int) -> None:
+        if self.count[pk] < self.min_frequency:
+            self.version.pop(pk, None)
+            return
+        v = self.version.get(pk, 0) + 1
+        self.version[pk] = v
+        heapq.heappush(self.heap, (-self._score(pk), self.first[pk], pk, v))
+
+    def _rebuild_heap(self) -> None:
+        self.version = {}
+        heap = []
+        for pk, c in self.count.items():
+            if c < self.min_frequency:
+                continue
+            if pk in self.dirty:
+                self.first[pk] = self._exact_first(pk)
+            self.version[pk] = 1
+            heap.append((-self._score(pk), self.first[pk], pk, 1))
+        self.dirty.clear()
+        heapq.heapify(heap)
+        self.heap = heap
+
+    def _pop_best(self) -> int | None:
+        heap = self.heap
+        version = self.version
+        while heap:
+            neg_score, pos, pk, v = heapq.heappop(heap)
+            if version.get(pk) != v:
+                continue
+            if self.count[pk] < self.min_frequency:
+                del version[pk]
+                continue
+            current = -self._score(pk)
+            if pk in self.dirty:
+                self.first[pk] = self._exact_first(pk)
+                self.dirty.discard(pk)
+            if current != neg_score or pos != self.first[pk]:
+                self._push(pk)
+                continue
+            del version[pk]
+            return pk
+        return None
+
+    # ---------------------------------------------------------------- merging
+    def _merge(self, pk: int) -> tuple[str, int]:
+        """Merge pair pk in every word containing it; returns (merged token, times merged)."""
+        shift = self.shift
+        a, b = divmod(pk, shift)
+        m_str = merged_token(self.sym_str[a], self.sym_str[b], self.prefix)
+        existed = m_str in self.sym_index
+        m = self._intern(m_str)
+        likelihood = self.score == "likelihood"
+        count, where, first, dirty = self.count, self.where, self.first, self.dirty
+        words, starts, freqs, offsets = self.words, self.starts, self.freqs, self.offsets
+        delta: dict[int, int] = {}
+        self_delta: dict[int, int] = {}
+        merges_total = 0
+        for w in sorted(where[pk]):
+            syms = words[w]
+            st = starts[w]
+            n = len(syms)
+            new_syms: list[int] = []
+            new_st: list[int] = []
+            i = 0
+            k = 0
+            while i < n:
+                if i + 1 < n and syms[i] == a and syms[i + 1] == b:
+                    new_syms.append(m)
+                    new_st.append(st[i])
+                    i += 2
+                    k += 1
+                else:
+                    new_syms.append(syms[i])
+                    new_st.append(st[i])
+                    i += 1
+            f = freqs[w]
+            merges_total += k * f
+            off = offsets[w]
+            old_occ = {(syms[i] * shift + syms[i + 1], st[i]) for i in range(n - 1)}
+            new_occ = {(new_syms[i] * shift + new_syms[i + 1], new_st[i]) for i in range(len(new_syms) - 1)}
+            removed = old_occ - new_occ
+            added = new_occ - old_occ
+            old_keys = {p for p, _ in old_occ}
+            new_keys = {p for p, _ in new_occ}
+            for p, s in removed:
+                delta[p] = delta.get(p, 0) - f
+                if first.get(p) == off + s:
+                    dirty.add(p)
+            for p, s in added:
+                delta[p] = delta.get(p, 0) + f
+                pos = off + s
+                fp = first.get(p)
+                if fp is None or pos < fp:
+                    first[p] = pos
+                    dirty.discard(p)
+            for p in old_keys - new_keys:
+                where[p].discard(w)
+            for p in new_keys - old_keys:
+                ws = where.get(p)
+                if ws is None:
+                    where[p] = {w}
+                else:
+                    ws.add(w)
+            if likelihood:
+                for p, c in _self_pair_merges(syms, shift).items():
+                    self_delta[p] = self_delta.get(p, 0) - c * f
+                for p, c in _self_pair_merges(new_syms, shift).items():
+                    self_delta[p] = self_delta.get(p, 0) + c * f
+            words[w] = new_syms
+            starts[w] = new_st
+        fr = self.sym_freq
+        fr[a] -= merges_total
+        fr[b] -= merges_total
+        fr[m] += merges_total
+        self.total -= merges_total
+        # Pairs to push again: those whose key may have gone down.
+        repush: set[int] = set()
+        if self.score != "count":
+            repush.update(self.sym_pairs.get(a, ()))
+            repush.update(self.sym_pairs.get(b, ()))
+            if likelihood and existed:
+                repush.update(self.result_pairs.get(m_str, ()))
+        for p, d in delta.items():
+            if d == 0:
+                continue
+            c = count.get(p, 0) + d
+            if c == 0:
+                self._drop_pair(p)
+                continue
+            if p not in count:
+                x, y = divmod(p, shift)
+                self.sym_pairs.setdefault(x, set()).add(p)
+                self.sym_pairs.setdefault(y, set()).add(p)
+                if likelihood:
+                    self._register_result(p)
+            count[p] = c
+            if d > 0:
+                repush.add(p)
+        if likelihood:
+            for p, d in self_delta.items():
+                if d == 0 or p not in count:
+                    continue
+                self.self_merges[p] = self.self_merges.get(p, 0) + d
+                if d > 0:
+                    repush.add(p)
+        for p in sorted(repush):
+            if p in count:
+                self._push(p)
+        return m_str, merges_total
+
+    def _drop_pair(self, p: int) -> None:
+        shift = self.shift
+        del self.count[p]
+        self.where.pop(p, None)
+        self.first.pop(p, None)
+        self.dirty.discard(p)
+        self.version.pop(p, None)
+        x, y = divmod(p, shift)
+        self.sym_pairs[x].discard(p)
+        self.sym_pairs[y].discard(p)
+        self.self_merges.pop(p, None)
+        m = self.pair_result.pop(p, None)
+        if m is not None:
+            self.result_pairs[m].discard(p)
+
+    # ---------------------------------------------------------------- main loop
+    def train(self, vocab_size: int, special_tokens: list[str], progress: bool) -> list[str]:
+        vocab: list[str] = []
+        present: set[str] = set()
+        for t in special_tokens + sorted(self.sym_str):
+            if t not in present:
+                present.add(t)
+                vocab.append(t)
+        if len(vocab) >= vocab_size:
+            return vocab
+        self._build_pairs()
+        self.version: dict[int, int] = {}
+        self.heap: list = []
+        self._rebuild_heap()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=vocab_size, initial=len(vocab), unit="tok", desc=f"wordpiece ({self.score})")
+        while len(vocab) < vocab_size:
+            if len(self.heap) > _HEAP_SLACK * len(self.version) + 1024:
+                self._rebuild_heap()
+            pk = self._pop_best()
+            if pk is None:
+                break
+            token, _ = self._merge(pk)
+            if token not in present:
+                present.add(token)
+                vocab.append(token)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return vocab
+
+
+def _self_pair_merges(syms: list[int], shift: int) -> dict[int, int]:
+    """For each symbol x repeated in a run: floor(run length / 2), the merges (x, x) makes left to right."""
+    out: dict[int, int] = {}
+    n = len(syms)
+    i = 0
+    while i < n - 1:
+        if syms[i] == syms[i + 1]:
+            j = i + 1
+            while j + 1 < n and syms[j + 1] == syms[i]:
+                j += 1
+            pk = syms[i] * shift + syms[i]
+            out[pk] = out.get(pk, 0) + (j - i + 1) // 2
+            i = j + 1
+        else:
+            i += 1
+    return out
