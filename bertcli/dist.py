@@ -83,20 +83,34 @@ def barrier(ctx: DistContext) -> None:
         torch_dist.barrier()
 
 
-def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks in place (returns it)."""
-    if ctx.distributed:
-        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+def _reduce(ctx: DistContext, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+    if not ctx.distributed:
+        return tensor
+    if ctx.backend == "nccl" and tensor.device.type != "cuda":
+        moved = tensor.to(ctx.device)  # NCCL reduces CUDA tensors only
+        torch_dist.all_reduce(moved, op=op)
+        tensor.copy_(moved.cpu())
+    else:
+        torch_dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks in place (returns it); CPU tensors are fine with either backend."""
+    return _reduce(ctx, tensor, torch_dist.ReduceOp.SUM)
+
+
+def all_reduce_max(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over all ranks in place (returns it)."""
+    return _reduce(ctx, tensor, torch_dist.ReduceOp.MAX)
 
 
 def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True if the flag is set on any rank (e.g. a non-finite loss seen by one rank stops all)."""
     if not ctx.distributed:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device if ctx.backend == "nccl" else "cpu")
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    t = torch.tensor([1.0 if flag else 0.0])
+    return bool(all_reduce_max(ctx, t).item() > 0)
 
 
 def broadcast_object(ctx: DistContext, obj: Any) -> Any:

@@ -190,7 +190,19 @@ class PretrainingModule(nn.Module):
         self.model = model
         self.has_nsp = has_nsp
 
-    def forward(self, batch: PretrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        masked_positions: torch.Tensor,
+        masked_labels: torch.Tensor,
+        next_sentence_label: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Tensors, not a PretrainingBatch, so DDP and torch.compile handle the inputs without special cases.
+        batch = PretrainingBatch(
+            input_ids, token_type_ids, attention_mask, masked_positions, masked_labels, next_sentence_label
+        )
         return pretraining_loss(self.model, batch, self.has_nsp)
 
 

@@ -126,7 +126,7 @@ def test_saved_model_is_stock_bert_for_pretraining(tmp_path):
     model = M.build_model(cfg, seed=4)
     module = M.PretrainingModule(model)
     batch, _ = random_batch(cfg.vocab_size)
-    module(batch)[0].backward()
+    module(**batch.__dict__)[0].backward()
     model.save_pretrained(tmp_path)
     loaded = BertForPreTraining.from_pretrained(tmp_path)
     assert set(loaded.state_dict()) == set(BertForPreTraining(cfg).state_dict())

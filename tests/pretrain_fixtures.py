@@ -1,0 +1,102 @@
+"""Small pairs/masked artifacts for the pretraining tests, written with ShardWriter in the documented format.
+
+The sequences are real text (consecutive sentences of a corpus, half of the B segments from another document),
+so a tiny model learns something in a few dozen steps; the masking here is a simple 15% / 80-10-10 for test
+data only (the product's masking is bertcli.masking, used by `bert mask` and by dynamic masking).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bertcli.artifacts import ShardWriter, token_dtype, write_manifest
+from bertcli.schemas import MaskConfig, PairsConfig
+from bertcli.vocab import copy_tokenizer_files, load_tokenizer
+
+
+def _documents(corpus: Path) -> list[list[str]]:
+    docs, current = [], []
+    for line in corpus.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            docs.append(current)
+            current = []
+    if current:
+        docs.append(current)
+    return [d for d in docs if len(d) >= 2]
+
+
+def make_artifact(
+    out: Path,
+    tokenizer_dir: Path,
+    corpus: Path,
+    kind: str = "masked",
+    max_seq_length: int = 32,
+    num_sequences: int = 256,
+    sequences_per_shard: int = 100,
+    seed: int = 0,
+    nsp: bool = True,
+) -> Path:
+    """Write a `pairs` or `masked` artifact with num_sequences sequences of at most max_seq_length tokens."""
+    tok = load_tokenizer(tokenizer_dir)
+    ids = tok.special_ids
+    rng = np.random.default_rng(seed)
+    docs = [[tok.tokenizer.encode(s, add_special_tokens=False).ids for s in d] for d in _documents(corpus)]
+    dtype = token_dtype(tok.vocab_size)
+    ragged = {"input_ids": dtype}
+    if kind == "masked":
+        ragged.update({"masked_positions": np.int16, "masked_labels": dtype})
+    out.mkdir(parents=True)
+    writer = ShardWriter(out, ragged=ragged, scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
+                         sequences_per_shard=sequences_per_shard)
+    specials = set(ids.values())
+    normal = np.array([i for i in range(tok.vocab_size) if i not in specials])
+    for n in range(num_sequences):
+        d = int(rng.integers(len(docs)))
+        s = int(rng.integers(len(docs[d]) - 1))
+        a = docs[d][s]
+        label = int(rng.random() < 0.5) if nsp else 0
+        if label:
+            other = (d + 1 + int(rng.integers(len(docs) - 1))) % len(docs)
+            b = docs[other][int(rng.integers(len(docs[other])))]
+        else:
+            b = docs[d][s + 1]
+        budget = max_seq_length - 3
+        length = int(rng.integers(max(4, budget // 3), budget + 1))  # varied lengths: padding matters
+        a = a[: max(1, length // 2)]
+        b = b[: max(1, length - len(a))]
+        if nsp:
+            seq = [ids["cls"], *a, ids["sep"], *b, ids["sep"]]
+            boundary = len(a) + 2
+        else:
+            seq = [ids["cls"], *a, *b, ids["sep"]]
+            boundary = len(seq)
+        seq = np.array(seq, dtype=np.int64)
+        row = {"input_ids": seq, "type_boundary": boundary, "next_sentence_label": label}
+        if kind == "masked":
+            cand = np.array([i for i, t in enumerate(seq) if t not in (ids["cls"], ids["sep"], ids["pad"])])
+            k = min(20, max(1, round(len(cand) * 0.15)))
+            pos = np.sort(rng.choice(cand, size=k, replace=False))
+            labels = seq[pos].copy()
+            coin = rng.random(k)
+            seq = seq.copy()
+            seq[pos[coin < 0.8]] = ids["mask"]
+            rand = pos[(coin >= 0.8) & (coin < 0.9)]
+            seq[rand] = rng.choice(normal, size=len(rand))
+            row.update(input_ids=seq, masked_positions=pos, masked_labels=labels)
+        writer.add(**row)
+    writer.close()
+    copy_tokenizer_files(tokenizer_dir, out / "tokenizer")
+    stage = "mask" if kind == "masked" else "pairs"
+    cfg = MaskConfig(input="pairs", output=str(out)) if kind == "masked" else PairsConfig(
+        input=[str(corpus)], tokenizer=str(tokenizer_dir), output=str(out), max_seq_length=max_seq_length, nsp=nsp
+    )
+    write_manifest(
+        out, stage, cfg, stats={"sequences": num_sequences}, inputs={"tokenizer": {"path": str(tokenizer_dir), "hash": tok.hash}},
+        extra={"vocab_size": tok.vocab_size, "max_seq_length": max_seq_length, "special_token_ids": ids,
+               "token_dtype": str(dtype), "nsp": nsp},
+    )
+    return out
