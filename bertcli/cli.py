@@ -210,6 +210,49 @@ def inspect(
     typer.echo(stage.render(directory, examples))
 
 
+# ---------------------------------------------------------------- pretrain, plot (bertcli/stages/{pretrain,plot}.py)
+
+
+@app.command("pretrain")
+@report_errors
+def pretrain(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="A masked artifact (static masking) or a pairs artifact (dynamic masking)."
+    ),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (checkpoints, metrics)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over, replacing the run in --output."),
+) -> None:
+    """Pretrain BertForPreTraining (MLM + NSP); also under `torchrun --nproc_per_node N -m bertcli pretrain …`."""
+    from bertcli.config import load_config
+    from bertcli.schemas import PretrainConfig
+    from bertcli.stages import pretrain as stage
+
+    cfg = load_config(PretrainConfig, config, set_ or [], {"data": data, "output": output})
+    manifest = stage.run(cfg, resume=resume, overwrite=overwrite)
+    if manifest is not None and int(os.environ.get("RANK", "0")) == 0:
+        stats = manifest["stats"]
+        acc = stats.get("eval_mlm_accuracy")
+        typer.echo(
+            f"wrote {Path(cfg.output) / 'final'}: {stats['steps']:,} steps, {stats['tokens']:,} tokens"
+            + (f", held-out MLM accuracy {acc:.2%}" if acc is not None else "")
+        )
+
+
+@app.command("plot")
+@report_errors
+def plot(
+    run: Path = typer.Argument(..., help="A run directory of `bert pretrain` (holding metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG to write (default RUN/metrics.png)."),
+) -> None:
+    """Draw the loss and accuracy curves of a pretraining run as a PNG."""
+    from bertcli.stages import plot as stage
+
+    typer.echo(f"wrote {stage.run(run, out)}")
+
+
 # ---------------------------------------------------------------- use a trained model (bertcli/stages/predict.py)
 
 ModelOpt = typer.Option(
