@@ -325,16 +325,7 @@ def open_text_writer(path: Path) -> io.TextIOWrapper:
 
 _BLANK_RUN = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
 _WHITESPACE_LINE = re.compile(rb"\n[ \t\r\f\v]+(?=\n|\Z)")
-_SCAN_CHUNK = 4 << 20
-
-
-def _line_lengths(chunk: bytes):
-    """Byte length of every line of a chunk that ends at a newline (numpy, no Python loop per line)."""
-    import numpy as np
-
-    newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
-    bounds = np.concatenate([[-1], newlines] + ([] if chunk.endswith(b"\n") else [[len(chunk)]]))
-    return np.diff(bounds) - 1
+_SCAN_CHUNK = 1 << 20
 
 
 def scan_plain_file(path: Path, errors: str, stats: CorpusStats) -> bool:
@@ -373,13 +364,15 @@ def scan_plain_file(path: Path, errors: str, stats: CorpusStats) -> bool:
                         hint="convert the file to UTF-8, or set errors: replace to read bad bytes as U+FFFD",
                     ) from exc
                 return False
-            lengths = _line_lengths(chunk)
-            if lengths.max(initial=0) > MAX_LINE_BYTES:
+            parts = chunk.split(b"\n")
+            if chunk.endswith(b"\n"):
+                parts.pop()  # what follows the last newline is not a line
+            if max(map(len, parts), default=0) > MAX_LINE_BYTES:
                 return False
             newlines = chunk.count(b"\n")
-            lines = len(lengths)
+            lines = len(parts)
             whitespace_only = len(_WHITESPACE_LINE.findall(b"\n" + chunk))
-            sentences += lines - int((lengths == 0).sum()) - whitespace_only
+            sentences += lines - parts.count(b"") - whitespace_only
             separators += len(_BLANK_RUN.findall(tail[-1:] + chunk))
             stats.lines += lines
             stats.nul_bytes_removed += chunk.count(b"\0")

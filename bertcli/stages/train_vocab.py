@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
 from bertcli.corpus import CorpusStats, is_jsonl, iter_texts, require_text, resolve_inputs, scan_plain_file
