@@ -289,55 +289,63 @@ def pack_documents(
     sep_id: int,
     dtype: np.dtype,
 ) -> PairsBlock:
-    """RoBERTa's FULL-SENTENCES: contiguous sentences packed into `[CLS] … [SEP]` sequences of up to max length.
+    """Full-length single segments for MLM-only training (RoBERTa's FULL-SENTENCES, packed to the last token).
 
-    Sequences run across document boundaries (within the block of documents given), with a [SEP] between
-    documents; a sentence longer than a whole sequence is cut into full-length pieces rather than dropped.
-    Deterministic: no randomness at all.
+    The block's documents are laid end to end with a [SEP] between documents, and the stream is cut into
+    `[CLS] … [SEP]` sequences of exactly max_seq_length (the block's last one shorter): no padding, no token lost.
+    A sentence that straddles a cut continues in the next sequence (counted as split_sentences); a document
+    separator that would open or close a sequence is left out. Deterministic: no randomness at all.
     """
     room = max_seq_length - 2  # [CLS] … [SEP]
-    sep = np.array([sep_id], dtype=dtype)
     stats = dict.fromkeys(PAIR_STAT_KEYS, 0)
-    seqs: list[np.ndarray] = []
-    current: list[np.ndarray] = []
-    used = 0
-
-    def flush() -> None:
-        nonlocal current, used
-        while current and current[-1] is sep:  # no trailing document separator
-            current.pop()
-            used -= 1
-        if used:
-            seqs.append(np.concatenate([np.array([cls_id], dtype=dtype), *current, sep]).astype(dtype, copy=False))
-        current, used = [], 0
-
+    parts: list[np.ndarray] = []
+    is_sep: list[np.ndarray] = []
+    boundaries: list[np.ndarray] = []  # stream positions where a sentence starts
+    pos = 0
     for tokens, offsets in documents:
-        if used:  # a new document inside the sequence: mark the boundary
-            if used + 1 >= room:
-                flush()
-            else:
-                current.append(sep)
-                used += 1
-        for s in range(len(offsets) - 1):
-            sentence = tokens[offsets[s] : offsets[s + 1]]
-            while len(sentence):
-                if used + len(sentence) <= room:
-                    current.append(sentence)
-                    used += len(sentence)
-                    break
-                if used == 0:  # longer than a sequence by itself: cut it
-                    current.append(sentence[:room])
-                    used = room
-                    sentence = sentence[room:]
-                    stats["split_sentences"] += 1
-                flush()
-    flush()
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        if len(tokens) == 0:
+            continue
+        if parts:
+            parts.append(np.array([sep_id], dtype=dtype))
+            is_sep.append(np.ones(1, bool))
+            pos += 1
+        parts.append(np.asarray(tokens, dtype=dtype))
+        is_sep.append(np.zeros(len(tokens), bool))
+        boundaries.append(pos + np.asarray(offsets[:-1], dtype=np.int64))
+        pos += len(tokens)
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return PairsBlock(np.zeros(0, dtype), empty, empty.astype(np.int32), empty.astype(np.int8), stats)
+    stream = np.concatenate(parts)
+    separator = np.concatenate(is_sep)
+    cuts = np.arange(room, len(stream), room)
+    starts_sentence = np.zeros(len(stream) + 1, bool)
+    starts_sentence[np.concatenate(boundaries)] = True
+    starts_sentence[separator.nonzero()[0]] = True
+    starts_sentence[np.flatnonzero(separator) + 1] = True
+    stats["split_sentences"] = int((~starts_sentence[cuts]).sum())
+    seqs = []
+    for lo in range(0, len(stream), room):
+        hi = min(lo + room, len(stream))
+        if separator[lo]:
+            lo += 1
+        if hi > lo and separator[hi - 1]:
+            hi -= 1
+        if hi > lo:
+            seqs.append(stream[lo:hi])
+    lengths = np.fromiter((len(q) + 2 for q in seqs), dtype=np.int64, count=len(seqs))
+    out = np.empty(int(lengths.sum()), dtype=dtype)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    out[starts] = cls_id
+    out[ends - 1] = sep_id
+    for q, s0 in zip(seqs, starts.tolist()):
+        out[s0 + 1 : s0 + 1 + len(q)] = q
     stats["pairs"] = len(seqs)
     stats["tokens"] = int(lengths.sum())
     stats["padding_tokens"] = int(max_seq_length * len(seqs) - lengths.sum())
     return PairsBlock(
-        input_ids=np.concatenate(seqs).astype(dtype, copy=False) if seqs else np.zeros(0, dtype),
+        input_ids=out,
         lengths=lengths,
         type_boundary=lengths.astype(np.int32),
         next_sentence_label=np.full(len(seqs), NO_NSP_LABEL, dtype=np.int8),

@@ -463,7 +463,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
         bar.close()
         writer.close()
         shutil.rmtree(scratch)
-        if totals["pairs"] == 0:
+        if totals["pairs"] == 0 and not sharded:  # a shard part may be empty when there are few documents
             raise InputError(
                 f"the corpus ({', '.join(map(str, paths))}) gave no sequences (every sentence tokenized to nothing)",
                 hint="check the corpus and the tokenizer",
@@ -565,8 +565,11 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
         )
         bar = tqdm(desc="merging parts", unit="seq", unit_scale=True, dynamic_ncols=True)
         for i in order:
-            arrays = ShardedArrays(parts[i])
-            for shard in arrays.shards:
+            if manifests[i]["stats"]["sequences"] == 0:
+                arrays = None
+            else:
+                arrays = ShardedArrays(parts[i])
+            for shard in arrays.shards if arrays is not None else []:
                 offsets = np.asarray(shard[f"{RAGGED}.offsets"])
                 ids = shard[RAGGED]
                 tb, nsl = np.asarray(shard["type_boundary"]), np.asarray(shard["next_sentence_label"])
