@@ -465,3 +465,38 @@ def test_init_from_a_run_and_from_masked_lm(reference_run, masked_data, tmp_path
     P.run(tiny_cfg(masked_data, tmp_path / "from-mlm", max_steps=1, save_every=0, eval_every=0,
                    init_from=str(mlm_dir)))
     assert "cls.seq_relationship" in capsys.readouterr().err  # the NSP head was missing: initialised, and said so
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+
+@pytest.mark.parametrize("name", ["tiny", "base", "phase1_128", "phase2_512"])
+def test_shipped_configs_load_and_list_every_key(name):
+    import dataclasses
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / f"{name}.yaml"
+    cfg = load_config(PretrainConfig, str(path))
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(PretrainConfig)}
+    assert set(raw["model"]) == {f.name for f in dataclasses.fields(ModelConfig)}
+    if name != "tiny":
+        assert cfg.model.preset == "base" and cfg.batch_size == 256
+    if name == "phase2_512":
+        phase1 = load_config(PretrainConfig, str(path.with_name("phase1_128.yaml")))
+        assert cfg.init_from == f"{phase1.output}/final"
+        assert phase1.max_steps == 9 * cfg.max_steps  # 90% / 10%
+        assert phase1.model.max_position_embeddings >= 512
+
+
+def test_two_phase_recipe_in_miniature(tmp_path, tiny_tokenizer, tiny_corpus):
+    """Phase 1 at length 32, phase 2 at length 64 from phase 1's final/ (as phase1_128 → phase2_512)."""
+    short = make_artifact(tmp_path / "short", tiny_tokenizer, tiny_corpus, max_seq_length=32, num_sequences=40)
+    long = make_artifact(tmp_path / "long", tiny_tokenizer, tiny_corpus, max_seq_length=64, num_sequences=40)
+    P.run(tiny_cfg(short, tmp_path / "phase1", max_steps=2, save_every=0, eval_every=0, eval_fraction=0.2))
+    manifest = P.run(tiny_cfg(long, tmp_path / "phase2", max_steps=2, save_every=0, eval_every=0, eval_fraction=0.2,
+                              init_from=str(tmp_path / "phase1" / "final")))
+    assert manifest["max_seq_length"] == 64 and manifest["stats"]["steps"] == 2
+    w1, w2 = weights(tmp_path / "phase1"), weights(tmp_path / "phase2")
+    assert not torch.equal(w1["bert.embeddings.position_embeddings.weight"],
+                           w2["bert.embeddings.position_embeddings.weight"])
