@@ -1,0 +1,328 @@
+"""`bert predict-nsp`, `fill-mask`, `evaluate`, `embed` on a tiny model made with plain transformers code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bert_tiny import STORY, make_tiny_bert
+from bertcli.cli import app
+
+runner = CliRunner()
+
+
+def _ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _fails(args: list[str], *needles: str) -> str:
+    """The command exits with code 2 and one `error:` line that contains every needle; no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.output
+    for needle in needles:
+        assert needle in error[0], error[0]
+    return error[0]
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# ---------------------------------------------------------------- predict-nsp
+
+
+def test_predict_nsp_knows_the_story_order(tiny_bert: Path, tmp_path: Path) -> None:
+    # Every ordered pair of STORY sentences: IsNext exactly when B is A's successor. A swapped label index
+    # (IsNext is 0 in transformers) would score near 0 here.
+    n = len(STORY)
+    pairs = [(STORY[a], STORY[b]) for a in range(n) for b in range(n)]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    rows = _json_lines(_ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(tsv)]).stdout)
+    assert [(r["first"], r["second"]) for r in rows] == pairs
+    truth = [b == (a + 1) % n for a in range(n) for b in range(n)]
+    correct = sum((r["label"] == "IsNext") == t for r, t in zip(rows, truth))
+    assert correct / len(rows) >= 0.8
+    for r in rows:
+        assert 0.0 <= r["is_next_probability"] <= 1.0
+        assert r["label"] == ("IsNext" if r["is_next_probability"] >= 0.5 else "NotNext")
+
+
+def test_predict_nsp_single_pair_and_batch_agree(tiny_bert: Path, tmp_path: Path) -> None:
+    single = _ok(
+        ["predict-nsp", "--model", str(tiny_bert), "--first", STORY[0], "--second", STORY[1], "--json"]
+    ).stdout
+    (row,) = _json_lines(single)
+    assert set(row) == {"first", "second", "is_next_probability", "label"}
+    assert row["label"] == "IsNext"
+    human = _ok(["predict-nsp", "--model", str(tiny_bert), "--first", STORY[0], "--second", STORY[1]]).stdout
+    assert human.startswith("IsNext") and f"{row['is_next_probability']:.4f}" in human
+
+    # The same pair inside a JSONL batch of mixed lengths (padding) gets the same probability.
+    jsonl = tmp_path / "pairs.jsonl"
+    lines = [{"first": STORY[2], "second": STORY[3] + " " + STORY[4]}, {"first": STORY[0], "second": STORY[1]}]
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
+    rows = _json_lines(
+        _ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(jsonl), "--batch-size", "2"]).stdout
+    )
+    assert len(rows) == 2
+    assert rows[1]["is_next_probability"] == pytest.approx(row["is_next_probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, content, line",
+    [
+        ("bad.tsv", "a\tb\nno tab here\n", ":2:"),
+        ("bad.tsv", "a\tb\n\nc\td\te\n", ":3:"),
+        ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a", \n', ":2:"),
+        ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a"}\n', ":2:"),
+        ("bad.jsonl", '{"first": "a", "second": ""}\n', ":1:"),
+    ],
+)
+def test_predict_nsp_malformed_pairs_file_names_the_line(
+    tiny_bert: Path, tmp_path: Path, name: str, content: str, line: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["predict-nsp", "--model", str(tiny_bert), "--input", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}{line}" in result.stderr
+    assert result.stdout == ""  # nothing half-written before the bad line
+
+
+def test_predict_nsp_needs_a_pair_or_a_file(tiny_bert: Path) -> None:
+    _fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a"], "--second")
+    _fails(["predict-nsp", "--model", str(tiny_bert), "--input", "x.tsv", "--first", "a"], "not both")
+
+
+def test_text_longer_than_positions_is_truncated_with_a_warning(tiny_bert: Path) -> None:
+    long_text = " ".join(STORY * 3)  # ~50 tokens, the model has 40 positions
+    result = _ok(["predict-nsp", "--model", str(tiny_bert), "--first", long_text, "--second", STORY[0], "--json"])
+    assert "warning:" in result.stderr and "truncated to 40" in result.stderr
+    assert len(_json_lines(result.stdout)) == 1
+
+
+# ---------------------------------------------------------------- fill-mask
+
+
+def test_fill_mask_predicts_the_trained_words(tiny_bert: Path) -> None:
+    out = _ok(["fill-mask", "--model", str(tiny_bert), "--top-k", "3", "--json", "the cat [MASK] on the mat ."]).stdout
+    (obj,) = _json_lines(out)
+    (mask,) = obj["masks"]
+    preds = mask["predictions"]
+    assert len(preds) == 3
+    assert preds[0]["token"] == "sat"
+    assert preds[0]["sequence"] == "the cat sat on the mat."
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    assert not {p["token"] for p in preds} & {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"}
+
+    human = _ok(["fill-mask", "--model", str(tiny_bert), "the cat [MASK] on the mat ."]).stdout
+    assert human.splitlines()[0].split()[1] == "sat"
+
+
+def test_fill_mask_two_masks(tiny_bert: Path) -> None:
+    out = _ok(["fill-mask", "--model", str(tiny_bert), "--json", "the cat [MASK] on the [MASK] ."]).stdout
+    masks = _json_lines(out)[0]["masks"]
+    assert [m["mask_index"] for m in masks] == [0, 1]
+    assert [m["predictions"][0]["token"] for m in masks] == ["sat", "mat"]
+    assert "[MASK]" in masks[1]["predictions"][0]["sequence"]  # the other mask stays masked
+
+
+def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:
+    model = make_tiny_bert(tmp_path / "angle", train=False, mask_token="<mask>")
+    _fails(["fill-mask", "--model", str(model), "the cat [MASK] on the mat ."], "no <mask> token")
+    out = _ok(["fill-mask", "--model", str(model), "--json", "the cat <mask> on the mat ."]).stdout
+    assert len(_json_lines(out)[0]["masks"]) == 1
+
+
+def test_fill_mask_without_mask_is_refused(tiny_bert: Path) -> None:
+    _fails(["fill-mask", "--model", str(tiny_bert), "the cat sat on the mat ."], "no [MASK] token")
+
+
+# ---------------------------------------------------------------- embed
+
+
+def test_embed_static_versus_contextual(tiny_bert: Path) -> None:
+    sentences = ["He got bit by a Python .", "Python is my favorite programming language .", "the cat sat on the mat ."]
+    result = runner.invoke(app, ["embed", "--model", str(tiny_bert), "--word", "python", "--json", *sentences[:2]])
+    assert result.exit_code == 0, result.output
+    obj = _json_lines(result.stdout)[0]
+    assert obj["pieces"] == [["python"], ["python"]]
+    static = np.array(obj["static_similarity"])
+    contextual = np.array(obj["contextual_similarity"])
+    # The same piece has the same input embedding wherever it stands; its contextual vector moves with the sentence.
+    np.testing.assert_allclose(static, 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.diag(contextual), 1.0, atol=1e-5)
+    np.testing.assert_allclose(contextual, contextual.T, atol=1e-6)
+    assert contextual[0, 1] < 0.99
+    vectors = np.array(obj["vectors"])
+    assert vectors.shape == (2, 64)
+    a, b = vectors
+    assert contextual[0, 1] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
+
+    human = _ok(["embed", "--model", str(tiny_bert), "--word", "python", *sentences[:2]]).stdout
+    assert "contextual" in human and "static" in human and "pieces: python" in human
+
+    _fails(["embed", "--model", str(tiny_bert), "--word", "python", *sentences], "sentence 3", "'python'")
+
+
+def test_find_word_prefers_whole_words() -> None:
+    from bertcli.stages.predict import find_word
+
+    assert find_word("pythonic code in Python", "python") == (17, 23)
+    assert find_word("파이썬은 재미있다", "파이썬") == (0, 3)  # a Korean particle attached
+    assert find_word("我喜欢猫。", "猫") == (3, 4)  # no spaces at all
+    assert find_word("the cat", "dog") is None
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]], seed: int = 0) -> Path:
+    """A masked artifact in the on-disk format of `bert mask` (docs/formats.md), written with the foundation's
+    ShardWriter; ~15% of the non-special tokens masked."""
+    from transformers import AutoTokenizer
+
+    from bertcli import artifacts
+    from bertcli.schemas import MaskConfig
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    dtype = artifacts.token_dtype(len(tok))
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    writer = artifacts.ShardWriter(
+        out,
+        ragged={"input_ids": dtype, "masked_positions": np.int16, "masked_labels": dtype},
+        scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
+        sequences_per_shard=3,
+    )
+    for first, second, label in rows:
+        enc = tok(first, second)
+        ids = np.array(enc["input_ids"])
+        boundary = enc["token_type_ids"].index(1)
+        candidates = [i for i, t in enumerate(ids) if t not in tok.all_special_ids]
+        k = max(1, round(0.15 * len(candidates)))
+        positions = np.sort(rng.choice(candidates, size=k, replace=False))
+        labels = ids[positions].copy()
+        ids[positions] = tok.mask_token_id
+        writer.add(input_ids=ids, masked_positions=positions, masked_labels=labels, type_boundary=boundary,
+                   next_sentence_label=label)
+    writer.close()
+    (out / "tokenizer").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, out / "tokenizer" / name)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    (out / "tokenizer" / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    special = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id,
+               "mask": tok.mask_token_id}
+    artifacts.write_manifest(out, "mask", MaskConfig(input="pairs", output=str(out)), stats={}, inputs={},
+                             extra={"special_token_ids": special, "max_seq_length": 40, "vocab_size": len(tok)})
+    return out
+
+
+def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import BertForPreTraining
+
+    n = len(STORY)
+    rows = [(STORY[k], STORY[(k + 1) % n], 0) for k in range(n)] + [(STORY[k], STORY[(k + 3) % n], 1) for k in range(n)]
+    data = _masked_artifact(tmp_path / "masked", tiny_bert, rows)
+    metrics = _json_lines(_ok(["evaluate", "--model", str(tiny_bert), "--data", str(data), "--json",
+                               "--batch-size", "5"]).stdout)[0]
+    assert set(metrics) >= {"mlm_loss", "mlm_accuracy", "perplexity", "nsp_accuracy"}
+
+    # The reference: BertForPreTraining's own full-vocabulary loss, one unpadded sequence at a time.
+    from bertcli.artifacts import ShardedArrays
+
+    model = BertForPreTraining.from_pretrained(tiny_bert).eval()
+    total, count, correct, nsp_correct = 0.0, 0, 0, 0
+    for r in ShardedArrays(data).iter_rows():
+        ids = torch.tensor(np.asarray(r["input_ids"], dtype=np.int64))[None]
+        types = torch.zeros_like(ids)
+        types[0, int(r["type_boundary"]):] = 1
+        labels = torch.full_like(ids, -100)
+        labels[0, torch.tensor(np.asarray(r["masked_positions"], dtype=np.int64))] = torch.tensor(
+            np.asarray(r["masked_labels"], dtype=np.int64))
+        with torch.no_grad():
+            out = model(input_ids=ids, token_type_ids=types)
+        logits = out.prediction_logits[0][labels[0] != -100]
+        target = labels[0][labels[0] != -100]
+        total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+        count += len(target)
+        correct += int((logits.argmax(-1) == target).sum())
+        nsp_correct += int(out.seq_relationship_logits.argmax(-1).item() == int(r["next_sentence_label"]))
+    assert metrics["masked_tokens"] == count
+    assert metrics["mlm_loss"] == pytest.approx(total / count, rel=1e-4)
+    assert metrics["mlm_accuracy"] == pytest.approx(correct / count)
+    assert metrics["perplexity"] == pytest.approx(np.exp(total / count), rel=1e-4)
+    assert metrics["nsp_accuracy"] == pytest.approx(nsp_correct / len(rows))
+    assert metrics["nsp_accuracy"] >= 0.75 and metrics["mlm_accuracy"] >= 0.5  # the model did learn the story
+
+    human = _ok(["evaluate", "--model", str(tiny_bert), "--data", str(data)]).stdout
+    assert "mlm_accuracy" in human and "perplexity" in human
+
+
+def test_evaluate_refuses_data_of_another_vocabulary(tiny_bert: Path, tmp_path: Path) -> None:
+    data = _masked_artifact(tmp_path / "masked", tiny_bert, [(STORY[0], STORY[1], 0)])
+    vocab = (data / "tokenizer" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab[5], vocab[6] = vocab[6], vocab[5]
+    (data / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "another vocabulary")
+    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
+
+
+# ---------------------------------------------------------------- model directories
+
+
+def test_bad_model_directories(tiny_bert: Path, tmp_path: Path) -> None:
+    _fails(["fill-mask", "--model", str(tmp_path / "missing"), "a [MASK]"], "does not exist")
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_bert, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    _fails(["fill-mask", "--model", str(no_weights), "a [MASK]"], "has no weights")
+
+    not_bert = tmp_path / "gpt2"
+    shutil.copytree(tiny_bert, not_bert)
+    config = json.loads((not_bert / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (not_bert / "config.json").write_text(json.dumps(config))
+    _fails(["predict-nsp", "--model", str(not_bert), "--first", "a", "--second", "b"], "gpt2 model, not BERT")
+
+    no_config = tmp_path / "empty"
+    no_config.mkdir()
+    _fails(["embed", "--model", str(no_config), "--word", "a", "a"], "no config.json")
+
+    _fails(["fill-mask", "--model", str(tiny_bert), "--device", "cuda:7", "a [MASK]"], "cuda")
+
+
+def test_a_model_without_the_nsp_head_is_refused_for_nsp(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    mlm_only = tmp_path / "mlm-only"
+    BertForMaskedLM.from_pretrained(tiny_bert).save_pretrained(mlm_only)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(mlm_only)
+    _fails(["predict-nsp", "--model", str(mlm_only), "--first", "a", "--second", "b"], "no next-sentence")
+    out = _ok(["fill-mask", "--model", str(mlm_only), "--json", "the cat [MASK] on the mat ."]).stdout
+    assert _json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
+
+
+def test_a_run_directory_means_its_final_checkpoint(tiny_bert: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    _fails(["fill-mask", "--model", str(run), "a [MASK]"], "no final/ checkpoint")
+    shutil.copytree(tiny_bert, run / "final")
+    out = _ok(["fill-mask", "--model", str(run), "--json", "the cat [MASK] on the mat ."]).stdout
+    assert _json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
