@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bertcli.artifacts import ShardedArrays
+from bertcli.shards import ShardedArrays
 from bertcli.cli import app
 from bertcli.vocab import load_tokenizer
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from bertcli.artifacts import ShardedArrays, load_manifest
+from bertcli.artifacts import load_manifest
+from bertcli.shards import ShardedArrays
 from bertcli.vocab import load_tokenizer
 
 

@@ -9,8 +9,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bertcli import masking
-from bertcli.artifacts import ShardedArrays, ShardWriter, atomic_output_dir, check_output, write_manifest
+from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
 from bertcli.schemas import MaskConfig
+from bertcli.shards import ShardedArrays, ShardWriter
 from bertcli.stages.pairs import TOKENIZER_DIR, load_pairs, ordered_map
 from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
 

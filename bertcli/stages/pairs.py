@@ -16,19 +16,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from bertcli import pairing
-from bertcli.artifacts import (
-    ShardedArrays,
-    ShardWriter,
-    atomic_output_dir,
-    check_output,
-    load_manifest,
-    token_dtype,
-    write_manifest,
-)
+from bertcli.artifacts import atomic_output_dir, check_output, load_manifest, write_manifest
 from bertcli.config import load_config
 from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
 from bertcli.schemas import PairsConfig
+from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
 from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
 
 BLOCK_DOCUMENTS = 256
@@ -79,9 +72,10 @@ class TokenStoreWriter:
 
 
 def _map(path: Path, dtype: Any) -> np.ndarray:
+    """A read-only memory map as a plain ndarray (np.memmap's slicing costs microseconds per call)."""
     if path.stat().st_size == 0:
         return np.zeros(0, dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+    return np.asarray(np.memmap(path, dtype=dtype, mode="r"))
 
 
 class TokenStore:
@@ -193,22 +187,26 @@ def _foreign_requests(task: tuple[int, int]) -> np.ndarray:
 
 
 def _document_stats(block: int) -> dict[str, int]:
-    """Per-document facts, counted once (first pass) for this job's documents."""
+    """Per-document facts, counted once (first pass) for this job's documents, from the index arrays alone."""
     ctx = _WORKER
-    view: CorpusView = ctx["view"]
-    max_num_tokens = ctx["params"].max_num_tokens
-    stats = dict.fromkeys(DOC_STAT_KEYS, 0)
-    for doc in range(block * BLOCK_DOCUMENTS, min(ctx["num_documents"], (block + 1) * BLOCK_DOCUMENTS)):
-        tokens, offsets = view.document(doc)
-        lengths = np.diff(offsets)
-        stats["documents"] += 1
-        stats["sentences"] += len(lengths)
-        stats["single_sentence_documents"] += len(lengths) == 1
-        stats["long_sentences"] += int((lengths > max_num_tokens).sum())
-        stats["empty_sentences"] += int((lengths == 0).sum())
-        stats["documents_without_tokens"] += len(tokens) == 0
-        stats["document_tokens"] += len(tokens)
-    return stats
+    store: TokenStore = ctx["view"].stores[0]
+    first = block * BLOCK_DOCUMENTS
+    last = min(ctx["num_documents"], first + BLOCK_DOCUMENTS)
+    k0, k1 = store.local(first), store.local(last - 1) + 1
+    doc_sent = store.doc_sent[k0 : k1 + 1]  # (docs + 1,) sentence index bounds
+    sent_off = store.sent_offsets[doc_sent[0] : doc_sent[-1] + 1]  # (sentences + 1,) token bounds
+    sentence_lengths = np.diff(sent_off)
+    sentences_per_doc = np.diff(doc_sent)
+    tokens_per_doc = np.diff(sent_off[doc_sent - doc_sent[0]])
+    return {
+        "documents": int(k1 - k0),
+        "sentences": int(len(sentence_lengths)),
+        "single_sentence_documents": int((sentences_per_doc == 1).sum()),
+        "long_sentences": int((sentence_lengths > ctx["params"].max_num_tokens).sum()),
+        "empty_sentences": int((sentence_lengths == 0).sum()),
+        "documents_without_tokens": int((tokens_per_doc == 0).sum()),
+        "document_tokens": int(sent_off[-1] - sent_off[0]),
+    }
 
 
 DOC_STAT_KEYS = (
@@ -241,32 +239,56 @@ def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, i
     return result, doc_stats
 
 
-def ordered_map(
-    func: Callable,
-    tasks: Iterable,
-    num_workers: int,
-    initializer: Callable,
-    initargs: tuple,
-) -> Iterator:
-    """func over tasks, results in task order, at most 2·num_workers tasks in flight (bounded memory).
-
-    Pool.imap would read the whole task iterator ahead of the workers; this never does. One worker means no
-    extra process at all.
-    """
-    if num_workers <= 1:
+def _call(key: int, initializer: Callable, initargs: tuple, func: Callable, task: Any) -> Any:
+    """Worker side of WorkerPool.map: (re)initialise when a new phase starts, then run the task."""
+    if _WORKER.get("_key") != key:
         initializer(*initargs)
-        for task in tasks:
-            yield func(task)
-        return
-    ctx = mp.get_context("spawn")  # fork after tokenizers' threads have started can deadlock
-    with ctx.Pool(num_workers, initializer=initializer, initargs=initargs) as pool:
+        _WORKER["_key"] = key
+    return func(task)
+
+
+class WorkerPool:
+    """num_workers spawned processes, kept for every phase of a stage (starting Python costs seconds under load).
+
+    map() returns results in task order with at most 2·num_workers tasks in flight, so memory stays bounded
+    (Pool.imap would read the whole task iterator ahead of the workers). One worker means no extra process.
+    """
+
+    def __init__(self, num_workers: int):
+        self.num_workers = num_workers
+        # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
+        self._pool = mp.get_context("spawn").Pool(num_workers) if num_workers > 1 else None
+        self._phases = itertools.count(1)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+    def map(self, func: Callable, tasks: Iterable, initializer: Callable, initargs: tuple) -> Iterator:
+        if self._pool is None:
+            initializer(*initargs)
+            _WORKER["_key"] = None
+            for task in tasks:
+                yield func(task)
+            return
+        key = next(self._phases)
         pending: collections.deque = collections.deque()
         for task in tasks:
-            pending.append(pool.apply_async(func, (task,)))
-            if len(pending) >= 2 * num_workers:
+            pending.append(self._pool.apply_async(_call, (key, initializer, initargs, func, task)))
+            if len(pending) >= 2 * self.num_workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def ordered_map(func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple) -> Iterator:
+    """func over tasks in a fresh WorkerPool, results in task order (see WorkerPool.map)."""
+    with WorkerPool(num_workers) as pool:
+        yield from pool.map(func, tasks, initializer, initargs)
 
 
 # ---------------------------------------------------------------- reading and tokenizing the corpus
@@ -283,6 +305,7 @@ def _corpus_blocks(cfg: PairsConfig, stats: CorpusStats) -> Iterator[list[list[s
 
 
 def _tokenize_corpus(
+    pool: WorkerPool,
     cfg: PairsConfig,
     loaded: LoadedTokenizer,
     out: Path,
@@ -310,7 +333,7 @@ def _tokenize_corpus(
 
     tokenizer_json = str(loaded.path / "tokenizer.json")
     initargs = (tokenizer_json, dtype)
-    for lengths, tokens in ordered_map(_tokenize_block, tasks(), cfg.num_workers, _init_tokenizer, initargs):
+    for lengths, tokens in pool.map(_tokenize_block, tasks(), _init_tokenizer, initargs):
         ids, counts = block_counts.popleft()
         writer.add_documents(ids, counts, lengths, tokens)
         bar.update(len(tokens))
@@ -390,14 +413,14 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
     dtype = token_dtype(loaded.vocab_size)
     params = pairing.PairingParams(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp_probability)
     corpus_stats = CorpusStats()
-    with atomic_output_dir(cfg.output, overwrite) as tmp:
+    with atomic_output_dir(cfg.output, overwrite) as tmp, WorkerPool(cfg.num_workers) as pool:
         scratch = tmp / SCRATCH
         sharded = cfg.num_shards > 1
         own_blocks: range | None = None
         if sharded:
             # A first cheap pass counts documents, so that each job knows its contiguous share of blocks.
             count_stats = CorpusStats()
-            _tokenize_corpus(cfg, loaded, scratch / "count", dtype, lambda b: np.zeros(BLOCK_DOCUMENTS, bool),
+            _tokenize_corpus(pool, cfg, loaded, scratch / "count", dtype, lambda b: np.zeros(BLOCK_DOCUMENTS, bool),
                              "counting documents", count_stats)
             num_documents = count_stats.documents
             own_blocks = _shard_blocks(-(-num_documents // BLOCK_DOCUMENTS), cfg.shard_index, cfg.num_shards)
@@ -407,7 +430,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
             inside = own_blocks is None or block in own_blocks
             return np.full(BLOCK_DOCUMENTS, inside, bool)
 
-        _tokenize_corpus(cfg, loaded, scratch / "own", dtype, keep_own, "tokenizing", corpus_stats)
+        _tokenize_corpus(pool, cfg, loaded, scratch / "own", dtype, keep_own, "tokenizing", corpus_stats)
         require_text(corpus_stats, cfg.input)
         num_documents = corpus_stats.documents
         if cfg.nsp and num_documents < 2:
@@ -434,14 +457,14 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
             tasks = [(b, p) for b in blocks for p in range(cfg.dupe_factor)]
             wanted = np.unique(np.concatenate(
                 [np.zeros(0, np.int64)]
-                + list(ordered_map(_foreign_requests, tasks, cfg.num_workers, _init_builder, (context,)))
+                + list(pool.map(_foreign_requests, tasks, _init_builder, (context,)))
             ))
 
             def keep_foreign(block: int) -> np.ndarray:
                 ids = block * BLOCK_DOCUMENTS + np.arange(BLOCK_DOCUMENTS)
                 return np.isin(ids, wanted)
 
-            _tokenize_corpus(cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
+            _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
                              CorpusStats())
             context["stores"] = ["own", "foreign"]
 
@@ -455,7 +478,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
         passes = cfg.dupe_factor if cfg.nsp else 1
         tasks = [(b, p) for b in blocks for p in range(passes)]  # block-major: shard parts concatenate in order
         bar = tqdm(desc="building pairs", unit="tok", unit_scale=True, dynamic_ncols=True)
-        for result, doc_stats in ordered_map(_build_block, tasks, cfg.num_workers, _init_builder, (context,)):
+        for result, doc_stats in pool.map(_build_block, tasks, _init_builder, (context,)):
             _write_block(writer, result)
             for key, value in itertools.chain(result.stats.items(), doc_stats.items()):
                 totals[key] += value
