@@ -500,3 +500,22 @@ def test_two_phase_recipe_in_miniature(tmp_path, tiny_tokenizer, tiny_corpus):
     w1, w2 = weights(tmp_path / "phase1"), weights(tmp_path / "phase2")
     assert not torch.equal(w1["bert.embeddings.position_embeddings.weight"],
                            w2["bert.embeddings.position_embeddings.weight"])
+
+
+def test_end_to_end_with_the_real_pairs_and_mask_stages(tmp_path, tiny_tokenizer, tiny_corpus, monkeypatch):
+    """train-vocab (fixture) → pairs → mask → pretrain → fill-mask pipeline, all through the project's stages."""
+    from transformers import pipeline
+
+    from bertcli.schemas import MaskConfig, PairsConfig
+    from bertcli.stages import mask, pairs
+
+    pairs.run(PairsConfig(input=[str(tiny_corpus)], tokenizer=str(tiny_tokenizer), output=str(tmp_path / "pairs"),
+                          max_seq_length=48, num_workers=1))
+    mask.run(MaskConfig(input=str(tmp_path / "pairs"), output=str(tmp_path / "masked"), num_workers=1))
+    for kind in ("masked", "pairs"):
+        manifest = P.run(tiny_cfg(tmp_path / kind, tmp_path / f"run-{kind}", max_steps=3, save_every=0,
+                                  eval_every=0, eval_fraction=0.05))
+        assert manifest["inputs"]["data"]["kind"] == kind and manifest["max_seq_length"] == 48
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fill = pipeline("fill-mask", model=str(tmp_path / "run-masked" / "final"))
+    assert len(fill(f"the {fill.tokenizer.mask_token} .")) == 5
