@@ -195,6 +195,15 @@ def main() -> None:
         "lookback_pairs": stats["lookback_pairs"],
         "following_pairs": stats["following_pairs"],
     }
+    if args.workers > 1:  # the same run in one process, for the record
+        r = run_measured(bert("pairs", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output",
+                              str(work / "pairs-1"), "--set", "num_workers=1", "--set",
+                              f"max_seq_length={args.max_seq_length}"))
+        result["pairs"]["one_worker_seconds"] = r["seconds"]
+        result["pairs"]["one_worker_tokens_per_second"] = round(corpus_tokens / r["seconds"])
+        same = all((work / "pairs-1" / p.name).read_bytes() == p.read_bytes() for p in pairs.glob("shard-*.npy"))
+        result["pairs"]["identical_to_one_worker"] = same
+        shutil.rmtree(work / "pairs-1", ignore_errors=True)
     if args.baseline_python:
         r = run_measured([args.baseline_python, "-c", NSP_BASELINE, str(tokenizer), str(corpus),
                           str(args.max_seq_length)])

@@ -247,6 +247,12 @@ def _call(key: int, initializer: Callable, initargs: tuple, func: Callable, task
     return func(task)
 
 
+def _one_thread_each() -> None:
+    # The processes are the parallelism: one Rust (rayon) thread per worker instead of a pool per worker that
+    # would oversubscribe the cores. Read when tokenizers first runs in parallel, i.e. after this.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+
+
 class WorkerPool:
     """num_workers spawned processes, kept for every phase of a stage (starting Python costs seconds under load).
 
@@ -257,7 +263,9 @@ class WorkerPool:
     def __init__(self, num_workers: int):
         self.num_workers = num_workers
         # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
-        self._pool = mp.get_context("spawn").Pool(num_workers) if num_workers > 1 else None
+        self._pool = (
+            mp.get_context("spawn").Pool(num_workers, initializer=_one_thread_each) if num_workers > 1 else None
+        )
         self._phases = itertools.count(1)
 
     def __enter__(self) -> "WorkerPool":
