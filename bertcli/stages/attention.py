@@ -56,8 +56,9 @@ def render_html(result: dict, title: str, model_name: str = "") -> str:
         "truncated": bool(result["truncated"]),
         "attention": np.round(result["attention"], DECIMALS).tolist(),
     }
-    # "</" inside a <script> element would end it early, and "<!--" would start a comment: escape both.
-    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\!--")
+    # "</script>" or "<!--" in the text would end or confuse the <script> element: no raw < > & in the JSON at all.
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return template.replace("__TITLE__", html.escape(title)).replace("__DATA__", blob)
 
 
