@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
 import math
 import textwrap
@@ -27,6 +25,9 @@ _MISSING = object()
 
 def field_docs(schema_cls: type) -> dict[str, str]:
     """The attribute docstrings (the string literal under each field) of a dataclass schema."""
+    import ast
+    import inspect
+
     try:
         source = textwrap.dedent(inspect.getsource(schema_cls))
     except (OSError, TypeError):
