@@ -156,13 +156,20 @@ def pairs(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer directory (bert train-vocab)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Pairs artifact directory to write."),
     overwrite: bool = OverwriteOpt,
+    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="This job's part (0-based) of --num-shards."),
+    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the work into this many independent jobs."),
 ) -> None:
-    """Build NSP sentence pairs ([CLS] A [SEP] B [SEP]) from a corpus, as Google BERT does, streamed and parallel."""
+    """Build NSP sentence pairs ([CLS] A [SEP] B [SEP]) from a corpus, as Google BERT does, streamed and parallel.
+
+    Merge the parts of a sharded run with `bert pairs --input part-0 --input part-1 … --output DIR`.
+    """
     from bertcli.config import load_config
     from bertcli.schemas import PairsConfig
     from bertcli.stages import pairs as stage
 
-    cfg = load_config(PairsConfig, config, set_ or [], {"input": input_, "tokenizer": tokenizer, "output": output})
+    cli_values = {"input": input_, "tokenizer": tokenizer, "output": output, "shard_index": shard_index,
+                  "num_shards": num_shards}
+    cfg = load_config(PairsConfig, config, set_ or [], cli_values)
     stats = stage.run(cfg, overwrite=overwrite)["stats"]
     typer.echo(
         f"wrote {cfg.output}: {stats['sequences']:,} sequences, {stats['tokens']:,} tokens, "
@@ -390,6 +397,25 @@ def attention(
     typer.echo(f"wrote {result['html']}: {result['layers']} layers × {result['heads']} heads, {len(result['tokens'])} tokens")
     for path in result["png"]:
         typer.echo(f"wrote {path}")
+
+
+@app.command("run")
+@report_errors
+def run_pipeline(
+    file: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/demo.yaml."),
+    set_: Optional[List[str]] = SetOpt,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Rebuild artifacts that are stale (made with another config or input)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say which stages would run and which are up to date."),
+) -> None:
+    """Run train-vocab → pairs → mask → pretrain from one YAML; a stage whose artifact is up to date is skipped."""
+    from bertcli.stages import pipeline as stage
+
+    plans = stage.run(file, set_ or [], overwrite=overwrite, dry_run=dry_run, report=typer.echo)
+    model = stage.final_model(plans)
+    if model is not None and not dry_run:
+        typer.echo(f'model: {model}   try: bert fill-mask --model {model} "The [MASK] is on the table."')
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from bertcli.vocab import load_tokenizer
 runner = CliRunner()
 
 
-def _pairs(tmp_path: Path, corpus, tokenizer, name: str, *sets: str, code: int = 0):
+def _pairs(tmp_path: Path, corpus, tokenizer, name: str, *sets: str, code: int = 0, flags: tuple = ()):
     out = tmp_path / name
-    args = ["pairs", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output", str(out)]
+    args = ["pairs", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output", str(out), *flags]
     for s in ("max_seq_length=64", "num_workers=1") + sets:
         args += ["--set", s]
     result = runner.invoke(app, args)
@@ -109,8 +109,8 @@ def test_same_output_for_any_worker_count_and_for_merged_shards(tmp_path, many_d
     pairs_dir = one
     parts = []
     for k in range(3):
-        part, _ = _pairs(tmp_path, many_documents, tiny_tokenizer, f"part{k}", "dupe_factor=2", "num_shards=3",
-                         f"shard_index={k}")
+        part, _ = _pairs(tmp_path, many_documents, tiny_tokenizer, f"part{k}", "dupe_factor=2",
+                         flags=("--num-shards", "3", "--shard-index", str(k)))
         parts.append(part)
     merged = tmp_path / "merged"
     args = ["pairs", "--output", str(merged)]
