@@ -1,0 +1,335 @@
+"""Benchmark `bert pretrain` against a plain transformers training loop on the same data; prints JSON.
+
+    python scripts/bench_pretrain.py --masked runs/masked128 --pairs runs/pairs128 [--budget-s 300]
+
+Both sides: BERT-tiny (2 layers, hidden 128) with the data's vocabulary (30,522 for the documented run), batch 32,
+the same peak learning rate, warmup, linear decay over the same wall-clock budget, gradient clipping 1.0, seed,
+and the same number of CPU threads. Each side runs in a fresh subprocess, one after the other.
+
+- ours: `bertcli.stages.pretrain.run` on the masked artifact (static masks), time_budget_s = budget.
+- baseline, as a user would write it: BertForPreTraining + DataCollatorForLanguageModeling (mlm_probability
+  0.15, padding to the longest in the batch) + torch.optim.AdamW in a plain loop over the pairs artifact's
+  sequences (shuffled), for the same wall-clock budget.
+
+Both models are then evaluated by the same code on the same held-out sequences (never trained on by either:
+the pretrain stage's held-out hash, eval_fraction 0.01) with the masked artifact's static masks: MLM accuracy
+on masked positions, NSP accuracy. tokens/s counts non-padding tokens only.
+
+`--memory-scale 10` instead measures peak anonymous memory (RssAnon) of a short `bert pretrain` run on the
+masked artifact and on one 10× its size (the shards repeated as symlinks), to show it does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class PeakAnon:
+    """Samples this process's RssAnon (anonymous resident memory, memory-mapped file pages excluded)."""
+
+    def __init__(self, interval_s: float = 0.1):
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _read(self) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+        return 0
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, self._read())
+            time.sleep(interval_s)
+
+    def __enter__(self) -> PeakAnon:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, self._read())
+
+
+def held_out(masked: Path, count: int):
+    from bertcli.artifacts import ShardedArrays
+    from bertcli.stages.pretrain import EpochPlan
+
+    arrays = ShardedArrays(masked)
+    plan = EpochPlan(arrays, seed=0, batch_size=1, eval_fraction=0.01)
+    return arrays, plan.held_out_indices(count)
+
+
+def evaluate(model, masked: Path, count: int, batch_size: int = 64) -> dict:
+    """MLM accuracy on masked positions and NSP accuracy on `count` held-out sequences (static masks)."""
+    import numpy as np
+    import torch
+
+    from bertcli import model as M
+    from bertcli.stages.pretrain import Collator, _to_batch
+    from bertcli.vocab import load_tokenizer
+
+    arrays, indices = held_out(masked, count)
+    tok = load_tokenizer(masked / "tokenizer")
+    collate = Collator(pad_id=tok.special_ids["pad"], special_ids=tok.special_ids, vocab_size=tok.vocab_size,
+                       has_nsp=True, dynamic=False)
+    rows = [arrays[int(i)] for i in indices]
+    rows.sort(key=lambda r: len(r["input_ids"]))
+    stats = torch.zeros(M.NUM_STATS, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = _to_batch(collate(rows[start : start + batch_size]), torch.device("cpu"))
+            stats += M.pretraining_loss(model, batch)[1]
+    out = M.summarize_stats(stats)
+    out["sequences"] = len(rows)
+    out["masked_tokens"] = int(stats[M.STAT_MLM_COUNT])
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def run_ours(args) -> dict:
+    import torch
+
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain as P
+    from transformers import BertForPreTraining
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.workdir) / "ours-run"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PretrainConfig(
+        data=str(args.masked), output=str(out), model=ModelConfig(preset="tiny"), max_steps=10**9,
+        time_budget_s=args.budget_s, batch_size=args.batch_size, micro_batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1, save_every=0,
+        log_every=50, eval_fraction=0.01, seed=0, precision="fp32",
+    )
+    with PeakAnon() as mem:
+        manifest = P.run(cfg)
+    stats = manifest["stats"]
+    model = BertForPreTraining.from_pretrained(out / "final")
+    steps = stats["steps"]
+    plan = P.EpochPlan(P.ShardedArrays(args.masked), 0, args.batch_size, 0.01)
+    padded = real = 0
+    for b in range(min(steps, plan.batches_per_epoch(0))):
+        lengths = [len(plan.arrays[int(i)]["input_ids"]) for i in plan.batch(0, b)]
+        padded += max(lengths) * len(lengths)
+        real += sum(lengths)
+    return {
+        "steps": steps,
+        "train_s": stats["elapsed_s"],
+        "tokens": stats["tokens"],
+        "tokens_per_s": stats["tokens"] / stats["elapsed_s"],
+        "s_per_step": stats["elapsed_s"] / steps,
+        "padding_share": 1 - real / padded if padded else 0.0,
+        "peak_rss_anon_mb": mem.peak_kb / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval": evaluate(model, Path(args.masked), args.eval_sequences),
+    }
+
+
+def run_baseline(args) -> dict:
+    """The loop a user writes with transformers 5 (no Trainer: it needs accelerate)."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForPreTraining, DataCollatorForLanguageModeling
+
+    from bertcli import model as M
+    from bertcli.artifacts import ShardedArrays
+    from bertcli.stages.pretrain import held_out_mask
+
+    torch.set_num_threads(args.threads)
+    pairs = ShardedArrays(args.pairs)
+    tokenizer = AutoTokenizer.from_pretrained(Path(args.pairs) / "tokenizer")
+    all_idx = np.arange(pairs.num_sequences)
+    train_idx = all_idx[~held_out_mask(all_idx, 0.01)]
+
+    class PairsDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(train_idx)
+
+        def __getitem__(self, i):
+            row = pairs[int(train_idx[i])]
+            ids = np.asarray(row["input_ids"], dtype=np.int64)
+            types = (np.arange(len(ids)) >= int(row["type_boundary"])).astype(np.int64)
+            return {"input_ids": ids.tolist(), "token_type_ids": types.tolist(),
+                    "next_sentence_label": int(row["next_sentence_label"])}
+
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(PairsDataset(), batch_size=args.batch_size, shuffle=True,
+                                         collate_fn=collator, drop_last=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=512, pad_token_id=tokenizer.pad_token_id)
+    model = BertForPreTraining(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    steps = tokens = positions = 0
+    with PeakAnon() as mem:
+        start = time.perf_counter()
+        done = False
+        while not done:
+            for batch in loader:
+                elapsed = time.perf_counter() - start
+                if elapsed >= args.budget_s:
+                    done = True
+                    break
+                # same schedule as ours: linear warmup, then linear decay over the wall-clock budget
+                lr = args.lr * M.lr_multiplier(steps, elapsed / args.budget_s, args.warmup_steps, 0.0, "linear")
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = model(**batch)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad()
+                steps += 1
+                tokens += int(batch["attention_mask"].sum())
+                positions += batch["attention_mask"].numel()
+        train_s = time.perf_counter() - start
+    return {
+        "steps": steps,
+        "train_s": train_s,
+        "tokens": tokens,
+        "tokens_per_s": tokens / train_s,
+        "s_per_step": train_s / max(steps, 1),
+        "padding_share": 1 - tokens / positions if positions else 0.0,
+        "peak_rss_anon_mb": mem.peak_kb / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval": evaluate(model, Path(args.masked), args.eval_sequences),
+    }
+
+
+def run_memory(args) -> dict:
+    """Peak RssAnon of a short run on the artifact repeated `scale` times (1 and scale, as subprocesses)."""
+    from bertcli.artifacts import ShardedArrays
+
+    base = Path(args.masked)
+    big = Path(args.workdir) / f"masked-x{args.memory_scale}"
+    if not big.exists():
+        big.mkdir(parents=True)
+        names = sorted({p.name.split(".")[0] for p in base.glob("shard-*.npy")})
+        n = 0
+        for _ in range(args.memory_scale):
+            for name in names:
+                for f in base.glob(f"{name}.*.npy"):
+                    (big / f.name.replace(name, f"shard-{n:05d}")).symlink_to(f.resolve())
+                n += 1
+        shutil.copytree(base / "tokenizer", big / "tokenizer")
+        shutil.copy(base / "config.yaml", big / "config.yaml")
+        shutil.copy(base / "manifest.json", big / "manifest.json")
+    result = {}
+    for label, data in (("x1", base), (f"x{args.memory_scale}", big)):
+        cmd = [sys.executable, __file__, "--role", "memory-child", "--masked", str(data), "--workdir",
+               args.workdir, "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        child["sequences"] = ShardedArrays(data).num_sequences
+        child["bytes_on_disk_of_shards"] = sum(p.resolve().stat().st_size for p in data.glob("shard-*.npy"))
+        result[label] = child
+    scale = f"x{args.memory_scale}"
+    result["peak_rss_anon_ratio"] = result[scale]["peak_rss_anon_mb"] / result["x1"]["peak_rss_anon_mb"]
+    return result
+
+
+def run_memory_child(args) -> dict:
+    import torch
+
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain as P
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.workdir) / "memory-run"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PretrainConfig(
+        data=str(args.masked), output=str(out), model=ModelConfig(preset="tiny"), max_steps=20,
+        batch_size=args.batch_size, micro_batch_size=args.batch_size, warmup_steps=2, eval_every=10, eval_batches=2,
+        save_every=10, log_every=5, eval_fraction=0.01, seed=0, precision="fp32",
+    )
+    with PeakAnon(0.02) as mem:
+        P.run(cfg)
+    return {"peak_rss_anon_mb": mem.peak_kb / 1024}
+
+
+def machine() -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--masked", required=True, help="masked artifact (bert mask) of the pairs below")
+    parser.add_argument("--pairs", help="pairs artifact (bert pairs) the masked artifact was made from")
+    parser.add_argument("--budget-s", type=float, default=300.0, help="training wall-clock budget per side")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-sequences", type=int, default=1024)
+    parser.add_argument("--workdir", default="/tmp/bench_pretrain")
+    parser.add_argument("--memory-scale", type=int, default=0, help="measure peak memory on N× the data instead")
+    parser.add_argument("--role", choices=["parent", "ours", "baseline", "memory-child"], default="parent")
+    args = parser.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.role == "ours":
+        print(json.dumps(run_ours(args)))
+        return
+    if args.role == "baseline":
+        print(json.dumps(run_baseline(args)))
+        return
+    if args.role == "memory-child":
+        print(json.dumps(run_memory_child(args)))
+        return
+    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "role"}}
+    if args.memory_scale:
+        report["memory"] = run_memory(args)
+        print(json.dumps(report, indent=2))
+        return
+    if not args.pairs:
+        parser.error("--pairs is needed for the speed/accuracy comparison")
+    for role in ("ours", "baseline"):
+        cmd = [sys.executable, __file__, "--role", role] + [
+            a for k, v in vars(args).items() if k not in ("role", "memory_scale") and v is not None
+            for a in (f"--{k.replace('_', '-')}", str(v))
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr[-5000:])
+            raise SystemExit(f"{role} failed")
+        report[role] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, base = report["ours"], report["baseline"]
+    report["ratios"] = {
+        "tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
+        "eval_mlm_accuracy_points": 100 * (ours["eval"]["mlm_accuracy"] - base["eval"]["mlm_accuracy"]),
+        "peak_rss_anon": ours["peak_rss_anon_mb"] / base["peak_rss_anon_mb"],
+    }
+    report["machine"]["loadavg_at_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
