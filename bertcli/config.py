@@ -295,6 +295,18 @@ def load_config(
     return cfg
 
 
+def build_config(
+    schema_cls: type, data: dict, prefix: str = "", origins: dict[str, str] | None = None, validate: bool = True
+) -> tuple[Any, list[str]]:
+    """A schema instance from a mapping plus every problem found, keys named `prefix + key` (for configs nested
+    in another file, e.g. a pipeline's `pairs:` section); the instance is None when it cannot be built."""
+    problems: list[str] = []
+    cfg = _build(schema_cls, data, prefix, origins or {}, problems)
+    if cfg is not None and not problems and validate:
+        problems.extend(_validate_tree(cfg))
+    return cfg, problems
+
+
 def _validate_tree(cfg: Any) -> list[str]:
     problems: list[str] = []
     for f in dataclasses.fields(cfg):

@@ -9,6 +9,8 @@ Layout = Literal["sentence-per-line", "document-per-line"]
 CorpusFormat = Literal["auto", "text", "jsonl"]
 DecodeErrors = Literal["strict", "replace"]
 
+PipelineStage = Literal["train-vocab", "pairs", "mask", "pretrain"]
+
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # Keys that change how a stage runs but not what it writes: left out of the config hash.
@@ -292,17 +294,34 @@ class PipelineConfig:
     workdir: str = "runs/demo"
     """Directory under which each stage's artifact is written (tokenizer/, pairs/, masked/, pretrain/)."""
     input: list[str] = field(default_factory=list)
-    """Corpus files for train-vocab and pairs."""
-    stages: list[str] = field(default_factory=lambda: ["train-vocab", "pairs", "mask", "pretrain"])
-    """Stages to run, in order."""
+    """Corpus files, directories or glob patterns for train-vocab and pairs."""
+    stages: list[PipelineStage] = field(default_factory=lambda: ["train-vocab", "pairs", "mask", "pretrain"])
+    """Stages to run, in this order. Leave out mask to train with dynamic masking on the pairs artifact; leave out
+    train-vocab to use an existing tokenizer (set pairs: {tokenizer: DIR})."""
+    seed: Optional[int] = None
+    """If set, the seed of every stage that has none of its own in its section."""
     train_vocab: dict = field(default_factory=dict)
-    """Overrides of the train-vocab config (any of its keys)."""
+    """Keys of the train-vocab config (`bert config show train-vocab`); input and output are filled in."""
     pairs: dict = field(default_factory=dict)
-    """Overrides of the pairs config."""
+    """Keys of the pairs config; input, tokenizer and output are filled in from the stages before it."""
     mask: dict = field(default_factory=dict)
-    """Overrides of the mask config."""
+    """Keys of the mask config; input and output are filled in."""
     pretrain: dict = field(default_factory=dict)
-    """Overrides of the pretrain config (nested keys as mappings, e.g. model: {preset: tiny})."""
+    """Keys of the pretrain config, nested ones as mappings (model: {preset: tiny}); data and output are filled
+    in."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if len(set(self.stages)) != len(self.stages):
+            problems.append(f"key 'stages': {self.stages} names a stage twice")
+        order = ["train-vocab", "pairs", "mask", "pretrain"]
+        if [s for s in order if s in self.stages] != list(self.stages):
+            problems.append(f"key 'stages': {self.stages} is out of order; the order is {' → '.join(order)}")
+        if not self.stages:
+            problems.append("key 'stages': empty; name at least one stage")
+        if not self.input and ({"train-vocab", "pairs"} & set(self.stages)):
+            problems.append("key 'input': no corpus given; set input to the corpus files")
+        return problems
 
 
 STAGE_SCHEMAS: dict[str, type] = {

@@ -1,0 +1,180 @@
+"""`bert run`: the pipeline YAML drives every stage, skips up-to-date ones, and its model answers every command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bertcli.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pipeline_yaml(tmp_path: Path, corpus: Path, **changes) -> Path:
+    """A pipeline small enough for seconds: 600-token vocab, 32-token sequences, a 2-layer 32-wide model."""
+    cfg = {
+        "workdir": str(tmp_path / "work"),
+        "input": [str(corpus)],
+        "seed": 7,
+        "train_vocab": {"vocab_size": 600, "num_workers": 1},
+        "pairs": {"max_seq_length": 32, "num_workers": 1},
+        "mask": {"num_workers": 1, "max_predictions_per_seq": 5},
+        "pretrain": {
+            "model": {"preset": None, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                      "intermediate_size": 64, "max_position_embeddings": 32},
+            "max_steps": 4, "batch_size": 8, "micro_batch_size": 8, "warmup_steps": 1, "eval_every": 0,
+            "eval_batches": 1, "save_every": 0, "log_every": 1, "device": "cpu",
+        },
+    }
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _lines(result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("[")]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = _pipeline_yaml(tmp, tiny_corpus)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = _lines(result)
+    assert [line.split()[1] for line in lines if line.endswith(" s")] == ["train-vocab", "pairs", "mask", "pretrain"]
+    return path, tmp / "work"
+
+
+def test_pipeline_makes_every_artifact_in_order(pipeline_run) -> None:
+    path, work = pipeline_run
+    manifests = {d: json.loads((work / d / "manifest.json").read_text()) for d in ("tokenizer", "pairs", "masked")}
+    assert manifests["pairs"]["stage"] == "pairs"
+    # Each stage read the one before it.
+    assert manifests["masked"]["inputs"]["pairs"]["content_hash"] == manifests["pairs"]["content_hash"]
+    run_manifest = json.loads((work / "pretrain" / "manifest.json").read_text())
+    assert run_manifest["inputs"]["data"]["content_hash"] == manifests["masked"]["content_hash"]
+    assert (work / "pretrain" / "final" / "config.json").is_file()
+    # The pipeline's seed reached every stage.
+    for d in ("pairs", "masked"):
+        assert yaml.safe_load((work / d / "config.yaml").read_text())["seed"] == 7
+
+
+def test_second_run_skips_every_stage(pipeline_run) -> None:
+    path, work = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("manifest.json")}
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = _lines(result)
+    assert len(lines) == 4 and all("skipped, up to date" in line for line in lines), lines
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("manifest.json")} == before
+
+
+def test_changed_stage_config_needs_overwrite_and_reruns_only_from_there(pipeline_run, tmp_path: Path) -> None:
+    path, work = pipeline_run
+    # A copy of the finished work directory, so the other tests keep theirs.
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["workdir"] = str(copy)
+    cfg["mask"]["max_predictions_per_seq"] = 4
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+
+    dry = runner.invoke(app, ["run", str(changed), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    actions = [line.split(": would ")[1].split()[0] for line in _lines(dry)]
+    assert actions == ["skip", "skip", "rerun", "rerun"]
+
+    refused = runner.invoke(app, ["run", str(changed)])
+    assert refused.exit_code == 2
+    assert "stage mask" in refused.stderr and "another config" in refused.stderr and "--overwrite" in refused.stderr
+
+    result = runner.invoke(app, ["run", str(changed), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    lines = _lines(result)
+    assert "skipped" in lines[0] and "skipped" in lines[1]
+    assert any(line.startswith("[3/4] mask") and line.endswith(" s") for line in lines)
+    assert any(line.startswith("[4/4] pretrain") and line.endswith(" s") for line in lines)
+    masked = json.loads((copy / "masked" / "manifest.json").read_text())
+    run_manifest = json.loads((copy / "pretrain" / "manifest.json").read_text())
+    assert run_manifest["inputs"]["data"]["content_hash"] == masked["content_hash"]
+
+
+def test_changed_corpus_is_noticed(tmp_path: Path, tiny_corpus: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(tiny_corpus, corpus)
+    path = _pipeline_yaml(tmp_path, corpus, stages=["train-vocab"])
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    assert "skipped" in _lines(runner.invoke(app, ["run", str(path)]))[0]
+    with corpus.open("a", encoding="utf-8") as f:
+        f.write("\nA brand new document about kludges.\n")
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert "would rerun (the corpus changed)" in _lines(dry)[0]
+
+
+def test_every_command_works_on_the_pipelines_model(pipeline_run, tmp_path: Path) -> None:
+    _, work = pipeline_run
+    run_dir = work / "pretrain"  # a run directory: its final/ is used
+    cases = [
+        ["predict-nsp", "--model", str(run_dir), "--first", "The hacker wrote code.", "--second", "It ran.", "--json"],
+        ["fill-mask", "--model", str(run_dir), "--json", "The hacker wrote [MASK] code."],
+        ["evaluate", "--model", str(run_dir), "--data", str(work / "masked"), "--json"],
+        ["embed", "--model", str(run_dir), "--word", "hacker", "--json", "A hacker.", "The hacker ethic."],
+        ["attention", "--model", str(run_dir), "--out", str(tmp_path / "a.html"), "The hacker ethic."],
+    ]
+    outputs = []
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+        outputs.append(result.stdout)
+    nsp = json.loads(outputs[0])
+    assert nsp["label"] in ("IsNext", "NotNext")
+    assert len(json.loads(outputs[1])["masks"][0]["predictions"]) == 5
+    metrics = json.loads(outputs[2])
+    assert metrics["masked_tokens"] > 0 and metrics["perplexity"] > 1 and 0 <= metrics["nsp_accuracy"] <= 1
+    assert json.loads(outputs[3])["pieces"][0]
+    assert (tmp_path / "a.html").is_file()
+
+
+def test_bad_pipeline_configs(tmp_path: Path, tiny_corpus: Path) -> None:
+    path = _pipeline_yaml(tmp_path, tiny_corpus, pairs={"max_seq_lenght": 64})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "pairs.max_seq_lenght" in result.stderr and "pairs.max_seq_length" in result.stderr
+
+    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["pairs", "train-vocab"])
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "out of order" in result.stderr
+
+    path = _pipeline_yaml(tmp_path, tiny_corpus, mask={"masked_lm_prob": 1.5}, pretrain={"batch_size": 0})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "mask.masked_lm_prob" in result.stderr and "pretrain.batch_size" in result.stderr  # all at once
+
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_shipped_demo_pipeline_is_valid() -> None:
+    from bertcli.stages.pipeline import load_pipeline
+
+    cfg, plans = load_pipeline(ROOT / "configs" / "pipeline" / "demo.yaml")
+    assert [p.name for p in plans] == ["train-vocab", "pairs", "mask", "pretrain"]
+    tokenizer, pairs, masked, pretrain = (p.cfg for p in plans)
+    assert pairs.tokenizer == tokenizer.output and masked.input == pairs.output and pretrain.data == masked.output
+    assert pretrain.model.max_position_embeddings >= pairs.max_seq_length
+    assert pretrain.time_budget_s and pretrain.time_budget_s <= 300  # `make demo` stays under 10 minutes
+    assert all(Path(ROOT, p).exists() for p in cfg.input)
