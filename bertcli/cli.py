@@ -330,17 +330,22 @@ def fill_mask(
 @report_errors
 def evaluate(
     model: Path = ModelOpt,
-    data: Path = typer.Option(..., "--data", "-d", help="A masked artifact made by `bert mask`."),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="A masked artifact (`bert mask`), or a pairs artifact (masked here, see --seed)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     batch_size: int = BatchOpt,
     max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Evaluate only the first N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the masking when --data is a pairs artifact."),
     device: str = DeviceOpt,
 ) -> None:
-    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a masked artifact."""
+    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact."""
     from bertcli.stages import predict as stage
 
     loaded = stage.load_model(model, device=device, need_mlm=True, need_nsp=True)
-    metrics = stage.evaluate(loaded, data, batch_size=batch_size, max_sequences=max_sequences, progress=not as_json)
+    metrics = stage.evaluate(
+        loaded, data, batch_size=batch_size, max_sequences=max_sequences, progress=not as_json, seed=seed
+    )
     if as_json:
         typer.echo(json.dumps(metrics))
         return

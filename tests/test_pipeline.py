@@ -148,6 +148,16 @@ def test_every_command_works_on_the_pipelines_model(pipeline_run, tmp_path: Path
     assert json.loads(outputs[3])["pieces"][0]
     assert (tmp_path / "a.html").is_file()
 
+    # The pairs artifact too: masked on the fly, the same numbers for any batch size.
+    on_pairs = [
+        json.loads(runner.invoke(app, ["evaluate", "--model", str(run_dir), "--data", str(work / "pairs"), "--json",
+                                       "--batch-size", b]).stdout)
+        for b in ("3", "16")
+    ]
+    assert on_pairs[0]["masking"].startswith("dynamic") and on_pairs[0]["masked_tokens"] > 0
+    assert on_pairs[0]["masked_tokens"] == on_pairs[1]["masked_tokens"]
+    assert on_pairs[0]["mlm_loss"] == pytest.approx(on_pairs[1]["mlm_loss"], rel=1e-5)
+
 
 def test_bad_pipeline_configs(tmp_path: Path, tiny_corpus: Path) -> None:
     path = _pipeline_yaml(tmp_path, tiny_corpus, pairs={"max_seq_lenght": 64})

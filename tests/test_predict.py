@@ -194,14 +194,14 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
     ShardWriter; ~15% of the non-special tokens masked."""
     from transformers import AutoTokenizer
 
-    from bertcli import artifacts
+    from bertcli import artifacts, shards
     from bertcli.schemas import MaskConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    dtype = artifacts.token_dtype(len(tok))
+    dtype = shards.token_dtype(len(tok))
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True)
-    writer = artifacts.ShardWriter(
+    writer = shards.ShardWriter(
         out,
         ragged={"input_ids": dtype, "masked_positions": np.int16, "masked_labels": dtype},
         scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
@@ -243,7 +243,7 @@ def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path)
     assert set(metrics) >= {"mlm_loss", "mlm_accuracy", "perplexity", "nsp_accuracy"}
 
     # The reference: BertForPreTraining's own full-vocabulary loss, one unpadded sequence at a time.
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
 
     model = BertForPreTraining.from_pretrained(tiny_bert).eval()
     total, count, correct, nsp_correct = 0.0, 0, 0, 0

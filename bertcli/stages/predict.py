@@ -422,60 +422,72 @@ def _check_data_matches_model(loaded: LoadedModel, data_dir: Path, manifest: dic
         )
 
 
+def _masking_for_pairs(data: Path, manifest: dict) -> Any:
+    """The masking spec `bert mask` would use by default, for evaluating on a pairs artifact (masked here)."""
+    from bertcli.stages.mask import build_spec
+    from bertcli.vocab import load_tokenizer
+
+    seq_len = int(manifest.get("max_seq_length") or 128)
+    # Google's cap: 20 predictions at length 128, i.e. about 15% of the positions.
+    return build_spec(load_tokenizer(data / "tokenizer"), max_predictions_per_seq=max(1, math.ceil(0.15 * seq_len)))
+
+
 def evaluate(
     loaded: LoadedModel,
     data_dir: str | Path,
     batch_size: int = 32,
     max_sequences: int | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> dict:
     """MLM loss, MLM accuracy at the masked positions, perplexity (exp of the loss) and NSP accuracy on a masked
-    artifact."""
+    artifact, or on a pairs artifact masked here (sequence i with a generator seeded by (seed, i), so the result
+    does not depend on batch size)."""
     import torch
     from tqdm import tqdm
 
-    from bertcli import artifacts
+    from bertcli.artifacts import load_manifest
+    from bertcli.masking import mask_sequence
+    from bertcli.shards import ShardedArrays
 
     data = Path(data_dir)
-    manifest = artifacts.load_manifest(data, ("mask", "masked"))
+    manifest = load_manifest(data, ("mask", "masked", "pairs"))
     _check_data_matches_model(loaded, data, manifest)
-    rows = artifacts.ShardedArrays(data)
+    spec = _masking_for_pairs(data, manifest) if manifest.get("stage") == "pairs" else None
+    rows = ShardedArrays(data)
     n = len(rows) if max_sequences is None else min(len(rows), max_sequences)
     if n == 0:
         raise ArtifactError(f"the data artifact '{data}' holds no sequences")
     # Length-sorted batches waste little on padding; the order does not change the sums.
     order = np.argsort(rows.lengths("input_ids")[:n], kind="stable")
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    loss_sum = 0.0
-    correct = 0
-    masked = 0
-    nsp_correct = 0
-    nsp_total = 0
-    has_pairs = False
+    loss_sum, correct, masked = 0.0, 0, 0
+    nsp_correct, nsp_total = 0, 0
     bar = tqdm(total=n, unit="seq", desc="evaluate", disable=not progress, dynamic_ncols=True)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        batch_rows = [rows[int(i)] for i in idx]
-        width = max(len(r["input_ids"]) for r in batch_rows)
+        width = max(len(rows[int(i)]["input_ids"]) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(idx), width), dtype=torch.long)
         attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
         rows_pos: list[int] = []
         cols_pos: list[int] = []
         labels: list[int] = []
-        nsp_labels = []
-        for b, r in enumerate(batch_rows):
-            length = len(r["input_ids"])
-            input_ids[b, :length] = torch.from_numpy(np.asarray(r["input_ids"], dtype=np.int64))
+        nsp_labels: list[int] = []
+        for b, i in enumerate(idx):
+            r = rows[int(i)]
+            ids = np.asarray(r["input_ids"], dtype=np.int64)
+            if spec is not None:
+                ids, positions, targets = mask_sequence(ids, np.random.default_rng([seed, int(i)]), spec)
+            else:
+                positions, targets = r["masked_positions"], r["masked_labels"]
+            length = len(ids)
+            input_ids[b, :length] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
             attention_mask[b, :length] = 1
-            boundary = int(r["type_boundary"])
-            token_type_ids[b, boundary:length] = 1
-            if boundary < length:
-                has_pairs = True
-            positions = np.asarray(r["masked_positions"], dtype=np.int64)
+            token_type_ids[b, int(r["type_boundary"]) : length] = 1
             rows_pos.extend([b] * len(positions))
-            cols_pos.extend(positions.tolist())
-            labels.extend(np.asarray(r["masked_labels"], dtype=np.int64).tolist())
+            cols_pos.extend(np.asarray(positions, dtype=np.int64).tolist())
+            labels.extend(np.asarray(targets, dtype=np.int64).tolist())
             nsp_labels.append(int(r["next_sentence_label"]))
         batch = {
             "input_ids": input_ids.to(loaded.device),
@@ -484,18 +496,20 @@ def evaluate(
         }
         with torch.inference_mode():
             out = loaded.model.bert(**batch)
-            # The MLM head only at the masked positions: full-vocabulary logits everywhere would dominate the cost.
-            hidden = out.last_hidden_state[torch.tensor(rows_pos), torch.tensor(cols_pos)]  # (M, H)
-            logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
-            target = torch.tensor(labels, dtype=torch.long, device=loaded.device)
-            if len(labels):
+            if labels:
+                # The MLM head only at the masked positions: full-vocabulary logits everywhere would dominate.
+                hidden = out.last_hidden_state[torch.tensor(rows_pos), torch.tensor(cols_pos)]  # (M, H)
+                logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
+                target = torch.tensor(labels, dtype=torch.long, device=loaded.device)
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
                 correct += int((logits.argmax(-1) == target).sum())
                 masked += len(labels)
-            nsp_logits = loaded.model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
-            nsp_pred = nsp_logits.argmax(-1).cpu()
-            nsp_correct += int((nsp_pred == torch.tensor(nsp_labels)).sum())
-            nsp_total += len(nsp_labels)
+            nsp_target = torch.tensor(nsp_labels)
+            scored = nsp_target >= 0  # -1: a single segment (nsp: false), no NSP task to score
+            if bool(scored.any()):
+                nsp_logits = loaded.model.cls.seq_relationship(out.pooler_output).float().cpu()  # (B, 2)
+                nsp_correct += int((nsp_logits.argmax(-1)[scored] == nsp_target[scored]).sum())
+                nsp_total += int(scored.sum())
         bar.update(len(idx))
     bar.close()
     if masked == 0:
@@ -505,10 +519,10 @@ def evaluate(
         "mlm_loss": mlm_loss,
         "mlm_accuracy": correct / masked,
         "perplexity": math.exp(min(mlm_loss, 700.0)),
-        # Sequences without a segment B (nsp: false data) carry no NSP task to score.
-        "nsp_accuracy": nsp_correct / nsp_total if has_pairs else None,
+        "nsp_accuracy": nsp_correct / nsp_total if nsp_total else None,
         "sequences": n,
         "masked_tokens": masked,
+        "masking": "dynamic (seed %d)" % seed if spec is not None else "static (the artifact's)",
     }
 
 
