@@ -519,3 +519,9 @@ def test_end_to_end_with_the_real_pairs_and_mask_stages(tmp_path, tiny_tokenizer
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fill = pipeline("fill-mask", model=str(tmp_path / "run-masked" / "final"))
     assert len(fill(f"the {fill.tokenizer.mask_token} .")) == 5
+
+
+def test_loader_workers_give_the_same_run(reference_run, tmp_path):
+    """DataLoader worker processes change where batches are built, not which: same weights as in-process."""
+    P.run(tiny_cfg(masked_data_path(reference_run), tmp_path / "workers", num_workers=2))
+    assert_same_weights(weights(tmp_path / "workers"), weights(reference_run))
