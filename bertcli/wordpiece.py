@@ -12,6 +12,9 @@ SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
 
 # The trainer compacts its heap when stale entries outnumber live pairs by this factor (bounds memory).
 _HEAP_SLACK = 3
+# A symbol's floor frequency is its frequency less 1/2**_FLOOR_SHIFT of it; the pairs of a symbol are re-scored
+# only when it falls below its floor (see _Trainer._score).
+_FLOOR_SHIFT = 4
 
 
 def merged_token(left: str, right: str, prefix: str = "##") -> str:
@@ -233,27 +236,51 @@ class _Trainer:
         self.pair_result[pk] = m
         self.result_pairs.setdefault(m, set()).add(pk)
 
-    def _score(self, pk: int) -> float:
+    def _score(self, pk: int, bound: bool = False) -> float:
+        """The pair's score now; with bound=True an upper bound that stays valid while the pair's count, the
+        frequency of its merged token and the floors of its symbols are unchanged.
+
+        Every score grows as the frequency of a part falls (and, for likelihood, shrinks as N falls), so
+        computing it with each part's frequency lowered to its floor bounds it from above until a part drops
+        below its floor. A part's frequency is never below the pair's count (twice the merges, for a self pair).
+        """
         c = self.count[pk]
         if self.score == "count":
             return float(c)
         x, y = divmod(pk, self.shift)
-        fr = self.sym_freq
-        if self.score == "textbook":
-            return c / (fr[x] * fr[y])
         same = x == y
+        if self.score == "textbook":
+            if bound:
+                fl = self.floor
+                return c / (max(fl[x], c) * max(fl[y], c))
+            fr = self.sym_freq
+            return c / (fr[x] * fr[y])
         k = self.self_merges[pk] if same else c
+        if bound:
+            fl = self.floor
+            cx = max(fl[x], 2 * k if same else k)
+            cy = max(fl[y], k)
+        else:
+            cx = self.sym_freq[x]
+            cy = self.sym_freq[y]
         m = self.sym_index.get(self.pair_result[pk])
-        return likelihood_gain(k, fr[x], fr[y], fr[m] if m is not None else 0, self.total, same)
+        return likelihood_gain(k, cx, cy, self.sym_freq[m] if m is not None else 0, self.total, same)
+
+    def _set_floor(self, s: int) -> None:
+        f = self.sym_freq[s]
+        self.floor[s] = f - (f >> _FLOOR_SHIFT)
 
     def _exact_first(self, pk: int) -> int:
-        w = min(self.where[pk])
+        """Position of the pair's first occurrence in scan order (drops stale words from its `where` set)."""
+        ws = self.where[pk]
         x, y = divmod(pk, self.shift)
-        syms = self.words[w]
-        for i in range(len(syms) - 1):
-            if syms[i] == x and syms[i + 1] == y:
-                return self.offsets[w] + self.starts[w][i]
-        raise AssertionError("pair index out of sync")  # pragma: no cover
+        while True:
+            w = min(ws)
+            syms = self.words[w]
+            for i in range(len(syms) - 1):
+                if syms[i] == x and syms[i + 1] == y:
+                    return self.offsets[w] + self.starts[w][i]
+            ws.discard(w)
 
     # ---------------------------------------------------------------- heap
     def _push(self, pk: int) -> None:
@@ -262,46 +289,81 @@ class _Trainer:
             return
         v = self.version.get(pk, 0) + 1
         self.version[pk] = v
-        heapq.heappush(self.heap, (-self._score(pk), self.first[pk], pk, v))
+        heapq.heappush(self.heap, (-self._score(pk, True), self.first[pk], pk, v))
 
     def _rebuild_heap(self) -> None:
         self.version = {}
         heap = []
         for pk, c in self.count.items():
-            if c < self.min_frequency:
-                continue
-            if pk in self.dirty:
-                self.first[pk] = self._exact_first(pk)
-            self.version[pk] = 1
-            heap.append((-self._score(pk), self.first[pk], pk, 1))
-        self.dirty.clear()
+            if c >= self.min_frequency:
+                self.version[pk] = 1
+                heap.append((-self._score(pk, True), self.first[pk], pk, 1))
         heapq.heapify(heap)
         self.heap = heap
 
     def _pop_best(self) -> int | None:
+        """The mergeable pair with the highest score, ties to the first met; None when none is left.
+
+        Entries surface in order of their keys (-upper bound, lower bound of the first position); exact scores
+        are computed until the next key cannot beat the best exact (score, position), so the winner has been
+        seen. First positions are made exact only where a tie needs them.
+        """
         heap = self.heap
         version = self.version
+        count = self.count
+        first = self.first
+        dirty = self.dirty
+        min_frequency = self.min_frequency
+        seen: list[int] = []
+        best_pk = -1
+        best_score = -math.inf
+        best_pos = 0
         while heap:
-            neg_score, pos, pk, v = heapq.heappop(heap)
+            if best_pk >= 0:
+                top = heap[0]
+                if top[0] > -best_score:
+                    break
+                if top[0] == -best_score:
+                    if best_pk in dirty:
+                        best_pos = first[best_pk] = self._exact_first(best_pk)
+                        dirty.discard(best_pk)
+                    if top[1] > best_pos:
+                        break
+            _, _, pk, v = heapq.heappop(heap)
             if version.get(pk) != v:
                 continue
-            if self.count[pk] < self.min_frequency:
+            if count[pk] < min_frequency:
                 del version[pk]
                 continue
-            current = -self._score(pk)
-            if pk in self.dirty:
-                self.first[pk] = self._exact_first(pk)
-                self.dirty.discard(pk)
-            if current != neg_score or pos != self.first[pk]:
-                self._push(pk)
-                continue
-            del version[pk]
-            return pk
-        return None
+            e = self._score(pk)
+            seen.append(pk)
+            if e > best_score:
+                best_pk, best_score, best_pos = pk, e, first[pk]
+            elif e == best_score:
+                if best_pk in dirty:
+                    best_pos = first[best_pk] = self._exact_first(best_pk)
+                    dirty.discard(best_pk)
+                if pk in dirty:
+                    first[pk] = self._exact_first(pk)
+                    dirty.discard(pk)
+                if first[pk] < best_pos:
+                    best_pk, best_pos = pk, first[pk]
+        if best_pk < 0:
+            return None
+        for pk in seen:
+            if pk != best_pk:
+                self._push(pk)  # a fresh bound: tighter, since N and the floors may have moved
+        del version[best_pk]
+        return best_pk
 
     # ---------------------------------------------------------------- merging
     def _merge(self, pk: int) -> tuple[str, int]:
-        """Merge pair pk in every word containing it; returns (merged token, times merged)."""
+        """Merge pair pk in every word containing it; returns (merged token, times merged).
+
+        Only the pairs next to each merge site change: (L, a) → (L, m) and (b, R) → (m, R). The word lists are
+        edited in place. `where` sets are supersets (a word is not removed when it loses a pair; it is skipped
+        when visited), which saves a scan of the word after each edit.
+        """
         shift = self.shift
         a, b = divmod(pk, shift)
         m_str = merged_token(self.sym_str[a], self.sym_str[b], self.prefix)
@@ -310,101 +372,131 @@ class _Trainer:
         likelihood = self.score == "likelihood"
         count, where, first, dirty = self.count, self.where, self.first, self.dirty
         words, starts, freqs, offsets = self.words, self.starts, self.freqs, self.offsets
-        delta: dict[int, int] = {}
+        up: set[int] = set()
+        down: set[int] = set()
+        self_syms = (a, m) if a == b else (a, b, m)
         self_delta: dict[int, int] = {}
         merges_total = 0
-        for w in sorted(where[pk]):
+        for w in where[pk]:
             syms = words[w]
+            try:
+                i = syms.index(a)
+            except ValueError:
+                continue
             st = starts[w]
-            n = len(syms)
-            new_syms: list[int] = []
-            new_st: list[int] = []
-            i = 0
-            k = 0
-            while i < n:
-                if i + 1 < n and syms[i] == a and syms[i + 1] == b:
-                    new_syms.append(m)
-                    new_st.append(st[i])
-                    i += 2
-                    k += 1
-                else:
-                    new_syms.append(syms[i])
-                    new_st.append(st[i])
-                    i += 1
             f = freqs[w]
-            merges_total += k * f
             off = offsets[w]
-            old_occ = {(syms[i] * shift + syms[i + 1], st[i]) for i in range(n - 1)}
-            new_occ = {(new_syms[i] * shift + new_syms[i + 1], new_st[i]) for i in range(len(new_syms) - 1)}
-            removed = old_occ - new_occ
-            added = new_occ - old_occ
-            old_keys = {p for p, _ in old_occ}
-            new_keys = {p for p, _ in new_occ}
-            for p, s in removed:
-                delta[p] = delta.get(p, 0) - f
-                if first.get(p) == off + s:
-                    dirty.add(p)
-            for p, s in added:
-                delta[p] = delta.get(p, 0) + f
-                pos = off + s
-                fp = first.get(p)
-                if fp is None or pos < fp:
-                    first[p] = pos
-                    dirty.discard(p)
-            for p in old_keys - new_keys:
-                where[p].discard(w)
-            for p in new_keys - old_keys:
-                ws = where.get(p)
-                if ws is None:
-                    where[p] = {w}
-                else:
-                    ws.add(w)
             if likelihood:
-                for p, c in _self_pair_merges(syms, shift).items():
-                    self_delta[p] = self_delta.get(p, 0) - c * f
-                for p, c in _self_pair_merges(new_syms, shift).items():
-                    self_delta[p] = self_delta.get(p, 0) + c * f
-            words[w] = new_syms
-            starts[w] = new_st
+                for x in self_syms:
+                    if syms.count(x) > 1:
+                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) - f * _run_merges(syms, x)
+            k = 0
+            while True:
+                n = len(syms)
+                if i + 1 < n and syms[i + 1] == b:
+                    if i > 0:
+                        left = syms[i - 1]
+                        pos = off + st[i - 1]
+                        p = left * shift + a
+                        count[p] -= f
+                        down.add(p)
+                        if first.get(p) == pos:
+                            dirty.add(p)
+                        p = left * shift + m
+                        c = count.get(p)
+                        if c is None:
+                            count[p] = f
+                            where[p] = {w}
+                            first[p] = pos
+                            self._register(p)
+                        else:
+                            count[p] = c + f
+                            where[p].add(w)
+                            if pos < first[p]:
+                                first[p] = pos
+                                dirty.discard(p)
+                        up.add(p)
+                    if i + 2 < n:
+                        right = syms[i + 2]
+                        p = b * shift + right
+                        count[p] -= f
+                        down.add(p)
+                        if first.get(p) == off + st[i + 1]:
+                            dirty.add(p)
+                        p = m * shift + right
+                        pos = off + st[i]
+                        c = count.get(p)
+                        if c is None:
+                            count[p] = f
+                            where[p] = {w}
+                            first[p] = pos
+                            self._register(p)
+                        else:
+                            count[p] = c + f
+                            where[p].add(w)
+                            if pos < first[p]:
+                                first[p] = pos
+                                dirty.discard(p)
+                        up.add(p)
+                    syms[i] = m
+                    del syms[i + 1]
+                    del st[i + 1]
+                    k += 1
+                i += 1
+                try:
+                    i = syms.index(a, i)
+                except ValueError:
+                    break
+            merges_total += k * f
+            if likelihood:
+                for x in self_syms:
+                    if syms.count(x) > 1:
+                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) + f * _run_merges(syms, x)
         fr = self.sym_freq
         fr[a] -= merges_total
         fr[b] -= merges_total
         fr[m] += merges_total
         self.total -= merges_total
-        # Pairs to push again: those whose key may have gone down.
-        repush: set[int] = set()
-        if self.score != "count":
-            repush.update(self.sym_pairs.get(a, ()))
-            repush.update(self.sym_pairs.get(b, ()))
-            if likelihood and existed:
-                repush.update(self.result_pairs.get(m_str, ()))
-        for p, d in delta.items():
-            if d == 0:
-                continue
-            c = count.get(p, 0) + d
-            if c == 0:
+        if not existed:
+            self.floor.append(0)
+            self._set_floor(m)
+        self._drop_pair(pk)
+        for p in down:
+            if p in count and count[p] == 0:
                 self._drop_pair(p)
-                continue
-            if p not in count:
-                x, y = divmod(p, shift)
-                self.sym_pairs.setdefault(x, set()).add(p)
-                self.sym_pairs.setdefault(y, set()).add(p)
-                if likelihood:
-                    self._register_result(p)
-            count[p] = c
-            if d > 0:
-                repush.add(p)
         if likelihood:
             for p, d in self_delta.items():
-                if d == 0 or p not in count:
-                    continue
-                self.self_merges[p] = self.self_merges.get(p, 0) + d
-                if d > 0:
-                    repush.add(p)
-        for p in sorted(repush):
+                if d and p in count:
+                    self.self_merges[p] = self.self_merges.get(p, 0) + d
+                    up.add(p)
+        if self.score != "count":
+            # Bounds hold only for fixed counts: pairs whose count moved either way get a fresh one.
+            up.update(p for p in down if p in count)
+            for s in (a, b):
+                if fr[s] < self.floor[s]:
+                    self._set_floor(s)
+                    up.update(self.sym_pairs.get(s, ()))
+            if likelihood and existed:
+                up.update(self.result_pairs.get(m_str, ()))
+        for p in up:
             if p in count:
                 self._push(p)
         return m_str, merges_total
+
+    def _register(self, p: int) -> None:
+        """Index a pair that has just appeared."""
+        x, y = divmod(p, self.shift)
+        sp = self.sym_pairs
+        if x in sp:
+            sp[x].add(p)
+        else:
+            sp[x] = {p}
+        if y in sp:
+            sp[y].add(p)
+        else:
+            sp[y] = {p}
+        if self.score == "likelihood":
+            self._register_result(p)
 
     def _drop_pair(self, p: int) -> None:
         shift = self.shift
@@ -432,6 +524,9 @@ class _Trainer:
         if len(vocab) >= vocab_size:
             return vocab
         self._build_pairs()
+        self.floor = [0] * len(self.sym_freq)
+        for sid in range(len(self.sym_freq)):
+            self._set_floor(sid)
         self.version: dict[int, int] = {}
         self.heap: list = []
         self._rebuild_heap()
@@ -455,6 +550,19 @@ class _Trainer:
         if bar is not None:
             bar.close()
         return vocab
+
+
+def _run_merges(syms: list[int], x: int) -> int:
+    """Merges (x, x) makes in one word, left to right: floor(L / 2) for each run of L x's."""
+    total = 0
+    run = 0
+    for s in syms:
+        if s == x:
+            run += 1
+        else:
+            total += run // 2
+            run = 0
+    return total + run // 2
 
 
 def _self_pair_merges(syms: list[int], shift: int) -> dict[int, int]:

@@ -70,10 +70,12 @@ def reference_loop(
             elif score == "count":
                 s = freq
             else:
-                merges = 0
-                for word, wf in word_freqs.items():
-                    before = len(splits[word])
-                    merges += (before - len(merge_split(splits[word], a, b))) * wf
+                merges = freq
+                if a == b:  # overlapping occurrences: count the merges themselves
+                    merges = 0
+                    for word, wf in word_freqs.items():
+                        before = len(splits[word])
+                        merges += (before - len(merge_split(splits[word], a, b))) * wf
                 m = merged_token(a, b, prefix)
                 s = likelihood_gain(merges, letter_freqs[a], letter_freqs[b], letter_freqs.get(m, 0), total, a == b)
             if best_score is None or best_score < s:
