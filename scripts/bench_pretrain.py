@@ -15,6 +15,9 @@ Both models are then evaluated by the same code on the same held-out sequences (
 the pretrain stage's held-out hash, eval_fraction 0.01) with the masked artifact's static masks: MLM accuracy
 on masked positions, NSP accuracy. tokens/s counts non-padding tokens only.
 
+`--speed-only --preset base --device cuda --precision bf16` measures our training throughput alone (sequences/s,
+tokens/s, model FLOPs utilisation against --peak-tflops) for the GPU figures.
+
 `--memory-scale 10` instead measures peak anonymous memory (RssAnon) of a short `bert pretrain` run on the
 masked artifact and on one 10× its size (the shards repeated as symlinks), to show it does not grow with the data.
 """
@@ -265,6 +268,44 @@ def run_memory_child(args) -> dict:
     return {"peak_rss_anon_mb": mem.peak_kb / 1024}
 
 
+def run_speed(args) -> dict:
+    """Throughput of ours alone (e.g. BERT-base, bf16, one GPU), after skipping the first log intervals."""
+    import torch
+
+    from bertcli import model as M
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain as P
+    from transformers import BertConfig
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    out = Path(args.workdir) / "speed-run"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PretrainConfig(
+        data=str(args.masked), output=str(out), model=ModelConfig(preset=args.preset), max_steps=args.steps,
+        batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
+        learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1, save_every=0,
+        log_every=10, eval_fraction=0.01, seed=0, precision=args.precision, compile=args.compile,
+        device=args.device, num_workers=2 if args.device == "cuda" else 0,
+    )
+    manifest = P.run(cfg)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "tokens_per_s" in r][2:] or [r for r in records if "tokens_per_s" in r]
+    tokens_per_s = sum(r["tokens_per_s"] for r in train) / len(train)
+    sequences_per_s = sum(r["sequences_per_s"] for r in train) / len(train)
+    config = BertConfig.from_pretrained(out / "final")
+    flops = M.flops_per_token(config, manifest["max_seq_length"])
+    result = {
+        "preset": args.preset, "device": args.device, "precision": manifest["stats"]["precision"],
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "steps": manifest["stats"]["steps"], "sequences_per_s": sequences_per_s, "tokens_per_s": tokens_per_s,
+        "model_tflops_per_s": flops * tokens_per_s / 1e12,
+    }
+    if args.peak_tflops:
+        result["mfu"] = result["model_tflops_per_s"] / args.peak_tflops
+    return result
+
+
 def machine() -> dict:
     import platform
 
@@ -292,6 +333,15 @@ def main() -> None:
     parser.add_argument("--eval-sequences", type=int, default=1024)
     parser.add_argument("--workdir", default="/tmp/bench_pretrain")
     parser.add_argument("--memory-scale", type=int, default=0, help="measure peak memory on N× the data instead")
+    parser.add_argument("--speed-only", action="store_true", help="only our throughput (GPU figures)")
+    parser.add_argument("--preset", default="base", help="with --speed-only: model preset")
+    parser.add_argument("--device", default="cuda", help="with --speed-only: cuda or cpu")
+    parser.add_argument("--precision", default="bf16", help="with --speed-only: auto, fp32, bf16 or fp16")
+    parser.add_argument("--micro-batch-size", type=int, default=0, help="with --speed-only (0: = batch size)")
+    parser.add_argument("--steps", type=int, default=200, help="with --speed-only: optimizer steps")
+    parser.add_argument("--compile", action="store_true", help="with --speed-only: torch.compile")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="with --speed-only: the device's dense peak for MFU (H100 SXM bf16: 989)")
     parser.add_argument("--role", choices=["parent", "ours", "baseline", "memory-child"], default="parent")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -305,6 +355,10 @@ def main() -> None:
         print(json.dumps(run_memory_child(args)))
         return
     report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "role"}}
+    if args.speed_only:
+        report["speed"] = run_speed(args)
+        print(json.dumps(report, indent=2))
+        return
     if args.memory_scale:
         report["memory"] = run_memory(args)
         print(json.dumps(report, indent=2))
@@ -312,9 +366,10 @@ def main() -> None:
     if not args.pairs:
         parser.error("--pairs is needed for the speed/accuracy comparison")
     for role in ("ours", "baseline"):
+        keep = ("masked", "pairs", "budget_s", "batch_size", "lr", "warmup_steps", "threads", "eval_sequences",
+                "workdir")
         cmd = [sys.executable, __file__, "--role", role] + [
-            a for k, v in vars(args).items() if k not in ("role", "memory_scale") and v is not None
-            for a in (f"--{k.replace('_', '-')}", str(v))
+            a for k in keep for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
