@@ -802,8 +802,9 @@ class Trainer:
         # dropout depends only on (seed, step, micro-batch): resumption and world size do not change it
         torch.manual_seed(derive_seed(self.cfg.seed, self.state.step, 4, micro_index))
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[torch.Tensor, int, float]:
-        """One optimizer step over this rank's micro-batches; returns (stats, tokens, grad norm)."""
+    def train_step(self, micro_batches: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """One optimizer step over this rank's micro-batches; returns (stats, tokens, grad norm) as device
+        tensors where possible, so the host waits for the device once per step, not once per value."""
         ctx, cfg = self.ctx, self.cfg
         stats = torch.zeros(M.NUM_STATS, dtype=torch.float64, device=ctx.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
@@ -823,9 +824,6 @@ class Trainer:
             stats += s
             loss_sum += loss.detach().float()
         position = (int(micro_batches[0]["epoch"]), int(micro_batches[0]["batch_index"]))
-        if dist.any_rank(ctx, not bool(torch.isfinite(loss_sum))):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(self.state.step, position, "non-finite loss")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -835,17 +833,21 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(
                 torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])
             )
-        grad_norm_value = float(grad_norm)
+        # One host sync per step: the loss (each rank's own) and the gradient norm (the same on all ranks).
+        # With fp16 an overflowing gradient is normal: the scaler skips that update and lowers the scale.
+        checked = torch.stack([loss_sum, grad_norm.float() if self.scaler is None else loss_sum])
+        bad_loss, bad_grad = (~torch.isfinite(checked)).cpu().tolist()
+        if dist.any_rank(self.ctx, bad_loss or bad_grad):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(self.state.step, position, "non-finite gradient" if bad_grad and not bad_loss
+                                else "non-finite loss")
         if self.scaler is not None:
-            # fp16: an overflow is normal; the scaler skips this update and lowers the scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if not math.isfinite(grad_norm_value):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(self.state.step, position, "non-finite gradient")
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        grad_norm_value = grad_norm.detach()
         return stats, tokens, grad_norm_value
 
     def micro_batch_stream(self) -> Iterator[list[dict]]:
@@ -1146,6 +1148,7 @@ def _loop(t: Trainer, metrics: MetricsWriter) -> None:
     cfg, ctx, st = t.cfg, t.ctx, t.state
     start_time = time.perf_counter() - st.elapsed_s
     interval_stats = torch.zeros(M.NUM_STATS + 2, dtype=torch.float64)
+    interval_device = torch.zeros(M.NUM_STATS, dtype=torch.float64, device=ctx.device)
     interval_start = time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=st.step, disable=not ctx.is_main, desc="pretrain", unit="step",
                dynamic_ncols=True)
@@ -1168,13 +1171,15 @@ def _loop(t: Trainer, metrics: MetricsWriter) -> None:
             st.step += 1
             st.epoch, st.batch_in_epoch = epoch, b + 1
             st.sequences += cfg.batch_size
-            interval_stats[: M.NUM_STATS] += stats.cpu()
+            interval_device += stats  # stays on the device until the next log step
             interval_stats[M.NUM_STATS] += tokens
             t.unsynced_tokens += tokens
             interval_stats[M.NUM_STATS + 1] += 1
             st.elapsed_s = time.perf_counter() - start_time
             bar.update(1)
             if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
+                interval_stats[: M.NUM_STATS] = interval_device.cpu()
+                interval_device.zero_()
                 dist.all_reduce_sum(ctx, interval_stats)
                 now = time.perf_counter()
                 summary = M.summarize_stats(interval_stats[: M.NUM_STATS])
@@ -1188,7 +1193,7 @@ def _loop(t: Trainer, metrics: MetricsWriter) -> None:
                     "mlm_accuracy": summary["mlm_accuracy"],
                     "nsp_accuracy": summary.get("nsp_accuracy"),
                     "lr": lr,
-                    "grad_norm": grad_norm,
+                    "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens_per_s,
                     "sequences_per_s": cfg.batch_size * interval_stats[M.NUM_STATS + 1].item() / max(now - interval_start, 1e-9),
                     "epoch": st.epoch,
