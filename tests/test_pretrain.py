@@ -525,3 +525,13 @@ def test_loader_workers_give_the_same_run(reference_run, tmp_path):
     """DataLoader worker processes change where batches are built, not which: same weights as in-process."""
     P.run(tiny_cfg(masked_data_path(reference_run), tmp_path / "workers", num_workers=2))
     assert_same_weights(weights(tmp_path / "workers"), weights(reference_run))
+
+
+def test_overwrite_replaces_the_run_but_keeps_other_files(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "notes.txt").write_text("mine")
+    P.run(tiny_cfg(masked_data_path(reference_run), run, max_steps=2, save_every=0, eval_every=0), overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not P.list_checkpoints(run)  # the old run's step-* are gone
+    assert json.loads((run / "manifest.json").read_text())["stats"]["steps"] == 2

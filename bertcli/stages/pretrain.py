@@ -1042,9 +1042,16 @@ def _is_run_dir_safe(out: Path) -> bool:
     return out.is_dir() and any(out.iterdir()) and _is_run_dir(out)
 
 
+RUN_ENTRIES = {RUN_CONFIG, METRICS, RUN_MANIFEST, FINAL, "metrics.png", "tensorboard", METRICS + ".tmp"}
+
+
 def _clear_run(out: Path) -> None:
-    """--overwrite: remove what an earlier run wrote (only run files; prepare_output refused foreign ones)."""
+    """--overwrite: remove what an earlier run wrote; files of the user's own in the directory are kept."""
     for p in out.iterdir():
+        ours = p.name in RUN_ENTRIES or p.name.startswith(STEP_PREFIX) or (
+            p.name.startswith(".") and (_TMP_MARK in p.name or ".old-" in p.name))
+        if not ours:
+            continue
         if p.is_dir():
             shutil.rmtree(p)
         else:
