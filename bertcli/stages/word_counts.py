@@ -1,0 +1,133 @@
+"""Word counts of a corpus for WordPiece training: streamed, split exactly as the saved tokenizer splits text."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any, Sequence
+
+from bertcli.corpus import CorpusStats, iter_texts
+
+# Sentences are sent to the workers in chunks of about this many characters.
+CHUNK_CHARS = 1 << 20
+
+# BertPreTokenizer on ASCII text: split at Rust's char::is_whitespace (the six ASCII blanks below; U+001C..U+001F
+# are not whitespace there, unlike Python's str.split) and isolate ASCII punctuation. The regex does the same in
+# one C pass; non-ASCII sentences go through the library itself. _fast_split_ok() checks this on every start.
+_ASCII_PUNCT = r"!-/:-@\[-`{-~"
+_ASCII_WORD = re.compile(r"[^\t\n\x0b\x0c\r " + _ASCII_PUNCT + r"]+|[" + _ASCII_PUNCT + r"]")
+_PROBE = "".join(chr(i) for i in range(128)) + " a.b,c  d\te\nf-g_h(i)j\x1cK\x1dl\x1f m\x7fn 1.5 x'y"
+
+_worker: dict[str, Any] = {}
+
+
+def _normalizer_args(cfg: Any) -> tuple:
+    return (cfg.lowercase, cfg.strip_accents, cfg.clean_text, cfg.handle_chinese_chars)
+
+
+def _init_worker(normalizer_args: tuple) -> None:
+    from tokenizers import pre_tokenizers
+
+    from bertcli.vocab import build_normalizer, build_pre_tokenizer
+
+    pre_tokenizer = build_pre_tokenizer()
+    _worker["normalizer"] = build_normalizer(*normalizer_args)
+    _worker["pre_tokenizer"] = pre_tokenizer
+    _worker["fast"] = isinstance(pre_tokenizer, pre_tokenizers.BertPreTokenizer) and _fast_split_ok(pre_tokenizer)
+
+
+def _fast_split_ok(pre_tokenizer: Any) -> bool:
+    """The regex split agrees with the library's pre-tokenizer on every ASCII character."""
+    return _ASCII_WORD.findall(_PROBE) == [w for w, _ in pre_tokenizer.pre_tokenize_str(_PROBE)]
+
+
+def split_words(sentences: Sequence[str]) -> list[str]:
+    """Normalize each sentence and split it into words, as the tokenizer does (the worker state must be set)."""
+    normalize = _worker["normalizer"].normalize_str
+    pre_tokenize = _worker["pre_tokenizer"].pre_tokenize_str
+    fast = _worker["fast"]
+    words: list[str] = []
+    ascii_run: list[str] = []
+    for sentence in sentences:
+        text = normalize(sentence)
+        if fast and text.isascii():
+            ascii_run.append(text)
+            continue
+        if ascii_run:  # keep corpus order: words of earlier sentences first
+            words.extend(_ASCII_WORD.findall("\n".join(ascii_run)))
+            ascii_run = []
+        words.extend(w for w, _ in pre_tokenize(text))
+    if ascii_run:
+        words.extend(_ASCII_WORD.findall("\n".join(ascii_run)))
+    return words
+
+
+def _count_chunk(sentences: list[str]) -> dict[str, int]:
+    # A Counter keeps the order in which words were first met; the parent merges chunks in corpus order.
+    return dict(Counter(split_words(sentences)))
+
+
+def _chunks(sentences_iter, chunk_chars: int):
+    chunk: list[str] = []
+    size = 0
+    for s in sentences_iter:
+        chunk.append(s)
+        size += len(s)
+        if size >= chunk_chars:
+            yield chunk
+            chunk = []
+            size = 0
+    if chunk:
+        yield chunk
+
+
+def count_words(
+    paths: Sequence[str | Path], cfg: Any, stats: CorpusStats | None = None, chunk_chars: int = CHUNK_CHARS
+) -> list[tuple[str, int]]:
+    """(word, count) pairs in order of each word's first appearance in the corpus.
+
+    The corpus is streamed; `cfg` gives the reading options (layout, format, text_field, errors, language), the
+    normalization (lowercase, strip_accents, clean_text, handle_chinese_chars) and num_workers. Chunks of
+    sentences are counted by num_workers processes and merged in corpus order, so the result is identical for
+    any number of workers. Memory: the distinct words plus a few chunks in flight.
+    """
+    from tqdm.auto import tqdm
+
+    stats = stats if stats is not None else CorpusStats()
+    total_bytes = sum(Path(p).stat().st_size for p in paths)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", dynamic_ncols=True)
+    sentences = iter_texts(paths, cfg.layout, cfg.format, cfg.text_field, cfg.errors, cfg.language, stats)
+    counts: Counter[str] = Counter()
+    seen_bytes = 0
+
+    def absorb(part: dict[str, int]) -> None:
+        nonlocal seen_bytes
+        counts.update(part)
+        done = min(stats.bytes, total_bytes)
+        bar.update(done - seen_bytes)
+        seen_bytes = done
+
+    args = _normalizer_args(cfg)
+    workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
+    try:
+        if workers == 1:
+            _init_worker(args)
+            for chunk in _chunks(sentences, chunk_chars):
+                absorb(_count_chunk(chunk))
+        else:
+            # spawn, not fork: the parent may already run the tokenizers library's thread pool.
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(args,)) as pool:
+                pending: deque = deque()
+                for chunk in _chunks(sentences, chunk_chars):
+                    pending.append(pool.apply_async(_count_chunk, (chunk,)))
+                    if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat
+                        absorb(pending.popleft().get())
+                while pending:
+                    absorb(pending.popleft().get())
+    finally:
+        bar.update(max(total_bytes - seen_bytes, 0))
+        bar.close()
+    return list(counts.items())
