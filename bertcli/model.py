@@ -115,7 +115,7 @@ class PretrainingBatch:
     """One micro-batch, already on the device.
 
     input_ids, token_type_ids, attention_mask: (B, T) int64. masked_positions: (N,) flat indices b·T + t of the
-    predicted positions; masked_labels: (N,) their original ids. next_sentence_label: (B,) or None (no NSP).
+    predicted positions, ascending (row by row); masked_labels: (N,) their original ids. next_sentence_label: (B,) or None (no NSP).
     """
 
     input_ids: torch.Tensor
@@ -136,34 +136,92 @@ STAT_MLM_LOSS_SUM, STAT_MLM_CORRECT, STAT_MLM_COUNT, STAT_NSP_LOSS_SUM, STAT_NSP
 NUM_STATS = 6
 
 
+def _can_prune(model: BertForPreTraining) -> bool:
+    c = model.config
+    return not (c.is_decoder or c.add_cross_attention or c.chunk_size_feed_forward or model.bert.pooler is None
+                or getattr(model.bert, "gradient_checkpointing", False))
+
+
+def _encode_pruned(model: BertForPreTraining, batch: PretrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder with its last layer evaluated only where the heads read it: [CLS] and the masked positions.
+
+    The last layer's outputs elsewhere are never used (MLM reads the masked positions, NSP the pooled [CLS]), so
+    its queries, attention output, feed-forward and LayerNorms run on ~15% of the positions; keys and values still
+    see every token. The result equals the full encoder's at those positions (test_model checks it).
+    Returns (masked hidden (N, H) in masked_positions order, pooled output (B, H)).
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    bert = model.bert
+    ids, am = batch.input_ids, batch.attention_mask
+    b, t = ids.shape
+    hidden = bert.embeddings(input_ids=ids, token_type_ids=batch.token_type_ids)  # (B, T, H)
+    mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=am)
+    layers = bert.encoder.layer
+    for layer in layers[:-1]:
+        hidden = layer(hidden, mask)
+    # Query slots per row: slot 0 = [CLS], then the row's masked positions (masked_positions are row-major).
+    pos = batch.masked_positions
+    rows, cols = pos // t, pos % t  # (N,)
+    counts = torch.bincount(rows, minlength=b)  # (B,)
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(pos.numel(), device=pos.device) - starts[rows] + 1  # (N,)
+    width = int(counts.max().item()) + 1 if pos.numel() else 1
+    query_index = torch.zeros(b, width, dtype=torch.long, device=pos.device)  # (B, Q); padding slots read [CLS]
+    query_index[rows, slots] = cols
+    last = layers[-1]
+    sa = last.attention.self
+    heads, head_size = sa.num_attention_heads, sa.attention_head_size
+    h = hidden.shape[-1]
+    q_in = torch.gather(hidden, 1, query_index[..., None].expand(-1, -1, h))  # (B, Q, H)
+    q = sa.query(q_in).view(b, width, heads, head_size).transpose(1, 2)  # (B, h, Q, d)
+    k = sa.key(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
+    v = sa.value(hidden).view(b, t, heads, head_size).transpose(1, 2)
+    key_mask = am.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
+    context = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask, dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling
+    )  # (B, h, Q, d)
+    context = context.transpose(1, 2).reshape(b, width, h)
+    attn_out = last.attention.output(context, q_in)  # (B, Q, H)
+    out = last.output(last.intermediate(attn_out), attn_out)  # (B, Q, H)
+    masked_hidden = out[rows, slots]  # (N, H)
+    pooled = bert.pooler(out)  # reads out[:, 0], the [CLS] slot
+    return masked_hidden, pooled
+
+
 def pretraining_loss(
-    model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True
+    model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True, prune_last_layer: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLM + NSP loss of a stock BertForPreTraining, with the vocabulary projection only at masked positions.
 
     BertForPreTraining.forward projects every position onto the whole vocabulary (B·T·V logits) although only
     ~15% are scored; like Google's, NVIDIA's, MosaicBERT's and Cramming's code we gather the masked hidden states
-    first. The modules used are the model's own, so the saved weights are a stock BertForPreTraining.
+    first, and the last encoder layer runs only at [CLS] and the masked positions (see _encode_pruned). The
+    modules used are the model's own, so the saved weights are a stock BertForPreTraining.
 
     Returns (loss, stats): loss = mean MLM cross-entropy over the masked positions + mean NSP cross-entropy;
     stats (NUM_STATS,) float64, detached: sums and counts for logging (see STAT_*).
     """
-    out = model.bert(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        token_type_ids=batch.token_type_ids,
-    )
-    hidden = out.last_hidden_state  # (B, T, H)
-    flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
-    masked_hidden = flat.index_select(0, batch.masked_positions)  # (N, H)
+    if prune_last_layer and _can_prune(model):
+        masked_hidden, pooled = _encode_pruned(model, batch)  # (N, H), (B, H)
+    else:
+        out = model.bert(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+        )
+        hidden = out.last_hidden_state  # (B, T, H)
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
+        masked_hidden = flat.index_select(0, batch.masked_positions)  # (N, H)
+        pooled = out.pooler_output  # (B, H)
     logits = model.cls.predictions(masked_hidden).float()  # (N, V), fp32 for a stable softmax
     labels = batch.masked_labels
     mlm_loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     mlm_count = labels.numel()
     mlm_loss = mlm_loss_sum / max(mlm_count, 1)
 
-    nsp_logits = model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
-    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=hidden.device)
+    nsp_logits = model.cls.seq_relationship(pooled).float()  # (B, 2)
+    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=logits.device)
     with torch.no_grad():
         stats[STAT_MLM_LOSS_SUM] = mlm_loss_sum.detach().double()
         stats[STAT_MLM_CORRECT] = (logits.argmax(-1) == labels).sum().double()

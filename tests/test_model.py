@@ -183,3 +183,27 @@ def test_flops_per_token_counts_encoder_and_masked_head():
     f = M.flops_per_token(cfg, 128)
     # 6 · N_encoder_params-ish: BERT-base's encoder has ~85M matmul weights -> ~0.5 GFLOP/token for training
     assert 4.5e8 < f < 7e8
+
+
+def test_last_layer_pruning_changes_nothing_at_the_used_positions():
+    cfg = tiny_config()
+    a, b = M.build_model(cfg, seed=9).eval(), M.build_model(cfg, seed=9).eval()
+    batch, _ = random_batch(cfg.vocab_size, seed=11)
+    la, sa = M.pretraining_loss(a, batch, prune_last_layer=True)
+    lb, sb = M.pretraining_loss(b, batch, prune_last_layer=False)
+    assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(sa, sb, atol=1e-4)
+    la.backward(), lb.backward()
+    grads_b = dict(b.named_parameters())
+    for name, p in a.named_parameters():
+        assert torch.allclose(p.grad, grads_b[name].grad, atol=1e-5), name
+
+
+def test_last_layer_pruning_with_a_row_without_masks():
+    cfg = tiny_config()
+    model = M.build_model(cfg, seed=1).eval()
+    batch, _ = random_batch(cfg.vocab_size, seed=2)
+    keep = batch.masked_positions >= batch.input_ids.shape[1]  # drop every masked position of row 0
+    batch.masked_positions, batch.masked_labels = batch.masked_positions[keep], batch.masked_labels[keep]
+    la, _ = M.pretraining_loss(model, batch, prune_last_layer=True)
+    lb, _ = M.pretraining_loss(model, batch, prune_last_layer=False)
+    assert torch.allclose(la, lb, atol=1e-5)
