@@ -154,3 +154,47 @@ def test_pack_documents_keeps_every_token_in_order():
     text = body[body != SEP]
     assert np.array_equal(text, np.concatenate([t for t, _ in store.docs]))  # no token lost, none repeated
     assert block.stats["split_sentences"] >= 1 and block.stats["padding_tokens"] < MAX_LEN
+
+
+def _reference(tok, sentences):
+    encodings = tok.encode_batch(sentences, add_special_tokens=False)
+    return [len(e.ids) for e in encodings], [i for e in encodings for i in e.ids]
+
+
+@pytest.mark.parametrize("variant", ["as-trained", "cased", "added-tokens", "small-cache"])
+def test_sentence_tokenizer_gives_exactly_the_tokenizers_ids(tiny_tokenizer, tiny_corpus, multilingual_corpus, variant):
+    from tokenizers import Tokenizer, normalizers
+
+    tok = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json"))
+    if variant == "cased":
+        tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    if variant == "added-tokens":
+        tok.add_special_tokens(["[MASK]", "[SEP]", "<doc>"])
+    fast = pairing.SentenceTokenizer(tok, cache_words=50 if variant == "small-cache" else 200_000)
+    assert fast.fast
+    rng = np.random.default_rng(1)
+    alphabet = list("abcXYZ019 .,;'\"()[]-_/\\#@!?") + list("’“”–—…") + ["\t", "\x07", "é", "ß", "İ", "한", "北", "\u00a0"]
+    random_texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(400)]
+    sentences = (
+        tiny_corpus.read_text().splitlines()
+        + multilingual_corpus.read_text().splitlines()
+        + random_texts
+        + ["a [MASK] b", "x<doc>y", "[sep] lower", "HELLO World", "x" * 150, ""]
+    )
+    for start in range(0, len(sentences), 97):  # several batches: the cache carries over (and restarts if small)
+        batch = sentences[start : start + 97]
+        lengths, ids = fast.encode(batch, np.dtype(np.int64))
+        ref_lengths, ref_ids = _reference(tok, batch)
+        assert lengths.tolist() == ref_lengths and ids.tolist() == ref_ids, batch
+
+
+def test_sentence_tokenizer_falls_back_for_other_pipelines(tiny_tokenizer):
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    tok = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = pairing.SentenceTokenizer(tok)
+    assert not fast.fast
+    batch = ["plain ascii text here.", "another one!"]
+    lengths, ids = fast.encode(batch)
+    assert (lengths.tolist(), ids.tolist()) == _reference(tok, batch)

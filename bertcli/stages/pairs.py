@@ -135,19 +135,18 @@ _WORKER: dict[str, Any] = {}
 def _init_tokenizer(tokenizer_json: str, dtype: np.dtype) -> None:
     from tokenizers import Tokenizer
 
-    _WORKER["tokenizer"] = Tokenizer.from_file(tokenizer_json)
+    tok = Tokenizer.from_file(tokenizer_json)
+    tok.no_truncation()  # whole sentences: pairs do their own truncation
+    tok.no_padding()
+    _WORKER["tokenizer"] = pairing.SentenceTokenizer(tok)
     _WORKER["dtype"] = dtype
 
 
 def _tokenize_block(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Sentence lengths (n,) int32 and their tokens back to back (token dtype), one batched Rust call."""
+    """Sentence lengths (n,) int32 and their tokens back to back (token dtype)."""
     if not sentences:
         return np.zeros(0, np.int32), np.zeros(0, _WORKER["dtype"])
-    encodings = _WORKER["tokenizer"].encode_batch(sentences, add_special_tokens=False)
-    ids = [e.ids for e in encodings]
-    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER["dtype"], count=int(lengths.sum()))
-    return lengths, tokens
+    return _WORKER["tokenizer"].encode(sentences, _WORKER["dtype"])
 
 
 def _init_builder(context: dict) -> None:
