@@ -239,7 +239,7 @@ def pretrain(
 
     cfg = load_config(PretrainConfig, config, set_ or [], {"data": data, "output": output})
     manifest = stage.run(cfg, resume=resume, overwrite=overwrite)
-    if manifest is not None and int(os.environ.get("RANK", "0")) == 0:
+    if manifest is not None:  # None on the other ranks under torchrun: rank 0 reports
         stats = manifest["stats"]
         acc = stats.get("eval_mlm_accuracy")
         typer.echo(

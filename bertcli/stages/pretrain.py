@@ -939,8 +939,8 @@ def _check_batching(cfg: PretrainConfig, ctx: dist.DistContext) -> int:
     return cfg.batch_size // per_step
 
 
-def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train (or continue training) and return the run's manifest. Works as one process or under torchrun."""
+def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict | None:
+    """Train (or continue training) and return the run's manifest (None on ranks other than 0 under torchrun)."""
     ctx = dist.init_distributed(cfg.device)
     try:
         return _run(cfg, ctx, resume, overwrite)
@@ -952,7 +952,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     out = Path(cfg.output)
     if resume and (out / RUN_MANIFEST).is_file() and (out / FINAL).is_dir():
         _log(ctx, f"'{out}' is a finished run (final/ and manifest.json exist); nothing to do")
-        return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8"))
+        return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8")) if ctx.is_main else None
     accum = _check_batching(cfg, ctx)
     data = load_data(cfg.data)
     is_resume = prepare_output(cfg, resume, overwrite, ctx)
@@ -1035,7 +1035,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         _log(ctx, f"finished: {out / FINAL} (step {trainer.state.step}, "
                   f"{trainer.state.tokens:,} tokens, {trainer.state.elapsed_s:.0f} s)")
     dist.barrier(ctx)
-    return dist.broadcast_object(ctx, manifest)
+    return manifest  # None on ranks other than 0: only rank 0 reports
 
 
 def _is_run_dir_safe(out: Path) -> bool:
