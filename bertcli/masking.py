@@ -113,12 +113,17 @@ class MaskedBatch:
 
     input_ids: np.ndarray
     """(B, L) the ids after masking (same dtype as the input)."""
-    labels: np.ndarray
-    """(B, L) int64: the original id at selected positions, IGNORE_INDEX (-100) elsewhere."""
+    original: np.ndarray
+    """(B, L) the ids before masking."""
     selected: np.ndarray
     """(B, L) bool: positions chosen for prediction."""
     action: np.ndarray
     """(B, L) int8: NOT_SELECTED, TO_MASK, TO_RANDOM or KEPT."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(B, L) int64: the original id at selected positions, IGNORE_INDEX (-100) elsewhere."""
+        return np.where(self.selected, self.original, IGNORE_INDEX).astype(np.int64)
 
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(counts (B,), columns (S,)): selected positions row by row, sorted, as ragged arrays."""
@@ -143,30 +148,37 @@ def mask_batch(
     if lengths is not None:
         valid = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
     candidate = spec.is_candidate[ids] & valid  # (B, L)
-    keys = rng.random((batch, width))  # selection order
-    coin = rng.random((batch, width))  # 80/10/10
-    random_pick = rng.integers(0, len(spec.replacement_ids), size=(batch, width))
+    keys = rng.random((batch, width), dtype=np.float32)  # selection order
+    coin = rng.random((batch, width), dtype=np.float32)  # 80/10/10
+    random_pick = rng.integers(0, len(spec.replacement_ids), size=(batch, width), dtype=np.int32)
     k = num_to_select(candidate.sum(axis=1), spec)  # (B,)
     if spec.whole_word_mask:
         selected = _select_whole_words(ids, candidate, keys, k, spec)
     else:
-        # A uniform k-subset of the candidates: the k candidates with the smallest keys.
-        keys = np.where(candidate, keys, 2.0)
-        order = np.argsort(keys, axis=1, kind="stable")  # (B, L)
-        take = np.arange(width)[None, :] < k[:, None]
+        # A uniform k-subset of the candidates: the k candidates with the smallest keys. Only the smallest
+        # k_max per row matter, so partition (linear) and sort just those; ties fall to the lower position.
+        keys[~candidate] = 2.0
+        k_max = int(k.max()) if batch else 0
         selected = np.zeros((batch, width), dtype=bool)
-        np.put_along_axis(selected, order, take, axis=1)
+        if k_max:
+            if k_max < width:
+                smallest = np.argpartition(keys, k_max - 1, axis=1)[:, :k_max]  # (B, k_max), unordered
+            else:
+                smallest = np.broadcast_to(np.arange(width), (batch, width))
+            order = np.take_along_axis(smallest, np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1,
+                                                            kind="stable"), axis=1)  # (B, k_max) by key
+            take = np.arange(order.shape[1])[None, :] < k[:, None]
+            rows = np.broadcast_to(np.arange(batch)[:, None], order.shape)
+            selected[rows[take], order[take]] = True
     to_mask = selected & (coin < spec.mask_token_prob)
     to_random = selected & ~to_mask & (coin < spec.mask_token_prob + spec.random_token_prob)
     out = ids.copy()
     out[to_mask] = spec.mask_id
     out[to_random] = spec.replacement_ids[random_pick[to_random]].astype(ids.dtype, copy=False)
-    labels = np.where(selected, ids, IGNORE_INDEX).astype(np.int64)
-    action = np.zeros((batch, width), dtype=np.int8)
-    action[selected] = KEPT
+    action = selected.astype(np.int8) * KEPT
     action[to_mask] = TO_MASK
     action[to_random] = TO_RANDOM
-    return MaskedBatch(input_ids=out, labels=labels, selected=selected, action=action)
+    return MaskedBatch(input_ids=out, original=ids, selected=selected, action=action)
 
 
 def _select_whole_words(

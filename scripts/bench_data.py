@@ -212,6 +212,9 @@ def main() -> None:
                     tokens_per_second=round(corpus_tokens / r["seconds"]))
         result["pairs_baseline"] = {"name": "transformers TextDatasetForNextSentencePrediction", **base}
         result["pairs_speedup"] = round(base["wall_seconds"] / result["pairs"]["seconds"], 2)
+        if "one_worker_seconds" in result["pairs"]:
+            result["pairs_speedup_one_worker"] = round(base["wall_seconds"] / result["pairs"]["one_worker_seconds"], 2)
+        result["pairs_speedup_vs_constructor_only"] = round(base["seconds"] / result["pairs"]["seconds"], 2)
 
     masked = work / "masked"
     r = run_measured(bert("mask", "--input", str(pairs), "--output", str(masked),
@@ -228,10 +231,21 @@ def main() -> None:
         "kept_share": mstats["kept_share"],
         "selected_special": mstats["selected_special"],
     }
+    if args.workers > 1:
+        r = run_measured(bert("mask", "--input", str(pairs), "--output", str(work / "masked-1"),
+                              "--set", "num_workers=1"))
+        result["mask"]["one_worker_seconds"] = r["seconds"]
+        result["mask"]["one_worker_tokens_per_second"] = round(mstats["tokens"] / r["seconds"])
+        same = all((work / "masked-1" / p.name).read_bytes() == p.read_bytes() for p in masked.glob("shard-*.npy"))
+        result["mask"]["identical_to_one_worker"] = same
+        shutil.rmtree(work / "masked-1", ignore_errors=True)
     base = collator_baseline(pairs, tokenizer)
     base["tokens_per_second"] = round(base["tokens"] / base["seconds"])
     result["mask_baseline"] = {"name": "transformers DataCollatorForLanguageModeling", **base}
     result["mask_speedup"] = round(result["mask"]["tokens_per_second"] / base["tokens_per_second"], 2)
+    if "one_worker_tokens_per_second" in result["mask"]:
+        result["mask_speedup_one_worker"] = round(
+            result["mask"]["one_worker_tokens_per_second"] / base["tokens_per_second"], 2)
 
     if args.memory_scale > 1:
         big = work / f"corpus-x{args.memory_scale}.txt"

@@ -213,3 +213,14 @@ def test_inspect_shows_segments_and_json_stats(pairs_dir):
     stats = json.loads(result.output)
     assert stats == json.loads((pairs_dir / "manifest.json").read_text())["stats"]
     assert os.path.isdir(pairs_dir)
+
+
+def test_shard_size_changes_files_not_rows(tmp_path, tiny_corpus, tiny_tokenizer, pairs_dir):
+    small, _ = _pairs(tmp_path, tiny_corpus, tiny_tokenizer, "small", "dupe_factor=2", "sequences_per_shard=37")
+    a, b = ShardedArrays(small), ShardedArrays(pairs_dir)
+    assert len(a.shard_names) > 1 and set(a.counts[:-1].tolist()) == {37}
+    assert a.num_sequences == b.num_sequences
+    assert np.array_equal(a.lengths(), b.lengths())
+    assert np.array_equal(a.column("type_boundary"), b.column("type_boundary"))
+    assert np.array_equal(a.column("next_sentence_label"), b.column("next_sentence_label"))
+    assert all(np.array_equal(a[i]["input_ids"], b[i]["input_ids"]) for i in range(0, a.num_sequences, 7))

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from bertcli import masking
 from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
 from bertcli.schemas import MaskConfig
-from bertcli.shards import ShardedArrays, ShardWriter
-from bertcli.stages.pairs import TOKENIZER_DIR, load_pairs, ordered_map
+from bertcli.shards import ShardedArrays
+from bertcli.stages.pairs import TOKENIZER_DIR, BlockShardWriter, load_pairs, ordered_map
 from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
 
 BLOCK_SEQUENCES = 4096
@@ -141,21 +141,15 @@ def _mask_block(task: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str,
     return out, stats
 
 
-def _write(writer: ShardWriter, out: dict[str, np.ndarray]) -> None:
-    ends = np.cumsum(out["lengths"]).tolist()
-    mends = np.cumsum(out["masked_counts"]).tolist()
-    ids, pos, lab = out["input_ids"], out["masked_positions"], out["masked_labels"]
-    tb, nsl = out["type_boundary"].tolist(), out["next_sentence_label"].tolist()
-    s = m = 0
-    for i, (e, me) in enumerate(zip(ends, mends)):
-        writer.add(
-            input_ids=ids[s:e],
-            masked_positions=pos[m:me],
-            masked_labels=lab[m:me],
-            type_boundary=tb[i],
-            next_sentence_label=nsl[i],
-        )
-        s, m = e, me
+def _write(writer: BlockShardWriter, out: dict[str, np.ndarray]) -> None:
+    writer.add_block(
+        {
+            "input_ids": (out["input_ids"], out["lengths"]),
+            "masked_positions": (out["masked_positions"], out["masked_counts"]),
+            "masked_labels": (out["masked_labels"], out["masked_counts"]),
+        },
+        {"type_boundary": out["type_boundary"], "next_sentence_label": out["next_sentence_label"]},
+    )
 
 
 def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
@@ -177,7 +171,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     tasks = [(b, c) for b in range(num_blocks) for c in range(cfg.dupe_factor)]  # block-major, as pairs
     totals = dict.fromkeys(MASK_STAT_KEYS, 0)
     with atomic_output_dir(cfg.output, overwrite) as tmp:
-        writer = ShardWriter(
+        writer = BlockShardWriter(
             tmp,
             ragged={"input_ids": dtype, "masked_positions": position_dtype, "masked_labels": dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},

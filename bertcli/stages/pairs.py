@@ -21,7 +21,7 @@ from bertcli.config import load_config
 from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
 from bertcli.schemas import PairsConfig
-from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
+from bertcli.shards import ShardedArrays, token_dtype
 from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
 
 BLOCK_DOCUMENTS = 256
@@ -125,6 +125,65 @@ class CorpusView:
             if k >= 0:
                 return store.document_at(k)
         raise KeyError(f"document {doc} was not tokenized")  # a bug, not a user error
+
+
+# ---------------------------------------------------------------- writing shards a block at a time
+
+class BlockShardWriter:
+    """ShardWriter's on-disk format (bertcli.shards), fed whole blocks of sequences instead of one row at a time.
+
+    Ragged fields come as (flat, lengths); scalar fields as arrays. Shards hold exactly sequences_per_shard
+    sequences (the last fewer), whatever the block sizes, so the files depend only on the sequence order.
+    """
+
+    def __init__(self, out_dir: Path, ragged: dict[str, Any], scalar: dict[str, Any], sequences_per_shard: int):
+        self.out_dir = Path(out_dir)
+        self.ragged = {k: np.dtype(v) for k, v in ragged.items()}
+        self.scalar = {k: np.dtype(v) for k, v in scalar.items()}
+        self.sequences_per_shard = sequences_per_shard
+        self.shards: list[str] = []
+        self.num_sequences = 0
+        self._pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+        self._rows = 0
+
+    def add_block(self, ragged: dict[str, tuple[np.ndarray, np.ndarray]], scalar: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(scalar.values())))
+        bounds = {k: np.concatenate([[0], np.cumsum(lengths)]) for k, (_, lengths) in ragged.items()}
+        start = 0
+        while start < n:
+            take = min(n - start, self.sequences_per_shard - self._rows)
+            stop = start + take
+            flats = {k: flat[bounds[k][start] : bounds[k][stop]] for k, (flat, _) in ragged.items()}
+            lengths = {k: np.asarray(lens[start:stop], np.int64) for k, (_, lens) in ragged.items()}
+            scalars = {k: np.asarray(v[start:stop]) for k, v in scalar.items()}
+            self._pending.append((flats, lengths, scalars))
+            self._rows += take
+            self.num_sequences += take
+            start = stop
+            if self._rows == self.sequences_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        name = f"shard-{len(self.shards):05d}"
+        for field, dtype in self.ragged.items():
+            flat = np.concatenate([p[0][field] for p in self._pending]).astype(dtype, copy=False)
+            lengths = np.concatenate([p[1][field] for p in self._pending])
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            np.save(self.out_dir / f"{name}.{field}.npy", flat)
+            np.save(self.out_dir / f"{name}.{field}.offsets.npy", offsets)
+        for field, dtype in self.scalar.items():
+            values = np.concatenate([p[2][field] for p in self._pending]).astype(dtype, copy=False)
+            np.save(self.out_dir / f"{name}.{field}.npy", values)
+        self.shards.append(name)
+        self._pending = []
+        self._rows = 0
+
+    def close(self) -> list[str]:
+        self._flush()
+        return list(self.shards)
 
 
 # ---------------------------------------------------------------- worker processes
@@ -475,7 +534,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                              CorpusStats())
             context["stores"] = ["own", "foreign"]
 
-        writer = ShardWriter(
+        writer = BlockShardWriter(
             tmp,
             ragged={RAGGED: dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
@@ -532,16 +591,11 @@ def _extra(cfg: PairsConfig, loaded: LoadedTokenizer, dtype: np.dtype, num_docum
     }
 
 
-def _write_block(writer: ShardWriter, result: pairing.PairsBlock) -> None:
-    ends = np.cumsum(result.lengths)
-    starts = ends - result.lengths
-    ids = result.input_ids
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-        writer.add(
-            input_ids=ids[s:e],
-            type_boundary=int(result.type_boundary[i]),
-            next_sentence_label=int(result.next_sentence_label[i]),
-        )
+def _write_block(writer: BlockShardWriter, result: pairing.PairsBlock) -> None:
+    writer.add_block(
+        {RAGGED: (result.input_ids, result.lengths)},
+        {"type_boundary": result.type_boundary, "next_sentence_label": result.next_sentence_label},
+    )
 
 
 # ---------------------------------------------------------------- merging shard parts
@@ -587,7 +641,7 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     dtype = np.dtype(manifests[0]["token_dtype"])
     totals: dict[str, int] = {}
     with atomic_output_dir(cfg.output, overwrite) as tmp:
-        writer = ShardWriter(
+        writer = BlockShardWriter(
             tmp,
             ragged={RAGGED: dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
@@ -601,11 +655,10 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 arrays = ShardedArrays(parts[i])
             for shard in arrays.shards if arrays is not None else []:
                 offsets = np.asarray(shard[f"{RAGGED}.offsets"])
-                ids = shard[RAGGED]
-                tb, nsl = np.asarray(shard["type_boundary"]), np.asarray(shard["next_sentence_label"])
-                for j in range(len(offsets) - 1):
-                    writer.add(input_ids=ids[offsets[j] : offsets[j + 1]], type_boundary=int(tb[j]),
-                               next_sentence_label=int(nsl[j]))
+                writer.add_block(
+                    {RAGGED: (np.asarray(shard[RAGGED]), np.diff(offsets))},
+                    {"type_boundary": shard["type_boundary"], "next_sentence_label": shard["next_sentence_label"]},
+                )
                 bar.update(len(offsets) - 1)
             for key, value in manifests[i]["stats"].items():
                 if isinstance(value, int) and not isinstance(value, bool):
