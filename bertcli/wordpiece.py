@@ -12,9 +12,7 @@ SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
 
 # The trainer compacts its heap when stale entries outnumber live pairs by this factor (bounds memory).
 _HEAP_SLACK = 3
-# A symbol's floor frequency is its frequency less 1/2**_FLOOR_SHIFT of it; the pairs of a symbol are re-scored
-# only when it falls below its floor (see _Trainer._score).
-_FLOOR_SHIFT = 4
+
 
 
 def merged_token(left: str, right: str, prefix: str = "##") -> str:
@@ -236,39 +234,52 @@ class _Trainer:
         self.pair_result[pk] = m
         self.result_pairs.setdefault(m, set()).add(pk)
 
-    def _score(self, pk: int, bound: bool = False) -> float:
-        """The pair's score now; with bound=True an upper bound that stays valid while the pair's count, the
-        frequency of its merged token and the floors of its symbols are unchanged.
-
-        Every score grows as the frequency of a part falls (and, for likelihood, shrinks as N falls), so
-        computing it with each part's frequency lowered to its floor bounds it from above until a part drops
-        below its floor. A part's frequency is never below the pair's count (twice the merges, for a self pair).
-        """
+    def _score(self, pk: int) -> float:
+        """The pair's score now."""
         c = self.count[pk]
         if self.score == "count":
             return float(c)
         x, y = divmod(pk, self.shift)
+        fr = self.sym_freq
+        if self.score == "textbook":
+            return c / (fr[x] * fr[y])
+        same = x == y
+        m = self.sym_index.get(self.pair_result[pk])
+        k = self.self_merges[pk] if same else c
+        return likelihood_gain(k, fr[x], fr[y], fr[m] if m is not None else 0, self.total, same)
+
+    def _bound(self, pk: int, exact: float, slack: float) -> tuple[float, int, int]:
+        """An upper bound of the pair's score, about `exact + slack`, and the floors (Fx, Fy) it assumes.
+
+        Every score grows as the frequency of a part of the pair falls (likelihood also shrinks as N falls), so
+        the score computed with the parts' frequencies lowered to floors bounds it from above for as long as
+        the parts stay at or above their floors and the pair's count (and merged token's frequency) are
+        unchanged: the trainer watches the floors and pushes the pair again when one is crossed. A part's
+        frequency is never below the pair's count (twice its merges, for a self pair), so floors go no lower.
+        """
+        c = self.count[pk]
+        x, y = divmod(pk, self.shift)
+        fr = self.sym_freq
         same = x == y
         if self.score == "textbook":
-            if bound:
-                fl = self.floor
-                return c / (max(fl[x], c) * max(fl[y], c))
-            fr = self.sym_freq
-            return c / (fr[x] * fr[y])
-        k = self.self_merges[pk] if same else c
-        if bound:
-            fl = self.floor
-            cx = max(fl[x], 2 * k if same else k)
-            cy = max(fl[y], k)
-        else:
-            cx = self.sym_freq[x]
-            cy = self.sym_freq[y]
+            # k/(Fx·Fy) = exact/r² with F = c·r: choose r² = exact / (exact + slack).
+            r = math.sqrt(exact / (exact + slack)) if slack > 0 else 1.0
+            fx = min(fr[x], max(c, math.ceil(fr[x] * r)))
+            fy = fx if same else min(fr[y], max(c, math.ceil(fr[y] * r)))
+            return c / (fx * fy), fx, fy
         m = self.sym_index.get(self.pair_result[pk])
-        return likelihood_gain(k, cx, cy, self.sym_freq[m] if m is not None else 0, self.total, same)
-
-    def _set_floor(self, s: int) -> None:
-        f = self.sym_freq[s]
-        self.floor[s] = f - (f >> _FLOOR_SHIFT)
+        k = self.self_merges[pk] if same else c
+        cm = fr[m] if m is not None else 0
+        # (Floors are clamped to the current frequency: rounding must never put one above it.)
+        # d/dF [f(F-k) - f(F)] = ln(1 - k/F) >= -k/(F-k), so lowering F from c to k(c+d)/(k+d) adds at most d.
+        if same:
+            kx = 2 * k
+            fx = fr[x] if slack <= 0 else min(fr[x], max(kx, math.ceil(kx * (fr[x] + slack) / (kx + slack))))
+            return likelihood_gain(k, fx, fx, cm, self.total, True), fx, fx
+        d = slack / 2
+        fx = fr[x] if d <= 0 else min(fr[x], max(k, math.ceil(k * (fr[x] + d) / (k + d))))
+        fy = fr[y] if d <= 0 else min(fr[y], max(k, math.ceil(k * (fr[y] + d) / (k + d))))
+        return likelihood_gain(k, fx, fy, cm, self.total, False), fx, fy
 
     def _exact_first(self, pk: int) -> int:
         """Position of the pair's first occurrence in scan order (drops stale words from its `where` set)."""
@@ -283,23 +294,55 @@ class _Trainer:
             ws.discard(w)
 
     # ---------------------------------------------------------------- heap
-    def _push(self, pk: int) -> None:
+    def _push(self, pk: int, exact: float | None = None) -> None:
+        """Give the pair a fresh heap entry (a new version; older entries and watches become stale)."""
         if self.count[pk] < self.min_frequency:
             self.version.pop(pk, None)
             return
         v = self.version.get(pk, 0) + 1
         self.version[pk] = v
-        heapq.heappush(self.heap, (-self._score(pk, True), self.first[pk], pk, v))
+        if self.score == "count":
+            heapq.heappush(self.heap, (-float(self.count[pk]), self.first[pk], pk, v))
+            return
+        if exact is None:
+            exact = self._score(pk)
+        # A pair far below the current best can take a loose bound: it is looked at again only when the best
+        # comes down to it or a floor is crossed.
+        slack = (self.best_score - exact) / 2 if self.best_score > exact else 0.0
+        if slack == math.inf:
+            slack = 0.0
+        ub, fx, fy = self._bound(pk, exact, slack)
+        heapq.heappush(self.heap, (-ub, self.first[pk], pk, v))
+        x, y = divmod(pk, self.shift)
+        watch = self.watch
+        heapq.heappush(watch[x], (-fx, pk, v))
+        if y != x:
+            heapq.heappush(watch[y], (-fy, pk, v))
+        self.num_watches += 2
+
+    def _crossed(self, s: int) -> list[int]:
+        """Pairs whose bound assumed a floor that symbol s has now fallen below."""
+        out = []
+        watch = self.watch[s]
+        f = self.sym_freq[s]
+        version = self.version
+        while watch and -watch[0][0] > f:
+            _, pk, v = heapq.heappop(watch)
+            if version.get(pk) == v:
+                out.append(pk)
+        return out
 
     def _rebuild_heap(self) -> None:
+        """All entries afresh (start, and whenever stale entries pile up)."""
         self.version = {}
-        heap = []
-        for pk, c in self.count.items():
-            if c >= self.min_frequency:
-                self.version[pk] = 1
-                heap.append((-self._score(pk, True), self.first[pk], pk, 1))
-        heapq.heapify(heap)
-        self.heap = heap
+        self.heap = []
+        self.watch = [[] for _ in self.sym_str]
+        self.num_watches = 0
+        exact = {pk: self._score(pk) for pk, c in self.count.items() if c >= self.min_frequency}
+        if self.best_score == math.inf and exact:
+            self.best_score = max(exact.values())
+        for pk, e in exact.items():
+            self._push(pk, e)
 
     def _pop_best(self) -> int | None:
         """The mergeable pair with the highest score, ties to the first met; None when none is left.
@@ -314,7 +357,7 @@ class _Trainer:
         first = self.first
         dirty = self.dirty
         min_frequency = self.min_frequency
-        seen: list[int] = []
+        seen: list[tuple[int, float]] = []
         best_pk = -1
         best_score = -math.inf
         best_pos = 0
@@ -336,7 +379,7 @@ class _Trainer:
                 del version[pk]
                 continue
             e = self._score(pk)
-            seen.append(pk)
+            seen.append((pk, e))
             if e > best_score:
                 best_pk, best_score, best_pos = pk, e, first[pk]
             elif e == best_score:
@@ -350,9 +393,10 @@ class _Trainer:
                     best_pk, best_pos = pk, first[pk]
         if best_pk < 0:
             return None
-        for pk in seen:
+        self.best_score = best_score
+        for pk, e in seen:
             if pk != best_pk:
-                self._push(pk)  # a fresh bound: tighter, since N and the floors may have moved
+                self._push(pk, e)  # a fresh bound: N and the floors have moved
         del version[best_pk]
         return best_pk
 
@@ -458,8 +502,7 @@ class _Trainer:
         fr[m] += merges_total
         self.total -= merges_total
         if not existed:
-            self.floor.append(0)
-            self._set_floor(m)
+            self.watch.append([])
         self._drop_pair(pk)
         for p in down:
             if p in count and count[p] == 0:
@@ -472,11 +515,10 @@ class _Trainer:
         if self.score != "count":
             # Bounds hold only for fixed counts: pairs whose count moved either way get a fresh one.
             up.update(p for p in down if p in count)
-            for s in (a, b):
-                if fr[s] < self.floor[s]:
-                    self._set_floor(s)
-                    up.update(self.sym_pairs.get(s, ()))
-            if likelihood and existed:
+            up.update(self._crossed(a))
+            if b != a:
+                up.update(self._crossed(b))
+            if likelihood:  # pairs that also spell m gain from its higher frequency
                 up.update(self.result_pairs.get(m_str, ()))
         for p in up:
             if p in count:
@@ -524,11 +566,7 @@ class _Trainer:
         if len(vocab) >= vocab_size:
             return vocab
         self._build_pairs()
-        self.floor = [0] * len(self.sym_freq)
-        for sid in range(len(self.sym_freq)):
-            self._set_floor(sid)
-        self.version: dict[int, int] = {}
-        self.heap: list = []
+        self.best_score = math.inf
         self._rebuild_heap()
         bar = None
         if progress:
@@ -536,7 +574,7 @@ class _Trainer:
 
             bar = tqdm(total=vocab_size, initial=len(vocab), unit="tok", desc=f"wordpiece ({self.score})")
         while len(vocab) < vocab_size:
-            if len(self.heap) > _HEAP_SLACK * len(self.version) + 1024:
+            if len(self.heap) + self.num_watches > _HEAP_SLACK * 3 * len(self.version) + 4096:
                 self._rebuild_heap()
             pk = self._pop_best()
             if pk is None:
