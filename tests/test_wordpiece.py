@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -250,3 +251,34 @@ def test_likelihood_gain_is_the_change_in_log_likelihood(wc, pick):
             after[s] += freqs[w]
     gain = likelihood_gain(merges, before[a], before[b], before.get(m, 0), sum(before.values()), a == b)
     assert gain == pytest.approx(_log_likelihood(after) - _log_likelihood(before), rel=1e-9, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ acceptance scale (slow)
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "jargon.txt"
+
+
+def _slice_word_counts(size_bytes: int) -> list[tuple[str, int]]:
+    lines, size = [], 0
+    with SAMPLE.open(encoding="utf-8") as f:
+        for line in f:
+            size += len(line.encode("utf-8"))
+            if size > size_bytes:
+                break
+            lines.append(line.strip())
+    return bert_word_counts([line for line in lines if line], lowercase=True)
+
+
+@pytest.mark.slow
+def test_200kb_slice_textbook_matches_reference_up_to_vocab_5000():
+    wc = _slice_word_counts(200_000)
+    expected = reference_loop(wc, 5000, score="textbook")
+    # A run that stops earlier is a prefix of a longer one, so one reference run checks every size.
+    for size in (1000, 2000, 5000):
+        assert train_wordpiece(wc, size, SPECIALS, score="textbook") == expected[:size]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("score", ["likelihood", "count"])
+def test_100kb_slice_other_scores_match_reference(score):
+    wc = _slice_word_counts(100_000)
+    assert train_wordpiece(wc, 2000, SPECIALS, score=score) == reference_loop(wc, 2000, score=score)
