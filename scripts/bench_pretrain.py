@@ -351,6 +351,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-sequences", type=int, default=1024)
+    parser.add_argument("--quiet-load", type=float, default=2.5, help="wait until the 1-min load is below this")
+    parser.add_argument("--quiet-wait-s", type=float, default=0.0, help="…but at most this long per run")
     parser.add_argument("--speed-rounds", type=int, default=3, help="alternating short runs for throughput")
     parser.add_argument("--speed-budget-s", type=float, default=45.0, help="length of each throughput run")
     parser.add_argument("--workdir", default="/tmp/bench_pretrain")
@@ -387,7 +389,17 @@ def main() -> None:
         return
     if not args.pairs:
         parser.error("--pairs is needed for the speed/accuracy comparison")
+    loads = []
+
+    def wait_for_quiet() -> None:
+        """Other jobs on a shared machine distort timings: wait (bounded) until the load average is low."""
+        deadline = time.time() + args.quiet_wait_s
+        while os.getloadavg()[0] > args.quiet_load and time.time() < deadline:
+            time.sleep(5)
+
     def child(role: str, **changes) -> dict:
+        wait_for_quiet()
+        loads.append((role, round(os.getloadavg()[0], 2)))
         keep = ("masked", "pairs", "budget_s", "batch_size", "lr", "warmup_steps", "threads", "eval_sequences",
                 "workdir")
         values = {k: changes.get(k, getattr(args, k)) for k in keep}
@@ -418,6 +430,7 @@ def main() -> None:
         "peak_rss_anon": ours["peak_rss_anon_mb"] / base["peak_rss_anon_mb"],
     }
     report["machine"]["loadavg_at_end"] = os.getloadavg()
+    report["machine"]["loadavg_1min_at_each_child_start"] = loads
     print(json.dumps(report, indent=2))
 
 
