@@ -449,11 +449,14 @@ class SentenceTokenizer:
             unseen = set(words).difference(self._index)
         if unseen:
             new = sorted(unseen)
-            encodings = self.tokenizer.encode_batch(new, add_special_tokens=False)
-            lengths = [len(e.ids) for e in encodings]
+            # One sequence of space-separated words (each stays one pre-token), split back by word_ids: far
+            # cheaper than an Encoding per word.
+            encoding = self.tokenizer.encode(" ".join(new), add_special_tokens=False)
+            word_of = np.asarray(encoding.word_ids, dtype=np.int64)
+            lengths = np.bincount(word_of, minlength=len(new))
             base = len(self._index)
             self._index.update(zip(new, range(base, base + len(new))))
-            self._ids.extend([i for e in encodings for i in e.ids])
+            self._ids.extend(encoding.ids)
             self._offsets.extend((self._offsets.data[self._offsets.size - 1] + np.cumsum(lengths)).tolist())
         rows = np.fromiter(map(self._index.__getitem__, words), dtype=np.int64, count=len(words))
         offsets = self._offsets.view()
