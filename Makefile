@@ -26,9 +26,19 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 7 minutes on 2 CPU cores; a rerun
+# skips every stage that is up to date, --overwrite rebuilds a stale one), then two questions to its model.
+DEMO_MODEL := runs/demo/pretrain
+DEMO_FIRST := Hacker folklore has been shaped primarily by the Unix, ITS, TOPS-10, TOPS-20/TWENEX, WAITS, CP/M, MS-DOS, and Multics operating systems (most importantly by ITS and Unix).
 demo: install
-	$(BIN)/bert train-vocab --config configs/train-vocab/demo.yaml --overwrite
-	$(BIN)/bert tokenize --tokenizer runs/demo/tokenizer "The hacker ethic is a kludge of folklore."
+	$(BIN)/bert run configs/pipeline/demo.yaml --overwrite
+	@echo; echo "== bert predict-nsp: does the second sentence follow the first? (the real next sentence, then a random one)"
+	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "See also timesharing."
+	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "2. Badly written, possibly buggy code."
+	@echo; echo "== bert fill-mask: which words fit the gap?"
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "This is one [MASK] the most famous hacks."
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "Hacker folklore has been shaped primarily by the [MASK] operating system."
+	@echo; echo "Next: docs/quickstart.md (evaluate, embed, attention, your own corpus)."
 
 
 test: install-dev

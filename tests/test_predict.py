@@ -87,13 +87,14 @@ def test_predict_nsp_single_pair_and_batch_agree(tiny_bert: Path, tmp_path: Path
         ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a", \n', ":2:"),
         ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a"}\n', ":2:"),
         ("bad.jsonl", '{"first": "a", "second": ""}\n', ":1:"),
+        ("bad.tsv", b"a\tb\r\nc\t\xff\xfe\r\n", ":2:"),
     ],
 )
 def test_predict_nsp_malformed_pairs_file_names_the_line(
-    tiny_bert: Path, tmp_path: Path, name: str, content: str, line: str
+    tiny_bert: Path, tmp_path: Path, name: str, content: str | bytes, line: str
 ) -> None:
     path = tmp_path / name
-    path.write_text(content, encoding="utf-8")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     result = runner.invoke(app, ["predict-nsp", "--model", str(tiny_bert), "--input", str(path)])
     assert result.exit_code == 2, result.output
     assert f"{path}{line}" in result.stderr

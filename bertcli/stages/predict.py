@@ -232,8 +232,12 @@ def _pad_batch(loaded: LoadedModel, enc: dict) -> dict:
 # ---------------------------------------------------------------- predict-nsp
 
 
-def predict_nsp(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
-                what: Callable[[int], str] | None = None) -> list[dict]:
+def predict_nsp(
+    loaded: LoadedModel,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 32,
+    what: Callable[[int], str] | None = None,
+) -> list[dict]:
     """IsNext probability for each (first, second) pair; label 0 of the NSP head is IsNext (transformers')."""
     import torch
 
@@ -264,12 +268,14 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
     if not p.is_file():
         raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
     as_json: bool | None = True if p.suffix in (".jsonl", ".json") else (False if p.suffix in (".tsv", ".txt") else None)
-    with p.open("r", encoding="utf-8", newline=None) as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with p.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
             try:
-                line = line.rstrip("\n").lstrip("\ufeff") if line_no == 1 else line.rstrip("\n")
-            except UnicodeDecodeError as exc:  # pragma: no cover - raised by the iterator, handled below
-                raise InputError(f"{p}:{line_no}: not UTF-8 ({exc})") from exc
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
             if not line.strip():
                 continue
             if as_json is None:
@@ -305,11 +311,8 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
 
 def _checked_lines(path: Path) -> None:
     """Read the whole pairs file once so a malformed line fails before any output is written."""
-    try:
-        for _ in read_pairs_file(path):
-            pass
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for _ in read_pairs_file(path):
+        pass
 
 
 def predict_nsp_file(loaded: LoadedModel, path: str | Path, batch_size: int = 32) -> Iterator[dict]:
