@@ -36,7 +36,7 @@ demo: install
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "See also timesharing."
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "2. Badly written, possibly buggy code."
 	@echo; echo "== bert fill-mask: which words fit the gap?"
-	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "This is one [MASK] the most famous hacks."
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "This is one of [MASK] most famous hacks."
 	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "Hacker folklore has been shaped primarily by the [MASK] operating system."
 	@echo; echo "Next: docs/quickstart.md (evaluate, embed, attention, your own corpus)."
 
