@@ -98,7 +98,8 @@ def train_wordpiece(
     Ties go to the pair met first when scanning the words in order, each left to right. Training stops at
     vocab_size tokens or when no pair is left. min_frequency > 0: a pair occurring fewer times is never merged.
     limit_alphabet > 0: only that many characters (the most frequent) are kept, and words containing any other
-    character are left out of training (greedy WordPiece encodes such words as the unknown token anyway).
+    character are left out of training (greedy WordPiece encodes such words as the unknown token anyway); the
+    kept characters of those words still enter the alphabet.
     If the special tokens and the alphabet alone exceed vocab_size, they are all returned (the caller decides).
     """
     if score not in SCORES:
@@ -119,10 +120,13 @@ class _Trainer:
     of its first occurrence in scan order; a symbol's start character offset inside its word never changes under
     merges, so (word offset + start offset) is a global, merge-stable position whose order is the scan order.
 
-    Heap invariant: every mergeable pair has exactly one current entry (its version), whose key
-    (-score, first position) is <= the pair's true key. Changes that can only raise the key (a count going
-    down, the corpus size N shrinking, the first occurrence being merged away) are left lazy and repaired when
-    the entry surfaces; changes that lower it (a count going up, a symbol frequency going down) push a new entry.
+    Heap invariant: every mergeable pair has exactly one current entry (its version) whose key
+    (-bound, first position) is <= the pair's true key (-score, first position): the bound is an upper bound of
+    the score (see _bound), the position a lower bound of the first occurrence. Changes that can only raise the
+    true key (a count going down for the count score, N shrinking, a merged token getting rarer, the first
+    occurrence being merged away) are left lazy and repaired when the entry surfaces; everything else pushes a
+    new entry: a changed count (textbook, likelihood), a symbol falling below a floor that a bound assumed
+    (watched per symbol), a merged token becoming more frequent (likelihood), an earlier first occurrence.
     """
 
     def __init__(
@@ -150,6 +154,11 @@ class _Trainer:
             if count <= 0 or not word:
                 continue
             if keep is not None and not keep.issuperset(word):
+                # Left out of training, but its kept characters still enter the alphabet in the positions they
+                # take (first, or ##-continued), as the tokenizers trainer's alphabet would have them.
+                for i, ch in enumerate(word):
+                    if ch in keep:
+                        self._intern(ch if i == 0 else prefix + ch)
                 continue
             sid = first_cache.get(word[0])
             if sid is None:

@@ -195,6 +195,9 @@ def test_limit_alphabet_keeps_most_frequent_characters_and_drops_other_words():
     vocab = train_wordpiece(wc, 50, SPECIALS, score="count", limit_alphabet=2)
     assert not any("z" in t or "q" in t for t in vocab)
     assert vocab == reference_loop([("aab", 10), ("ba", 3)], 50, score="count")
+    # A left-out word's kept characters still enter the alphabet where they stand ("##a" from "za").
+    vocab = train_wordpiece([("bb", 5), ("za", 1), ("b", 2)], 50, SPECIALS, score="count", limit_alphabet=2)
+    assert vocab == SPECIALS + ["##a", "##b", "b", "bb"]
 
 
 def test_alphabet_larger_than_vocab_size_is_returned_whole():
