@@ -238,28 +238,27 @@ def predict_nsp(
     batch_size: int = 32,
     what: Callable[[int], str] | None = None,
 ) -> list[dict]:
-    """IsNext probability for each (first, second) pair; label 0 of the NSP head is IsNext (transformers')."""
+    """IsNext probability for each (first, second) pair, in input order; label 0 of the NSP head is IsNext (the
+    convention of Google's code and transformers)."""
     import torch
 
-    results: list[dict] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        enc = _encode(
-            loaded,
-            [a for a, _ in chunk],
-            [b for _, b in chunk],
-            what=(lambda i: what(start + i)) if what else (lambda i: f"pair {start + i + 1}"),
-        )
+    name = what or (lambda i: f"pair {i + 1}")
+    # Batches of similar length waste little on padding (character length is a cheap proxy for token length).
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    probs: list[float] = [0.0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = _encode(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
         batch = _pad_batch(loaded, enc)
         with torch.inference_mode():
             out = loaded.model.bert(**batch)
             logits = loaded.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
-            probs = torch.softmax(logits.float(), dim=-1)[:, 0].cpu().tolist()
-        for (first, second), p in zip(chunk, probs):
-            results.append(
-                {"first": first, "second": second, "is_next_probability": p, "label": "IsNext" if p >= 0.5 else "NotNext"}
-            )
-    return results
+            for i, p in zip(idx, torch.softmax(logits.float(), dim=-1)[:, 0].cpu().tolist()):
+                probs[i] = p
+    return [
+        {"first": a, "second": b, "is_next_probability": p, "label": "IsNext" if p >= 0.5 else "NotNext"}
+        for (a, b), p in zip(pairs, probs)
+    ]
 
 
 def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
@@ -329,7 +328,7 @@ def predict_nsp_file(loaded: LoadedModel, path: str | Path, batch_size: int = 32
 
     for item in read_pairs_file(p):
         chunk.append(item)
-        if len(chunk) == batch_size:
+        if len(chunk) == batch_size * 16:  # several batches at once, so that they can be sorted by length
             yield from flush()
     if chunk:
         yield from flush()
