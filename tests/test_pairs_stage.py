@@ -123,6 +123,14 @@ def test_same_output_for_any_worker_count_and_for_merged_shards(tmp_path, many_d
     m2 = json.loads((merged / "manifest.json").read_text())
     assert m1["stats"] == m2["stats"] and m1["content_hash"] == m2["content_hash"]
     assert m1["config_hash"] == m2["config_hash"]
+    # A part made from another corpus (or another config) is refused.
+    other_corpus = tmp_path / "other.txt"
+    other_corpus.write_text(many_documents.read_text().replace(".", "!", 1))
+    odd, _ = _pairs(tmp_path, other_corpus, tiny_tokenizer, "odd", "dupe_factor=2",
+                    flags=("--num-shards", "3", "--shard-index", "0"))
+    result = runner.invoke(app, ["pairs", "--input", str(odd), "--input", str(parts[1]), "--input", str(parts[2]),
+                                 "--output", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "another corpus" in result.output
     # An incomplete set of parts is refused.
     result = runner.invoke(app, ["pairs", "--input", str(parts[0]), "--input", str(parts[1]), "--output",
                                  str(tmp_path / "bad")])

@@ -608,12 +608,21 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     for part in parts:
         data = yaml.safe_load((part / "config.yaml").read_text(encoding="utf-8"))
         configs.append(data)
-    base = dict(configs[0])
-    for key in ("shard_index", "output", "num_workers"):
-        base.pop(key, None)
+    # Parts may come from other machines, where the corpus lives at another path: compare the corpus by content.
+    ignored = ("shard_index", "output", "num_workers", "input")
+    base = {k: v for k, v in configs[0].items() if k not in ignored}
+
+    def corpus_identity(manifest: dict) -> list:
+        return [(f.get("bytes"), f.get("sha256")) for f in manifest["inputs"].get("corpus", [])]
+
     seen = []
     for part, data, manifest in zip(parts, configs, manifests):
-        other = {k: v for k, v in data.items() if k not in ("shard_index", "output", "num_workers")}
+        other = {k: v for k, v in data.items() if k not in ignored}
+        if corpus_identity(manifest) != corpus_identity(manifests[0]):
+            raise ArtifactError(
+                f"pairs part '{part}' was made from another corpus than '{parts[0]}' (file sizes or sha256 differ)",
+                hint="merge only the parts of one `bert pairs --num-shards N` run over the same files",
+            )
         if other != base:
             diff = sorted(k for k in set(other) | set(base) if other.get(k) != base.get(k))
             raise ArtifactError(
@@ -634,7 +643,8 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
         PairsConfig,
         None,
         (),
-        {k: v for k, v in base.items() if k != "num_shards"} | {"output": cfg.output, "num_workers": cfg.num_workers},
+        {k: v for k, v in base.items() if k != "num_shards"}
+        | {"input": configs[order[0]]["input"], "output": cfg.output, "num_workers": cfg.num_workers},
     )
     merged_cfg = replace(merged_cfg, shard_index=0, num_shards=1)
     check_output(cfg.output, overwrite)
