@@ -2,7 +2,9 @@
 
     python scripts/vocab_quality.py --tokenizer runs/tokenizer --text held-out.txt
 Prints one JSON object. "Words" are the pre-tokenizer's words (whitespace and punctuation split), after the
-tokenizer's own normalization; special tokens are not added.
+tokenizer's own normalization; special tokens are not added. pieces_per_word = tokens / words;
+words_split_share = words encoded as more than one piece; unk_rate = [UNK] tokens / tokens (unk_word_rate: per
+word); vocab_never_used_share = entries (special tokens aside) that no word of the text used.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def measure(tokenizer_dir: str, text_paths: list[str], max_sentences: int = 0) -
         "pieces_per_word": round(tokens / max(words, 1), 4),
         "words_split_share": round(split_words / max(words, 1), 4),
         "unk_rate": round(unk_tokens / max(tokens, 1), 6),
+        # Greedy WordPiece encodes a word it cannot match as one [UNK]: the share of words lost.
+        "unk_word_rate": round(unk_tokens / max(words, 1), 6),
         "vocab_never_used_share": round(never_used / max(len(learnable), 1), 4),
     }
 
