@@ -10,9 +10,9 @@ from typing import Iterable, Literal, Sequence
 ScoreName = Literal["textbook", "likelihood", "count"]
 SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
 
-# The trainer compacts its heap when stale entries outnumber live pairs by this factor (bounds memory).
+# The trainer rebuilds its heap and floor watches when their entries outnumber the live pairs' by this factor, so
+# stale entries never dominate memory.
 _HEAP_SLACK = 3
-
 
 
 def merged_token(left: str, right: str, prefix: str = "##") -> str:
@@ -583,7 +583,7 @@ class _Trainer:
 
             bar = tqdm(total=vocab_size, initial=len(vocab), unit="tok", desc=f"wordpiece ({self.score})")
         while len(vocab) < vocab_size:
-            if len(self.heap) + self.num_watches > _HEAP_SLACK * 3 * len(self.version) + 4096:
+            if len(self.heap) + self.num_watches > _HEAP_SLACK * 3 * len(self.version) + 4096:  # entry + 2 watches
                 self._rebuild_heap()
             pk = self._pop_best()
             if pk is None:

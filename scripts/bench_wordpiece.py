@@ -128,7 +128,11 @@ def _child(cmd: list[str], env: dict) -> dict:
     tree_peak = tree.stop()
     if status != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "tree_peak_rss_mb": round(tree_peak)}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "tree_peak_rss_mb": round(tree_peak),
+    }
 
 
 def bench_full(corpus: str, vocab_size: int, scores: list[str], repeats: int) -> dict:
@@ -136,7 +140,8 @@ def bench_full(corpus: str, vocab_size: int, scores: list[str], repeats: int) ->
     tmp = Path(tempfile.mkdtemp(prefix="bench_wordpiece_"))
     runs: dict[str, list[dict]] = {"tokenizers_bpe": []}
     for r in range(repeats):
-        runs["tokenizers_bpe"].append(_child([sys.executable, "-c", BARE, corpus, str(vocab_size), str(tmp / f"bare{r}.json")], env))
+        bare = [sys.executable, "-c", BARE, corpus, str(vocab_size), str(tmp / f"bare{r}.json")]
+        runs["tokenizers_bpe"].append(_child(bare, env))
         for score in scores:
             out = tmp / f"{score}{r}"
             cmd = [sys.executable, "-m", "bertcli", "train-vocab", "--input", corpus, "--output", str(out),

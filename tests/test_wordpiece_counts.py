@@ -22,7 +22,9 @@ NORMALIZATIONS = [
 
 
 def library_words(sentences, norm):
-    normalizer = build_normalizer(norm["lowercase"], norm["strip_accents"], norm["clean_text"], norm["handle_chinese_chars"])
+    normalizer = build_normalizer(
+        norm["lowercase"], norm["strip_accents"], norm["clean_text"], norm["handle_chinese_chars"]
+    )
     pre = build_pre_tokenizer()
     return [w for s in sentences for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(s))]
 
@@ -31,7 +33,9 @@ def library_words(sentences, norm):
 # whitespace, punctuation, accents, Hangul, kana and CJK.
 CHARS = st.one_of(
     st.characters(max_codepoint=127),
-    st.sampled_from(list("\u00a0\u2003\u3000\u0085\u2014\u201c\u201d\u00bf\u00e9\u0301\ud55c\uae00\u304c\u6f22\u00df\u212a\ufffd")),
+    st.sampled_from(
+        list("\u00a0\u2003\u3000\u0085\u2014\u201c\u201d\u00bf\u00e9\u0301\ud55c\uae00\u304c\u6f22\u00df\u212a\ufffd")
+    ),
 )
 
 
