@@ -132,13 +132,13 @@ def run(
         raise OutputExistsError(f"'{out_path}' exists", hint="pass --overwrite to replace it, or another --out")
     if not out_path.parent.exists():
         raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist")
-    loaded = load_model(model, device=device, attentions=True)
-    result = compute_attention(loaded, text, second)
     if png:
         stem = out_path.with_suffix("")
-        existing = [p for p in stem.parent.glob(f"{stem.name}-layer*.png")]
+        existing = sorted(stem.parent.glob(f"{stem.name}-layer*.png"))
         if existing and not overwrite:
             raise OutputExistsError(f"'{existing[0]}' exists", hint="pass --overwrite to replace the PNGs")
+    loaded = load_model(model, device=device, attentions=True)
+    result = compute_attention(loaded, text, second)
     title = text if second is None else f"{text} ‖ {second}"
     page = render_html(result, title=title, model_name=str(loaded.path))
     _write_atomic(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
