@@ -156,7 +156,7 @@ class MaskConfig:
     dupe_factor: int = field(default=1, metadata={"ge": 1})
     """Copies of every sequence, each with a different mask."""
     num_workers: int = field(default=2, metadata={"ge": 1})
-    """Processes; the output is byte-identical for any count."""
+    """Threads (masking is numpy work that runs outside the GIL); the output is byte-identical for any count."""
     seed: int = 12345
     """Seed of every random choice."""
 

@@ -178,7 +178,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
             sequences_per_shard=int(pairs_manifest.get("sequences_per_shard", 65536)),
         )
         bar = tqdm(desc="masking", unit="tok", unit_scale=True, dynamic_ncols=True)
-        for out, stats in ordered_map(_mask_block, tasks, cfg.num_workers, _init_masker, (context,)):
+        for out, stats in ordered_map(_mask_block, tasks, cfg.num_workers, _init_masker, (context,), threads=True):
             _write(writer, out)
             for key, value in stats.items():
                 totals[key] += value

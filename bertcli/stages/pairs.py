@@ -318,12 +318,19 @@ class WorkerPool:
     (Pool.imap would read the whole task iterator ahead of the workers). One worker means no extra process.
     """
 
-    def __init__(self, num_workers: int):
+    def __init__(self, num_workers: int, threads: bool = False):
         self.num_workers = num_workers
-        # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
-        self._pool = (
-            mp.get_context("spawn").Pool(num_workers, initializer=_one_thread_each) if num_workers > 1 else None
-        )
+        self.threads = threads and num_workers > 1
+        if num_workers <= 1:
+            self._pool = None
+        elif self.threads:
+            # For numpy-bound work (masking): numpy releases the GIL, and threads cost nothing to start.
+            from multiprocessing.pool import ThreadPool
+
+            self._pool = ThreadPool(num_workers)
+        else:
+            # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
+            self._pool = mp.get_context("spawn").Pool(num_workers, initializer=_one_thread_each)
         self._phases = itertools.count(1)
 
     def __enter__(self) -> "WorkerPool":
@@ -342,18 +349,25 @@ class WorkerPool:
                 yield func(task)
             return
         key = next(self._phases)
+        if self.threads:  # one shared state, set up once here rather than racing in the threads
+            initializer(*initargs)
         pending: collections.deque = collections.deque()
         for task in tasks:
-            pending.append(self._pool.apply_async(_call, (key, initializer, initargs, func, task)))
+            if self.threads:
+                pending.append(self._pool.apply_async(func, (task,)))
+            else:
+                pending.append(self._pool.apply_async(_call, (key, initializer, initargs, func, task)))
             if len(pending) >= 2 * self.num_workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
 
 
-def ordered_map(func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple) -> Iterator:
+def ordered_map(
+    func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple, threads: bool = False
+) -> Iterator:
     """func over tasks in a fresh WorkerPool, results in task order (see WorkerPool.map)."""
-    with WorkerPool(num_workers) as pool:
+    with WorkerPool(num_workers, threads=threads) as pool:
         yield from pool.map(func, tasks, initializer, initargs)
 
 
