@@ -142,7 +142,7 @@ def corpora(draw, alphabet=WORD_ALPHABET, max_words=14, max_len=7):
 
 
 @pytest.mark.parametrize("score", ["textbook", "count", "likelihood"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(wc=corpora(), vocab_size=st.integers(0, 70), min_frequency=st.sampled_from([0, 0, 2, 3]))
 def test_fast_trainer_equals_reference_loop(score, wc, vocab_size, min_frequency):
     expected = reference_loop(wc, vocab_size, score=score, min_frequency=min_frequency)
@@ -151,7 +151,7 @@ def test_fast_trainer_equals_reference_loop(score, wc, vocab_size, min_frequency
 
 
 @pytest.mark.parametrize("score", ["textbook", "likelihood"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(wc=corpora(alphabet="ab", max_words=10, max_len=9))
 def test_exact_on_highly_tied_corpora(score, wc):
     # Two letters and repeated runs: many equal scores and self pairs (aa, ##a##a) whose merges overlap.
