@@ -158,6 +158,17 @@ def test_exact_on_highly_tied_corpora(score, wc):
     assert train_wordpiece(wc, 60, SPECIALS, score=score) == reference_loop(wc, 60, score=score)
 
 
+@pytest.mark.parametrize("score", ["textbook", "likelihood"])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_exact_with_large_counts(score, data):
+    # Large counts: bounds and float comparisons far from the small-integer regime.
+    words = data.draw(st.lists(st.text("abcd", min_size=1, max_size=8), min_size=1, max_size=12, unique=True))
+    counts = data.draw(st.lists(st.integers(1, 10**7), min_size=len(words), max_size=len(words)))
+    wc = list(zip(words, counts))
+    assert train_wordpiece(wc, 60, SPECIALS, score=score) == reference_loop(wc, 60, score=score)
+
+
 def test_custom_prefix_and_prefix_characters_inside_words():
     wc = [("a##b", 3), ("##", 2), ("b#a#", 1), ("@@x", 2), ("x@@", 4)]
     for prefix in ("##", "@@"):
