@@ -202,3 +202,17 @@ def test_shipped_demo_pipeline_is_valid() -> None:
     assert pretrain.model.max_position_embeddings >= pairs.max_seq_length
     assert pretrain.time_budget_s and pretrain.time_budget_s <= 420  # `make demo` stays under 10 minutes
     assert all(Path(ROOT, p).exists() for p in cfg.input)
+
+
+def test_stages_left_out_are_read_from_the_workdir(tmp_path: Path) -> None:
+    from bertcli.stages.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"workdir": "w", "input": ["c.txt"], "stages": ["mask", "pretrain"]}))
+    _, (mask, pretrain) = load_pipeline(path)
+    assert (mask.cfg.input, pretrain.cfg.data) == ("w/pairs", "w/masked")
+    # No mask stage: pretrain takes the pairs artifact and masks it on the fly.
+    path.write_text(yaml.safe_dump({"workdir": "w", "input": ["c.txt"], "stages": ["train-vocab", "pairs", "pretrain"],
+                                    "pairs": {"tokenizer": "elsewhere/tok"}}))
+    _, (_, pairs, pretrain) = load_pipeline(path)
+    assert (pairs.cfg.tokenizer, pretrain.cfg.data) == ("elsewhere/tok", "w/pairs")

@@ -88,19 +88,17 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
         filled: dict[str, Any] = {"output": str(workdir / SUBDIR[name])}
         if name in ("train-vocab", "pairs"):
             filled["input"] = list(cfg.input)
-        if name == "pairs" and "train-vocab" in previous:
-            filled["tokenizer"] = previous["train-vocab"]
-        if name == "mask" and "pairs" in previous:
-            filled["input"] = previous["pairs"]
+        # A stage reads the output of the stage before it; one left out of `stages` is expected in the workdir.
+        if name == "pairs":
+            filled["tokenizer"] = previous.get("train-vocab", str(workdir / SUBDIR["train-vocab"]))
+        if name == "mask":
+            filled["input"] = previous.get("pairs", str(workdir / SUBDIR["pairs"]))
         if name == "pretrain":
-            upstream = previous.get("mask") or previous.get("pairs")
-            if upstream:
-                filled["data"] = upstream
+            # Without a mask stage in this run, pretrain masks the pairs artifact on the fly (dynamic masking).
+            filled["data"] = previous.get("mask") or previous.get("pairs") or str(workdir / SUBDIR["mask"])
         if cfg.seed is not None:
             filled["seed"] = cfg.seed
         data = {**filled, **section}
-        if isinstance(section.get("model"), dict):
-            data["model"] = dict(section["model"])
         prefix = SECTION[name] + "."
         stage_cfg, stage_problems = build_config(SCHEMAS[name], data, prefix, _origins(section, prefix, where))
         # Cross-field checks name bare keys ("key 'input': …"): say which section they belong to.
