@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bertcli.errors import InputError, OutputExistsError
-from bertcli.stages.predict import LoadedModel, _encode, _pad_batch, load_model
+from bertcli.stages.predict import LoadedModel, _encode, _pad_batch, load_model, warn
 
 # Weights are shown to 3 decimals: enough for opacity, and keeps a 12×12-head page at 128 tokens near 10 MB.
 DECIMALS = 3
@@ -139,6 +139,10 @@ def run(
             raise OutputExistsError(f"'{existing[0]}' exists", hint="pass --overwrite to replace the PNGs")
     loaded = load_model(model, device=device, attentions=True)
     result = compute_attention(loaded, text, second)
+    num_values = result["attention"].size
+    if num_values > 20_000_000:  # ~5 bytes a weight in the page; browsers get slow beyond ~100 MB
+        warn(f"{num_values:,} attention weights make a page of about {num_values * 5 // 1_000_000} MB; "
+             "a shorter text gives a page that opens faster")
     title = text if second is None else f"{text} ‖ {second}"
     page = render_html(result, title=title, model_name=str(loaded.path))
     _write_atomic(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
