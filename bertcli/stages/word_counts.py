@@ -111,6 +111,8 @@ def count_words(
 
     args = _normalizer_args(cfg)
     workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
+    if total_bytes < 4 * chunk_chars:
+        workers = 1  # starting processes would cost more than they save
     try:
         if workers == 1:
             _init_worker(args)
