@@ -39,9 +39,10 @@ class TrainVocabConfig:
     vocab_size: int = field(default=30522, metadata={"ge": 1})
     """Size of the vocabulary, special tokens included."""
     min_frequency: int = field(default=2, metadata={"ge": 0})
-    """A merge (or, for wordpiece, a word) must occur at least this often to count; 0 means no limit."""
+    """A pair must occur at least this often to be merged; 0 means no limit."""
     limit_alphabet: int = field(default=1000, metadata={"ge": 0})
-    """Keep at most this many distinct characters in the initial alphabet (most frequent first); 0 means no limit."""
+    """Keep at most this many distinct characters in the initial alphabet (most frequent first); 0 means no limit.
+    For algorithm wordpiece, words holding another character are left out of training (they would be [UNK])."""
     lowercase: bool = True
     """Lowercase the text before splitting it into words."""
     strip_accents: Literal["none", "latin", "all"] = "none"
@@ -58,12 +59,13 @@ class TrainVocabConfig:
     """Prefix marking a piece that continues a word."""
     max_input_chars_per_word: int = field(default=100, metadata={"ge": 1})
     """Words longer than this are encoded as [UNK] (BERT's rule)."""
-    algorithm: Literal["bpe", "wordpiece"] = "bpe"
-    """bpe: the `tokenizers` library's WordPiece trainer (merges by pair count; fast, not bit-reproducible);
-    wordpiece: our score-based trainer (deterministic), see `score`."""
-    score: Literal["textbook", "likelihood", "count"] = "likelihood"
-    """For algorithm wordpiece: textbook = freq(ab)/(freq(a)·freq(b)); likelihood = exact gain in the corpus's
-    unigram log-likelihood; count = the pair count (BPE's criterion, reproducibly)."""
+    algorithm: Literal["bpe", "wordpiece"] = "wordpiece"
+    """wordpiece: our deterministic trainer (byte-identical vocabularies), merging by `score`; bpe: the
+    `tokenizers` library's WordPiece trainer (merges by pair count; fastest on very large corpora, not
+    bit-reproducible). See docs/wordpiece.md for why wordpiece with score count is the default."""
+    score: Literal["count", "likelihood", "textbook"] = "count"
+    """For algorithm wordpiece: count = the pair count (BPE's criterion; measured best, see docs/benchmarks.md);
+    likelihood = exact gain in the corpus's unigram log-likelihood; textbook = freq(ab)/(freq(a)·freq(b))."""
     num_workers: int = field(default=2, metadata={"ge": 1})
     """Processes used for reading and counting."""
     seed: int = 0

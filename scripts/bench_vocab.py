@@ -64,7 +64,7 @@ def main() -> None:
         ours_runs.append(
             _child(
                 [sys.executable, "-m", "bertcli", "train-vocab", "--input", args.corpus, "--output", str(out),
-                 "--set", f"vocab_size={args.vocab_size}", "--set", "num_workers=2"],
+                 "--set", f"vocab_size={args.vocab_size}", "--set", "num_workers=2", "--set", "algorithm=bpe"],
                 env,
             )
         )

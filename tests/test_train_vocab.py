@@ -44,23 +44,37 @@ def test_output_directory_and_manifest(tiny_tokenizer):
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.yaml"):
         assert (tiny_tokenizer / name).is_file(), name
     manifest = json.loads((tiny_tokenizer / "manifest.json").read_text())
-    assert manifest["stage"] == "train-vocab" and manifest["algorithm"] == "bpe"
-    assert manifest["reproducible"] is False and "#1794" in manifest["reproducibility_note"]
+    assert manifest["stage"] == "train-vocab"
+    assert (manifest["algorithm"], manifest["score"], manifest["reproducible"]) == ("wordpiece", "count", True)
     assert manifest["special_token_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
     assert manifest["inputs"]["corpus"][0]["sha256"] and len(manifest["config_hash"]) == 64
     vocab = (tiny_tokenizer / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert len(vocab) == manifest["vocab_size"] <= 1000
+
+
+def test_bpe_manifest_says_how_reproducible_and_ids_are_canonical(tmp_path, tiny_corpus, multilingual_corpus):
+    tok_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, "algorithm=bpe")
+    manifest = json.loads((tok_dir / "manifest.json").read_text())
+    assert manifest["algorithm"] == "bpe" and manifest["score"] is None
+    assert manifest["reproducible"] is False and "#1794" in manifest["reproducibility_note"]
+    vocab = (tok_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     # canonical order: single characters, then ##characters, then longer pieces
     kinds = [(len(t.removeprefix("##")) > 1, t.startswith("##") and len(t) > 2) for t in vocab[5:]]
     assert kinds == sorted(kinds)
 
 
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe"])
 @pytest.mark.parametrize("strip_accents", ["none", "latin", "all"])
-def test_autotokenizer_gives_the_ids_bert_tokenize_gives(tmp_path, tiny_corpus, multilingual_corpus, strip_accents):
+def test_autotokenizer_gives_the_ids_bert_tokenize_gives(
+    tmp_path, tiny_corpus, multilingual_corpus, strip_accents, algorithm
+):
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    tok_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, f"strip_accents={strip_accents}")
+    tok_dir = _train(
+        tmp_path, tiny_corpus, multilingual_corpus, f"strip_accents={strip_accents}", f"algorithm={algorithm}"
+    )
     ours = _tokenize_json(tok_dir, list(TEXTS.values()))
     auto = AutoTokenizer.from_pretrained(tok_dir)
     for text, row in zip(TEXTS.values(), ours):
