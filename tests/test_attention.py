@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -138,5 +139,6 @@ def test_page_renders_in_headless_chromium(tiny_bert: Path, tmp_path: Path) -> N
     assert pixels.shape[:2] == (900, 1200)
     blueish = (pixels[..., 2] > pixels[..., 0] + 40).sum()  # the attention lines and thumbnails are blue
     assert blueish > 2000
-    keep = Path("/tmp/bertcli-attention-screenshot.png")
-    shutil.copy(shot, keep)  # for a person to look at
+    keep = os.environ.get("BERTCLI_KEEP_SCREENSHOT")  # a path, to look at the page as the browser drew it
+    if keep:
+        shutil.copy(shot, keep)
