@@ -147,7 +147,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "en-dev.txt"))
     parser.add_argument("--tokenizer", help="tokenizer directory (default: train a 30,522-token vocab on the corpus)")
-    parser.add_argument("--baseline-python", help="python of a venv with transformers 4.57 (see the module doc)")
+    default_baseline = os.environ.get("BERTCLI_BASELINE_PYTHON") or (
+        "/tmp/venv457/bin/python" if Path("/tmp/venv457/bin/python").exists() else None
+    )
+    parser.add_argument("--baseline-python", default=default_baseline,
+                        help="python of a venv with transformers 4.57 (see the module doc; default: "
+                             "$BERTCLI_BASELINE_PYTHON, else /tmp/venv457/bin/python if it exists)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--memory-scale", type=int, default=10, help="repeat the corpus this often (0: skip)")
@@ -215,6 +220,8 @@ def main() -> None:
         if "one_worker_seconds" in result["pairs"]:
             result["pairs_speedup_one_worker"] = round(base["wall_seconds"] / result["pairs"]["one_worker_seconds"], 2)
         result["pairs_speedup_vs_constructor_only"] = round(base["seconds"] / result["pairs"]["seconds"], 2)
+    else:
+        result["pairs_baseline"] = "skipped: no --baseline-python (see this script's docstring for the venv)"
 
     masked = work / "masked"
     r = run_measured(bert("mask", "--input", str(pairs), "--output", str(masked),
