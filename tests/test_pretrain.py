@@ -148,6 +148,28 @@ def test_resume_is_bit_identical(reference_run, tmp_path):
         k: v for k, v in ref_state.items() if k != "elapsed_s"}
 
 
+def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))  # purge_orphaned_data: honours a resumed run's purge_step
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_mirror_metrics_and_survive_resume(reference_run, tmp_path):
+    pytest.importorskip("tensorboard")
+    records = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    scalars = _tensorboard_scalars(reference_run)
+    for key in ("loss", "mlm_loss", "nsp_loss", "lr", "tokens_per_s", "eval_mlm_accuracy", "eval_nsp_accuracy"):
+        expected = [(r["step"], r[key]) for r in records if key in r]
+        assert [s for s, _ in scalars[key]] == [s for s, _ in expected], key
+        assert [v for _, v in scalars[key]] == pytest.approx([v for _, v in expected], rel=1e-6), key
+    # a resumed run rewrites the steps after its checkpoint: TensorBoard must show each step once
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    P.run(tiny_cfg(masked_data_path(reference_run), run), resume=True)
+    assert [s for s, _ in _tensorboard_scalars(run)["loss"]] == [2, 4, 6]
+
+
 def masked_data_path(run: Path) -> Path:
     import yaml
 

@@ -706,8 +706,10 @@ class MetricsWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step)
-        except Exception:  # tensorboard is optional
+            # purge_step hides the logged steps after the checkpoint, which the resumed run writes again
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge)
+        except ImportError:  # tensorboard is optional
             self.tb = None
         self.file = open(self.path, "a", encoding="utf-8")
 
