@@ -189,6 +189,51 @@ def _encode_pruned(model: BertForPreTraining, batch: PretrainingBatch) -> tuple[
     return masked_hidden, pooled
 
 
+class _MaskedLMCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of the decoder's logits (x @ W^T + b) against labels, and the number of correct argmaxes.
+
+    Used on CPU in fp32, where the elementwise passes over the (N, V) logits cost as much as the matmuls:
+    log_softmax, its backward, the argmax for accuracy and the one-hot gradient buffer each read or write the whole
+    matrix, and two of them take an exp of every element. Here one buffer holds exp(logit - row max) and serves the
+    loss, the accuracy and both gradient matmuls: softmax - onehot is applied as a per-row scale after each matmul
+    plus a correction at the label rows, so backward only reads the matrix. Same values as F.cross_entropy up to
+    float rounding (test_model checks loss and gradients against the stock forward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels):  # x (N, H), weight (V, H), bias (V,), labels (N,)
+        logits = torch.addmm(bias, x, weight.t())  # (N, V)
+        target = logits.gather(1, labels[:, None])  # (N, 1)
+        top, predicted = logits.max(1, keepdim=True)  # (N, 1) each
+        exp = logits.sub_(top).exp_()  # in place: exp(logit - max), in (0, 1]
+        norm = exp.sum(1, keepdim=True)  # (N, 1)
+        loss_sum = (top + norm.log() - target).sum()
+        correct = (predicted[:, 0] == labels).sum()
+        ctx.save_for_backward(x, weight, labels, exp, norm)
+        ctx.mark_non_differentiable(correct)
+        return loss_sum, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):
+        x, weight, labels, exp, norm = ctx.saved_tensors
+        # d(loss_sum)/d(logits) = exp / norm - onehot(labels); scale rows after the matmuls instead of before
+        row_scale = grad_loss / norm  # (N, 1)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = exp.mm(weight).mul_(row_scale).sub_(weight[labels] * grad_loss)
+        if ctx.needs_input_grad[1]:
+            grad_weight = exp.t().mm(x * row_scale).index_add_(0, labels, x * -grad_loss)
+        if ctx.needs_input_grad[2]:
+            grad_bias = exp.t().mv(row_scale[:, 0]).index_add_(0, labels, (-grad_loss).expand(labels.numel()))
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _use_fused_cross_entropy(hidden: torch.Tensor) -> bool:
+    # On GPU the logits are cheap next to the matmuls (and autocast / torch.compile handle them); on CPU they are not.
+    return (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and hidden.shape[0] > 0
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
 def pretraining_loss(
     model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True, prune_last_layer: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,17 +259,26 @@ def pretraining_loss(
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
         masked_hidden = flat.index_select(0, batch.masked_positions)  # (N, H)
         pooled = out.pooler_output  # (B, H)
-    logits = model.cls.predictions(masked_hidden).float()  # (N, V), fp32 for a stable softmax
+    head = model.cls.predictions
     labels = batch.masked_labels
-    mlm_loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    if _use_fused_cross_entropy(masked_hidden):
+        transformed = head.transform(masked_hidden)  # (N, H)
+        mlm_loss_sum, mlm_correct = _MaskedLMCrossEntropy.apply(
+            transformed, head.decoder.weight, head.decoder.bias, labels
+        )
+    else:
+        logits = head(masked_hidden).float()  # (N, V), fp32 for a stable softmax
+        mlm_loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        with torch.no_grad():
+            mlm_correct = (logits.argmax(-1) == labels).sum()
     mlm_count = labels.numel()
     mlm_loss = mlm_loss_sum / max(mlm_count, 1)
 
     nsp_logits = model.cls.seq_relationship(pooled).float()  # (B, 2)
-    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=logits.device)
+    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=nsp_logits.device)
     with torch.no_grad():
         stats[STAT_MLM_LOSS_SUM] = mlm_loss_sum.detach().double()
-        stats[STAT_MLM_CORRECT] = (logits.argmax(-1) == labels).sum().double()
+        stats[STAT_MLM_CORRECT] = mlm_correct.double()
         stats[STAT_MLM_COUNT] = mlm_count
     if has_nsp and batch.next_sentence_label is not None:
         nsp_labels = batch.next_sentence_label
@@ -301,7 +355,7 @@ def build_optimizer(
     eps: float = 1e-6,
     fused: bool = False,
 ) -> torch.optim.AdamW:
-    """torch.optim.AdamW over optimizer_param_groups; fused=True (one kernel for all parameters) on CUDA."""
+    """torch.optim.AdamW over optimizer_param_groups; fused=True: one kernel for all parameters (CUDA and CPU)."""
     groups = optimizer_param_groups(model, weight_decay)
     kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": None}
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)

@@ -216,6 +216,11 @@ class PretrainConfig:
     """The model's size and shape."""
     init_from: Optional[str] = None
     """Start from an existing Hugging Face BERT directory instead of random weights (missing heads are initialised)."""
+    mlm_bias_init: Literal["unigram", "zero"] = "unigram"
+    """Initial MLM output bias of a new model. unigram: the log frequency of each token among the training data's
+    prediction targets (counted on up to 50M tokens), so training starts from the frequency guess a model otherwise
+    spends its first hundreds of steps learning (Meister et al. 2023, "A Natural Bias for Language Generation
+    Models"); zero: BertForPreTraining's own. Not applied to weights from init_from."""
     max_steps: int = field(default=10000, metadata={"ge": 1})
     """Optimizer steps to train for."""
     time_budget_s: Optional[float] = field(default=None, metadata={"gt": 0.0})

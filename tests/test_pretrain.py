@@ -407,11 +407,54 @@ def test_mlm_only_data_trains_without_nsp(tmp_path, tiny_tokenizer, tiny_corpus)
 
 def test_training_learns(masked_data, tmp_path):
     manifest = P.run(tiny_cfg(masked_data, tmp_path / "run", max_steps=40, learning_rate=5e-3, save_every=0,
-                              eval_every=0, log_every=10, warmup_steps=4, batch_size=16, micro_batch_size=16))
+                              eval_every=0, log_every=10, warmup_steps=4, batch_size=16, micro_batch_size=16,
+                              mlm_bias_init="zero"))
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["mlm_loss"] for r in records if "mlm_loss" in r]
     assert losses[-1] < losses[0] - 0.5
     assert manifest["stats"]["eval_mlm_accuracy"] > 0.02
+
+
+@pytest.mark.parametrize("kind", ["masked", "pairs"])
+def test_unigram_bias_counts_training_targets_only(kind, masked_data, pairs_data):
+    data = P.load_data(masked_data if kind == "masked" else pairs_data)
+    plan = P.EpochPlan(data.arrays, seed=0, batch_size=8, eval_fraction=0.1)
+    held_out = set(plan.held_out_indices(10**9).tolist())
+    assert held_out
+    expected = np.zeros(data.vocab_size, dtype=np.int64)
+    field = "masked_labels" if kind == "masked" else "input_ids"
+    for i in range(data.arrays.num_sequences):
+        if i not in held_out:
+            np.add.at(expected, np.asarray(data.arrays[i][field], dtype=np.int64), 1)
+    if kind == "pairs":
+        for role in ("cls", "sep", "pad", "mask"):
+            expected[data.special_ids[role]] = 0
+    counts = P.target_token_counts(data, plan)
+    assert np.array_equal(counts, expected)
+    # a cap keeps the count bounded: each shard gives only its first sequences, and never nothing
+    capped = P.target_token_counts(data, plan, max_tokens=60)
+    assert 0 < capped.sum() < counts.sum() and np.all(capped <= counts)
+    prior = P.unigram_log_prior(counts)
+    assert np.isfinite(prior).all() and np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_unigram_bias_starts_lower_and_is_not_applied_to_init_from(masked_data, reference_run, tmp_path):
+    first_loss = {}
+    for init in ("unigram", "zero"):
+        P.run(tiny_cfg(masked_data, tmp_path / init, max_steps=1, log_every=1, eval_every=0, save_every=0,
+                       warmup_steps=0, mlm_bias_init=init))
+        first_loss[init] = json.loads((tmp_path / init / "metrics.jsonl").read_text().splitlines()[0])["mlm_loss"]
+    # the frequency guess is far better than uniform over the vocabulary, which a zero bias starts from
+    assert first_loss["unigram"] < first_loss["zero"] - 0.5
+    data = P.load_data(masked_data)
+    plan = P.EpochPlan(data.arrays, 3, 8, 0.1)
+    model = P._build_model(tiny_cfg(masked_data, tmp_path / "x"), data, plan, None)
+    counts = P.target_token_counts(data, plan)
+    assert torch.equal(model.cls.predictions.bias.detach(), torch.from_numpy(P.unigram_log_prior(counts)))
+    src = weights(reference_run)["cls.predictions.bias"]
+    loaded = P._build_model(tiny_cfg(masked_data, tmp_path / "y", init_from=str(reference_run / "final")), data,
+                            plan, None)
+    assert torch.equal(loaded.cls.predictions.bias.detach(), src)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

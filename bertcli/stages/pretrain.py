@@ -49,6 +49,9 @@ RESUMABLE_KEYS = (
 )
 _TIED_KEYS = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
 MAX_CONSECUTIVE_ROLLBACKS = 5
+# A unigram prior needs no more tokens than this; counting more would only make start-up grow with the corpus.
+UNIGRAM_MAX_TOKENS = 50_000_000
+_COUNT_CHUNK_TOKENS = 1 << 22
 
 
 def _log(ctx: dist.DistContext | None, message: str) -> None:
@@ -289,6 +292,40 @@ class EpochPlan:
             found.append(picked[: limit - total])
             total += len(found[-1])
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def target_token_counts(data: DataInfo, plan: EpochPlan, max_tokens: int = UNIGRAM_MAX_TOKENS) -> np.ndarray:
+    """(vocab_size,) int64: how often each id is a prediction target in the training split (held-out sequences
+    excluded) — the masked labels of a masked artifact, the maskable tokens (all but [CLS], [SEP], [PAD], [MASK]) of a
+    pairs artifact. Each shard contributes its first sequences up to an equal share of max_tokens, read in chunks,
+    so time and memory stay bounded whatever the size of the corpus."""
+    field = "masked_labels" if data.kind == "masked" else "input_ids"
+    counts = np.zeros(data.vocab_size, dtype=np.int64)
+    share = max(1, max_tokens // max(plan.num_shards, 1))
+    for shard in range(plan.num_shards):
+        arrays = data.arrays.shards[shard]
+        offsets = np.asarray(arrays[f"{field}.offsets"], dtype=np.int64)
+        values = arrays[field]
+        train = ~plan._held_out_of_shard(shard)
+        last = max(int(np.searchsorted(offsets, share, side="right")) - 1, min(1, len(offsets) - 1))
+        first = 0
+        while first < last:
+            end = max(int(np.searchsorted(offsets, offsets[first] + _COUNT_CHUNK_TOKENS, side="right")) - 1, first + 1)
+            end = min(end, last)
+            ids = np.asarray(values[offsets[first] : offsets[end]])
+            keep = np.repeat(train[first:end], np.diff(offsets[first : end + 1]))
+            counts += np.bincount(ids[keep], minlength=data.vocab_size)[: data.vocab_size]
+            first = end
+    if data.kind == "pairs":
+        for role in ("cls", "sep", "pad", "mask"):
+            if role in data.special_ids:
+                counts[data.special_ids[role]] = 0
+    return counts
+
+
+def unigram_log_prior(counts: np.ndarray) -> np.ndarray:
+    """log p(token) with add-one smoothing, so an id never seen as a target still gets a finite bias."""
+    return np.log((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)
 
 
 @dataclass
@@ -881,7 +918,7 @@ def _to_batch(raw: dict, device: torch.device) -> M.PretrainingBatch:
     ).to(device)
 
 
-def _build_model(cfg: PretrainConfig, data: DataInfo, ctx: dist.DistContext) -> Any:
+def _build_model(cfg: PretrainConfig, data: DataInfo, plan: EpochPlan, ctx: dist.DistContext) -> Any:
     if cfg.init_from:
         src = Path(cfg.init_from)
         if not (src / "config.json").is_file():
@@ -927,6 +964,11 @@ def _build_model(cfg: PretrainConfig, data: DataInfo, ctx: dist.DistContext) -> 
         )
     if model is None:
         model = M.build_model(config, cfg.seed)
+        if cfg.mlm_bias_init == "unigram":
+            counts = target_token_counts(data, plan)
+            with torch.no_grad():
+                model.cls.predictions.bias.copy_(torch.from_numpy(unigram_log_prior(counts)))
+            _log(ctx, f"MLM output bias: log unigram frequencies of {int(counts.sum()):,} training targets")
     return model
 
 
@@ -965,7 +1007,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
             f"'{data.path}' has {plan.num_train_sequences} training sequences, fewer than batch_size {cfg.batch_size}",
             hint="use a smaller batch_size or more data",
         )
-    model = _build_model(cfg, data, ctx)  # every rank builds the same weights from the seed
+    model = _build_model(cfg, data, plan, ctx)  # every rank builds the same weights from the seed and the data
     device = ctx.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -976,7 +1018,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     scaler = torch.amp.GradScaler(device.type) if precision.name == "fp16" else None
     optimizer = M.build_optimizer(
         model, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
-        fused=device.type == "cuda",
+        fused=device.type in ("cuda", "cpu"),  # one kernel over all parameters; 4% of a BERT-tiny CPU step
     )
     dynamic = data.kind == "pairs"
     collate = Collator(
