@@ -3,10 +3,15 @@
     python scripts/bench_pretrain.py --masked runs/masked128 --pairs runs/pairs128 [--budget-s 300]
 
 Both sides: BERT-tiny (2 layers, hidden 128) with the data's vocabulary (30,522 for the documented run), batch 32,
-the same peak learning rate, warmup, linear decay over the same wall-clock budget, gradient clipping 1.0, seed,
-and the same number of CPU threads. Each side runs in a fresh subprocess, one after the other.
+linear warmup over --warmup-fraction of the steps that side makes in the budget (estimated from its throughput
+rounds), then linear decay over the same wall-clock budget, gradient clipping 1.0, seed 0, and the same number of
+CPU threads. Each side is trained once per peak learning rate of --lrs (the same grid for both), and each side's
+best run is compared, so neither is held back by a learning rate that suits only the other; every pair is reported.
+Each run is a fresh subprocess, one after the other.
 
-- ours: `bertcli.stages.pretrain.run` on the masked artifact (static masks), time_budget_s = budget.
+- ours: `bertcli.stages.pretrain.run` on the masked artifact (static masks), time_budget_s = budget, with the
+  stage's defaults otherwise (mlm_bias_init: unigram; `--ablate-bias` adds a run of ours with zero bias at its best
+  learning rate, to show what the initialisation adds beside the speed).
 - baseline, as a user would write it: BertForPreTraining + DataCollatorForLanguageModeling (mlm_probability
   0.15, padding to the longest in the batch) + torch.optim.AdamW in a plain loop over the pairs artifact's
   sequences (shuffled), for the same wall-clock budget.
@@ -121,7 +126,7 @@ def run_ours(args) -> dict:
         data=str(args.masked), output=str(out), model=ModelConfig(preset="tiny"), max_steps=10**9,
         time_budget_s=args.budget_s, batch_size=args.batch_size, micro_batch_size=args.batch_size,
         learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1, save_every=0,
-        log_every=5, eval_fraction=0.01, seed=0, precision="fp32",
+        log_every=5, eval_fraction=0.01, seed=0, precision="fp32", mlm_bias_init=args.mlm_bias_init,
     )
     with PeakAnon() as mem:
         manifest = P.run(cfg)
@@ -134,7 +139,7 @@ def run_ours(args) -> dict:
     steady = sum(t for t, _ in spans) / sum(d for _, d in spans) if spans else stats["tokens"] / stats["elapsed_s"]
     if not args.eval_sequences:
         return {"steps": stats["steps"], "tokens_per_s": stats["tokens"] / stats["elapsed_s"],
-                "steady_tokens_per_s": steady}
+                "steady_tokens_per_s": steady, "steps_per_s": stats["steps"] / stats["elapsed_s"]}
     model = BertForPreTraining.from_pretrained(out / "final")
     steps = stats["steps"]
     plan = P.EpochPlan(P.ShardedArrays(args.masked), 0, args.batch_size, 0.01)
@@ -144,6 +149,9 @@ def run_ours(args) -> dict:
         padded += max(lengths) * len(lengths)
         real += sum(lengths)
     return {
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "mlm_bias_init": args.mlm_bias_init,
         "steps": steps,
         "train_s": stats["elapsed_s"],
         "tokens": stats["tokens"],
@@ -194,6 +202,7 @@ def run_baseline(args) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = tokens = positions = 0
+    warmup_progress = 0.0
     steady_start = steady_tokens = None
     with PeakAnon() as mem:
         start = time.perf_counter()
@@ -205,7 +214,10 @@ def run_baseline(args) -> dict:
                     done = True
                     break
                 # same schedule as ours: linear warmup, then linear decay over the wall-clock budget
-                lr = args.lr * M.lr_multiplier(steps, elapsed / args.budget_s, args.warmup_steps, 0.0, "linear")
+                if steps == args.warmup_steps:  # as the stage does: decay spans exactly the rest of the budget
+                    warmup_progress = elapsed / args.budget_s
+                lr = args.lr * M.lr_multiplier(steps, elapsed / args.budget_s, args.warmup_steps, warmup_progress,
+                                               "linear")
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 out = model(**batch)
@@ -222,8 +234,11 @@ def run_baseline(args) -> dict:
     steady = ((tokens - steady_tokens) / (time.perf_counter() - steady_start)
               if steady_start is not None and steps > 2 else tokens / train_s)
     if not args.eval_sequences:
-        return {"steps": steps, "tokens_per_s": tokens / train_s, "steady_tokens_per_s": steady}
+        return {"steps": steps, "tokens_per_s": tokens / train_s, "steady_tokens_per_s": steady,
+                "steps_per_s": steps / train_s}
     return {
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
         "steps": steps,
         "train_s": train_s,
         "tokens": tokens,
@@ -347,8 +362,13 @@ def main() -> None:
     parser.add_argument("--pairs", help="pairs artifact (bert pairs) the masked artifact was made from")
     parser.add_argument("--budget-s", type=float, default=300.0, help="training wall-clock budget per side")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--lrs", default="1e-3,2e-3", help="peak learning rates tried on both sides")
+    parser.add_argument("--warmup-fraction", type=float, default=0.1,
+                        help="warmup as a share of the steps a side makes in the budget")
+    parser.add_argument("--ablate-bias", action="store_true", help="also run ours with mlm_bias_init zero")
+    parser.add_argument("--lr", type=float, default=1e-3, help="children and --speed-only: peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=30, help="children and --speed-only: warmup")
+    parser.add_argument("--mlm-bias-init", default="unigram", help="ours: the stage's mlm_bias_init")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-sequences", type=int, default=1024)
     parser.add_argument("--quiet-load", type=float, default=2.5, help="wait until the 1-min load is below this")
@@ -401,7 +421,7 @@ def main() -> None:
         wait_for_quiet()
         loads.append((role, round(os.getloadavg()[0], 2)))
         keep = ("masked", "pairs", "budget_s", "batch_size", "lr", "warmup_steps", "threads", "eval_sequences",
-                "workdir")
+                "workdir", "mlm_bias_init")
         values = {k: changes.get(k, getattr(args, k)) for k in keep}
         cmd = [sys.executable, __file__, "--role", role] + [
             a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))
@@ -413,22 +433,40 @@ def main() -> None:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     # Throughput: short runs, alternating, best of the rounds (other jobs on the machine make single runs noisy).
-    rounds = {"ours": [], "baseline": []}
-    for _ in range(args.speed_rounds):
+    rounds: dict[str, list[dict]] = {"ours": [], "baseline": []}
+    for _ in range(max(args.speed_rounds, 1)):
         for role in ("ours", "baseline"):
-            rounds[role].append(child(role, budget_s=args.speed_budget_s, eval_sequences=0)["steady_tokens_per_s"])
-    report["throughput_rounds_tokens_per_s"] = rounds
-    # Accuracy: one run each for the full budget, evaluated on the same held-out sequences.
+            rounds[role].append(child(role, budget_s=args.speed_budget_s, eval_sequences=0))
+    report["throughput_rounds_tokens_per_s"] = {r: [x["steady_tokens_per_s"] for x in v] for r, v in rounds.items()}
+    # Warmup: the same share of each side's own steps (a fixed count would be most of the baseline's run).
+    warmup = {}
+    for role, runs in rounds.items():
+        steps_per_s = sorted(x["steps_per_s"] for x in runs)[len(runs) // 2]
+        warmup[role] = max(1, round(args.warmup_fraction * steps_per_s * args.budget_s))
+    report["warmup_steps"] = warmup
+    # Accuracy: each side once per learning rate for the full budget, evaluated on the same held-out sequences.
+    grid: dict[str, list[dict]] = {"ours": [], "baseline": []}
+    for lr in [float(x) for x in args.lrs.split(",")]:
+        for role in ("ours", "baseline"):
+            grid[role].append(child(role, lr=lr, warmup_steps=warmup[role]))
+    report["grid"] = grid
     for role in ("ours", "baseline"):
-        report[role] = child(role)
+        report[role] = max(grid[role], key=lambda r: r["eval"]["mlm_accuracy"])
+    if args.ablate_bias:
+        report["ours_zero_bias"] = child("ours", lr=report["ours"]["lr"], warmup_steps=warmup["ours"],
+                                         mlm_bias_init="zero")
     ours, base = report["ours"], report["baseline"]
-    best = {role: max(v) if v else report[role]["steady_tokens_per_s"] for role, v in rounds.items()}
+    best = {role: max(report["throughput_rounds_tokens_per_s"][role]) for role in rounds}
+    points = lambda a, b: 100 * (a["eval"]["mlm_accuracy"] - b["eval"]["mlm_accuracy"])  # noqa: E731
     report["ratios"] = {
         "tokens_per_s_best_of_rounds": best["ours"] / best["baseline"],
         "tokens_per_s_full_runs": ours["tokens_per_s"] / base["tokens_per_s"],
-        "eval_mlm_accuracy_points": 100 * (ours["eval"]["mlm_accuracy"] - base["eval"]["mlm_accuracy"]),
+        "eval_mlm_accuracy_points": points(ours, base),
+        "eval_mlm_accuracy_points_at_each_lr": {str(a["lr"]): points(a, b) for a, b in zip(grid["ours"], grid["baseline"])},
         "peak_rss_anon": ours["peak_rss_anon_mb"] / base["peak_rss_anon_mb"],
     }
+    if args.ablate_bias:
+        report["ratios"]["eval_mlm_accuracy_points_zero_bias"] = points(report["ours_zero_bias"], base)
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     report["machine"]["loadavg_1min_at_each_child_start"] = loads
     print(json.dumps(report, indent=2))
