@@ -457,7 +457,10 @@ def main() -> None:
                                          mlm_bias_init="zero")
     ours, base = report["ours"], report["baseline"]
     best = {role: max(report["throughput_rounds_tokens_per_s"][role]) for role in rounds}
-    points = lambda a, b: 100 * (a["eval"]["mlm_accuracy"] - b["eval"]["mlm_accuracy"])  # noqa: E731
+
+    def points(a: dict, b: dict) -> float:
+        return 100 * (a["eval"]["mlm_accuracy"] - b["eval"]["mlm_accuracy"])
+
     report["ratios"] = {
         "tokens_per_s_best_of_rounds": best["ours"] / best["baseline"],
         "tokens_per_s_full_runs": ours["tokens_per_s"] / base["tokens_per_s"],

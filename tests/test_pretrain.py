@@ -426,13 +426,15 @@ def test_unigram_bias_counts_training_targets_only(kind, masked_data, pairs_data
     for i in range(data.arrays.num_sequences):
         if i not in held_out:
             np.add.at(expected, np.asarray(data.arrays[i][field], dtype=np.int64), 1)
-    if kind == "pairs":
-        for role in ("cls", "sep", "pad", "mask"):
-            expected[data.special_ids[role]] = 0
-    counts = P.target_token_counts(data, plan)
+    # pairs data: exactly the ids dynamic masking may select (no [CLS], [SEP], [PAD], [MASK], [UNK], …)
+    masking = P.build_dynamic_masking(data, tiny_cfg(pairs_data, Path("unused"))) if kind == "pairs" else None
+    if masking is not None:
+        expected[~masking.is_candidate] = 0
+        assert expected[data.special_ids["cls"]] == 0 and expected[data.special_ids["sep"]] == 0
+    counts = P.target_token_counts(data, plan, masking)
     assert np.array_equal(counts, expected)
     # a cap keeps the count bounded: each shard gives only its first sequences, and never nothing
-    capped = P.target_token_counts(data, plan, max_tokens=60)
+    capped = P.target_token_counts(data, plan, masking, max_tokens=60)
     assert 0 < capped.sum() < counts.sum() and np.all(capped <= counts)
     prior = P.unigram_log_prior(counts)
     assert np.isfinite(prior).all() and np.exp(prior.astype(np.float64)).sum() == pytest.approx(1.0, rel=1e-5)
@@ -448,12 +450,12 @@ def test_unigram_bias_starts_lower_and_is_not_applied_to_init_from(masked_data, 
     assert first_loss["unigram"] < first_loss["zero"] - 0.5
     data = P.load_data(masked_data)
     plan = P.EpochPlan(data.arrays, 3, 8, 0.1)
-    model = P._build_model(tiny_cfg(masked_data, tmp_path / "x"), data, plan, None)
+    model = P._build_model(tiny_cfg(masked_data, tmp_path / "x"), data, plan, None, None)
     counts = P.target_token_counts(data, plan)
     assert torch.equal(model.cls.predictions.bias.detach(), torch.from_numpy(P.unigram_log_prior(counts)))
     src = weights(reference_run)["cls.predictions.bias"]
     loaded = P._build_model(tiny_cfg(masked_data, tmp_path / "y", init_from=str(reference_run / "final")), data,
-                            plan, None)
+                            plan, None, None)
     assert torch.equal(loaded.cls.predictions.bias.detach(), src)
 
 

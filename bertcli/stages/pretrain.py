@@ -294,11 +294,13 @@ class EpochPlan:
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
-def target_token_counts(data: DataInfo, plan: EpochPlan, max_tokens: int = UNIGRAM_MAX_TOKENS) -> np.ndarray:
+def target_token_counts(
+    data: DataInfo, plan: EpochPlan, masking: Any = None, max_tokens: int = UNIGRAM_MAX_TOKENS
+) -> np.ndarray:
     """(vocab_size,) int64: how often each id is a prediction target in the training split (held-out sequences
-    excluded) — the masked labels of a masked artifact, the maskable tokens (all but [CLS], [SEP], [PAD], [MASK]) of a
-    pairs artifact. Each shard contributes its first sequences up to an equal share of max_tokens, read in chunks,
-    so time and memory stay bounded whatever the size of the corpus."""
+    excluded) — the masked labels of a masked artifact, or for a pairs artifact the tokens that `masking` (the
+    dynamic MaskingSpec) may select. Each shard contributes its first sequences up to an equal share of max_tokens,
+    read in chunks, so time and memory stay bounded whatever the size of the corpus."""
     field = "masked_labels" if data.kind == "masked" else "input_ids"
     counts = np.zeros(data.vocab_size, dtype=np.int64)
     share = max(1, max_tokens // max(plan.num_shards, 1))
@@ -316,10 +318,8 @@ def target_token_counts(data: DataInfo, plan: EpochPlan, max_tokens: int = UNIGR
             keep = np.repeat(train[first:end], np.diff(offsets[first : end + 1]))
             counts += np.bincount(ids[keep], minlength=data.vocab_size)[: data.vocab_size]
             first = end
-    if data.kind == "pairs":
-        for role in ("cls", "sep", "pad", "mask"):
-            if role in data.special_ids:
-                counts[data.special_ids[role]] = 0
+    if masking is not None:
+        counts[~masking.is_candidate] = 0
     return counts
 
 
@@ -918,7 +918,9 @@ def _to_batch(raw: dict, device: torch.device) -> M.PretrainingBatch:
     ).to(device)
 
 
-def _build_model(cfg: PretrainConfig, data: DataInfo, plan: EpochPlan, ctx: dist.DistContext) -> Any:
+def _build_model(
+    cfg: PretrainConfig, data: DataInfo, plan: EpochPlan, masking: Any, ctx: dist.DistContext | None
+) -> Any:
     if cfg.init_from:
         src = Path(cfg.init_from)
         if not (src / "config.json").is_file():
@@ -965,7 +967,7 @@ def _build_model(cfg: PretrainConfig, data: DataInfo, plan: EpochPlan, ctx: dist
     if model is None:
         model = M.build_model(config, cfg.seed)
         if cfg.mlm_bias_init == "unigram":
-            counts = target_token_counts(data, plan)
+            counts = target_token_counts(data, plan, masking)
             with torch.no_grad():
                 model.cls.predictions.bias.copy_(torch.from_numpy(unigram_log_prior(counts)))
             _log(ctx, f"MLM output bias: log unigram frequencies of {int(counts.sum()):,} training targets")
@@ -1007,7 +1009,8 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
             f"'{data.path}' has {plan.num_train_sequences} training sequences, fewer than batch_size {cfg.batch_size}",
             hint="use a smaller batch_size or more data",
         )
-    model = _build_model(cfg, data, plan, ctx)  # every rank builds the same weights from the seed and the data
+    masking = build_dynamic_masking(data, cfg) if data.kind == "pairs" else None
+    model = _build_model(cfg, data, plan, masking, ctx)  # every rank: the same weights from the seed and the data
     device = ctx.device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -1020,10 +1023,9 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         model, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
         fused=device.type in ("cuda", "cpu"),  # one kernel over all parameters; 4% of a BERT-tiny CPU step
     )
-    dynamic = data.kind == "pairs"
     collate = Collator(
         pad_id=data.special_ids["pad"], special_ids=data.special_ids, vocab_size=data.vocab_size,
-        has_nsp=data.has_nsp, dynamic=dynamic, masking=build_dynamic_masking(data, cfg) if dynamic else None,
+        has_nsp=data.has_nsp, dynamic=masking is not None, masking=masking,
         pad_to_multiple_of=8 if device.type == "cuda" else 1,
     )
     run_info = {
