@@ -1,8 +1,10 @@
-"""Artifact directories: atomic writes, manifest.json (written last), and sharded memory-mapped arrays."""
+"""Artifact directories: atomic writes, file hashes, manifest.json (written last), and the one typed reader of a
+pairs or masked artifact (`load_data`) with its tokenizer checks."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -11,17 +13,23 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from bertcli import __version__
 from bertcli.config import config_hash, config_to_yaml
 from bertcli.errors import ArtifactError, OutputExistsError
 from bertcli.schemas import EXECUTION_ONLY_KEYS
+from bertcli.vocab import LoadedTokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # numpy is imported only by the stages that read arrays (train-vocab's memory is measured)
+    from bertcli.shards import ShardedArrays
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
-_TMP_MARK = ".tmp-"
+TOKENIZER_DIR = "tokenizer"
+TMP_MARK = ".tmp-"
+OLD_MARK = ".old-"
 
 
 # ---------------------------------------------------------------- atomic output directories
@@ -34,17 +42,19 @@ def _is_ours(path: Path) -> bool:
     return not entries or (path / MANIFEST).is_file() or (path / CONFIG).is_file()
 
 
-def _remove_stale_temps(parent: Path, name: str) -> None:
-    """Temp directories of earlier runs that died (their pid is gone) are ours to clean."""
+def remove_stale_temps(parent: Path, name: str = "*") -> None:
+    """Temporary directories (`.NAME.tmp-PID`, `.NAME.old-PID`) of writers that died are ours to clean; those of a
+    live process (another run writing right now) are left alone."""
     if not parent.is_dir():
         return
-    for entry in parent.glob(f".{name}{_TMP_MARK}*"):
-        pid_text = entry.name.rsplit("-", 1)[-1]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(entry, ignore_errors=True)
+    for mark in (TMP_MARK, OLD_MARK):
+        for entry in parent.glob(f".{name}{mark}*"):
+            pid_text = entry.name.rsplit("-", 1)[-1]
+            if entry.is_dir() and pid_text.isdigit() and not pid_alive(int(pid_text)):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -75,8 +85,8 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     """Yield a temporary sibling directory; on success it replaces `path`, on failure it is removed."""
     out = check_output(path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out.parent, out.name)
-    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}"
+    remove_stale_temps(out.parent, out.name)
+    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -88,7 +98,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     old = None
     if out.exists():
         check_output(out, overwrite)  # it may have appeared while we worked
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
@@ -97,7 +107,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
 
 # ---------------------------------------------------------------- manifests
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "bertcli": __version__}
     for name in ("numpy", "torch", "transformers", "tokenizers"):
         module = sys.modules.get(name)
@@ -115,9 +125,23 @@ def _data_files(directory: Path) -> list[Path]:
     files = [
         p
         for p in directory.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST, CONFIG) and _TMP_MARK not in str(p.relative_to(directory))
+        if p.is_file() and p.name not in (MANIFEST, CONFIG) and TMP_MARK not in str(p.relative_to(directory))
     ]
     return sorted(files, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprints(paths: list[Path]) -> list[dict]:
+    """Path, size and sha256 of each input file, for a manifest's inputs."""
+    return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths]
 
 
 def content_hash(directory: str | Path) -> str:
@@ -148,7 +172,7 @@ def write_manifest(
         "format_version": FORMAT_VERSION,
         "stage": stage,
         "bertcli_version": __version__,
-        "versions": _versions(),
+        "versions": library_versions(),
         "seed": getattr(cfg, "seed", None),
         "config_hash": config_hash(cfg, exclude=EXECUTION_ONLY_KEYS),
         "inputs": inputs,
@@ -156,10 +180,15 @@ def write_manifest(
         "stats": stats,
     }
     manifest.update(extra or {})
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / MANIFEST)
+    write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file, then rename it into place: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
@@ -179,6 +208,8 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: unreadable manifest ({exc})", hint="rerun the stage that wrote it") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: the manifest is not a JSON object", hint="rerun the stage that wrote it")
     if stages and manifest.get("stage") not in stages:
         raise ArtifactError(
             f"'{directory}' is a {manifest.get('stage')!r} artifact, expected {' or '.join(map(repr, stages))}",
@@ -188,21 +219,127 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
 
 
 def _hint_for(stages: tuple[str, ...]) -> str:
-    commands = {"train-vocab": "bert train-vocab", "pairs": "bert pairs", "masked": "bert mask", "mask": "bert mask"}
+    commands = {"train-vocab": "bert train-vocab", "pairs": "bert pairs", "masked": "bert mask"}
     named = [commands[s] for s in stages if s in commands]
     return f"make it with `{'` or `'.join(named)}`" if named else "check the path"
 
 
-# ---------------------------------------------------------------- sharded arrays live in bertcli.shards
-
-_SHARD_NAMES = {"ShardWriter", "ShardedArrays", "token_dtype"}
+# ---------------------------------------------------------------- pairs and masked artifacts, read
 
 
-def __getattr__(name: str) -> Any:
-    # numpy is imported only by stages that make arrays: `bert train-vocab` needs none, and its peak memory is
-    # measured against the bare tokenizers trainer.
-    if name in _SHARD_NAMES:
-        from bertcli import shards
+def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) -> None:
+    """Refuse an artifact made with another tokenizer than `loaded`: recorded tokenizer hash, vocabulary size and
+    special-token ids must all agree."""
+    made_with = (manifest.get("inputs") or {}).get("tokenizer") or {}
+    if made_with.get("hash") and made_with["hash"] != loaded.hash:
+        raise ArtifactError(
+            f"{what} was made with another tokenizer ({made_with.get('path')}, hash {made_with['hash'][:12]}) "
+            f"than '{loaded.path}' (hash {loaded.hash[:12]})",
+            hint="rebuild it with `bert pairs --tokenizer` pointing at the tokenizer you train with",
+        )
+    vocab_size = manifest.get("vocab_size")
+    if vocab_size is not None and int(vocab_size) != loaded.vocab_size:
+        raise ArtifactError(
+            f"{what} records vocab_size {vocab_size}, but tokenizer '{loaded.path}' has {loaded.vocab_size} ids",
+            hint="rebuild the artifact with this tokenizer",
+        )
+    ids = manifest.get("special_token_ids")
+    if ids and ids != loaded.special_ids:
+        raise ArtifactError(
+            f"{what} records special-token ids {ids}, but tokenizer '{loaded.path}' has {loaded.special_ids}",
+            hint="rebuild the artifact with this tokenizer",
+        )
 
-        return getattr(shards, name)
-    raise AttributeError(name)
+
+DATA_STAGES = ("pairs", "masked")
+_DATA_FIELDS = {
+    "pairs": {"input_ids", "type_boundary", "next_sentence_label"},
+    "masked": {"input_ids", "type_boundary", "next_sentence_label", "masked_positions", "masked_labels"},
+}
+
+
+@dataclasses.dataclass
+class DataArtifact:
+    """A finished pairs or masked artifact, opened: its manifest, memory-mapped arrays and tokenizer, and the facts
+    every reader needs (checked against each other when opened)."""
+
+    path: Path
+    kind: str  # "pairs" (dynamic masking at training time) or "masked" (static masking)
+    manifest: dict
+    arrays: ShardedArrays
+    tokenizer: LoadedTokenizer  # the copy inside the artifact, which made its ids
+    max_seq_length: int
+    has_nsp: bool  # False for pairs made with nsp: false (single segments, next_sentence_label -1)
+    token_dtype: str
+    sequences_per_shard: int
+    content_hash: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return dict(self.tokenizer.special_ids)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tokenizer.path
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return self.tokenizer.hash
+
+
+def load_data(path: str | Path, kinds: tuple[str, ...] = DATA_STAGES) -> DataArtifact:
+    """Open a pairs or masked artifact (memory-mapped) and check its manifest, tokenizer and fields agree."""
+    from bertcli.shards import ShardedArrays
+
+    path = Path(path)
+    manifest = load_manifest(path, kinds)
+    kind = manifest["stage"]
+    what = f"{kind} artifact '{path}'"
+    for key, kind_of in (("max_seq_length", int), ("token_dtype", str)):
+        if not isinstance(manifest.get(key), kind_of):
+            raise ArtifactError(
+                f"{path / MANIFEST}: '{key}' is missing or not a{'n integer' if kind_of is int else ' string'}",
+                hint=f"the manifest is damaged; rebuild the artifact ({_hint_for((kind,))})",
+            )
+    if not (path / TOKENIZER_DIR).is_dir():
+        raise ArtifactError(f"'{path}' has no {TOKENIZER_DIR}/ directory", hint=f"rebuild it ({_hint_for((kind,))})")
+    loaded = load_tokenizer(path / TOKENIZER_DIR)
+    check_tokenizer_matches(manifest, loaded, what)
+    arrays = ShardedArrays(path)
+    missing = _DATA_FIELDS[kind] - set(arrays.fields)
+    if missing:
+        raise ArtifactError(
+            f"'{path}': the {kind} artifact lacks the fields {', '.join(sorted(missing))}",
+            hint="rebuild it with the current `bert pairs` / `bert mask`",
+        )
+    return DataArtifact(
+        path=path,
+        kind=kind,
+        manifest=manifest,
+        arrays=arrays,
+        tokenizer=loaded,
+        max_seq_length=int(manifest["max_seq_length"]),
+        has_nsp=manifest.get("nsp", True) is not False,
+        token_dtype=str(manifest["token_dtype"]),
+        sequences_per_shard=_sequences_per_shard(path, manifest, arrays),
+        content_hash=str(manifest.get("content_hash", "")),
+    )
+
+
+def _sequences_per_shard(path: Path, manifest: dict, arrays: ShardedArrays) -> int:
+    """The shard size the artifact was written with: its manifest's, else its config's (artifacts written before
+    the manifest recorded it), else the first shard's size."""
+    if isinstance(manifest.get("sequences_per_shard"), int):
+        return manifest["sequences_per_shard"]
+    import yaml
+
+    config_path = path / CONFIG
+    if config_path.is_file():
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and isinstance(data.get("sequences_per_shard"), int):
+            return data["sequences_per_shard"]
+    return max(int(arrays.counts[0]), 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -70,10 +70,17 @@ class UniformStream:
         return low + min(int(self.uniform() * (high - low + 1)), high - low)
 
 
-# A pair plan: (a_start, a_stop, b_doc, b_start, b_stop, target_b_length, label, flags)
-# Sentence indices of the own document for A; for B, sentence indices of b_doc. b_stop == -1 means
-# "from b_start until target_b_length tokens are reached" (random next; resolved when the tokens are at hand).
-PairPlan = tuple[int, int, int, int, int, int, int, int]
+class PairPlan(NamedTuple):
+    """One planned pair: sentence indices of the own document for A; for B, sentence indices of b_doc."""
+
+    a_start: int
+    a_stop: int
+    b_doc: int
+    b_start: int
+    b_stop: int  # -1: "from b_start until target_b_length tokens" (random next; resolved when tokens are at hand)
+    target_b_length: int
+    label: int
+    flags: int
 
 
 def plan_document(
@@ -123,10 +130,10 @@ def plan_document(
                     r += 1
                 s = stream.randint(0, int(sentence_counts[r]) - 1)
                 flags = base_flags | (FLAG_FORCED if not coin_random else 0)
-                plans.append((chunk_start, a_end, r, s, -1, target - a_len, RANDOM_NEXT, flags))
+                plans.append(PairPlan(chunk_start, a_end, r, s, -1, target - a_len, RANDOM_NEXT, flags))
                 i = a_end - 1  # the chunk's unused sentences are paired again
             elif chunk_size > 1:
-                plans.append((chunk_start, a_end, doc, a_end, i + 1, 0, IS_NEXT, base_flags))
+                plans.append(PairPlan(chunk_start, a_end, doc, a_end, i + 1, 0, IS_NEXT, base_flags))
             elif i < n - 1:
                 # A lone sentence (it reached the target by itself) with sentences after it: B follows it.
                 j = i + 1
@@ -136,7 +143,7 @@ def plan_document(
                     j += 1
                     if a_len + b_len >= target:
                         break
-                plans.append((chunk_start, a_end, doc, i + 1, j, 0, IS_NEXT, base_flags | FLAG_FOLLOWING))
+                plans.append(PairPlan(chunk_start, a_end, doc, i + 1, j, 0, IS_NEXT, base_flags | FLAG_FOLLOWING))
                 i = j - 1
             else:
                 # A lone last sentence: it becomes B, and the sentences before it (back to the target) become A.
@@ -147,7 +154,7 @@ def plan_document(
                     back_len += lens[k]
                     if back_len + lens[i] >= target:
                         break
-                plans.append((k, chunk_start, doc, chunk_start, i + 1, 0, IS_NEXT, base_flags | FLAG_LOOKBACK))
+                plans.append(PairPlan(k, chunk_start, doc, chunk_start, i + 1, 0, IS_NEXT, base_flags | FLAG_LOOKBACK))
             chunk_start = i + 1
             chunk_len = 0
         i += 1

@@ -10,71 +10,67 @@ import numpy as np
 from bertcli.errors import ArtifactError
 
 
+SHARD_PREFIX = "shard"
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 while every id fits, int32 beyond (ids are never negative)."""
     return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.int32)
 
 
 class ShardWriter:
-    """Write sequences as shards of flat .npy arrays: ragged fields with offsets, scalar fields one per sequence.
+    """Write sequences as shards of flat .npy arrays: ragged fields as (flat, offsets), scalar fields one per sequence.
 
-    Memory is bounded by one shard (sequences_per_shard rows), never by the corpus.
+    Sequences come in blocks: ragged fields as (flat, lengths), scalar fields as arrays. Shards hold exactly
+    sequences_per_shard sequences (the last fewer), whatever the block sizes, so the files depend only on the
+    sequence order. Memory is bounded by one shard, never by the corpus.
     """
 
-    def __init__(
-        self,
-        out_dir: str | Path,
-        ragged: dict[str, Any],
-        scalar: dict[str, Any],
-        sequences_per_shard: int = 65536,
-        prefix: str = "shard",
-    ):
+    def __init__(self, out_dir: str | Path, ragged: dict[str, Any], scalar: dict[str, Any], sequences_per_shard: int):
         self.out_dir = Path(out_dir)
         self.ragged = {k: np.dtype(v) for k, v in ragged.items()}
         self.scalar = {k: np.dtype(v) for k, v in scalar.items()}
         self.sequences_per_shard = sequences_per_shard
-        self.prefix = prefix
         self.shards: list[str] = []
         self.num_sequences = 0
-        self._reset()
-
-    def _reset(self) -> None:
-        self._ragged_buf: dict[str, list[np.ndarray]] = {k: [] for k in self.ragged}
-        self._scalar_buf: dict[str, list] = {k: [] for k in self.scalar}
+        # pieces of the shard being filled: (flat ragged values, ragged lengths, scalar values), each by field
+        self._pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         self._rows = 0
 
-    def add(self, **row: Any) -> None:
-        for name, dtype in self.ragged.items():
-            self._ragged_buf[name].append(np.asarray(row[name], dtype=dtype))
-        for name in self.scalar:
-            self._scalar_buf[name].append(row[name])
-        self._rows += 1
-        self.num_sequences += 1
-        if self._rows >= self.sequences_per_shard:
-            self._flush()
-
-    def add_batch(self, ragged: dict[str, list[np.ndarray]], scalar: dict[str, Any]) -> None:
-        """Add many rows at once (same fields as add)."""
-        n = len(next(iter(scalar.values()))) if scalar else len(next(iter(ragged.values())))
-        for i in range(n):
-            self.add(**{k: v[i] for k, v in ragged.items()}, **{k: v[i] for k, v in scalar.items()})
+    def add_block(self, ragged: dict[str, tuple[np.ndarray, np.ndarray]], scalar: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(scalar.values())))
+        bounds = {k: np.concatenate([[0], np.cumsum(lengths)]) for k, (_, lengths) in ragged.items()}
+        start = 0
+        while start < n:
+            take = min(n - start, self.sequences_per_shard - self._rows)
+            stop = start + take
+            flats = {k: flat[bounds[k][start] : bounds[k][stop]] for k, (flat, _) in ragged.items()}
+            lengths = {k: np.asarray(lens[start:stop], np.int64) for k, (_, lens) in ragged.items()}
+            scalars = {k: np.asarray(v[start:stop]) for k, v in scalar.items()}
+            self._pending.append((flats, lengths, scalars))
+            self._rows += take
+            self.num_sequences += take
+            start = stop
+            if self._rows == self.sequences_per_shard:
+                self._flush()
 
     def _flush(self) -> None:
-        if self._rows == 0:
+        if not self._rows:
             return
-        name = f"{self.prefix}-{len(self.shards):05d}"
+        name = f"{SHARD_PREFIX}-{len(self.shards):05d}"
         for field, dtype in self.ragged.items():
-            parts = self._ragged_buf[field]
-            lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-            offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+            flat = np.concatenate([p[0][field] for p in self._pending]).astype(dtype, copy=False)
+            lengths = np.concatenate([p[1][field] for p in self._pending])
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            flat = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
             np.save(self.out_dir / f"{name}.{field}.npy", flat)
             np.save(self.out_dir / f"{name}.{field}.offsets.npy", offsets)
         for field, dtype in self.scalar.items():
-            np.save(self.out_dir / f"{name}.{field}.npy", np.asarray(self._scalar_buf[field], dtype=dtype))
+            values = np.concatenate([p[2][field] for p in self._pending]).astype(dtype, copy=False)
+            np.save(self.out_dir / f"{name}.{field}.npy", values)
         self.shards.append(name)
-        self._reset()
+        self._pending = []
+        self._rows = 0
 
     def close(self) -> list[str]:
         self._flush()
@@ -84,11 +80,11 @@ class ShardWriter:
 class ShardedArrays:
     """Memory-mapped reader over every shard of an artifact: `arrays[i]` is one sequence's fields."""
 
-    def __init__(self, directory: str | Path, prefix: str = "shard"):
+    def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        names = sorted({p.name.split(".")[0] for p in self.directory.glob(f"{prefix}-*.npy")})
+        names = sorted({p.name.split(".")[0] for p in self.directory.glob(f"{SHARD_PREFIX}-*.npy")})
         if not names:
-            raise ArtifactError(f"'{directory}' holds no {prefix}-*.npy data files", hint="rerun the stage")
+            raise ArtifactError(f"'{directory}' holds no {SHARD_PREFIX}-*.npy data files", hint="rerun the stage")
         self.shard_names = names
         self.shards: list[dict[str, np.ndarray]] = []
         self.ragged_fields: set[str] = set()
@@ -148,6 +144,24 @@ class ShardedArrays:
         """A scalar field for every sequence, concatenated."""
         return np.concatenate([np.asarray(s[field]) for s in self.shards])
 
-    def iter_rows(self) -> Iterator[dict[str, Any]]:
-        for i in range(self.num_sequences):
-            yield self[i]
+    def read_range(self, start: int, stop: int, field: str = "input_ids") -> dict[str, np.ndarray]:
+        """Sequences [start, stop) across shards: the ragged `field` flat with "offsets" (n+1,), and every scalar
+        field (n,)."""
+        flats, lengths = [], []
+        scalar_fields = [f for f in self.fields if f not in self.ragged_fields]
+        parts: dict[str, list[np.ndarray]] = {f: [] for f in scalar_fields}
+        for s, shard in enumerate(self.shards):
+            lo, hi = int(self.starts[s]), int(self.starts[s + 1])
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if a >= b:
+                continue
+            off = np.asarray(shard[f"{field}.offsets"][a : b + 1])
+            flats.append(np.asarray(shard[field][off[0] : off[-1]]))
+            lengths.append(np.diff(off))
+            for f in scalar_fields:
+                parts[f].append(np.asarray(shard[f][a:b]))
+        lengths_all = np.concatenate(lengths)
+        offsets = np.zeros(len(lengths_all) + 1, np.int64)
+        np.cumsum(lengths_all, out=offsets[1:])
+        scalars = {f: np.concatenate(v) for f, v in parts.items()}
+        return {field: np.concatenate(flats), "offsets": offsets, **scalars}

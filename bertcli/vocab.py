@@ -6,12 +6,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from bertcli.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from bertcli.masking import MaskingSpec
 
 SPECIAL_ROLES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -163,6 +166,30 @@ class LoadedTokenizer:
     @property
     def all_special_ids(self) -> list[int]:
         return sorted(set(self.special_ids.values()))
+
+    def masking_spec(
+        self,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int = 20,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
+        whole_word_mask: bool = False,
+    ) -> MaskingSpec:
+        """The MaskingSpec for this tokenizer: specials from it, the ## prefix from its model. The one builder that
+        `bert mask`, dynamic masking in `bert pretrain` and `bert evaluate` share, so every path masks alike."""
+        from bertcli.masking import spec_from_tokenizer  # numpy: `bert train-vocab` never needs it (memory)
+
+        return spec_from_tokenizer(
+            self.tokenizer,
+            self.all_special_ids,
+            self.special_ids["mask"],
+            prefix=self.continuing_subword_prefix,
+            masked_lm_prob=masked_lm_prob,
+            max_predictions_per_seq=max_predictions_per_seq,
+            mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob,
+            whole_word_mask=whole_word_mask,
+        )
 
 
 def tokenizer_hash(directory: Path) -> str:

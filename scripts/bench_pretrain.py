@@ -77,7 +77,7 @@ class PeakAnon:
 
 
 def held_out(masked: Path, count: int):
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
     from bertcli.stages.pretrain import EpochPlan
 
     arrays = ShardedArrays(masked)
@@ -172,7 +172,7 @@ def run_baseline(args) -> dict:
     from transformers import AutoTokenizer, BertConfig, BertForPreTraining, DataCollatorForLanguageModeling
 
     from bertcli import model as M
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
     from bertcli.stages.pretrain import held_out_mask
 
     torch.set_num_threads(args.threads)
@@ -254,7 +254,7 @@ def run_baseline(args) -> dict:
 
 def run_memory(args) -> dict:
     """Peak RssAnon of a short run on the artifact repeated `scale` times (1 and scale, as subprocesses)."""
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
 
     base = Path(args.masked)
     big = Path(args.workdir) / f"masked-x{args.memory_scale}"

@@ -47,10 +47,10 @@ tok.save(out)
 def slice_word_counts(corpus: str, slice_bytes: int) -> list[tuple[str, int]]:
     """Word counts of the corpus's first lines (up to slice_bytes), normalized and split as train-vocab does."""
     from bertcli.schemas import TrainVocabConfig
-    from bertcli.stages import word_counts
+    from bertcli import word_counts
 
     cfg = TrainVocabConfig(input=[corpus])
-    word_counts._init_worker(word_counts._normalizer_args(cfg))
+    word_counts.init_word_splitter(word_counts.normalizer_args(cfg))
     lines, size = [], 0
     with open(corpus, encoding="utf-8") as f:
         for line in f:

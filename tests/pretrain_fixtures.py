@@ -1,4 +1,4 @@
-"""Small pairs/masked artifacts for the pretraining tests, written with ShardWriter in the documented format.
+"""Small pairs/masked artifacts for the tests, written with bertcli.shards.ShardWriter in the documented format.
 
 The sequences are real text (consecutive sentences of a corpus, half of the B segments from another document),
 so a tiny model learns something in a few dozen steps; the masking here is a simple 15% / 80-10-10 for test
@@ -11,9 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bertcli.artifacts import ShardWriter, token_dtype, write_manifest
+from bertcli.artifacts import write_manifest
+from bertcli.shards import ShardWriter, token_dtype
 from bertcli.schemas import MaskConfig, PairsConfig
 from bertcli.vocab import copy_tokenizer_files, load_tokenizer
+
+
+def write_rows(writer: ShardWriter, rows: list[dict]) -> None:
+    """Hand rows (one dict of fields per sequence) to the block-fed ShardWriter as one block."""
+    ragged = {
+        name: (np.concatenate([np.asarray(r[name]) for r in rows]), np.array([len(r[name]) for r in rows]))
+        for name in writer.ragged
+    }
+    scalar = {name: np.array([r[name] for r in rows]) for name in writer.scalar}
+    writer.add_block(ragged, scalar)
 
 
 def _documents(corpus: Path) -> list[list[str]]:
@@ -54,6 +65,7 @@ def make_artifact(
                          sequences_per_shard=sequences_per_shard)
     specials = set(ids.values())
     normal = np.array([i for i in range(tok.vocab_size) if i not in specials])
+    rows = []
     for n in range(num_sequences):
         d = int(rng.integers(len(docs)))
         s = int(rng.integers(len(docs[d]) - 1))
@@ -87,10 +99,11 @@ def make_artifact(
             rand = pos[(coin >= 0.8) & (coin < 0.9)]
             seq[rand] = rng.choice(normal, size=len(rand))
             row.update(input_ids=seq, masked_positions=pos, masked_labels=labels)
-        writer.add(**row)
+        rows.append(row)
+    write_rows(writer, rows)
     writer.close()
     copy_tokenizer_files(tokenizer_dir, out / "tokenizer")
-    stage = "mask" if kind == "masked" else "pairs"
+    stage = kind
     cfg = MaskConfig(input="pairs", output=str(out)) if kind == "masked" else PairsConfig(
         input=[str(corpus)], tokenizer=str(tokenizer_dir), output=str(out), max_seq_length=max_seq_length, nsp=nsp
     )

@@ -153,3 +153,20 @@ def test_inspect_shows_masks_and_labels(tmp_path, pairs_dir):
     result = runner.invoke(app, ["inspect", str(out), "-n", "3"])
     assert result.exit_code == 0, result.output
     assert "[MASK]→" in result.output and "masked:" in result.output and "segment B (type 1)" in result.output
+
+
+def test_masked_shards_follow_the_pairs_shard_size(tmp_path, tiny_corpus, tiny_tokenizer):
+    # The pairs config's sequences_per_shard was once ignored by `bert mask` (it always wrote 65,536-sequence shards).
+    pairs = tmp_path / "pairs"
+    result = runner.invoke(app, ["pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer),
+                                 "--output", str(pairs), "--set", "num_workers=1", "--set", "max_seq_length=64",
+                                 "--set", "sequences_per_shard=40"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((pairs / "manifest.json").read_text())["sequences_per_shard"] == 40
+    out = tmp_path / "masked"
+    _mask(pairs, out, "dupe_factor=2")
+    source, masked = ShardedArrays(pairs), ShardedArrays(out)
+    assert len(source.shards) > 2
+    assert masked.counts[:-1].tolist() == [40] * (len(masked.shards) - 1)
+    assert masked.num_sequences == 2 * source.num_sequences
+    assert json.loads((out / "manifest.json").read_text())["sequences_per_shard"] == 40

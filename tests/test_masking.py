@@ -131,11 +131,10 @@ def test_whole_word_masking_never_splits_a_word_and_keeps_80_10_10():
 
 
 def test_spec_from_a_real_tokenizer_reads_specials_and_prefix(tiny_tokenizer):
-    from bertcli.stages.mask import build_spec
     from bertcli.vocab import load_tokenizer
 
     loaded = load_tokenizer(tiny_tokenizer)
-    spec = build_spec(loaded, whole_word_mask=True)
+    spec = loaded.masking_spec(whole_word_mask=True)
     for token_id in loaded.special_ids.values():
         assert not spec.is_candidate[token_id] and token_id not in spec.replacement_ids
     vocab = loaded.tokenizer.get_vocab()

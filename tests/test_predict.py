@@ -208,6 +208,9 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
         scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
         sequences_per_shard=3,
     )
+    from pretrain_fixtures import write_rows
+
+    sequences = []
     for first, second, label in rows:
         enc = tok(first, second)
         ids = np.array(enc["input_ids"])
@@ -217,8 +220,9 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
         positions = np.sort(rng.choice(candidates, size=k, replace=False))
         labels = ids[positions].copy()
         ids[positions] = tok.mask_token_id
-        writer.add(input_ids=ids, masked_positions=positions, masked_labels=labels, type_boundary=boundary,
-                   next_sentence_label=label)
+        sequences.append({"input_ids": ids, "masked_positions": positions, "masked_labels": labels,
+                          "type_boundary": boundary, "next_sentence_label": label})
+    write_rows(writer, sequences)
     writer.close()
     (out / "tokenizer").mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -227,8 +231,9 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
     (out / "tokenizer" / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
     special = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id,
                "mask": tok.mask_token_id}
-    artifacts.write_manifest(out, "mask", MaskConfig(input="pairs", output=str(out)), stats={}, inputs={},
-                             extra={"special_token_ids": special, "max_seq_length": 40, "vocab_size": len(tok)})
+    artifacts.write_manifest(out, "masked", MaskConfig(input="pairs", output=str(out)), stats={}, inputs={},
+                             extra={"special_token_ids": special, "max_seq_length": 40, "vocab_size": len(tok),
+                                    "token_dtype": dtype.name, "nsp": True})
     return out
 
 
@@ -248,7 +253,8 @@ def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path)
 
     model = BertForPreTraining.from_pretrained(tiny_bert).eval()
     total, count, correct, nsp_correct = 0.0, 0, 0, 0
-    for r in ShardedArrays(data).iter_rows():
+    arrays = ShardedArrays(data)
+    for r in (arrays[i] for i in range(len(arrays))):
         ids = torch.tensor(np.asarray(r["input_ids"], dtype=np.int64))[None]
         types = torch.zeros_like(ids)
         types[0, int(r["type_boundary"]):] = 1

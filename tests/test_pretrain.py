@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertcli import model as M
+from bertcli.artifacts import file_sha256, load_data
 from bertcli.config import load_config
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, OutputExistsError
 from bertcli.schemas import ModelConfig, PretrainConfig
@@ -206,7 +207,7 @@ def test_pickled_state_is_never_unpickled(reference_run, tmp_path, capsys):
     # make the marker agree, so only the weights_only loader stands between the pickle and execution
     marker = json.loads((ckpt / P.MARKER).read_text())
     path = ckpt / "training_state" / "optimizer.pt"
-    marker["files"]["training_state/optimizer.pt"] = {"size": path.stat().st_size, "sha256": P._sha256(path)}
+    marker["files"]["training_state/optimizer.pt"] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     (ckpt / P.MARKER).write_text(json.dumps(marker))
     P.run(tiny_cfg(masked_data_path(reference_run), run), resume=True)
     assert not (tmp_path / "pwned").exists()
@@ -308,7 +309,7 @@ def test_cli_pretrain_and_plot(masked_data, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ data pipeline
 
 def test_epoch_plan_covers_training_data_once_and_buckets_lengths(masked_data):
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
 
     arrays = ShardedArrays(masked_data)
     plan = P.EpochPlan(arrays, seed=1, batch_size=8, eval_fraction=0.1)
@@ -335,7 +336,7 @@ def test_epoch_plan_covers_training_data_once_and_buckets_lengths(masked_data):
 
 
 def test_micro_batches_split_the_same_way_for_any_world_size(masked_data):
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
 
     arrays = ShardedArrays(masked_data)
     plan = P.EpochPlan(arrays, seed=1, batch_size=8, eval_fraction=0.1)
@@ -350,7 +351,7 @@ def test_micro_batches_split_the_same_way_for_any_world_size(masked_data):
 
 
 def test_collator_pads_and_flattens_positions(masked_data):
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
     from bertcli.vocab import load_tokenizer
 
     arrays = ShardedArrays(masked_data)
@@ -373,13 +374,13 @@ def test_collator_pads_and_flattens_positions(masked_data):
 
 
 def test_dynamic_masking_from_pairs(pairs_data, tmp_path):
-    from bertcli.artifacts import ShardedArrays
+    from bertcli.shards import ShardedArrays
     from bertcli.vocab import load_tokenizer
 
     cfg = tiny_cfg(pairs_data, tmp_path / "run", max_steps=3, save_every=0, eval_every=0)
-    data = P.load_data(pairs_data)
+    data = load_data(pairs_data)
     assert data.kind == "pairs" and data.has_nsp
-    spec = P.build_dynamic_masking(data, cfg)
+    spec = data.tokenizer.masking_spec(masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq)
     tok = load_tokenizer(pairs_data / "tokenizer")
     collate = P.Collator(pad_id=tok.special_ids["pad"], special_ids=tok.special_ids, vocab_size=tok.vocab_size,
                          has_nsp=True, dynamic=True, masking=spec)
@@ -417,7 +418,7 @@ def test_training_learns(masked_data, tmp_path):
 
 @pytest.mark.parametrize("kind", ["masked", "pairs"])
 def test_unigram_bias_counts_training_targets_only(kind, masked_data, pairs_data):
-    data = P.load_data(masked_data if kind == "masked" else pairs_data)
+    data = load_data(masked_data if kind == "masked" else pairs_data)
     plan = P.EpochPlan(data.arrays, seed=0, batch_size=8, eval_fraction=0.1)
     held_out = set(plan.held_out_indices(10**9).tolist())
     assert held_out
@@ -427,7 +428,7 @@ def test_unigram_bias_counts_training_targets_only(kind, masked_data, pairs_data
         if i not in held_out:
             np.add.at(expected, np.asarray(data.arrays[i][field], dtype=np.int64), 1)
     # pairs data: exactly the ids dynamic masking may select (no [CLS], [SEP], [PAD], [MASK], [UNK], …)
-    masking = P.build_dynamic_masking(data, tiny_cfg(pairs_data, Path("unused"))) if kind == "pairs" else None
+    masking = data.tokenizer.masking_spec() if kind == "pairs" else None
     if masking is not None:
         expected[~masking.is_candidate] = 0
         assert expected[data.special_ids["cls"]] == 0 and expected[data.special_ids["sep"]] == 0
@@ -448,7 +449,7 @@ def test_unigram_bias_starts_lower_and_is_not_applied_to_init_from(masked_data, 
         first_loss[init] = json.loads((tmp_path / init / "metrics.jsonl").read_text().splitlines()[0])["mlm_loss"]
     # the frequency guess is far better than uniform over the vocabulary, which a zero bias starts from
     assert first_loss["unigram"] < first_loss["zero"] - 0.5
-    data = P.load_data(masked_data)
+    data = load_data(masked_data)
     plan = P.EpochPlan(data.arrays, 3, 8, 0.1)
     model = P._build_model(tiny_cfg(masked_data, tmp_path / "x"), data, plan, None, None)
     counts = P.target_token_counts(data, plan)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertcli.schemas import TrainVocabConfig
-from bertcli.stages import word_counts
-from bertcli.stages.word_counts import count_words, split_words
+from bertcli import word_counts
+from bertcli.word_counts import count_words, split_words
 from bertcli.vocab import build_normalizer, build_pre_tokenizer
 
 NORMALIZATIONS = [
@@ -43,8 +43,8 @@ CHARS = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(sentences=st.lists(st.text(CHARS, max_size=30), max_size=6))
 def test_split_words_equals_the_tokenizers_library(norm, sentences):
-    word_counts._init_worker(tuple(norm.values()))
-    assert word_counts._worker["fast"]
+    word_counts.init_word_splitter(tuple(norm.values()))
+    assert word_counts._fast_ascii_split
     assert split_words(sentences) == library_words(sentences, norm)
 
 

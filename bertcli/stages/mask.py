@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bertcli import masking
-from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
+from bertcli.artifacts import TOKENIZER_DIR, atomic_output_dir, check_output, load_data, write_manifest
+from bertcli.parallel import ordered_map
 from bertcli.schemas import MaskConfig
-from bertcli.shards import ShardedArrays
-from bertcli.stages.pairs import TOKENIZER_DIR, BlockShardWriter, load_pairs, ordered_map
-from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
+from bertcli.shards import ShardedArrays, ShardWriter
+from bertcli.vocab import copy_tokenizer_files
 
 BLOCK_SEQUENCES = 4096
 """Sequences per unit of work; the RNG is seeded per (seed, copy, block), so output never depends on workers."""
@@ -34,84 +35,52 @@ MASK_STAT_KEYS = (
 )
 
 
-def build_spec(
-    loaded: LoadedTokenizer,
-    masked_lm_prob: float = 0.15,
-    max_predictions_per_seq: int = 20,
-    mask_token_prob: float = 0.8,
-    random_token_prob: float = 0.1,
-    whole_word_mask: bool = False,
-) -> masking.MaskingSpec:
-    """The MaskingSpec for a loaded tokenizer: specials from the tokenizer, ## prefix from its model config.
+@dataclass(frozen=True)
+class MaskContext:
+    """What every masking worker is given."""
 
-    `bert pretrain` calls this (with its own probabilities) for dynamic masking, so both paths mask alike.
-    """
-    return masking.spec_from_tokenizer(
-        loaded.tokenizer,
-        loaded.all_special_ids,
-        loaded.special_ids["mask"],
-        prefix=loaded.continuing_subword_prefix,
-        masked_lm_prob=masked_lm_prob,
-        max_predictions_per_seq=max_predictions_per_seq,
-        mask_token_prob=mask_token_prob,
-        random_token_prob=random_token_prob,
-        whole_word_mask=whole_word_mask,
-    )
+    input: str  # the pairs artifact
+    seed: int
+    probs: dict[str, Any]  # LoadedTokenizer.masking_spec's keyword arguments
+    position_dtype: np.dtype
 
 
-def read_range(arrays: ShardedArrays, start: int, stop: int, field: str = "input_ids") -> dict[str, np.ndarray]:
-    """Sequences [start, stop) across shards: flat ragged field + offsets (n+1,), and the scalar fields."""
-    flats, lengths, scalars = [], [], {}
-    scalar_fields = [f for f in arrays.fields if f not in arrays.ragged_fields]
-    parts: dict[str, list[np.ndarray]] = {f: [] for f in scalar_fields}
-    for s, shard in enumerate(arrays.shards):
-        lo, hi = int(arrays.starts[s]), int(arrays.starts[s + 1])
-        a, b = max(start, lo) - lo, min(stop, hi) - lo
-        if a >= b:
-            continue
-        off = np.asarray(shard[f"{field}.offsets"][a : b + 1])
-        flats.append(np.asarray(shard[field][off[0] : off[-1]]))
-        lengths.append(np.diff(off))
-        for f in scalar_fields:
-            parts[f].append(np.asarray(shard[f][a:b]))
-    lengths_all = np.concatenate(lengths)
-    offsets = np.zeros(len(lengths_all) + 1, np.int64)
-    np.cumsum(lengths_all, out=offsets[1:])
-    scalars = {f: np.concatenate(v) for f, v in parts.items()}
-    return {field: np.concatenate(flats), "offsets": offsets, **scalars}
+@dataclass
+class _MaskerState:
+    context: MaskContext
+    arrays: ShardedArrays
+    spec: masking.MaskingSpec
+    pad_id: int
+    never_target: np.ndarray  # (vocab_size,) bool: special or non-candidate ids, for the stats
 
 
-_WORKER: dict[str, Any] = {}
+_masker: _MaskerState | None = None
 
 
-def _init_masker(context: dict) -> None:
-    _WORKER.clear()
-    _WORKER.update(context)
-    _WORKER["arrays"] = ShardedArrays(context["input"])
-    loaded = load_tokenizer(Path(context["input"]) / TOKENIZER_DIR)
-    _WORKER["spec"] = build_spec(loaded, **context["probs"])
-    _WORKER["pad_id"] = loaded.special_ids["pad"]
-    special = np.zeros(loaded.vocab_size, bool)
-    special[loaded.all_special_ids] = True
-    special |= ~_WORKER["spec"].is_candidate
-    _WORKER["special"] = special
+def _init_masker(context: MaskContext) -> None:
+    global _masker
+    data = load_data(context.input, ("pairs",))
+    spec = data.tokenizer.masking_spec(**context.probs)
+    never_target = np.zeros(data.vocab_size, bool)
+    never_target[data.tokenizer.all_special_ids] = True
+    never_target |= ~spec.is_candidate
+    _masker = _MaskerState(context, data.arrays, spec, data.special_ids["pad"], never_target)
 
 
 def _mask_block(task: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     block, copy = task
-    ctx = _WORKER
-    arrays: ShardedArrays = ctx["arrays"]
-    spec: masking.MaskingSpec = ctx["spec"]
+    state = _masker
+    arrays, spec = state.arrays, state.spec
     start = block * BLOCK_SEQUENCES
-    data = read_range(arrays, start, min(start + BLOCK_SEQUENCES, arrays.num_sequences))
-    padded, lengths = masking.pad_ragged(data["input_ids"], data["offsets"], ctx["pad_id"])  # (B, L)
-    rng = np.random.default_rng([ctx["seed"], copy, block])
+    data = arrays.read_range(start, min(start + BLOCK_SEQUENCES, arrays.num_sequences))
+    padded, lengths = masking.pad_ragged(data["input_ids"], data["offsets"], state.pad_id)  # (B, L)
+    rng = np.random.default_rng([state.context.seed, copy, block])
     result = masking.mask_batch(padded, lengths, rng, spec)
     valid = np.arange(padded.shape[1])[None, :] < lengths[:, None]
     counts, cols = result.positions()
     rows = np.repeat(np.arange(len(lengths)), counts)
     labels = padded[rows, cols]
-    special = ctx["special"]
+    special = state.never_target
     action = result.action
     candidates = (spec.is_candidate[padded] & valid).sum(axis=1)
     nsl = data["next_sentence_label"]
@@ -132,7 +101,7 @@ def _mask_block(task: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str,
     out = {
         "input_ids": result.input_ids[valid],
         "lengths": lengths,
-        "masked_positions": cols.astype(ctx["position_dtype"]),
+        "masked_positions": cols.astype(state.context.position_dtype),
         "masked_counts": counts,
         "masked_labels": labels,
         "type_boundary": data["type_boundary"],
@@ -141,7 +110,7 @@ def _mask_block(task: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str,
     return out, stats
 
 
-def _write(writer: BlockShardWriter, out: dict[str, np.ndarray]) -> None:
+def _write(writer: ShardWriter, out: dict[str, np.ndarray]) -> None:
     writer.add_block(
         {
             "input_ids": (out["input_ids"], out["lengths"]),
@@ -154,10 +123,11 @@ def _write(writer: BlockShardWriter, out: dict[str, np.ndarray]) -> None:
 
 def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     """Mask every sequence of the pairs artifact dupe_factor times; returns the manifest."""
-    pairs_manifest, arrays, loaded = load_pairs(cfg.input)
+    pairs = load_data(cfg.input, ("pairs",))
+    pairs_manifest, arrays = pairs.manifest, pairs.arrays
     check_output(cfg.output, overwrite)
-    dtype = np.dtype(pairs_manifest["token_dtype"])
-    max_len = int(pairs_manifest["max_seq_length"])
+    dtype = np.dtype(pairs.token_dtype)
+    max_len = pairs.max_seq_length
     position_dtype = np.dtype(np.int16 if max_len <= np.iinfo(np.int16).max else np.int32)
     probs = {
         "masked_lm_prob": cfg.masked_lm_prob,
@@ -166,16 +136,16 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
         "random_token_prob": cfg.random_token_prob,
         "whole_word_mask": cfg.whole_word_mask,
     }
-    context = {"input": str(Path(cfg.input)), "seed": cfg.seed, "probs": probs, "position_dtype": position_dtype}
+    context = MaskContext(input=str(Path(cfg.input)), seed=cfg.seed, probs=probs, position_dtype=position_dtype)
     num_blocks = -(-arrays.num_sequences // BLOCK_SEQUENCES)
     tasks = [(b, c) for b in range(num_blocks) for c in range(cfg.dupe_factor)]  # block-major, as pairs
     totals = dict.fromkeys(MASK_STAT_KEYS, 0)
     with atomic_output_dir(cfg.output, overwrite) as tmp:
-        writer = BlockShardWriter(
+        writer = ShardWriter(
             tmp,
             ragged={"input_ids": dtype, "masked_positions": position_dtype, "masked_labels": dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
-            sequences_per_shard=int(pairs_manifest.get("sequences_per_shard", 65536)),
+            sequences_per_shard=pairs.sequences_per_shard,  # the pairs' shard size, recorded in their manifest
         )
         bar = tqdm(desc="masking", unit="tok", unit_scale=True, dynamic_ncols=True)
         for out, stats in ordered_map(_mask_block, tasks, cfg.num_workers, _init_masker, (context,), threads=True):
@@ -197,6 +167,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
         )
         extra = {k: pairs_manifest[k] for k in ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp")}
         extra.update(
+            sequences_per_shard=pairs.sequences_per_shard,
             dupe_factor=cfg.dupe_factor,
             masking=probs,
             fields={
@@ -220,16 +191,4 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
             extra=extra,
         )
     return manifest
-
-
-def load_masked(directory: str | Path) -> tuple[dict, ShardedArrays, LoadedTokenizer]:
-    """A finished masked artifact: manifest, arrays and its tokenizer (checked against the manifest)."""
-    from bertcli.artifacts import load_manifest
-    from bertcli.stages.pairs import check_tokenizer_matches
-
-    directory = Path(directory)
-    manifest = load_manifest(directory, ("masked",))
-    loaded = load_tokenizer(directory / TOKENIZER_DIR)
-    check_tokenizer_matches(manifest, loaded, f"masked artifact '{directory}'")
-    return manifest, ShardedArrays(directory), loaded
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-import multiprocessing as mp
-import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -16,18 +14,25 @@ import yaml
 from tqdm.auto import tqdm
 
 from bertcli import pairing
-from bertcli.artifacts import atomic_output_dir, check_output, load_manifest, write_manifest
+from bertcli.artifacts import (
+    TOKENIZER_DIR,
+    atomic_output_dir,
+    check_output,
+    file_fingerprints,
+    load_manifest,
+    write_manifest,
+)
 from bertcli.config import load_config
 from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
+from bertcli.parallel import WorkerPool
 from bertcli.schemas import PairsConfig
-from bertcli.shards import ShardedArrays, token_dtype
+from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
 from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
 
 BLOCK_DOCUMENTS = 256
 """Documents per unit of work. RNGs are seeded per (seed, pass, block), so output never depends on workers."""
 SCRATCH = ".scratch"
-TOKENIZER_DIR = "tokenizer"
 RAGGED = "input_ids"
 
 
@@ -127,94 +132,54 @@ class CorpusView:
         raise KeyError(f"document {doc} was not tokenized")  # a bug, not a user error
 
 
-# ---------------------------------------------------------------- writing shards a block at a time
-
-class BlockShardWriter:
-    """ShardWriter's on-disk format (bertcli.shards), fed whole blocks of sequences instead of one row at a time.
-
-    Ragged fields come as (flat, lengths); scalar fields as arrays. Shards hold exactly sequences_per_shard
-    sequences (the last fewer), whatever the block sizes, so the files depend only on the sequence order.
-    """
-
-    def __init__(self, out_dir: Path, ragged: dict[str, Any], scalar: dict[str, Any], sequences_per_shard: int):
-        self.out_dir = Path(out_dir)
-        self.ragged = {k: np.dtype(v) for k, v in ragged.items()}
-        self.scalar = {k: np.dtype(v) for k, v in scalar.items()}
-        self.sequences_per_shard = sequences_per_shard
-        self.shards: list[str] = []
-        self.num_sequences = 0
-        self._pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]] = []
-        self._rows = 0
-
-    def add_block(self, ragged: dict[str, tuple[np.ndarray, np.ndarray]], scalar: dict[str, np.ndarray]) -> None:
-        n = len(next(iter(scalar.values())))
-        bounds = {k: np.concatenate([[0], np.cumsum(lengths)]) for k, (_, lengths) in ragged.items()}
-        start = 0
-        while start < n:
-            take = min(n - start, self.sequences_per_shard - self._rows)
-            stop = start + take
-            flats = {k: flat[bounds[k][start] : bounds[k][stop]] for k, (flat, _) in ragged.items()}
-            lengths = {k: np.asarray(lens[start:stop], np.int64) for k, (_, lens) in ragged.items()}
-            scalars = {k: np.asarray(v[start:stop]) for k, v in scalar.items()}
-            self._pending.append((flats, lengths, scalars))
-            self._rows += take
-            self.num_sequences += take
-            start = stop
-            if self._rows == self.sequences_per_shard:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows:
-            return
-        name = f"shard-{len(self.shards):05d}"
-        for field, dtype in self.ragged.items():
-            flat = np.concatenate([p[0][field] for p in self._pending]).astype(dtype, copy=False)
-            lengths = np.concatenate([p[1][field] for p in self._pending])
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            np.save(self.out_dir / f"{name}.{field}.npy", flat)
-            np.save(self.out_dir / f"{name}.{field}.offsets.npy", offsets)
-        for field, dtype in self.scalar.items():
-            values = np.concatenate([p[2][field] for p in self._pending]).astype(dtype, copy=False)
-            np.save(self.out_dir / f"{name}.{field}.npy", values)
-        self.shards.append(name)
-        self._pending = []
-        self._rows = 0
-
-    def close(self) -> list[str]:
-        self._flush()
-        return list(self.shards)
-
-
 # ---------------------------------------------------------------- worker processes
 
-_WORKER: dict[str, Any] = {}
+@dataclass(frozen=True)
+class BuildContext:
+    """What every pair-building worker is given (pickled once per worker and phase)."""
+
+    scratch: str  # the tokenized corpus: one TokenStore per name in `stores`
+    stores: tuple[str, ...]
+    token_dtype: np.dtype
+    num_documents: int
+    seed: int
+    params: pairing.PairingParams
+    nsp: bool
+    cls_id: int
+    sep_id: int
+
+
+# Per-process worker state, set by the pool's initializers (one process = one worker).
+_sentence_tokenizer: pairing.SentenceTokenizer | None = None
+_token_dtype: np.dtype | None = None
+_build: BuildContext | None = None
+_view: CorpusView | None = None
 
 
 def _init_tokenizer(tokenizer_json: str, dtype: np.dtype) -> None:
     from tokenizers import Tokenizer
 
+    global _sentence_tokenizer, _token_dtype
     tok = Tokenizer.from_file(tokenizer_json)
     tok.no_truncation()  # whole sentences: pairs do their own truncation
     tok.no_padding()
-    _WORKER["tokenizer"] = pairing.SentenceTokenizer(tok)
-    _WORKER["dtype"] = dtype
+    _sentence_tokenizer = pairing.SentenceTokenizer(tok)
+    _token_dtype = dtype
 
 
 def _tokenize_block(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Sentence lengths (n,) int32 and their tokens back to back (token dtype)."""
     if not sentences:
-        return np.zeros(0, np.int32), np.zeros(0, _WORKER["dtype"])
-    return _WORKER["tokenizer"].encode(sentences, _WORKER["dtype"])
+        return np.zeros(0, np.int32), np.zeros(0, _token_dtype)
+    return _sentence_tokenizer.encode(sentences, _token_dtype)
 
 
-def _init_builder(context: dict) -> None:
-    _WORKER.clear()
-    _WORKER.update(context)
-    scratch = Path(context["scratch"])
-    stores = [TokenStore(scratch / name, context["dtype"]) for name in context["stores"]]
+def _init_builder(context: BuildContext) -> None:
+    global _build, _view
+    scratch = Path(context.scratch)
+    stores = [TokenStore(scratch / name, context.token_dtype) for name in context.stores]
     counts = _map(scratch / "own" / "counts.i32", np.int32)
-    _WORKER["view"] = CorpusView(stores, counts)
+    _build, _view = context, CorpusView(stores, counts)
 
 
 def _block_rngs(seed: int, pass_index: int, block: int) -> tuple[pairing.UniformStream, np.random.Generator]:
@@ -224,14 +189,12 @@ def _block_rngs(seed: int, pass_index: int, block: int) -> tuple[pairing.Uniform
 
 
 def _plan_block(block: int, pass_index: int) -> list[tuple[int, pairing.PairPlan]]:
-    ctx = _WORKER
-    view: CorpusView = ctx["view"]
-    num_documents = ctx["num_documents"]
-    stream, _ = _block_rngs(ctx["seed"], pass_index, block)
+    num_documents = _build.num_documents
+    stream, _ = _block_rngs(_build.seed, pass_index, block)
     plans: list[tuple[int, pairing.PairPlan]] = []
     for doc in range(block * BLOCK_DOCUMENTS, min(num_documents, (block + 1) * BLOCK_DOCUMENTS)):
-        _, offsets = view.document(doc)
-        for plan in pairing.plan_document(np.diff(offsets), doc, num_documents, view.counts, stream, ctx["params"]):
+        _, offsets = _view.document(doc)
+        for plan in pairing.plan_document(np.diff(offsets), doc, num_documents, _view.counts, stream, _build.params):
             plans.append((doc, plan))
     return plans
 
@@ -239,17 +202,15 @@ def _plan_block(block: int, pass_index: int) -> list[tuple[int, pairing.PairPlan
 def _foreign_requests(task: tuple[int, int]) -> np.ndarray:
     """Random-next documents a block needs that this job did not tokenize: (r,) int64."""
     block, pass_index = task
-    view: CorpusView = _WORKER["view"]
-    wanted = {plan[2] for _, plan in _plan_block(block, pass_index) if plan[4] < 0}
-    return np.asarray(sorted(d for d in wanted if not view.has(d)), dtype=np.int64)
+    wanted = {plan.b_doc for _, plan in _plan_block(block, pass_index) if plan.b_stop < 0}
+    return np.asarray(sorted(d for d in wanted if not _view.has(d)), dtype=np.int64)
 
 
 def _document_stats(block: int) -> dict[str, int]:
     """Per-document facts, counted once (first pass) for this job's documents, from the index arrays alone."""
-    ctx = _WORKER
-    store: TokenStore = ctx["view"].stores[0]
+    store: TokenStore = _view.stores[0]
     first = block * BLOCK_DOCUMENTS
-    last = min(ctx["num_documents"], first + BLOCK_DOCUMENTS)
+    last = min(_build.num_documents, first + BLOCK_DOCUMENTS)
     k0, k1 = store.local(first), store.local(last - 1) + 1
     doc_sent = store.doc_sent[k0 : k1 + 1]  # (docs + 1,) sentence index bounds
     sent_off = store.sent_offsets[doc_sent[0] : doc_sent[-1] + 1]  # (sentences + 1,) token bounds
@@ -260,7 +221,7 @@ def _document_stats(block: int) -> dict[str, int]:
         "documents": int(k1 - k0),
         "sentences": int(len(sentence_lengths)),
         "single_sentence_documents": int((sentences_per_doc == 1).sum()),
-        "long_sentences": int((sentence_lengths > ctx["params"].max_num_tokens).sum()),
+        "long_sentences": int((sentence_lengths > _build.params.max_num_tokens).sum()),
         "empty_sentences": int((sentence_lengths == 0).sum()),
         "documents_without_tokens": int((tokens_per_doc == 0).sum()),
         "document_tokens": int(sent_off[-1] - sent_off[0]),
@@ -280,95 +241,18 @@ DOC_STAT_KEYS = (
 
 def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, int]]:
     block, pass_index = task
-    ctx = _WORKER
-    view: CorpusView = ctx["view"]
+    ctx = _build
     doc_stats = _document_stats(block) if pass_index == 0 else dict.fromkeys(DOC_STAT_KEYS, 0)
-    if ctx["nsp"]:
+    if ctx.nsp:
         plans = _plan_block(block, pass_index)
-        _, truncation = _block_rngs(ctx["seed"], pass_index, block)
-        result = pairing.build_pairs(
-            plans, view, truncation, ctx["params"], ctx["cls_id"], ctx["sep_id"], ctx["dtype"]
-        )
+        _, truncation = _block_rngs(ctx.seed, pass_index, block)
+        result = pairing.build_pairs(plans, _view, truncation, ctx.params, ctx.cls_id, ctx.sep_id, ctx.token_dtype)
     else:
-        docs = range(block * BLOCK_DOCUMENTS, min(ctx["num_documents"], (block + 1) * BLOCK_DOCUMENTS))
+        docs = range(block * BLOCK_DOCUMENTS, min(ctx.num_documents, (block + 1) * BLOCK_DOCUMENTS))
         result = pairing.pack_documents(
-            (view.document(d) for d in docs), ctx["params"].max_seq_length, ctx["cls_id"], ctx["sep_id"], ctx["dtype"]
+            (_view.document(d) for d in docs), ctx.params.max_seq_length, ctx.cls_id, ctx.sep_id, ctx.token_dtype
         )
     return result, doc_stats
-
-
-def _call(key: int, initializer: Callable, initargs: tuple, func: Callable, task: Any) -> Any:
-    """Worker side of WorkerPool.map: (re)initialise when a new phase starts, then run the task."""
-    if _WORKER.get("_key") != key:
-        initializer(*initargs)
-        _WORKER["_key"] = key
-    return func(task)
-
-
-def _one_thread_each() -> None:
-    # The processes are the parallelism: one Rust (rayon) thread per worker instead of a pool per worker that
-    # would oversubscribe the cores. Read when tokenizers first runs in parallel, i.e. after this.
-    os.environ["RAYON_NUM_THREADS"] = "1"
-
-
-class WorkerPool:
-    """num_workers spawned processes, kept for every phase of a stage (starting Python costs seconds under load).
-
-    map() returns results in task order with at most 2·num_workers tasks in flight, so memory stays bounded
-    (Pool.imap would read the whole task iterator ahead of the workers). One worker means no extra process.
-    """
-
-    def __init__(self, num_workers: int, threads: bool = False):
-        self.num_workers = num_workers
-        self.threads = threads and num_workers > 1
-        if num_workers <= 1:
-            self._pool = None
-        elif self.threads:
-            # For numpy-bound work (masking): numpy releases the GIL, and threads cost nothing to start.
-            from multiprocessing.pool import ThreadPool
-
-            self._pool = ThreadPool(num_workers)
-        else:
-            # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
-            self._pool = mp.get_context("spawn").Pool(num_workers, initializer=_one_thread_each)
-        self._phases = itertools.count(1)
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-
-    def map(self, func: Callable, tasks: Iterable, initializer: Callable, initargs: tuple) -> Iterator:
-        if self._pool is None:
-            initializer(*initargs)
-            _WORKER["_key"] = None
-            for task in tasks:
-                yield func(task)
-            return
-        key = next(self._phases)
-        if self.threads:  # one shared state, set up once here rather than racing in the threads
-            initializer(*initargs)
-        pending: collections.deque = collections.deque()
-        for task in tasks:
-            if self.threads:
-                pending.append(self._pool.apply_async(func, (task,)))
-            else:
-                pending.append(self._pool.apply_async(_call, (key, initializer, initargs, func, task)))
-            if len(pending) >= 2 * self.num_workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-def ordered_map(
-    func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple, threads: bool = False
-) -> Iterator:
-    """func over tasks in a fresh WorkerPool, results in task order (see WorkerPool.map)."""
-    with WorkerPool(num_workers, threads=threads) as pool:
-        yield from pool.map(func, tasks, initializer, initargs)
 
 
 # ---------------------------------------------------------------- reading and tokenizing the corpus
@@ -422,23 +306,6 @@ def _tokenize_corpus(
 
 
 # ---------------------------------------------------------------- checks
-
-def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) -> None:
-    """Refuse an artifact made with another tokenizer than `loaded` (compared by vocabulary and pipeline hash)."""
-    made_with = (manifest.get("inputs") or {}).get("tokenizer") or {}
-    if made_with.get("hash") and made_with["hash"] != loaded.hash:
-        raise ArtifactError(
-            f"{what} was made with another tokenizer ({made_with.get('path')}, hash {made_with['hash'][:12]}) "
-            f"than '{loaded.path}' (hash {loaded.hash[:12]})",
-            hint="rebuild it with `bert pairs --tokenizer` pointing at the tokenizer you train with",
-        )
-    ids = manifest.get("special_token_ids")
-    if ids and ids != loaded.special_ids:
-        raise ArtifactError(
-            f"{what} records special-token ids {ids}, but tokenizer '{loaded.path}' has {loaded.special_ids}",
-            hint="rebuild the artifact with this tokenizer",
-        )
-
 
 def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
     if cfg.max_seq_length > loaded.max_length:
@@ -521,17 +388,17 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
             )
         num_blocks = -(-num_documents // BLOCK_DOCUMENTS)
         blocks = own_blocks if own_blocks is not None else range(num_blocks)
-        context = {
-            "scratch": str(scratch),
-            "stores": ["own"],
-            "dtype": dtype,
-            "num_documents": num_documents,
-            "seed": cfg.seed,
-            "params": params,
-            "nsp": cfg.nsp,
-            "cls_id": loaded.special_ids["cls"],
-            "sep_id": loaded.special_ids["sep"],
-        }
+        context = BuildContext(
+            scratch=str(scratch),
+            stores=("own",),
+            token_dtype=dtype,
+            num_documents=num_documents,
+            seed=cfg.seed,
+            params=params,
+            nsp=cfg.nsp,
+            cls_id=loaded.special_ids["cls"],
+            sep_id=loaded.special_ids["sep"],
+        )
         if sharded and cfg.nsp:
             # Random-next documents come from the whole corpus: find those this job lacks, then tokenize them.
             tasks = [(b, p) for b in blocks for p in range(cfg.dupe_factor)]
@@ -546,9 +413,9 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
 
             _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
                              CorpusStats())
-            context["stores"] = ["own", "foreign"]
+            context = replace(context, stores=("own", "foreign"))
 
-        writer = BlockShardWriter(
+        writer = ShardWriter(
             tmp,
             ragged={RAGGED: dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
@@ -572,8 +439,6 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 hint="check the corpus and the tokenizer",
             )
         copy_tokenizer_files(loaded.path, tmp / TOKENIZER_DIR)
-        from bertcli.stages.train_vocab import file_fingerprints
-
         manifest = write_manifest(
             tmp,
             "pairs",
@@ -596,6 +461,7 @@ def _extra(cfg: PairsConfig, loaded: LoadedTokenizer, dtype: np.dtype, num_docum
         "num_documents": num_documents,
         "shard_index": cfg.shard_index,
         "num_shards": cfg.num_shards,
+        "sequences_per_shard": cfg.sequences_per_shard,
         "fields": {
             "input_ids": "ragged, [CLS] A [SEP] B [SEP] (nsp: false: [CLS] text [SEP], [SEP] between documents)",
             "type_boundary": "int32, index of B's first token; token_type_ids = 0 before it, 1 from it",
@@ -605,7 +471,7 @@ def _extra(cfg: PairsConfig, loaded: LoadedTokenizer, dtype: np.dtype, num_docum
     }
 
 
-def _write_block(writer: BlockShardWriter, result: pairing.PairsBlock) -> None:
+def _write_block(writer: ShardWriter, result: pairing.PairsBlock) -> None:
     writer.add_block(
         {RAGGED: (result.input_ids, result.lengths)},
         {"type_boundary": result.type_boundary, "next_sentence_label": result.next_sentence_label},
@@ -665,7 +531,7 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     dtype = np.dtype(manifests[0]["token_dtype"])
     totals: dict[str, int] = {}
     with atomic_output_dir(cfg.output, overwrite) as tmp:
-        writer = BlockShardWriter(
+        writer = ShardWriter(
             tmp,
             ragged={RAGGED: dtype},
             scalar={"type_boundary": np.int32, "next_sentence_label": np.int8},
@@ -701,13 +567,5 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
 
 def _extra_keys() -> tuple[str, ...]:
     return ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp", "dupe_factor",
-            "num_documents", "shard_index", "num_shards", "fields", "reproducible")
+            "num_documents", "shard_index", "num_shards", "sequences_per_shard", "fields", "reproducible")
 
-
-def load_pairs(directory: str | Path) -> tuple[dict, ShardedArrays, LoadedTokenizer]:
-    """A finished pairs artifact: its manifest, its arrays and the tokenizer inside it (checked against the manifest)."""
-    directory = Path(directory)
-    manifest = load_manifest(directory, ("pairs",))
-    loaded = load_tokenizer(directory / TOKENIZER_DIR)
-    check_tokenizer_matches(manifest, loaded, f"pairs artifact '{directory}'")
-    return manifest, ShardedArrays(directory), loaded

@@ -133,7 +133,7 @@ def _stored_config(name: str, output: Path) -> Any | None:
 
 def _corpus_fingerprints(cfg: Any) -> list[str]:
     from bertcli.corpus import resolve_inputs
-    from bertcli.stages.train_vocab import file_fingerprints
+    from bertcli.artifacts import file_fingerprints
 
     return [f["sha256"] for f in file_fingerprints(resolve_inputs(list(cfg.input)))]
 

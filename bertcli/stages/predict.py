@@ -426,12 +426,11 @@ def _check_data_matches_model(loaded: LoadedModel, data_dir: Path, manifest: dic
 
 def _masking_for_pairs(data: Path, manifest: dict) -> Any:
     """The masking spec `bert mask` would use by default, for evaluating on a pairs artifact (masked here)."""
-    from bertcli.stages.mask import build_spec
     from bertcli.vocab import load_tokenizer
 
     seq_len = int(manifest.get("max_seq_length") or 128)
     # Google's cap: 20 predictions at length 128, i.e. about 15% of the positions.
-    return build_spec(load_tokenizer(data / "tokenizer"), max_predictions_per_seq=max(1, math.ceil(0.15 * seq_len)))
+    return load_tokenizer(data / "tokenizer").masking_spec(max_predictions_per_seq=max(1, math.ceil(0.15 * seq_len)))
 
 
 def evaluate(

@@ -19,7 +19,8 @@ import torch
 
 from bertcli import __version__, dist
 from bertcli import model as M
-from bertcli.artifacts import ShardedArrays, load_manifest
+from bertcli.artifacts import DataArtifact, file_sha256, library_versions, load_data
+from bertcli.shards import ShardedArrays
 from bertcli.config import config_hash, config_to_dict, config_to_yaml, load_config
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, OutputExistsError
 from bertcli.schemas import PretrainConfig
@@ -87,103 +88,6 @@ def held_out_mask(indices: np.ndarray, fraction: float) -> np.ndarray:
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed from several integers (seed, epoch, step, …): independent streams without shared state."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-@dataclass
-class DataInfo:
-    """What the stage knows about its input artifact."""
-
-    path: Path
-    kind: str  # "masked" (static masking) or "pairs" (dynamic masking)
-    manifest: dict
-    arrays: ShardedArrays
-    vocab_size: int
-    special_ids: dict[str, int]
-    max_seq_length: int
-    has_nsp: bool
-    tokenizer_dir: Path
-    tokenizer_hash: str
-    content_hash: str
-
-
-def load_data(path: str | Path) -> DataInfo:
-    """Open a masked or pairs artifact (memory-mapped) and read what training needs from its manifest."""
-    path = Path(path)
-    hint = "make it with `bert pairs` (dynamic masking) or `bert pairs` then `bert mask` (static masking)"
-    if not path.exists():
-        raise ArtifactError(f"data '{path}' does not exist", hint=hint)
-    manifest = load_manifest(path)
-    if manifest.get("stage") not in ("mask", "masked", "pairs"):
-        raise ArtifactError(
-            f"data '{path}' is a {manifest.get('stage')!r} artifact, expected a masked or pairs artifact", hint=hint
-        )
-    kind = "pairs" if manifest.get("stage") == "pairs" else "masked"
-    tok_dir = path / "tokenizer"
-    if not tok_dir.is_dir():
-        raise ArtifactError(
-            f"'{path}' has no tokenizer/ directory", hint=f"rebuild it with `bert {'pairs' if kind == 'pairs' else 'mask'}`"
-        )
-    tok = load_tokenizer(tok_dir)
-    arrays = ShardedArrays(path)
-    needed = {"input_ids", "type_boundary"} | ({"masked_positions", "masked_labels"} if kind == "masked" else set())
-    missing = needed - set(arrays.fields)
-    if missing:
-        raise ArtifactError(
-            f"'{path}': the {kind} artifact lacks the fields {', '.join(sorted(missing))}",
-            hint="rebuild it with the current `bert pairs` / `bert mask`",
-        )
-    manifest_vocab = manifest.get("vocab_size")
-    if manifest_vocab is not None and int(manifest_vocab) != tok.vocab_size:
-        raise ArtifactError(
-            f"'{path}': manifest says vocab_size {manifest_vocab} but its tokenizer/ has {tok.vocab_size} ids",
-            hint="the artifact was mixed from different tokenizers; rebuild it",
-        )
-    manifest_ids = manifest.get("special_token_ids") or manifest.get("special_ids")
-    if isinstance(manifest_ids, dict):
-        for role, tid in tok.special_ids.items():
-            if role in manifest_ids and int(manifest_ids[role]) != tid:
-                raise ArtifactError(
-                    f"'{path}': manifest's {role} id {manifest_ids[role]} differs from its tokenizer's {tid}",
-                    hint="rebuild the artifact",
-                )
-    input_tok = (manifest.get("inputs") or {}).get("tokenizer") or {}
-    if input_tok.get("hash") and input_tok["hash"] != tok.hash:
-        raise ArtifactError(
-            f"'{path}': its tokenizer/ copy differs from the tokenizer it was made with",
-            hint="rebuild the artifact",
-        )
-    max_len = manifest.get("max_seq_length")
-    if max_len is None:  # per shard, so no array the size of the artifact is made
-        max_len = max(int(np.diff(np.asarray(s["input_ids.offsets"])).max(initial=0)) for s in arrays.shards)
-    has_nsp = "next_sentence_label" in arrays.fields and manifest.get("nsp", True) is not False
-    if has_nsp and manifest.get("nsp") is None:
-        # pairs made with nsp: false carry the field all zeros and type_boundary == length
-        has_nsp = _config_nsp(path)
-    return DataInfo(
-        path=path,
-        kind=kind,
-        manifest=manifest,
-        arrays=arrays,
-        vocab_size=tok.vocab_size,
-        special_ids=dict(tok.special_ids),
-        max_seq_length=int(max_len),
-        has_nsp=has_nsp,
-        tokenizer_dir=tok_dir,
-        tokenizer_hash=tok.hash,
-        content_hash=str(manifest.get("content_hash", "")),
-    )
-
-
-def _config_nsp(path: Path) -> bool:
-    """Whether the pairs behind an artifact were made with nsp: true (read from its config.yaml, or the chain)."""
-    import yaml
-
-    for candidate in (path / "config.yaml",):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
-            if "nsp" in data:
-                return bool(data["nsp"])
-    return True
 
 
 class EpochPlan:
@@ -295,7 +199,7 @@ class EpochPlan:
 
 
 def target_token_counts(
-    data: DataInfo, plan: EpochPlan, masking: Any = None, max_tokens: int = UNIGRAM_MAX_TOKENS
+    data: DataArtifact, plan: EpochPlan, masking: Any = None, max_tokens: int = UNIGRAM_MAX_TOKENS
 ) -> np.ndarray:
     """(vocab_size,) int64: how often each id is a prediction target in the training split (held-out sequences
     excluded) — the masked labels of a masked artifact, or for a pairs artifact the tokens that `masking` (the
@@ -385,22 +289,6 @@ class Collator:
         return batch
 
 
-def build_dynamic_masking(data: DataInfo, cfg: PretrainConfig) -> Any:
-    """The MaskingSpec of the shared masking code (bertcli.masking, as `bert mask` uses) for this tokenizer."""
-    from bertcli import masking
-
-    tok = load_tokenizer(data.tokenizer_dir)
-    return masking.spec_from_tokenizer(
-        tok.tokenizer,
-        tok.all_special_ids,
-        tok.special_ids["mask"],
-        prefix=tok.continuing_subword_prefix,
-        masked_lm_prob=cfg.masked_lm_prob,
-        max_predictions_per_seq=cfg.max_predictions_per_seq,
-        whole_word_mask=cfg.whole_word_mask,
-    )
-
-
 class MicroBatches(torch.utils.data.Dataset):
     """Item k of an epoch = this rank's micro-batch a = k % accum of global batch k // accum.
 
@@ -448,14 +336,6 @@ def iterate_micro_batches(dataset: MicroBatches, start_batch: int, num_workers: 
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
@@ -534,7 +414,7 @@ def save_checkpoint(
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync_file(path)
-        files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     marker = {"format_version": 1, "step": state.step, "bertcli_version": __version__, "files": files}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     _fsync_file(tmp / MARKER)
@@ -568,7 +448,7 @@ def verify_checkpoint(path: Path) -> str | None:
             return f"{rel} is missing"
         if p.stat().st_size != meta["size"]:
             return f"{rel} has {p.stat().st_size} bytes, expected {meta['size']}"
-        if _sha256(p) != meta["sha256"]:
+        if file_sha256(p) != meta["sha256"]:
             return f"{rel} does not match its recorded sha256"
     return None
 
@@ -780,7 +660,7 @@ class Trainer:
 
     cfg: PretrainConfig
     ctx: dist.DistContext
-    data: DataInfo
+    data: DataArtifact
     plan: EpochPlan
     collate: Collator
     model: Any  # BertForPreTraining (unwrapped)
@@ -919,7 +799,7 @@ def _to_batch(raw: dict, device: torch.device) -> M.PretrainingBatch:
 
 
 def _build_model(
-    cfg: PretrainConfig, data: DataInfo, plan: EpochPlan, masking: Any, ctx: dist.DistContext | None
+    cfg: PretrainConfig, data: DataArtifact, plan: EpochPlan, masking: Any, ctx: dist.DistContext | None
 ) -> Any:
     if cfg.init_from:
         src = Path(cfg.init_from)
@@ -1009,7 +889,10 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
             f"'{data.path}' has {plan.num_train_sequences} training sequences, fewer than batch_size {cfg.batch_size}",
             hint="use a smaller batch_size or more data",
         )
-    masking = build_dynamic_masking(data, cfg) if data.kind == "pairs" else None
+    masking = data.tokenizer.masking_spec(
+        masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
+        whole_word_mask=cfg.whole_word_mask,
+    ) if data.kind == "pairs" else None
     model = _build_model(cfg, data, plan, masking, ctx)  # every rank: the same weights from the seed and the data
     device = ctx.device
     if device.type == "cuda":
@@ -1104,7 +987,7 @@ def _clear_run(out: Path) -> None:
             p.unlink()
 
 
-def _resume_from_newest(out: Path, model, optimizer, scaler, data: DataInfo, ctx) -> tuple[TrainState, Path] | None:
+def _resume_from_newest(out: Path, model, optimizer, scaler, data: DataArtifact, ctx) -> tuple[TrainState, Path] | None:
     """Load the newest checkpoint that is complete and loads; others are skipped with a warning."""
     candidates = [str(p) for _, p in reversed(list_checkpoints(out))] if ctx.is_main else None
     for path in map(Path, dist.broadcast_object(ctx, candidates)):
@@ -1123,7 +1006,7 @@ def _resume_from_newest(out: Path, model, optimizer, scaler, data: DataInfo, ctx
     return None
 
 
-def _check_resume_inputs(previous: dict, data: DataInfo) -> None:
+def _check_resume_inputs(previous: dict, data: DataArtifact) -> None:
     if previous.get("tokenizer_hash") and previous["tokenizer_hash"] != data.tokenizer_hash:
         raise ArtifactError(
             f"--resume: the data '{data.path}' was made with another tokenizer than the run's checkpoints",
@@ -1309,15 +1192,13 @@ def _plot(out: Path) -> None:
 
 
 def _write_run_manifest(t: Trainer, final_eval: dict) -> dict:
-    from bertcli.artifacts import _versions
-
     marker = json.loads((t.out_dir / FINAL / MARKER).read_text(encoding="utf-8"))
     digest = hashlib.sha256(json.dumps(marker["files"], sort_keys=True).encode()).hexdigest()
     manifest = {
         "format_version": 1,
         "stage": "pretrain",
         "bertcli_version": __version__,
-        "versions": _versions(),
+        "versions": library_versions(),
         "seed": t.cfg.seed,
         "config_hash": t.run_info["config_hash"],
         "inputs": {

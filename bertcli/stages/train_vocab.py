@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
 
-from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
+from bertcli.artifacts import atomic_output_dir, check_output, file_fingerprints, write_manifest
 from bertcli.corpus import CorpusStats, is_jsonl, iter_texts, require_text, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError
 from bertcli.schemas import TrainVocabConfig
@@ -22,18 +21,6 @@ BPE_REPRODUCIBILITY = (
     "Ids are put in a canonical order, so runs that learn the same token set get identical files. "
     "Use algorithm: wordpiece for byte-identical vocabularies."
 )
-
-
-def file_fingerprints(paths: list[Path]) -> list[dict]:
-    """Path, size and sha256 of each input file, for the manifest."""
-    out = []
-    for p in paths:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": h.hexdigest()})
-    return out
 
 
 def _batches(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> Iterator[list[str]]:
@@ -96,7 +83,7 @@ def _native_readable(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
 
 
 def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> list[str]:
-    from bertcli.stages.word_counts import count_words
+    from bertcli.word_counts import count_words
     from bertcli.wordpiece import train_wordpiece
 
     word_counts = count_words(paths, cfg, stats)

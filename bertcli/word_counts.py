@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import re
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 from bertcli.corpus import CorpusStats, iter_texts
+from bertcli.parallel import WorkerPool
 
 # Sentences are sent to the workers in chunks of about this many characters.
 CHUNK_CHARS = 1 << 20
@@ -20,22 +20,26 @@ _ASCII_PUNCT = r"!-/:-@\[-`{-~"
 _ASCII_WORD = re.compile(r"[^\t\n\x0b\x0c\r " + _ASCII_PUNCT + r"]+|[" + _ASCII_PUNCT + r"]")
 _PROBE = "".join(chr(i) for i in range(128)) + " a.b,c  d\te\nf-g_h(i)j\x1cK\x1dl\x1f m\x7fn 1.5 x'y"
 
-_worker: dict[str, Any] = {}
+# Per-process state, set by init_word_splitter (in each worker, or in the caller): the tokenizer's normalizer and pre-tokenizer, and whether the
+# regex split may stand in for the pre-tokenizer on ASCII text.
+_normalizer: Any = None
+_pre_tokenizer: Any = None
+_fast_ascii_split = False
 
 
-def _normalizer_args(cfg: Any) -> tuple:
+def normalizer_args(cfg: Any) -> tuple:
     return (cfg.lowercase, cfg.strip_accents, cfg.clean_text, cfg.handle_chinese_chars)
 
 
-def _init_worker(normalizer_args: tuple) -> None:
+def init_word_splitter(normalizer_args: tuple) -> None:
     from tokenizers import pre_tokenizers
 
     from bertcli.vocab import build_normalizer, build_pre_tokenizer
 
-    pre_tokenizer = build_pre_tokenizer()
-    _worker["normalizer"] = build_normalizer(*normalizer_args)
-    _worker["pre_tokenizer"] = pre_tokenizer
-    _worker["fast"] = isinstance(pre_tokenizer, pre_tokenizers.BertPreTokenizer) and _fast_split_ok(pre_tokenizer)
+    global _normalizer, _pre_tokenizer, _fast_ascii_split
+    _pre_tokenizer = build_pre_tokenizer()
+    _normalizer = build_normalizer(*normalizer_args)
+    _fast_ascii_split = isinstance(_pre_tokenizer, pre_tokenizers.BertPreTokenizer) and _fast_split_ok(_pre_tokenizer)
 
 
 def _fast_split_ok(pre_tokenizer: Any) -> bool:
@@ -45,9 +49,9 @@ def _fast_split_ok(pre_tokenizer: Any) -> bool:
 
 def split_words(sentences: Sequence[str]) -> list[str]:
     """Normalize each sentence and split it into words, as the tokenizer does (the worker state must be set)."""
-    normalize = _worker["normalizer"].normalize_str
-    pre_tokenize = _worker["pre_tokenizer"].pre_tokenize_str
-    fast = _worker["fast"]
+    normalize = _normalizer.normalize_str
+    pre_tokenize = _pre_tokenizer.pre_tokenize_str
+    fast = _fast_ascii_split
     words: list[str] = []
     ascii_run: list[str] = []
     for sentence in sentences:
@@ -109,26 +113,14 @@ def count_words(
         bar.update(done - seen_bytes)
         seen_bytes = done
 
-    args = _normalizer_args(cfg)
+    args = normalizer_args(cfg)
     workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
     if total_bytes < 4 * chunk_chars:
         workers = 1  # starting processes would cost more than they save
     try:
-        if workers == 1:
-            _init_worker(args)
-            for chunk in _chunks(sentences, chunk_chars):
-                absorb(_count_chunk(chunk))
-        else:
-            # spawn, not fork: the parent may already run the tokenizers library's thread pool.
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(args,)) as pool:
-                pending: deque = deque()
-                for chunk in _chunks(sentences, chunk_chars):
-                    pending.append(pool.apply_async(_count_chunk, (chunk,)))
-                    if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat
-                        absorb(pending.popleft().get())
-                while pending:
-                    absorb(pending.popleft().get())
+        with WorkerPool(workers) as pool:  # bounded read-ahead: memory stays flat
+            for part in pool.map(_count_chunk, _chunks(sentences, chunk_chars), init_word_splitter, (args,)):
+                absorb(part)
     finally:
         bar.update(max(total_bytes - seen_bytes, 0))
         bar.close()

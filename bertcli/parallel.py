@@ -1,0 +1,93 @@
+"""The one ordered, bounded worker pool (processes or threads) that pairs, mask and word counting share."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing as mp
+import os
+import signal
+from typing import Any, Callable, Iterable, Iterator
+
+# The phase whose initializer last ran in this worker process: a pool outlives the phases of a stage, and each
+# phase (tokenizing, building, …) sets up its own worker state once per process.
+_phase_in_worker: int | None = None
+
+
+def _start_worker() -> None:
+    # Ctrl-C reaches every process of the group: the parent alone reports it, workers just stop with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The processes are the parallelism: one Rust (rayon) thread per worker instead of a pool per worker that
+    # would oversubscribe the cores. Read when tokenizers first runs in parallel, i.e. after this.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+
+
+def _call_in_phase(phase: int, initializer: Callable, initargs: tuple, func: Callable, task: Any) -> Any:
+    """Worker side of WorkerPool.map: (re)initialise when a new phase starts, then run the task."""
+    global _phase_in_worker
+    if _phase_in_worker != phase:
+        initializer(*initargs)
+        _phase_in_worker = phase
+    return func(task)
+
+
+class WorkerPool:
+    """num_workers spawned processes (or threads), kept for every phase of a stage: starting Python costs seconds
+    under load.
+
+    map() returns results in task order with at most 2·num_workers tasks in flight, so memory stays bounded
+    (Pool.imap would read the whole task iterator ahead of the workers). One worker means no extra process: the
+    work runs in the caller, with the same initializer, so results never depend on the worker count.
+    """
+
+    def __init__(self, num_workers: int, threads: bool = False):
+        self.num_workers = max(1, num_workers)
+        self.threads = threads and self.num_workers > 1
+        if self.num_workers == 1:
+            self._pool = None
+        elif self.threads:
+            # For numpy-bound work (masking): numpy releases the GIL, and threads cost nothing to start.
+            from multiprocessing.pool import ThreadPool
+
+            self._pool = ThreadPool(self.num_workers)
+        else:
+            # spawn, not fork: forking after tokenizers' Rust threads have started can deadlock.
+            self._pool = mp.get_context("spawn").Pool(self.num_workers, initializer=_start_worker)
+        self._phases = itertools.count(1)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+    def map(self, func: Callable, tasks: Iterable, initializer: Callable, initargs: tuple) -> Iterator:
+        """func(task) for each task, in order; initializer(*initargs) sets up each worker's state first."""
+        if self._pool is None or self.threads:
+            # in this process (or its threads): one shared state, set up once here rather than racing in threads
+            initializer(*initargs)
+        if self._pool is None:
+            for task in tasks:
+                yield func(task)
+            return
+        phase = next(self._phases)
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            if self.threads:
+                pending.append(self._pool.apply_async(func, (task,)))
+            else:
+                pending.append(self._pool.apply_async(_call_in_phase, (phase, initializer, initargs, func, task)))
+            if len(pending) >= 2 * self.num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def ordered_map(
+    func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple, threads: bool = False
+) -> Iterator:
+    """func over tasks in a fresh WorkerPool, results in task order (see WorkerPool.map)."""
+    with WorkerPool(num_workers, threads=threads) as pool:
+        yield from pool.map(func, tasks, initializer, initargs)
