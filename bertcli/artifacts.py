@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 from bertcli import __version__
 from bertcli.config import config_hash, config_to_yaml
 from bertcli.errors import ArtifactError, OutputExistsError
-from bertcli.schemas import EXECUTION_ONLY_KEYS
 from bertcli.vocab import LoadedTokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # numpy is imported only by the stages that read arrays (train-vocab's memory is measured)
@@ -174,7 +173,7 @@ def write_manifest(
         "bertcli_version": __version__,
         "versions": library_versions(),
         "seed": getattr(cfg, "seed", None),
-        "config_hash": config_hash(cfg, exclude=EXECUTION_ONLY_KEYS),
+        "config_hash": config_hash(cfg),
         "inputs": inputs,
         "content_hash": content_hash(out_dir),
         "stats": stats,

@@ -352,10 +352,16 @@ def config_to_yaml(cfg: Any, comments: bool = False) -> str:
     return "\n".join(_yaml_lines(cfg, 0, comments)) + "\n"
 
 
-def config_hash(cfg: Any, exclude: typing.Iterable[str] = ()) -> str:
-    """sha256 of the canonical JSON of the config, leaving out keys that do not change the output."""
+def keys_with_role(schema_cls: type, role: str) -> tuple[str, ...]:
+    """The top-level keys whose field metadata names `role` ("execution" or "resumable", see schemas.py)."""
+    return tuple(f.name for f in dataclasses.fields(schema_cls) if role in f.metadata.get("roles", ()))
+
+
+def config_hash(cfg: Any, ignore_role: str = "execution") -> str:
+    """sha256 of the canonical JSON of the config, leaving out the keys of `ignore_role` (those that do not change
+    what is computed)."""
     data = copy.deepcopy(config_to_dict(cfg))
-    for key in exclude:
+    for key in keys_with_role(type(cfg), ignore_role):
         data.pop(key, None)
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

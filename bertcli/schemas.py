@@ -13,17 +13,18 @@ PipelineStage = Literal["train-vocab", "pairs", "mask", "pretrain"]
 
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# Keys that change how a stage runs but not what it writes: left out of the config hash.
-EXECUTION_ONLY_KEYS = ("input", "output", "tokenizer", "data", "num_workers")
+# Key roles live in each field's metadata["roles"]: "execution" keys change how a stage runs but not what it
+# writes (left out of its config hash); "resumable" keys may change between a pretraining run and its --resume.
+# bertcli.config.keys_with_role reads them.
 
 
 @dataclass
 class TrainVocabConfig:
     """`bert train-vocab`: corpus → WordPiece tokenizer directory."""
 
-    input: list[str] = field(default_factory=list)
+    input: list[str] = field(default_factory=list, metadata={"roles": ("execution",)})
     """Corpus files, directories (read recursively) or glob patterns; .txt, .gz and .jsonl."""
-    output: str = "runs/tokenizer"
+    output: str = field(default="runs/tokenizer", metadata={"roles": ("execution",)})
     """Directory to write the tokenizer to (refused if it exists, unless --overwrite)."""
     layout: Layout = "sentence-per-line"
     """sentence-per-line: one sentence a line, blank line between documents (Google BERT's format);
@@ -66,7 +67,7 @@ class TrainVocabConfig:
     score: Literal["count", "likelihood", "textbook"] = "count"
     """For algorithm wordpiece: count = the pair count (BPE's criterion; measured best, see docs/benchmarks.md);
     likelihood = exact gain in the corpus's unigram log-likelihood; textbook = freq(ab)/(freq(a)·freq(b))."""
-    num_workers: int = field(default=2, metadata={"ge": 1})
+    num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes used for reading and counting."""
     seed: int = 0
     """Recorded in the manifest; the trainers themselves use no randomness."""
@@ -89,11 +90,11 @@ class TrainVocabConfig:
 class PairsConfig:
     """`bert pairs`: corpus + tokenizer → NSP sentence-pair artifact (Google BERT's semantics)."""
 
-    input: list[str] = field(default_factory=list)
+    input: list[str] = field(default_factory=list, metadata={"roles": ("execution",)})
     """Corpus files, directories or glob patterns (as for train-vocab)."""
-    tokenizer: str = "runs/tokenizer"
+    tokenizer: str = field(default="runs/tokenizer", metadata={"roles": ("execution",)})
     """Tokenizer directory made by `bert train-vocab` (or any Hugging Face BERT tokenizer directory)."""
-    output: str = "runs/pairs"
+    output: str = field(default="runs/pairs", metadata={"roles": ("execution",)})
     """Directory to write the pairs artifact to."""
     layout: Layout = "sentence-per-line"
     """sentence-per-line or document-per-line (see train-vocab)."""
@@ -115,7 +116,7 @@ class PairsConfig:
     """false: no sentence pairs; pack contiguous sentences into full-length single segments (MLM only)."""
     dupe_factor: int = field(default=1, metadata={"ge": 1})
     """Passes over the corpus, each with different pairings."""
-    num_workers: int = field(default=2, metadata={"ge": 1})
+    num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes; the output is byte-identical for any count."""
     shard_index: int = field(default=0, metadata={"ge": 0})
     """Which part this job builds when the work is split into num_shards independent jobs."""
@@ -141,9 +142,9 @@ class PairsConfig:
 class MaskConfig:
     """`bert mask`: pairs artifact → statically masked artifact (MLM)."""
 
-    input: str = "runs/pairs"
+    input: str = field(default="runs/pairs", metadata={"roles": ("execution",)})
     """Pairs artifact made by `bert pairs`."""
-    output: str = "runs/masked"
+    output: str = field(default="runs/masked", metadata={"roles": ("execution",)})
     """Directory to write the masked artifact to."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
     """Share of candidate tokens (all but [CLS], [SEP], [PAD]) selected for prediction."""
@@ -157,7 +158,7 @@ class MaskConfig:
     """Select whole words (a piece and its following ## pieces) instead of single pieces."""
     dupe_factor: int = field(default=1, metadata={"ge": 1})
     """Copies of every sequence, each with a different mask."""
-    num_workers: int = field(default=2, metadata={"ge": 1})
+    num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Threads (masking is numpy work that runs outside the GIL); the output is byte-identical for any count."""
     seed: int = 12345
     """Seed of every random choice."""
@@ -206,9 +207,9 @@ class ModelConfig:
 class PretrainConfig:
     """`bert pretrain`: masked or pairs artifact → BertForPreTraining checkpoints."""
 
-    data: str = "runs/masked"
+    data: str = field(default="runs/masked", metadata={"roles": ("execution", "resumable")})
     """A masked artifact (static masking) or a pairs artifact (dynamic masking at train time)."""
-    output: str = "runs/pretrain"
+    output: str = field(default="runs/pretrain", metadata={"roles": ("execution", "resumable")})
     """Run directory: metrics.jsonl, step-XXXXXXXX/ checkpoints, final/."""
     seed: int = 42
     """Seed of initialisation, data order, dropout and dynamic masking."""
@@ -221,9 +222,9 @@ class PretrainConfig:
     prediction targets (counted on up to 50M tokens), so training starts from the frequency guess a model otherwise
     spends its first hundreds of steps learning (Meister et al. 2023, "A Natural Bias for Language Generation
     Models"); zero: BertForPreTraining's own. Not applied to weights from init_from."""
-    max_steps: int = field(default=10000, metadata={"ge": 1})
+    max_steps: int = field(default=10000, metadata={"roles": ("resumable",), "ge": 1})
     """Optimizer steps to train for."""
-    time_budget_s: Optional[float] = field(default=None, metadata={"gt": 0.0})
+    time_budget_s: Optional[float] = field(default=None, metadata={"roles": ("resumable",), "gt": 0.0})
     """Stop after this many seconds of training and fit the LR schedule to it (null: no limit)."""
     batch_size: int = field(default=256, metadata={"ge": 1})
     """Global batch size in sequences per optimizer step (micro_batch_size × accumulation × world size)."""
@@ -247,9 +248,9 @@ class PretrainConfig:
     """Clip the gradient's global norm to this (0: no clipping)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 autocast on a GPU that supports it, else fp32; fp16 uses a gradient scaler."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata={"roles": ("resumable",)})
     """torch.compile the model (GPU; slow to start, faster to run)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"roles": ("resumable",)})
     """auto: cuda when available, else cpu."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
     """Dynamic masking only (pairs artifact): share of candidate tokens selected."""
@@ -259,19 +260,19 @@ class PretrainConfig:
     """Dynamic masking only: select whole words."""
     eval_fraction: float = field(default=0.01, metadata={"ge": 0.0, "lt": 1.0})
     """Share of sequences held out for evaluation (chosen by seed)."""
-    eval_every: int = field(default=1000, metadata={"ge": 0})
+    eval_every: int = field(default=1000, metadata={"roles": ("resumable",), "ge": 0})
     """Evaluate every this many steps (0: only at the end)."""
-    eval_batches: int = field(default=20, metadata={"ge": 1})
+    eval_batches: int = field(default=20, metadata={"roles": ("resumable",), "ge": 1})
     """Micro-batches per evaluation."""
-    save_every: int = field(default=1000, metadata={"ge": 0})
+    save_every: int = field(default=1000, metadata={"roles": ("resumable",), "ge": 0})
     """Write a checkpoint every this many steps (0: only final/)."""
-    keep_checkpoints: int = field(default=3, metadata={"ge": 1})
+    keep_checkpoints: int = field(default=3, metadata={"roles": ("resumable",), "ge": 1})
     """Keep the newest this many step checkpoints."""
-    log_every: int = field(default=10, metadata={"ge": 1})
+    log_every: int = field(default=10, metadata={"roles": ("resumable",), "ge": 1})
     """Write a metrics.jsonl line every this many steps."""
-    num_workers: int = field(default=0, metadata={"ge": 0})
+    num_workers: int = field(default=0, metadata={"roles": ("execution", "resumable"), "ge": 0})
     """DataLoader worker processes (0: load in the training process)."""
-    on_nonfinite: Literal["rollback", "stop"] = "rollback"
+    on_nonfinite: Literal["rollback", "stop"] = field(default="rollback", metadata={"roles": ("resumable",)})
     """On a NaN/inf loss: roll back to the last checkpoint and skip the offending batches, or stop."""
 
     def validate(self) -> list[str]:

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bertcli.cli import app
-from bertcli.config import config_hash, config_to_yaml, field_docs, load_config
+from bertcli.config import config_hash, config_to_yaml, field_docs, keys_with_role, load_config
 from bertcli.errors import ConfigError
 from bertcli.schemas import STAGE_SCHEMAS, PretrainConfig, TrainVocabConfig
 
@@ -134,8 +134,11 @@ def test_config_show_round_trips():
 
 def test_config_hash_ignores_execution_only_keys():
     a = TrainVocabConfig(input=["a"], output="x", num_workers=1)
-    b = TrainVocabConfig(input=["a"], output="y", num_workers=2)
-    exclude = ("output", "num_workers")
-    assert config_hash(a, exclude) == config_hash(b, exclude)
-    assert config_hash(a, exclude) != config_hash(TrainVocabConfig(input=["a"], vocab_size=5), exclude)
+    b = TrainVocabConfig(input=["b"], output="y", num_workers=2)
+    assert keys_with_role(TrainVocabConfig, "execution") == ("input", "output", "num_workers")
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(TrainVocabConfig(input=["a"], vocab_size=5))
+    run = PretrainConfig(max_steps=10)
+    assert config_hash(run, ignore_role="resumable") == config_hash(PretrainConfig(max_steps=20), "resumable")
+    assert config_hash(run, ignore_role="resumable") != config_hash(PretrainConfig(seed=1), "resumable")
     assert "vocab_size: 30522" in config_to_yaml(a)

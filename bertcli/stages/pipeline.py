@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 from bertcli.config import build_config, config_hash, load_config
 from bertcli.errors import ConfigError, OutputExistsError
 from bertcli.schemas import (
-    EXECUTION_ONLY_KEYS,
     MaskConfig,
     PairsConfig,
     PipelineConfig,
@@ -117,7 +116,7 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
 
 def stage_hash(name: str, cfg: Any) -> str:
     """What makes two configs of a stage produce the same artifact (paths and worker counts left out)."""
-    return config_hash(cfg, exclude=EXECUTION_ONLY_KEYS)
+    return config_hash(cfg)
 
 
 def _stored_config(name: str, output: Path) -> Any | None:

@@ -21,7 +21,7 @@ from bertcli import __version__, dist
 from bertcli import model as M
 from bertcli.artifacts import DataArtifact, file_sha256, library_versions, load_data
 from bertcli.shards import ShardedArrays
-from bertcli.config import config_hash, config_to_dict, config_to_yaml, load_config
+from bertcli.config import config_hash, config_to_dict, config_to_yaml, keys_with_role, load_config
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, OutputExistsError
 from bertcli.schemas import PretrainConfig
 from bertcli.vocab import copy_tokenizer_files, load_tokenizer
@@ -43,11 +43,7 @@ _HELD_OUT_SALT = 0x5EED_0F_E7A1
 SHUFFLE_WINDOW_SEQUENCES = 1 << 19
 # Length-aware batching sorts chunks of this many global batches by length before cutting batches.
 BUCKET_BATCHES = 50
-# Keys that may change between a run and its --resume (they change how it runs, not what it computes).
-RESUMABLE_KEYS = (
-    "output", "data", "num_workers", "log_every", "eval_every", "eval_batches", "save_every",
-    "keep_checkpoints", "compile", "on_nonfinite", "max_steps", "time_budget_s", "device",
-)
+RESUMABLE_KEYS = keys_with_role(PretrainConfig, "resumable")  # may change between a run and its --resume
 _TIED_KEYS = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
 MAX_CONSECUTIVE_ROLLBACKS = 5
 # A unigram prior needs no more tokens than this; counting more would only make start-up grow with the corpus.
@@ -912,7 +908,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         pad_to_multiple_of=8 if device.type == "cuda" else 1,
     )
     run_info = {
-        "config_hash": config_hash(cfg, exclude=RESUMABLE_KEYS),
+        "config_hash": config_hash(cfg, ignore_role="resumable"),
         "data_content_hash": data.content_hash,
         "tokenizer_hash": data.tokenizer_hash,
         "world_size": ctx.world_size,
