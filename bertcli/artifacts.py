@@ -33,24 +33,56 @@ OLD_MARK = ".old-"
 
 # ---------------------------------------------------------------- atomic output directories
 
-def _is_ours(path: Path) -> bool:
-    """A directory we may replace under --overwrite: empty, or one that a bertcli stage wrote."""
-    if not path.is_dir():
-        return False
-    entries = list(path.iterdir())
-    return not entries or (path / MANIFEST).is_file() or (path / CONFIG).is_file()
+def read_bertcli_manifest(directory: Path) -> dict | None:
+    """The manifest of a directory that a bertcli stage wrote, else None. A manifest.json alone is not enough
+    (browser extensions and many other tools have one): it must be a JSON object with bertcli's keys."""
+    try:
+        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and {"format_version", "stage", "bertcli_version"} <= set(data):
+        return data
+    return None
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """Files in a bertcli artifact directory that its manifest does not list (something a person put there).
+    Manifests written before the file list existed list nothing: then nothing is known to be foreign."""
+    manifest = read_bertcli_manifest(directory)
+    listed = manifest.get("files") if manifest else None
+    if not isinstance(listed, list):
+        return []
+    known = set(listed) | {MANIFEST}
+    found = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(f for f in found if f not in known)
 
 
 def remove_stale_temps(parent: Path, name: str = "*") -> None:
-    """Temporary directories (`.NAME.tmp-PID`, `.NAME.old-PID`) of writers that died are ours to clean; those of a
-    live process (another run writing right now) are left alone."""
+    """Clean what writers that died left in `parent` (those of a live process, another run writing right now, are
+    left alone): a temporary `.NAME.tmp-PID` is removed; a `.NAME.old-PID` (the previous artifact, moved aside by an
+    --overwrite killed between its two renames) is put back as NAME if NAME is missing, else removed. Each action
+    is reported on stderr."""
     if not parent.is_dir():
         return
     for mark in (TMP_MARK, OLD_MARK):
-        for entry in parent.glob(f".{name}{mark}*"):
+        for entry in sorted(parent.glob(f".{name}{mark}*")):
             pid_text = entry.name.rsplit("-", 1)[-1]
-            if entry.is_dir() and pid_text.isdigit() and not pid_alive(int(pid_text)):
+            if not pid_text.isdigit() or pid_alive(int(pid_text)):
+                continue
+            original = parent / entry.name[1 : -len(mark + pid_text)]
+            if mark == OLD_MARK and not original.exists() and not original.is_symlink():
+                os.replace(entry, original)
+                _note(f"restored '{original}' from '{entry.name}' (an --overwrite was interrupted)")
+            elif entry.is_symlink() or entry.is_file():
+                entry.unlink()
+                _note(f"removed '{entry}', left by an interrupted run")
+            else:
                 shutil.rmtree(entry, ignore_errors=True)
+                _note(f"removed '{entry}', left by an interrupted run")
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def pid_alive(pid: int) -> bool:
@@ -63,43 +95,69 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output unless --overwrite, and refuse to replace what a bertcli stage did not write."""
+def _inside(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse an output that is, or lies inside, one of the stage's inputs; refuse an existing output unless
+    --overwrite; never replace what bertcli did not write. A symbolic link is followed (its target is the output)."""
     out = Path(path)
-    if out.exists() or out.is_symlink():
-        if not overwrite:
+    if out.is_symlink():
+        out = out.resolve()
+    real = out.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if _inside(real, source) or _inside(source, real):
             raise OutputExistsError(
-                f"output '{out}' already exists", hint="pass --overwrite to replace it, or choose another --output"
+                f"output '{path}' is the input '{given}' or lies inside it (or holds it)",
+                hint="choose an --output outside every input: bertcli never writes into its inputs",
             )
-        if not _is_ours(out):
-            raise OutputExistsError(
-                f"output '{out}' exists and was not written by bertcli (no manifest.json or config.yaml in it)",
-                hint="choose another --output; bertcli never deletes files it did not write",
-            )
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise OutputExistsError(f"output '{path}' exists and is a file", hint="choose another --output")
+    empty = not any(out.iterdir())
+    if not empty and read_bertcli_manifest(out) is None:
+        raise OutputExistsError(
+            f"output '{path}' exists and is not a bertcli artifact (no bertcli manifest.json in it)",
+            hint="choose another --output; bertcli never deletes files it did not write",
+        )
+    foreign = foreign_entries(out)
+    if foreign:
+        raise OutputExistsError(
+            f"output '{path}' holds files its manifest does not list ({', '.join(foreign[:3])}"
+            f"{', …' if len(foreign) > 3 else ''})",
+            hint="move them out first, or choose another --output; bertcli never deletes files it did not write",
+        )
+    if not overwrite and not empty:
+        raise OutputExistsError(
+            f"output '{path}' already holds a bertcli artifact", hint="pass --overwrite to replace it, or choose another --output"
+        )
     return out
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path`, on failure it is removed."""
-    out = check_output(path, overwrite)
+    out = check_output(path, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent, out.name)
+    remove_stale_temps(out.parent)
     tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
+        old = None
+        if out.exists():
+            check_output(out, overwrite)  # it may have appeared while we worked
+            old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        check_output(out, overwrite)  # it may have appeared while we worked
-        old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -177,6 +235,8 @@ def write_manifest(
         "inputs": inputs,
         "content_hash": content_hash(out_dir),
         "stats": stats,
+        # every file the stage wrote: --overwrite replaces the directory only while it holds nothing else
+        "files": sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()) + [MANIFEST],
     }
     manifest.update(extra or {})
     write_json_atomic(out_dir / MANIFEST, manifest)

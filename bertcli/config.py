@@ -19,6 +19,49 @@ import yaml
 from bertcli.errors import ConfigError
 
 _MISSING = object()
+# A config is a few kilobytes; anything far larger is not one (and /dev/zero would never end).
+MAX_CONFIG_BYTES = 1 << 20
+# Values quoted in messages are cut to this many characters: a message is one line, whatever the value.
+MAX_QUOTED_CHARS = 80
+
+
+def quote(value: Any) -> str:
+    """repr of a value for a message, cut to MAX_QUOTED_CHARS."""
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 5] + "…" + text[-4:]
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and duplicate keys.
+
+    Aliases are refused because nested ones expand exponentially (a 1 KB "billion laughs" file never finishes
+    loading), and a config needs none; a key given twice is refused because YAML would silently keep the last.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "aliases (*name) are not allowed in a bertcli config; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {quote(key)} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text → Python values, with StrictLoader's rules."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
 
 
 # ---------------------------------------------------------------- field documentation
@@ -177,17 +220,17 @@ def _build(schema_cls: type, data: dict, prefix: str, origins: dict[str, str], p
             if value is None:
                 continue
             if not isinstance(value, dict):
-                problems.append(f"key '{dotted}'{where}: expected a mapping, got {value!r}")
+                problems.append(f"key '{dotted}'{where}: expected a mapping, got {quote(value)}")
                 continue
             kwargs[key] = _build(tp, value, dotted + ".", origins, problems)
             continue
         out = _coerce(value, tp)
         if out is _MISSING:
-            problems.append(f"key '{dotted}'{where}: got {value!r}, expected {_describe(tp)}")
+            problems.append(f"key '{dotted}'{where}: got {quote(value)}, expected {_describe(tp)}")
             continue
         bad_range = _check_range(out, field.metadata)
         if bad_range:
-            problems.append(f"key '{dotted}'{where}: got {value!r}, expected {bad_range}")
+            problems.append(f"key '{dotted}'{where}: got {quote(value)}, expected {bad_range}")
             continue
         kwargs[key] = out
     try:
@@ -201,16 +244,23 @@ def _build(schema_cls: type, data: dict, prefix: str, origins: dict[str, str], p
 
 def _read_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file '{p}' does not exist", hint="check the path")
+    if p.is_dir():
+        raise ConfigError(f"config file '{p}' is a directory", hint="pass a YAML file, e.g. configs/pretrain/tiny.yaml")
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist", hint="check the --config path")
+        raise ConfigError(f"config file '{p}' is not a regular file (a pipe or a device)", hint="pass a YAML file")
+    with open(p, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file '{p}' is over {MAX_CONFIG_BYTES >> 20} MB: not a config", hint="check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = parse_yaml(raw.decode("utf-8"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{p}{line}: YAML syntax error: {exc.problem or exc}", hint="fix the YAML at that line"
-        ) from exc
+        kind = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
+        raise ConfigError(f"{p}{line}: {kind}{exc.problem or exc}", hint="fix the YAML at that line") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read YAML: {exc}") from exc
     if data is None:
@@ -249,7 +299,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set '{text}': the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -274,7 +324,9 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-        origins[key] = f" (from --set {text})"
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):  # `--set max_steps.x=1` is the override's fault, not the file's
+            origins[".".join(parts[:depth])] = f" (from --set {quote(text)[1:-1]})"
     for key, value in (cli_values or {}).items():
         if value is None or value == [] or value == ():
             continue
@@ -287,7 +339,9 @@ def load_config(
     if problems:
         source = f" in {path}" if path else ""
         if len(problems) == 1:
-            raise ConfigError(problems[0], hint=f"run `bert config show` to see every valid key{source}")
+            if problems[0].startswith("unknown key"):
+                raise ConfigError(problems[0], hint="run `bert config show STAGE` to see every valid key")
+            raise ConfigError(problems[0], hint=f"fix that value{source}")
         raise ConfigError(
             f"{len(problems)} problems with the config{source}:\n  - " + "\n  - ".join(problems),
             hint="fix them all, then run again",

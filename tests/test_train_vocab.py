@@ -195,5 +195,5 @@ def test_existing_output_needs_overwrite_and_foreign_dirs_are_never_replaced(tmp
     (user_dir / "thesis.tex").write_text("precious")
     args[args.index(str(out))] = str(user_dir)
     refused = runner.invoke(app, args + ["--overwrite"])
-    assert refused.exit_code == 2 and "not written by bertcli" in refused.output
+    assert refused.exit_code == 2 and "not a bertcli artifact" in refused.output
     assert (user_dir / "thesis.tex").read_text() == "precious"

@@ -125,7 +125,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     """Mask every sequence of the pairs artifact dupe_factor times; returns the manifest."""
     pairs = load_data(cfg.input, ("pairs",))
     pairs_manifest, arrays = pairs.manifest, pairs.arrays
-    check_output(cfg.output, overwrite)
+    check_output(cfg.output, overwrite, (cfg.input,))
     dtype = np.dtype(pairs.token_dtype)
     max_len = pairs.max_seq_length
     position_dtype = np.dtype(np.int16 if max_len <= np.iinfo(np.int16).max else np.int32)
@@ -140,7 +140,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     num_blocks = -(-arrays.num_sequences // BLOCK_SEQUENCES)
     tasks = [(b, c) for b in range(num_blocks) for c in range(cfg.dupe_factor)]  # block-major, as pairs
     totals = dict.fromkeys(MASK_STAT_KEYS, 0)
-    with atomic_output_dir(cfg.output, overwrite) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, (cfg.input,)) as tmp:
         writer = ShardWriter(
             tmp,
             ragged={"input_ids": dtype, "masked_positions": position_dtype, "masked_labels": dtype},

@@ -356,11 +356,12 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
     paths = resolve_inputs(cfg.input)
     loaded = load_tokenizer(cfg.tokenizer)
     _check_config(cfg, loaded)
-    check_output(cfg.output, overwrite)
+    inputs = (*cfg.input, *paths, cfg.tokenizer)
+    check_output(cfg.output, overwrite, inputs)
     dtype = token_dtype(loaded.vocab_size)
     params = pairing.PairingParams(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp_probability)
     corpus_stats = CorpusStats()
-    with atomic_output_dir(cfg.output, overwrite) as tmp, WorkerPool(cfg.num_workers) as pool:
+    with atomic_output_dir(cfg.output, overwrite, inputs) as tmp, WorkerPool(cfg.num_workers) as pool:
         scratch = tmp / SCRATCH
         sharded = cfg.num_shards > 1
         own_blocks: range | None = None
@@ -527,10 +528,10 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
         | {"input": configs[order[0]]["input"], "output": cfg.output, "num_workers": cfg.num_workers},
     )
     merged_cfg = replace(merged_cfg, shard_index=0, num_shards=1)
-    check_output(cfg.output, overwrite)
+    check_output(cfg.output, overwrite, tuple(parts))
     dtype = np.dtype(manifests[0]["token_dtype"])
     totals: dict[str, int] = {}
-    with atomic_output_dir(cfg.output, overwrite) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, tuple(parts)) as tmp:
         writer = ShardWriter(
             tmp,
             ragged={RAGGED: dtype},

@@ -102,7 +102,8 @@ def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
 def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     """Train the vocabulary and write the tokenizer directory; returns the manifest."""
     paths = resolve_inputs(cfg.input)
-    check_output(cfg.output, overwrite)
+    inputs = (*cfg.input, *paths)
+    check_output(cfg.output, overwrite, inputs)
     if cfg.vocab_size <= len(cfg.special_tokens):
         raise ConfigError(
             f"key 'vocab_size': {cfg.vocab_size} leaves no room beside the {len(cfg.special_tokens)} special tokens",
@@ -112,7 +113,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
     stats = CorpusStats()
-    with atomic_output_dir(cfg.output, overwrite) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, inputs) as tmp:
         if cfg.algorithm == "bpe":
             learned = _train_bpe(cfg, paths, stats)
         else:

@@ -1,0 +1,180 @@
+"""What bertcli promises about bad input (docs/reliability.md): exit 2, one line naming the file/key/path, and
+nothing of the user's deleted or left behind. Each test names the item of the hostile-input sweep it covers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcli.artifacts import OLD_MARK, TMP_MARK, atomic_output_dir, remove_stale_temps
+from bertcli.cli import app
+
+runner = CliRunner()
+
+
+def _refused(args: list[str], *needles: str) -> str:
+    """Run a command that must be refused: exit 2, one error line naming what is wrong, no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _vocab(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["train-vocab", "--input", str(corpus), "--output", str(out), "--set", "vocab_size=300", *extra]
+
+
+# ---------------------------------------------------------------- 1. --overwrite never deletes what bertcli did not write
+
+
+def test_overwrite_refuses_a_project_folder_with_a_config_yaml(tmp_path, tiny_corpus):
+    project = tmp_path / "myproject"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("lr: 1\n")
+    (project / "thesis.tex").write_text("precious")
+    (project / "src" / "main.py").write_text("print(1)\n")
+    before = _tree(project)
+    line = _refused(_vocab(tiny_corpus, project, "--overwrite"), str(project), "not a bertcli artifact")
+    assert "--overwrite" not in line
+    assert _tree(project) == before
+
+
+def test_overwrite_refuses_a_browser_extension_with_a_manifest_json(tmp_path, tiny_corpus, tiny_tokenizer):
+    ext = tmp_path / "webext"
+    ext.mkdir()
+    (ext / "manifest.json").write_text(json.dumps({"manifest_version": 3, "name": "my extension"}))
+    (ext / "background.js").write_text("chrome.runtime;")
+    before = _tree(ext)
+    _refused(_vocab(tiny_corpus, ext, "--overwrite"), "not a bertcli artifact")
+    _refused(["pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--output", str(ext),
+              "--overwrite"], "not a bertcli artifact")
+    assert _tree(ext) == before
+
+
+def test_overwrite_refuses_an_artifact_holding_files_it_did_not_write(tmp_path, tiny_corpus):
+    out = tmp_path / "tok"
+    assert runner.invoke(app, _vocab(tiny_corpus, out)).exit_code == 0
+    (out / "notes.txt").write_text("my notes")
+    _refused(_vocab(tiny_corpus, out, "--overwrite"), "notes.txt")
+    assert (out / "notes.txt").read_text() == "my notes"
+    (out / "notes.txt").unlink()
+    assert runner.invoke(app, _vocab(tiny_corpus, out, "--overwrite")).exit_code == 0
+
+
+def test_output_equal_to_or_inside_an_input_is_refused(tmp_path, tiny_corpus, tiny_tokenizer):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_bytes(tiny_corpus.read_bytes())
+    before = _tree(corpus_dir)
+    _refused(_vocab(corpus_dir, corpus_dir / "tok", "--overwrite"), "inside")
+    _refused(_vocab(corpus_dir / "a.txt", corpus_dir, "--overwrite"), "input")
+    tok_before = _tree(tiny_tokenizer)
+    _refused(["pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--output",
+              str(tiny_tokenizer), "--overwrite"], "input")
+    assert _tree(corpus_dir) == before and _tree(tiny_tokenizer) == tok_before
+    pairs = tmp_path / "pairs"
+    assert runner.invoke(app, ["pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer),
+                               "--output", str(pairs), "--set", "max_seq_length=64"]).exit_code == 0
+    pairs_before = _tree(pairs)
+    _refused(["mask", "--input", str(pairs), "--output", str(pairs), "--overwrite"], "input")
+    assert _tree(pairs) == pairs_before
+
+
+# ---------------------------------------------------------------- 4. YAML that never finishes, or hides a key
+
+
+def test_yaml_alias_bomb_and_duplicate_keys_are_refused(tmp_path, tiny_corpus):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    bomb.write_text("\n".join(lines) + "\n")
+    _refused(_vocab(tiny_corpus, tmp_path / "o", "--config", str(bomb)), f"{bomb}:2", "aliases")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("vocab_size: 300\nlowercase: true\nvocab_size: 400\n")
+    _refused(_vocab(tiny_corpus, tmp_path / "o", "--config", str(dup)), f"{dup}:3", "'vocab_size' is given twice")
+    assert not (tmp_path / "o").exists()
+
+
+def test_long_values_are_cut_in_messages_and_overrides_are_blamed_on_set(tmp_path, tiny_corpus):
+    line = _refused(_vocab(tiny_corpus, tmp_path / "o", "--set", "lowercase=" + "x" * 100_000), "lowercase")
+    assert len(line) < 400
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("vocab_size: 300\n")
+    line = _refused(_vocab(tiny_corpus, tmp_path / "o", "--config", str(cfg), "--set", "vocab_size.x=1"),
+                    "vocab_size", "--set")
+    assert str(cfg) not in line
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_config_that_is_not_a_file_is_named_for_what_it_is(tmp_path, tiny_corpus, kind):
+    if kind == "directory":
+        path, word = tmp_path, "directory"
+    elif kind == "fifo":
+        path, word = tmp_path / "pipe", "not a regular file"
+        os.mkfifo(path)
+    else:
+        path, word = Path("/dev/zero"), "not a regular file"
+    _refused(_vocab(tiny_corpus, tmp_path / "o", "--config", str(path)), str(path), word)
+
+
+# ---------------------------------------------------------------- 15. litter and interrupted renames
+
+
+def test_stale_temps_are_removed_and_an_interrupted_overwrite_is_restored(tmp_path, tiny_corpus, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited: what it left is stale
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    litter = parent / f".pairs{TMP_MARK}{dead_pid}"
+    litter.mkdir()
+    (litter / "shard-00000.input_ids.npy").write_bytes(b"\0" * 1000)
+    moved_aside = parent / f".tok{OLD_MARK}{dead_pid}"  # killed between the two renames of an --overwrite
+    moved_aside.mkdir()
+    (moved_aside / "vocab.txt").write_text("[PAD]\n")
+    live = parent / f".other{TMP_MARK}{os.getpid()}"  # a run writing right now
+    live.mkdir()
+    remove_stale_temps(parent)
+    err = capsys.readouterr().err
+    assert not litter.exists() and (parent / "tok" / "vocab.txt").read_text() == "[PAD]\n"
+    assert live.is_dir()
+    assert "restored" in err and "removed" in err
+    # any stage writing into that parent cleans up too
+    litter.mkdir()
+    assert runner.invoke(app, _vocab(tiny_corpus, parent / "tok2")).exit_code == 0
+    assert not litter.exists()
+
+
+def test_the_losing_writer_of_two_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="already holds"):
+        with atomic_output_dir(out) as tmp:
+            (tmp / "data.bin").write_bytes(b"x")
+            # another run finished the same output while this one worked
+            out.mkdir()
+            (out / "manifest.json").write_text(json.dumps({"format_version": 1, "stage": "pairs",
+                                                           "bertcli_version": "0", "files": ["manifest.json"]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_through_a_symlink_replaces_the_target_and_leaves_no_link_litter(tmp_path, tiny_corpus):
+    real = tmp_path / "real-tok"
+    assert runner.invoke(app, _vocab(tiny_corpus, real)).exit_code == 0
+    link = tmp_path / "tok"
+    link.symlink_to(real)
+    assert runner.invoke(app, _vocab(tiny_corpus, link, "--overwrite")).exit_code == 0
+    assert link.is_symlink() and (real / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
