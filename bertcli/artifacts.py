@@ -50,9 +50,9 @@ def foreign_entries(directory: Path) -> list[str]:
     Manifests written before the file list existed list nothing: then nothing is known to be foreign."""
     manifest = read_bertcli_manifest(directory)
     listed = manifest.get("files") if manifest else None
-    if not isinstance(listed, list):
+    if not isinstance(listed, dict):
         return []
-    known = set(listed) | {MANIFEST}
+    known = set(listed) | {MANIFEST, CONFIG}
     found = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
     return sorted(f for f in found if f not in known)
 
@@ -201,17 +201,28 @@ def file_fingerprints(paths: list[Path]) -> list[dict]:
     return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths]
 
 
-def content_hash(directory: str | Path) -> str:
-    """sha256 over the data files' relative paths and bytes (config.yaml and manifest.json left out)."""
+def hash_files(directory: str | Path) -> tuple[str, dict[str, dict]]:
+    """One pass over the data files (config.yaml and manifest.json left out): the content hash (sha256 over
+    relative paths and bytes) and each file's size and sha256."""
     directory = Path(directory)
-    h = hashlib.sha256()
+    whole = hashlib.sha256()
+    files: dict[str, dict] = {}
     for path in _data_files(directory):
-        h.update(path.relative_to(directory).as_posix().encode("utf-8") + b"\0")
+        rel = path.relative_to(directory).as_posix()
+        one = hashlib.sha256()
+        whole.update(rel.encode("utf-8") + b"\0")
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
+                whole.update(block)
+                one.update(block)
+        whole.update(b"\0")
+        files[rel] = {"bytes": path.stat().st_size, "sha256": one.hexdigest()}
+    return whole.hexdigest(), files
+
+
+def content_hash(directory: str | Path) -> str:
+    """sha256 over the data files' relative paths and bytes (config.yaml and manifest.json left out)."""
+    return hash_files(directory)[0]
 
 
 def write_manifest(
@@ -233,11 +244,11 @@ def write_manifest(
         "seed": getattr(cfg, "seed", None),
         "config_hash": config_hash(cfg),
         "inputs": inputs,
-        "content_hash": content_hash(out_dir),
         "stats": stats,
-        # every file the stage wrote: --overwrite replaces the directory only while it holds nothing else
-        "files": sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()) + [MANIFEST],
     }
+    # every data file with its size and sha256: verified when the artifact is opened, and --overwrite replaces
+    # the directory only while it holds nothing else
+    manifest["content_hash"], manifest["files"] = hash_files(out_dir)
     manifest.update(extra or {})
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
@@ -311,6 +322,63 @@ def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) 
 
 
 DATA_STAGES = ("pairs", "masked")
+# Artifacts up to this size have every file's sha256 recomputed when opened (sizes are always checked); sha256
+# reads about 1 GB/s here, so this costs at most a few seconds. BERTCLI_VERIFY_MAX_BYTES changes it (0: sizes only).
+VERIFY_HASH_MAX_BYTES = 4 << 30
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists with its recorded size, and (below VERIFY_HASH_MAX_BYTES) its sha256."""
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        return  # written before manifests listed their files
+    limit = int(os.environ.get("BERTCLI_VERIFY_MAX_BYTES", VERIFY_HASH_MAX_BYTES))
+    total = sum(int(meta.get("bytes", 0)) for meta in listed.values())
+    rebuild = f"the artifact was changed or damaged after it was written; rebuild it ({_hint_for((manifest['stage'],))})"
+    for rel, meta in sorted(listed.items()):
+        file = path / rel
+        if not file.is_file():
+            raise ArtifactError(f"'{file}' is missing (listed in {path / MANIFEST})", hint=rebuild)
+        if file.stat().st_size != meta.get("bytes"):
+            raise ArtifactError(
+                f"'{file}' has {file.stat().st_size} bytes, its manifest says {meta.get('bytes')}", hint=rebuild
+            )
+    if total > limit:
+        return
+    for rel, meta in sorted(listed.items()):
+        if file_sha256(path / rel) != meta.get("sha256"):
+            raise ArtifactError(f"'{path / rel}' does not match the sha256 in its manifest", hint=rebuild)
+
+
+def check_arrays(path: Path, arrays: ShardedArrays, vocab_size: int, max_seq_length: int) -> None:
+    """Per shard, on the memory maps: offsets consistent, sequences no longer than max_seq_length, every id below
+    vocab_size, masked positions inside their sequence. A bad shard is refused here, not in the middle of training."""
+    import numpy as np
+
+    for name, shard in zip(arrays.shard_names, arrays.shards):
+        where = f"'{path / name}.*.npy'"
+        for field in arrays.ragged_fields:
+            offsets = shard[f"{field}.offsets"]
+            if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(shard[field]) or (np.diff(offsets) < 0).any():
+                raise ArtifactError(f"{where}: the offsets of '{field}' do not fit its values", hint="rebuild the artifact")
+        lengths = np.diff(shard["input_ids.offsets"])
+        if len(lengths) and int(lengths.max()) > max_seq_length:
+            raise ArtifactError(
+                f"{where}: a sequence of {int(lengths.max())} tokens, above the manifest's max_seq_length {max_seq_length}",
+                hint="rebuild the artifact",
+            )
+        for field in ("input_ids", "masked_labels"):
+            if field in shard and len(shard[field]) and int(shard[field].max()) >= vocab_size:
+                raise ArtifactError(
+                    f"{where}: token id {int(shard[field].max())} in '{field}' is not below vocab_size {vocab_size}",
+                    hint="the data was made with another tokenizer, or damaged; rebuild it",
+                )
+        if "masked_positions" in shard and len(shard["masked_positions"]):
+            counts = np.diff(shard["masked_positions.offsets"])
+            if int(shard["masked_positions"].max()) >= max_seq_length or (
+                np.repeat(lengths, counts) <= shard["masked_positions"]
+            ).any():
+                raise ArtifactError(f"{where}: a masked position lies outside its sequence", hint="rebuild the artifact")
 _DATA_FIELDS = {
     "pairs": {"input_ids", "type_boundary", "next_sentence_label"},
     "masked": {"input_ids", "type_boundary", "next_sentence_label", "masked_positions", "masked_labels"},
@@ -368,6 +436,7 @@ def load_data(path: str | Path, kinds: tuple[str, ...] = DATA_STAGES) -> DataArt
         raise ArtifactError(f"'{path}' has no {TOKENIZER_DIR}/ directory", hint=f"rebuild it ({_hint_for((kind,))})")
     loaded = load_tokenizer(path / TOKENIZER_DIR)
     check_tokenizer_matches(manifest, loaded, what)
+    verify_files(path, manifest)
     arrays = ShardedArrays(path)
     missing = _DATA_FIELDS[kind] - set(arrays.fields)
     if missing:
@@ -375,6 +444,7 @@ def load_data(path: str | Path, kinds: tuple[str, ...] = DATA_STAGES) -> DataArt
             f"'{path}': the {kind} artifact lacks the fields {', '.join(sorted(missing))}",
             hint="rebuild it with the current `bert pairs` / `bert mask`",
         )
+    check_arrays(path, arrays, loaded.vocab_size, int(manifest["max_seq_length"]))
     return DataArtifact(
         path=path,
         kind=kind,

@@ -93,10 +93,22 @@ class ShardedArrays:
             arrays: dict[str, np.ndarray] = {}
             for path in sorted(self.directory.glob(f"{name}.*.npy")):
                 parts = path.name[len(name) + 1 : -len(".npy")]
-                arrays[parts] = np.load(path, mmap_mode="r")
+                try:
+                    arrays[parts] = np.load(path, mmap_mode="r")
+                except (ValueError, OSError) as exc:  # truncated or overwritten: numpy's words are cryptic
+                    raise ArtifactError(
+                        f"'{path}' is damaged ({str(exc).splitlines()[0][:120]})",
+                        hint="rebuild the artifact with the stage that wrote it",
+                    ) from exc
             for key in arrays:
                 if key.endswith(".offsets"):
                     self.ragged_fields.add(key[: -len(".offsets")])
+            if self.shards and set(arrays) != set(self.shards[0]):
+                missing = sorted(set(self.shards[0]) ^ set(arrays))
+                raise ArtifactError(
+                    f"'{self.directory / name}': shard files differ from the first shard's ({', '.join(missing)})",
+                    hint="a file is missing or left over; rebuild the artifact",
+                )
             self.shards.append(arrays)
             counts.append(self._count(arrays))
         self.counts = np.asarray(counts, dtype=np.int64)

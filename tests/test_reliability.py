@@ -178,3 +178,84 @@ def test_overwrite_through_a_symlink_replaces_the_target_and_leaves_no_link_litt
     assert runner.invoke(app, _vocab(tiny_corpus, link, "--overwrite")).exit_code == 0
     assert link.is_symlink() and (real / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ---------------------------------------------------------------- 8, 9. artifacts are verified when opened
+
+
+@pytest.fixture()
+def pairs_copy(tmp_path, tiny_corpus, tiny_tokenizer) -> Path:
+    out = tmp_path / "pairs"
+    result = runner.invoke(app, ["pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer),
+                                 "--output", str(out), "--set", "max_seq_length=64", "--set", "num_workers=1"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _mask_refused(pairs: Path, *needles: str) -> None:
+    out = pairs.parent / "masked"
+    _refused(["mask", "--input", str(pairs), "--output", str(out), "--set", "num_workers=1"], *needles)
+    assert not out.exists() and not [p for p in pairs.parent.iterdir() if p.name.startswith(".masked")]
+
+
+def test_a_shard_rewritten_in_place_is_refused(pairs_copy):
+    import numpy as np
+
+    shard = pairs_copy / "shard-00000.input_ids.npy"
+    ids = np.load(shard)
+    ids[5] = ids[6]  # same size, other content
+    np.save(shard, ids)
+    _mask_refused(pairs_copy, str(shard), "sha256")
+
+
+def test_ids_beyond_the_vocabulary_and_lengths_beyond_max_seq_length_are_refused(pairs_copy, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("BERTCLI_VERIFY_MAX_BYTES", "0")  # sizes only: the array checks must catch it themselves
+    shard = pairs_copy / "shard-00000.input_ids.npy"
+    ids = np.load(shard)
+    ids[3] = 60000
+    np.save(shard, ids)
+    _mask_refused(pairs_copy, "60000", "vocab_size")
+    ids[3] = 5
+    np.save(shard, ids)
+    manifest = json.loads((pairs_copy / "manifest.json").read_text())
+    manifest["max_seq_length"] = 8
+    (pairs_copy / "manifest.json").write_text(json.dumps(manifest))
+    _mask_refused(pairs_copy, "max_seq_length 8")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "list", "no_dtype"])
+def test_damaged_artifacts_are_named_not_crashed_on(pairs_copy, damage):
+    shard = pairs_copy / "shard-00000.input_ids.npy"
+    manifest_path = pairs_copy / "manifest.json"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:200])
+        _mask_refused(pairs_copy, str(shard))
+    elif damage == "deleted":
+        shard.unlink()
+        _mask_refused(pairs_copy, str(shard), "missing")
+    elif damage == "list":
+        manifest_path.write_text("[1, 2]")
+        _mask_refused(pairs_copy, str(manifest_path), "not a JSON object")
+    else:
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["token_dtype"]
+        manifest_path.write_text(json.dumps(manifest))
+        _mask_refused(pairs_copy, "token_dtype")
+
+
+# ---------------------------------------------------------------- 10. degenerate data
+
+
+def test_a_corpus_the_tokenizer_cannot_read_is_warned_about_then_refused(tmp_path, tiny_tokenizer):
+    corpus = tmp_path / "emoji.txt"
+    docs = ["\n".join("🙂🙃 \u0301\u0302 😀" * (k + 1) for k in range(3)) for _ in range(4)]
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    pairs = tmp_path / "pairs"
+    result = runner.invoke(app, ["pairs", "--input", str(corpus), "--tokenizer", str(tiny_tokenizer), "--output",
+                                 str(pairs), "--set", "max_seq_length=32", "--set", "num_workers=1"])
+    assert result.exit_code == 0, result.output
+    assert "[UNK]" in result.output and "warning" in result.output
+    assert json.loads((pairs / "manifest.json").read_text())["stats"]["unk_share"] > 0.5
+    _mask_refused(pairs, "no token can be a prediction target")

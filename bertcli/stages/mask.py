@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bertcli import masking
+from bertcli.errors import InputError
 from bertcli.artifacts import TOKENIZER_DIR, atomic_output_dir, check_output, load_data, write_manifest
 from bertcli.parallel import ordered_map
 from bertcli.schemas import MaskConfig
@@ -154,6 +155,12 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
                 totals[key] += value
             bar.update(stats["tokens"])
         bar.close()
+        if totals["candidates"] == 0:
+            raise InputError(
+                f"pairs artifact '{cfg.input}': no token can be a prediction target (all {totals['tokens']:,} tokens "
+                "are special tokens, [UNK] among them)",
+                hint="the tokenizer does not cover this corpus: train the vocabulary on it (bert train-vocab)",
+            )
         writer.close()
         copy_tokenizer_files(Path(cfg.input) / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
         selected = totals["selected"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -147,6 +148,7 @@ class BuildContext:
     nsp: bool
     cls_id: int
     sep_id: int
+    unk_id: int
 
 
 # Per-process worker state, set by the pool's initializers (one process = one worker).
@@ -229,6 +231,7 @@ def _document_stats(block: int) -> dict[str, int]:
 
 
 DOC_STAT_KEYS = (
+    "unk_tokens",
     "documents",
     "sentences",
     "single_sentence_documents",
@@ -243,6 +246,12 @@ def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, i
     block, pass_index = task
     ctx = _build
     doc_stats = _document_stats(block) if pass_index == 0 else dict.fromkeys(DOC_STAT_KEYS, 0)
+    if pass_index == 0:  # [UNK]s of the corpus as tokenized (counted once, whatever dupe_factor)
+        store: TokenStore = _view.stores[0]
+        first, last = block * BLOCK_DOCUMENTS, min(ctx.num_documents, (block + 1) * BLOCK_DOCUMENTS) - 1
+        k0, k1 = store.local(first), store.local(last) + 1
+        tokens = store.tokens[store.sent_offsets[store.doc_sent[k0]] : store.sent_offsets[store.doc_sent[k1]]]
+        doc_stats["unk_tokens"] = int((tokens == ctx.unk_id).sum())
     if ctx.nsp:
         plans = _plan_block(block, pass_index)
         _, truncation = _block_rngs(ctx.seed, pass_index, block)
@@ -321,6 +330,15 @@ def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
         )
 
 
+def _warn_if_mostly_unknown(totals: dict[str, int], loaded: LoadedTokenizer) -> None:
+    """Most tokens [UNK]: the model would learn little but [UNK] (a tokenizer trained on another script, or a
+    corpus of emoji and marks). Said, not refused: a few such corpora are deliberate."""
+    share = totals["unk_tokens"] / max(totals["document_tokens"], 1)
+    if share > 0.5:
+        print(f"warning: {share:.0%} of the corpus's tokens are [UNK] for tokenizer '{loaded.path}'; train the "
+              "vocabulary on this corpus (bert train-vocab), or check limit_alphabet", file=sys.stderr, flush=True)
+
+
 def _shard_blocks(num_blocks: int, shard_index: int, num_shards: int) -> range:
     """The contiguous range of blocks a shard job builds (concatenating the shards in order = one job's output)."""
     return range(num_blocks * shard_index // num_shards, num_blocks * (shard_index + 1) // num_shards)
@@ -339,6 +357,7 @@ def _summarise(totals: dict[str, int], corpus: dict, max_seq_length: int, dupe_f
         short_sequence_share=pairing.share(totals["short_target_pairs"], pairs),
         padding_share=pairing.share(totals["padding_tokens"], pairs * max_seq_length),
         mean_sequence_length=round(totals["tokens"] / pairs, 3) if pairs else 0.0,
+        unk_share=pairing.share(totals["unk_tokens"], totals["document_tokens"]),
         documents_skipped={
             "no_tokens": totals["documents_without_tokens"],
         },
@@ -399,6 +418,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
             nsp=cfg.nsp,
             cls_id=loaded.special_ids["cls"],
             sep_id=loaded.special_ids["sep"],
+            unk_id=loaded.special_ids["unk"],
         )
         if sharded and cfg.nsp:
             # Random-next documents come from the whole corpus: find those this job lacks, then tokenize them.
@@ -439,6 +459,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 f"the corpus ({', '.join(map(str, paths))}) gave no sequences (every sentence tokenized to nothing)",
                 hint="check the corpus and the tokenizer",
             )
+        _warn_if_mostly_unknown(totals, loaded)
         copy_tokenizer_files(loaded.path, tmp / TOKENIZER_DIR)
         manifest = write_manifest(
             tmp,
