@@ -35,6 +35,7 @@ class CorpusStats:
     long_lines_split: int = 0
     replaced_invalid_utf8_lines: int = 0
     nul_bytes_removed: int = 0
+    long_words_skipped: int = 0  # words over max_input_chars_per_word, left out of vocabulary training
     file_names: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:

@@ -259,3 +259,19 @@ def test_a_corpus_the_tokenizer_cannot_read_is_warned_about_then_refused(tmp_pat
     assert "[UNK]" in result.output and "warning" in result.output
     assert json.loads((pairs / "manifest.json").read_text())["stats"]["unk_share"] > 0.5
     _mask_refused(pairs, "no token can be a prediction target")
+
+
+# ---------------------------------------------------------------- 6. one long junk line does not poison the vocabulary
+
+
+def test_words_longer_than_max_input_chars_are_not_learned(tmp_path, tiny_corpus):
+    clean, junk = tmp_path / "clean", tmp_path / "junk"
+    corpus = tmp_path / "corpus.txt"
+    blob = (bytes(range(256)) * 400).hex()  # one 200 KB "word" (no punctuation: the pre-tokenizer keeps it whole)
+    corpus.write_text(tiny_corpus.read_text(encoding="utf-8") + "\n" + blob + "\n", encoding="utf-8")
+    assert runner.invoke(app, _vocab(tiny_corpus, clean)).exit_code == 0
+    assert runner.invoke(app, _vocab(corpus, junk)).exit_code == 0
+    vocab = (junk / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert max(map(len, vocab)) <= 100
+    assert vocab == (clean / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert json.loads((junk / "manifest.json").read_text())["stats"]["long_words_skipped"] >= 1
