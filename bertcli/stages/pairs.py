@@ -241,16 +241,19 @@ DOC_STAT_KEYS = (
 
 def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, int]]:
     block, pass_index = task
-    ctx = _build
+    build = _build
     doc_stats = _document_stats(block) if pass_index == 0 else dict.fromkeys(DOC_STAT_KEYS, 0)
-    if ctx.nsp:
+    if build.nsp:
         plans = _plan_block(block, pass_index)
-        _, truncation = _block_rngs(ctx.seed, pass_index, block)
-        result = pairing.build_pairs(plans, _view, truncation, ctx.params, ctx.cls_id, ctx.sep_id, ctx.token_dtype)
+        _, truncation = _block_rngs(build.seed, pass_index, block)
+        result = pairing.build_pairs(
+            plans, _view, truncation, build.params, build.cls_id, build.sep_id, build.token_dtype
+        )
     else:
-        docs = range(block * BLOCK_DOCUMENTS, min(ctx.num_documents, (block + 1) * BLOCK_DOCUMENTS))
+        docs = range(block * BLOCK_DOCUMENTS, min(build.num_documents, (block + 1) * BLOCK_DOCUMENTS))
         result = pairing.pack_documents(
-            (_view.document(d) for d in docs), ctx.params.max_seq_length, ctx.cls_id, ctx.sep_id, ctx.token_dtype
+            (_view.document(d) for d in docs), build.params.max_seq_length, build.cls_id, build.sep_id,
+            build.token_dtype,
         )
     return result, doc_stats
 
