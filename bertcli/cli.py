@@ -255,7 +255,7 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG to write (default RUN/metrics.png)."),
 ) -> None:
     """Draw the loss and accuracy curves of a pretraining run as a PNG."""
-    from bertcli.stages import plot as stage
+    from bertcli import metrics as stage
 
     typer.echo(f"wrote {stage.run(run, out)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -38,11 +39,6 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or another launcher that sets WORLD_SIZE/RANK) started this process."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
-
-
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), if any.
 
@@ -70,6 +66,17 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
                 **({"device_id": dev} if use_cuda else {}),
             )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
+
+
+def log_main(ctx: DistContext | None, message: str) -> None:
+    """Print a progress line to stderr from rank 0 only (every rank knows the same; one reports it).
+    ctx None: outside a run, always print."""
+    if ctx is None or ctx.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn_main(ctx: DistContext | None, message: str) -> None:
+    log_main(ctx, f"warning: {message}")
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -105,6 +112,13 @@ def all_reduce_max(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     return _reduce(ctx, tensor, torch_dist.ReduceOp.MAX)
 
 
+def max_over_ranks(ctx: DistContext, value: float) -> float:
+    """The largest of the ranks' values (e.g. elapsed time: all ranks follow the slowest clock)."""
+    if not ctx.distributed:
+        return value
+    return float(all_reduce_max(ctx, torch.tensor([value], dtype=torch.float64)).item())
+
+
 def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True if the flag is set on any rank (e.g. a non-finite loss seen by one rank stops all)."""
     if not ctx.distributed:
@@ -126,21 +140,8 @@ def wrap_model(ctx: DistContext, module: nn.Module) -> nn.Module:
     """DistributedDataParallel over the module when there are several processes; the module itself otherwise."""
     if not ctx.distributed:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids)
-
-
-def unwrap_model(module: nn.Module) -> nn.Module:
-    """The module under DDP and torch.compile wrappers."""
-    while True:
-        if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 @contextlib.contextmanager

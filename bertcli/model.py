@@ -38,8 +38,6 @@ BERT_CONFIG_FIELDS = (
     "layer_norm_eps",
 )
 
-IGNORE_INDEX = -100
-
 
 def preset_fields(preset: str) -> dict[str, int]:
     """BertConfig fields of one of Google's sizes."""

@@ -77,8 +77,8 @@ class PeakAnon:
 
 
 def held_out(masked: Path, count: int):
+    from bertcli.batching import EpochPlan
     from bertcli.shards import ShardedArrays
-    from bertcli.stages.pretrain import EpochPlan
 
     arrays = ShardedArrays(masked)
     plan = EpochPlan(arrays, seed=0, batch_size=1, eval_fraction=0.01)
@@ -87,37 +87,38 @@ def held_out(masked: Path, count: int):
 
 def evaluate(model, masked: Path, count: int, batch_size: int = 64) -> dict:
     """MLM accuracy on masked positions and NSP accuracy on `count` held-out sequences (static masks)."""
-    import numpy as np
     import torch
 
-    from bertcli import model as M
-    from bertcli.stages.pretrain import Collator, _to_batch
+    from bertcli.batching import Collator, to_model_batch
+    from bertcli.model import NUM_STATS, STAT_MLM_COUNT, pretraining_loss, summarize_stats
     from bertcli.vocab import load_tokenizer
 
     arrays, indices = held_out(masked, count)
     tok = load_tokenizer(masked / "tokenizer")
-    collate = Collator(pad_id=tok.special_ids["pad"], special_ids=tok.special_ids, vocab_size=tok.vocab_size,
-                       has_nsp=True, dynamic=False)
+    collate = Collator(pad_id=tok.special_ids["pad"], has_nsp=True, dynamic=False)
     rows = [arrays[int(i)] for i in indices]
     rows.sort(key=lambda r: len(r["input_ids"]))
-    stats = torch.zeros(M.NUM_STATS, dtype=torch.float64)
+    stats = torch.zeros(NUM_STATS, dtype=torch.float64)
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            batch = _to_batch(collate(rows[start : start + batch_size]), torch.device("cpu"))
-            stats += M.pretraining_loss(model, batch)[1]
-    out = M.summarize_stats(stats)
+            batch = to_model_batch(collate(rows[start : start + batch_size]), torch.device("cpu"))
+            stats += pretraining_loss(model, batch)[1]
+    out = summarize_stats(stats)
     out["sequences"] = len(rows)
-    out["masked_tokens"] = int(stats[M.STAT_MLM_COUNT])
+    out["masked_tokens"] = int(stats[STAT_MLM_COUNT])
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def run_ours(args) -> dict:
     import torch
 
-    from bertcli.schemas import ModelConfig, PretrainConfig
-    from bertcli.stages import pretrain as P
     from transformers import BertForPreTraining
+
+    from bertcli.batching import EpochPlan
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.shards import ShardedArrays
+    from bertcli.stages import pretrain
 
     torch.set_num_threads(args.threads)
     out = Path(args.workdir) / "ours-run"
@@ -129,7 +130,7 @@ def run_ours(args) -> dict:
         log_every=5, eval_fraction=0.01, seed=0, precision="fp32", mlm_bias_init=args.mlm_bias_init,
     )
     with PeakAnon() as mem:
-        manifest = P.run(cfg)
+        manifest = pretrain.run(cfg)
     stats = manifest["stats"]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if "tokens_per_s" in r]
@@ -142,7 +143,7 @@ def run_ours(args) -> dict:
                 "steady_tokens_per_s": steady, "steps_per_s": stats["steps"] / stats["elapsed_s"]}
     model = BertForPreTraining.from_pretrained(out / "final")
     steps = stats["steps"]
-    plan = P.EpochPlan(P.ShardedArrays(args.masked), 0, args.batch_size, 0.01)
+    plan = EpochPlan(ShardedArrays(args.masked), 0, args.batch_size, 0.01)
     padded = real = 0
     for b in range(min(steps, plan.batches_per_epoch(0))):
         lengths = [len(plan.arrays[int(i)]["input_ids"]) for i in plan.batch(0, b)]
@@ -171,9 +172,9 @@ def run_baseline(args) -> dict:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForPreTraining, DataCollatorForLanguageModeling
 
-    from bertcli import model as M
+    from bertcli.batching import held_out_mask
+    from bertcli.model import lr_multiplier
     from bertcli.shards import ShardedArrays
-    from bertcli.stages.pretrain import held_out_mask
 
     torch.set_num_threads(args.threads)
     pairs = ShardedArrays(args.pairs)
@@ -216,7 +217,7 @@ def run_baseline(args) -> dict:
                 # same schedule as ours: linear warmup, then linear decay over the wall-clock budget
                 if steps == args.warmup_steps:  # as the stage does: decay spans exactly the rest of the budget
                     warmup_progress = elapsed / args.budget_s
-                lr = args.lr * M.lr_multiplier(steps, elapsed / args.budget_s, args.warmup_steps, warmup_progress,
+                lr = args.lr * lr_multiplier(steps, elapsed / args.budget_s, args.warmup_steps, warmup_progress,
                                                "linear")
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -288,7 +289,7 @@ def run_memory_child(args) -> dict:
     import torch
 
     from bertcli.schemas import ModelConfig, PretrainConfig
-    from bertcli.stages import pretrain as P
+    from bertcli.stages import pretrain
 
     torch.set_num_threads(args.threads)
     out = Path(args.workdir) / "memory-run"
@@ -299,7 +300,7 @@ def run_memory_child(args) -> dict:
         save_every=10, log_every=5, eval_fraction=0.01, seed=0, precision="fp32",
     )
     with PeakAnon(0.02) as mem:
-        P.run(cfg)
+        pretrain.run(cfg)
     return {"peak_rss_anon_mb": mem.peak_kb / 1024}
 
 
@@ -307,10 +308,11 @@ def run_speed(args) -> dict:
     """Throughput of ours alone (e.g. BERT-base, bf16, one GPU), after skipping the first log intervals."""
     import torch
 
-    from bertcli import model as M
-    from bertcli.schemas import ModelConfig, PretrainConfig
-    from bertcli.stages import pretrain as P
     from transformers import BertConfig
+
+    from bertcli.model import flops_per_token
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -323,13 +325,13 @@ def run_speed(args) -> dict:
         log_every=10, eval_fraction=0.01, seed=0, precision=args.precision, compile=args.compile,
         device=args.device, num_workers=2 if args.device == "cuda" else 0,
     )
-    manifest = P.run(cfg)
+    manifest = pretrain.run(cfg)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "tokens_per_s" in r][2:] or [r for r in records if "tokens_per_s" in r]
     tokens_per_s = sum(r["tokens_per_s"] for r in train) / len(train)
     sequences_per_s = sum(r["sequences_per_s"] for r in train) / len(train)
     config = BertConfig.from_pretrained(out / "final")
-    flops = M.flops_per_token(config, manifest["max_seq_length"])
+    flops = flops_per_token(config, manifest["max_seq_length"])
     result = {
         "preset": args.preset, "device": args.device, "precision": manifest["stats"]["precision"],
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

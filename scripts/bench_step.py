@@ -35,12 +35,12 @@ def main() -> None:
 
     import torch
 
-    from bertcli import model as M
+    import bertcli.model as model  # the module: its loss switch is patched per variant
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     b, t, v = args.batch, args.length, args.vocab
-    batch = M.PretrainingBatch(
+    batch = model.PretrainingBatch(
         input_ids=torch.randint(5, v, (b, t), generator=gen),
         token_type_ids=torch.zeros(b, t, dtype=torch.long),
         attention_mask=torch.ones(b, t, dtype=torch.long),
@@ -48,29 +48,30 @@ def main() -> None:
         masked_labels=torch.randint(5, v, (args.masked,), generator=gen),
         next_sentence_label=torch.randint(0, 2, (b,), generator=gen),
     )
-    model = M.build_model(M.build_bert_config("tiny", {}, v, 0), seed=0)
-    optimizers = {False: M.build_optimizer(model, 1e-4, 0.01), True: M.build_optimizer(model, 1e-4, 0.01, fused=True)}
-    fused_loss = M._use_fused_cross_entropy
+    bert = model.build_model(model.build_bert_config("tiny", {}, v, 0), seed=0)
+    optimizers = {False: model.build_optimizer(bert, 1e-4, 0.01),
+                  True: model.build_optimizer(bert, 1e-4, 0.01, fused=True)}
+    fused_loss = model._use_fused_cross_entropy
     variants = {"stock": (False, False), "fused_loss": (True, False), "fused_loss_and_adamw": (True, True)}
 
     def step(optimizer) -> None:
-        loss, _ = M.pretraining_loss(model, batch)
+        loss, _ = model.pretraining_loss(bert, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(bert.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (loss_fused, adamw_fused) in variants.items():
-            M._use_fused_cross_entropy = fused_loss if loss_fused else (lambda hidden: False)
+            model._use_fused_cross_entropy = fused_loss if loss_fused else (lambda hidden: False)
             optimizer = optimizers[adamw_fused]
             step(optimizer)  # warm-up: allocator, first-call costs
             start = time.perf_counter()
             for _ in range(args.steps):
                 step(optimizer)
             seconds[name].append((time.perf_counter() - start) / args.steps)
-    M._use_fused_cross_entropy = fused_loss
+    model._use_fused_cross_entropy = fused_loss
     best = {name: min(v) for name, v in seconds.items()}
     print(json.dumps({
         "settings": vars(args),

@@ -1,4 +1,5 @@
-"""Small pairs/masked artifacts for the tests, written with bertcli.shards.ShardWriter in the documented format.
+"""Small pairs/masked artifacts for the tests, written with bertcli.shards.ShardWriter in the documented format, and
+the helpers of the pretraining tests (a tiny config, a run's weights, an interrupted copy of a run).
 
 The sequences are real text (consecutive sentences of a corpus, half of the B segments from another document),
 so a tiny model learns something in a few dozen steps; the masking here is a simple 15% / 80-10-10 for test
@@ -7,14 +8,21 @@ data only (the product's masking is bertcli.masking, used by `bert mask` and by 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
 
 from bertcli.artifacts import write_manifest
 from bertcli.shards import ShardWriter, token_dtype
-from bertcli.schemas import MaskConfig, PairsConfig
+from bertcli.schemas import MaskConfig, ModelConfig, PairsConfig, PretrainConfig
 from bertcli.vocab import copy_tokenizer_files, load_tokenizer
+
+TINY_MODEL = dict(preset=None, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=64)
 
 
 def write_rows(writer: ShardWriter, rows: list[dict]) -> None:
@@ -113,3 +121,39 @@ def make_artifact(
                "token_dtype": str(dtype), "nsp": nsp},
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------- pretraining runs
+
+def tiny_cfg(data: Path, output: Path, **overrides) -> PretrainConfig:
+    """6 steps of a hidden-32, 2-layer model, batch 8 in micro-batches of 4, checkpoints at steps 2 and 4."""
+    values = dict(
+        data=str(data), output=str(output), model=ModelConfig(**TINY_MODEL), max_steps=6, batch_size=8,
+        micro_batch_size=4, learning_rate=2e-3, warmup_steps=2, eval_every=3, eval_batches=2, save_every=2,
+        keep_checkpoints=3, log_every=2, eval_fraction=0.1, seed=3,
+    )
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def weights(run: Path, name: str = "final") -> dict[str, torch.Tensor]:
+    return load_file(str(run / name / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def interrupted_copy(reference: Path, dest: Path) -> Path:
+    """The reference run as a kill after step 5 would leave it: no final/, no manifest, metrics beyond step 4."""
+    shutil.copytree(reference, dest)
+    shutil.rmtree(dest / "final")
+    (dest / "manifest.json").unlink()
+    return dest
+
+
+def run_data_path(run: Path) -> Path:
+    """The data a run was trained on (from its config.yaml)."""
+    return Path(yaml.safe_load((run / "config.yaml").read_text())["data"])

@@ -8,11 +8,25 @@ import pytest
 import torch
 from transformers import BertForPreTraining
 
-from bertcli import model as M
+from bertcli.model import (
+    PRESETS,
+    STAT_MLM_COUNT,
+    STAT_NSP_COUNT,
+    PretrainingBatch,
+    PretrainingModule,
+    build_bert_config,
+    build_model,
+    build_optimizer,
+    flops_per_token,
+    lr_multiplier,
+    optimizer_param_groups,
+    pretraining_loss,
+    summarize_stats,
+)
 
 
 def tiny_config(vocab_size: int = 97, pad: int = 0, dropout: float = 0.0):
-    return M.build_bert_config(
+    return build_bert_config(
         None,
         {
             "hidden_size": 32,
@@ -28,7 +42,9 @@ def tiny_config(vocab_size: int = 97, pad: int = 0, dropout: float = 0.0):
     )
 
 
-def random_batch(vocab_size: int, batch: int = 3, length: int = 12, seed: int = 0) -> tuple[M.PretrainingBatch, torch.Tensor]:
+def random_batch(
+    vocab_size: int, batch: int = 3, length: int = 12, seed: int = 0
+) -> tuple[PretrainingBatch, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab_size, (batch, length), generator=g)
     lengths = torch.tensor([length, length - 3, length - 5][:batch])
@@ -43,35 +59,35 @@ def random_batch(vocab_size: int, batch: int = 3, length: int = 12, seed: int = 
     positions = torch.nonzero(flat != -100).squeeze(1)
     nsp = torch.tensor([0, 1, 0][:batch])
     return (
-        M.PretrainingBatch(input_ids, token_type_ids, attention_mask, positions, flat[positions], nsp),
+        PretrainingBatch(input_ids, token_type_ids, attention_mask, positions, flat[positions], nsp),
         labels,
     )
 
 
 def test_presets_follow_googles_sizes():
-    for name, (layers, hidden) in M.PRESETS.items():
-        cfg = M.build_bert_config(name, {}, vocab_size=1000, pad_token_id=0)
+    for name, (layers, hidden) in PRESETS.items():
+        cfg = build_bert_config(name, {}, vocab_size=1000, pad_token_id=0)
         assert (cfg.num_hidden_layers, cfg.hidden_size) == (layers, hidden)
         assert cfg.num_attention_heads == hidden // 64
         assert cfg.intermediate_size == 4 * hidden
         assert cfg.vocab_size == 1000
-    assert M.PRESETS["base"] == (12, 768) and M.PRESETS["large"] == (24, 1024)
+    assert PRESETS["base"] == (12, 768) and PRESETS["large"] == (24, 1024)
 
 
 def test_fields_override_preset_and_derive_heads():
-    cfg = M.build_bert_config("base", {"hidden_size": 256, "num_hidden_layers": 3}, vocab_size=50, pad_token_id=3)
+    cfg = build_bert_config("base", {"hidden_size": 256, "num_hidden_layers": 3}, vocab_size=50, pad_token_id=3)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (256, 3, 4, 1024)
     assert cfg.pad_token_id == 3
     assert cfg._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="multiple"):
-        M.build_bert_config(None, {"hidden_size": 30, "num_attention_heads": 4}, vocab_size=50, pad_token_id=0)
+        build_bert_config(None, {"hidden_size": 30, "num_attention_heads": 4}, vocab_size=50, pad_token_id=0)
 
 
 def test_masked_only_loss_equals_stock_forward_loss():
     cfg = tiny_config()
-    model = M.build_model(cfg, seed=1).eval()
+    model = build_model(cfg, seed=1).eval()
     batch, labels = random_batch(cfg.vocab_size)
-    loss, stats = M.pretraining_loss(model, batch)
+    loss, stats = pretraining_loss(model, batch)
     ref = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -80,22 +96,22 @@ def test_masked_only_loss_equals_stock_forward_loss():
         next_sentence_label=batch.next_sentence_label,
     )
     assert torch.allclose(loss, ref.loss, atol=1e-5)
-    summary = M.summarize_stats(stats)
+    summary = summarize_stats(stats)
     # accuracy from the full logits at the labelled positions equals ours
     full = ref.prediction_logits.argmax(-1)
     mask = labels != -100
     assert summary["mlm_accuracy"] == pytest.approx((full[mask] == labels[mask]).float().mean().item())
-    assert stats[M.STAT_MLM_COUNT] == mask.sum()
-    assert stats[M.STAT_NSP_COUNT] == 3
+    assert stats[STAT_MLM_COUNT] == mask.sum()
+    assert stats[STAT_NSP_COUNT] == 3
 
 
 def test_masked_only_gradients_equal_stock_gradients():
     cfg = tiny_config()
-    ours = M.build_model(cfg, seed=2)
-    ref = M.build_model(cfg, seed=2)
+    ours = build_model(cfg, seed=2)
+    ref = build_model(cfg, seed=2)
     batch, labels = random_batch(cfg.vocab_size, seed=5)
     ours.eval(), ref.eval()
-    M.pretraining_loss(ours, batch)[0].backward()
+    pretraining_loss(ours, batch)[0].backward()
     ref(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -110,21 +126,21 @@ def test_masked_only_gradients_equal_stock_gradients():
 
 def test_mlm_only_batches_keep_nsp_head_in_graph():
     cfg = tiny_config()
-    model = M.build_model(cfg, seed=3)
+    model = build_model(cfg, seed=3)
     batch, _ = random_batch(cfg.vocab_size)
     batch.next_sentence_label = None
-    loss, stats = M.pretraining_loss(model, batch, has_nsp=False)
+    loss, stats = pretraining_loss(model, batch, has_nsp=False)
     loss.backward()
     assert model.cls.seq_relationship.weight.grad is not None
     assert torch.count_nonzero(model.cls.seq_relationship.weight.grad) == 0
-    assert stats[M.STAT_NSP_COUNT] == 0
-    assert "nsp_loss" not in M.summarize_stats(stats)
+    assert stats[STAT_NSP_COUNT] == 0
+    assert "nsp_loss" not in summarize_stats(stats)
 
 
 def test_saved_model_is_stock_bert_for_pretraining(tmp_path):
     cfg = tiny_config()
-    model = M.build_model(cfg, seed=4)
-    module = M.PretrainingModule(model)
+    model = build_model(cfg, seed=4)
+    module = PretrainingModule(model)
     batch, _ = random_batch(cfg.vocab_size)
     module(**batch.__dict__)[0].backward()
     model.save_pretrained(tmp_path)
@@ -136,14 +152,14 @@ def test_saved_model_is_stock_bert_for_pretraining(tmp_path):
 
 def test_seed_fixes_initial_weights():
     cfg = tiny_config()
-    a, b, c = M.build_model(cfg, 7), M.build_model(cfg, 7), M.build_model(cfg, 8)
+    a, b, c = build_model(cfg, 7), build_model(cfg, 7), build_model(cfg, 8)
     wa, wb, wc = (m.bert.encoder.layer[0].attention.self.query.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
 def test_no_weight_decay_on_layernorm_and_bias():
-    model = M.build_model(tiny_config(), seed=0)
-    decay, no_decay = M.optimizer_param_groups(model, 0.01)
+    model = build_model(tiny_config(), seed=0)
+    decay, no_decay = optimizer_param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     for p in no_decay["params"]:
@@ -152,14 +168,14 @@ def test_no_weight_decay_on_layernorm_and_bias():
         assert not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)]
     # every parameter exactly once (the tied decoder weight is the word embedding)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    opt = M.build_optimizer(model, 1e-3, 0.01)
+    opt = build_optimizer(model, 1e-3, 0.01)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["eps"] == 1e-6
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
 def test_lr_schedule_warmup_then_decay(schedule):
     total, warmup = 100, 10
-    f = [M.lr_multiplier(s, s / total, warmup, warmup / total, schedule) for s in range(total)]
+    f = [lr_multiplier(s, s / total, warmup, warmup / total, schedule) for s in range(total)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(f[:9], f[1:10]))  # warmup rises
     if schedule == "constant":
@@ -167,30 +183,30 @@ def test_lr_schedule_warmup_then_decay(schedule):
     else:
         assert f[10] == pytest.approx(1.0)
         assert all(a >= b for a, b in zip(f[10:], f[11:]))  # decay never rises
-        assert M.lr_multiplier(total, 1.0, warmup, 0.1, schedule) == pytest.approx(0.0, abs=1e-12)
+        assert lr_multiplier(total, 1.0, warmup, 0.1, schedule) == pytest.approx(0.0, abs=1e-12)
     if schedule == "cosine":
-        mid = M.lr_multiplier(55, 0.55, warmup, 0.1, schedule)
+        mid = lr_multiplier(55, 0.55, warmup, 0.1, schedule)
         assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
 def test_lr_schedule_follows_time_progress():
     # time budget half spent after 20 steps: linear decay is half way, whatever the step count says
-    assert M.lr_multiplier(20, 0.5, 0, 0.0, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(20, 0.5, 0, 0.0, "linear") == pytest.approx(0.5)
 
 
 def test_flops_per_token_counts_encoder_and_masked_head():
-    cfg = M.build_bert_config("base", {}, vocab_size=30522, pad_token_id=0)
-    f = M.flops_per_token(cfg, 128)
+    cfg = build_bert_config("base", {}, vocab_size=30522, pad_token_id=0)
+    f = flops_per_token(cfg, 128)
     # 6 · N_encoder_params-ish: BERT-base's encoder has ~85M matmul weights -> ~0.5 GFLOP/token for training
     assert 4.5e8 < f < 7e8
 
 
 def test_last_layer_pruning_changes_nothing_at_the_used_positions():
     cfg = tiny_config()
-    a, b = M.build_model(cfg, seed=9).eval(), M.build_model(cfg, seed=9).eval()
+    a, b = build_model(cfg, seed=9).eval(), build_model(cfg, seed=9).eval()
     batch, _ = random_batch(cfg.vocab_size, seed=11)
-    la, sa = M.pretraining_loss(a, batch, prune_last_layer=True)
-    lb, sb = M.pretraining_loss(b, batch, prune_last_layer=False)
+    la, sa = pretraining_loss(a, batch, prune_last_layer=True)
+    lb, sb = pretraining_loss(b, batch, prune_last_layer=False)
     assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(sa, sb, atol=1e-4)
     la.backward(), lb.backward()
     grads_b = dict(b.named_parameters())
@@ -200,10 +216,10 @@ def test_last_layer_pruning_changes_nothing_at_the_used_positions():
 
 def test_last_layer_pruning_with_a_row_without_masks():
     cfg = tiny_config()
-    model = M.build_model(cfg, seed=1).eval()
+    model = build_model(cfg, seed=1).eval()
     batch, _ = random_batch(cfg.vocab_size, seed=2)
     keep = batch.masked_positions >= batch.input_ids.shape[1]  # drop every masked position of row 0
     batch.masked_positions, batch.masked_labels = batch.masked_positions[keep], batch.masked_labels[keep]
-    la, _ = M.pretraining_loss(model, batch, prune_last_layer=True)
-    lb, _ = M.pretraining_loss(model, batch, prune_last_layer=False)
+    la, _ = pretraining_loss(model, batch, prune_last_layer=True)
+    lb, _ = pretraining_loss(model, batch, prune_last_layer=False)
     assert torch.allclose(la, lb, atol=1e-5)

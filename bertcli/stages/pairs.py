@@ -227,11 +227,11 @@ def _document_stats(block: int) -> dict[str, int]:
         "empty_sentences": int((sentence_lengths == 0).sum()),
         "documents_without_tokens": int((tokens_per_doc == 0).sum()),
         "document_tokens": int(sent_off[-1] - sent_off[0]),
+        "unk_tokens": int((store.tokens[sent_off[0] : sent_off[-1]] == _build.unk_id).sum()),
     }
 
 
 DOC_STAT_KEYS = (
-    "unk_tokens",
     "documents",
     "sentences",
     "single_sentence_documents",
@@ -239,27 +239,25 @@ DOC_STAT_KEYS = (
     "empty_sentences",
     "documents_without_tokens",
     "document_tokens",
+    "unk_tokens",
 )
 
 
 def _build_block(task: tuple[int, int]) -> tuple[pairing.PairsBlock, dict[str, int]]:
     block, pass_index = task
-    ctx = _build
+    build = _build
     doc_stats = _document_stats(block) if pass_index == 0 else dict.fromkeys(DOC_STAT_KEYS, 0)
-    if pass_index == 0:  # [UNK]s of the corpus as tokenized (counted once, whatever dupe_factor)
-        store: TokenStore = _view.stores[0]
-        first, last = block * BLOCK_DOCUMENTS, min(ctx.num_documents, (block + 1) * BLOCK_DOCUMENTS) - 1
-        k0, k1 = store.local(first), store.local(last) + 1
-        tokens = store.tokens[store.sent_offsets[store.doc_sent[k0]] : store.sent_offsets[store.doc_sent[k1]]]
-        doc_stats["unk_tokens"] = int((tokens == ctx.unk_id).sum())
-    if ctx.nsp:
+    if build.nsp:
         plans = _plan_block(block, pass_index)
-        _, truncation = _block_rngs(ctx.seed, pass_index, block)
-        result = pairing.build_pairs(plans, _view, truncation, ctx.params, ctx.cls_id, ctx.sep_id, ctx.token_dtype)
+        _, truncation = _block_rngs(build.seed, pass_index, block)
+        result = pairing.build_pairs(
+            plans, _view, truncation, build.params, build.cls_id, build.sep_id, build.token_dtype
+        )
     else:
-        docs = range(block * BLOCK_DOCUMENTS, min(ctx.num_documents, (block + 1) * BLOCK_DOCUMENTS))
+        docs = range(block * BLOCK_DOCUMENTS, min(build.num_documents, (block + 1) * BLOCK_DOCUMENTS))
         result = pairing.pack_documents(
-            (_view.document(d) for d in docs), ctx.params.max_seq_length, ctx.cls_id, ctx.sep_id, ctx.token_dtype
+            (_view.document(d) for d in docs), build.params.max_seq_length, build.cls_id, build.sep_id,
+            build.token_dtype,
         )
     return result, doc_stats
 

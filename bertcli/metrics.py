@@ -1,22 +1,82 @@
-"""`bert plot RUN`: loss and accuracy curves of a pretraining run's metrics.jsonl as a PNG."""
+"""A pretraining run's metrics: metrics.jsonl (and TensorBoard events) written by rank 0, read back, and plotted."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from bertcli.errors import ArtifactError
 
+METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
+TENSORBOARD_DIR = "tensorboard"
 
+
+# ---------------------------------------------------------------------------------------------- writing
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per line) and, when tensorboard is installed, event files (rank 0)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = out_dir / METRICS_FILE
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            # lines past the checkpoint belong to steps that are about to be recomputed
+            kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and _line_step(ln) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        try:
+            # tensorboard: optional, and importing it costs seconds
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides the logged steps after the checkpoint, which the resumed run writes again
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=purge)
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, ValueError):
+        return 1 << 62
+
+
+# ---------------------------------------------------------------------------------------------- reading
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of RUN/metrics.jsonl (a truncated last line, from a killed run, is ignored)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise ArtifactError(
-            f"'{run_dir}' has no metrics.jsonl", hint="give the output directory of `bert pretrain`"
+            f"'{run_dir}' has no {METRICS_FILE}", hint="give the output directory of `bert pretrain`"
         )
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -39,11 +99,14 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+# ---------------------------------------------------------------------------------------------- plotting
+
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write RUN/metrics.png (or `output`): training/eval losses on the left, accuracies on the right.
 
     Raises ImportError when matplotlib is missing (it is the optional `plot` extra).
     """
+    # matplotlib: optional (the `plot` extra), and importing it costs seconds
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -83,7 +146,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
 
 def run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """`bert plot RUN [--output FILE]`: a clear error when matplotlib is missing."""
+    """`bert plot RUN [--output FILE]`: plot_run, with a clear error when matplotlib is missing."""
     try:
         return plot_run(run_dir, output)
     except ImportError as exc:

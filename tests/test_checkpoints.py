@@ -1,0 +1,147 @@
+"""Tests of bertcli.checkpoints: verified checkpoints (skipped when damaged, never unpickled), keep-last-k, and the
+run-directory checks (another run, a changed config, --overwrite, temporaries of dead and live writers)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertcli.artifacts import file_sha256
+from bertcli.checkpoints import (
+    MARKER,
+    TrainState,
+    list_checkpoints,
+    newest_valid_checkpoint,
+    start_run_dir,
+    verify_checkpoint,
+)
+from bertcli.errors import ConfigError, OutputExistsError
+from bertcli.stages import pretrain
+from pretrain_fixtures import assert_same_weights, interrupted_copy, run_data_path, tiny_cfg, weights
+
+pytestmark = pytest.mark.usefixtures("one_thread_no_plot")
+
+
+def test_keep_last_k_checkpoints(masked_data, tmp_path):
+    out = tmp_path / "run"
+    pretrain.run(tiny_cfg(masked_data, out, max_steps=7, save_every=1, keep_checkpoints=2, eval_every=0))
+    assert [s for s, _ in list_checkpoints(out)] == [5, 6]
+
+
+def test_corrupt_and_unfinished_checkpoints_are_skipped(reference_run, tmp_path, capsys):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    # step 4 damaged after it was written (truncated weights), an unfinished step 5 (no marker), a temp dir
+    weights_file = run / "step-00000004" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    shutil.copytree(run / "step-00000002", run / "step-00000005")
+    (run / "step-00000005" / MARKER).unlink()
+    shutil.copytree(run / "step-00000002", run / ".step-00000006.tmp-999999")
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run), resume=True)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and "step-00000005" in err and "step-00000004" in err
+    assert "resuming from" in err and "step-00000002" in err
+    assert_same_weights(weights(run), weights(reference_run))  # from step 2 it still ends bit-identical
+    assert not (run / ".step-00000006.tmp-999999").exists()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Exploit.target),))
+
+
+def test_pickled_state_is_never_unpickled(reference_run, tmp_path, capsys):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    _Exploit.target = str(tmp_path / "pwned")
+    ckpt = run / "step-00000004"
+    with open(ckpt / "training_state" / "optimizer.pt", "wb") as f:
+        pickle.dump({"state": _Exploit()}, f)
+    # make the marker agree, so only the weights_only loader stands between the pickle and execution
+    marker = json.loads((ckpt / MARKER).read_text())
+    path = ckpt / "training_state" / "optimizer.pt"
+    marker["files"]["training_state/optimizer.pt"] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    (ckpt / MARKER).write_text(json.dumps(marker))
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run), resume=True)
+    assert not (tmp_path / "pwned").exists()
+    assert "step-00000004" in capsys.readouterr().err
+    assert_same_weights(weights(run), weights(reference_run))
+
+
+def test_checkpoint_without_safetensors_is_not_loaded(reference_run, tmp_path):
+    ckpt = tmp_path / "step-00000009"
+    shutil.copytree(reference_run / "step-00000004", ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    (ckpt / "model.safetensors").unlink()
+    torch.save(state, ckpt / "pytorch_model.bin")
+    marker = json.loads((ckpt / MARKER).read_text())
+    marker["files"].pop("model.safetensors")
+    (ckpt / MARKER).write_text(json.dumps(marker))
+    assert "safetensors" in verify_checkpoint(ckpt)
+
+
+def test_output_with_another_run_is_refused(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    with pytest.raises(OutputExistsError, match="holds another run"):
+        pretrain.run(tiny_cfg(run_data_path(reference_run), run))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a bertcli run"):
+        pretrain.run(tiny_cfg(run_data_path(reference_run), foreign), overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_resume_with_changed_config_is_refused(reference_run, tmp_path):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        pretrain.run(tiny_cfg(run_data_path(reference_run), run, learning_rate=1e-2), resume=True)
+
+
+def test_overwrite_replaces_the_run_but_keeps_other_files(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "notes.txt").write_text("mine")
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run, max_steps=2, save_every=0, eval_every=0), overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not list_checkpoints(run)  # the old run's step-* are gone
+    assert json.loads((run / "manifest.json").read_text())["stats"]["steps"] == 2
+
+
+def test_start_run_dir_clears_a_run_and_only_dead_writers_temporaries(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "notes.txt").write_text("mine")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for pid in (live.pid, dead.pid):
+            shutil.copytree(run / "step-00000002", run / f".step-00000006.tmp-{pid}")
+        (run / f".final.old-{dead.pid}").mkdir()
+        start_run_dir(run, fresh=False)  # a resumption keeps the run, and a live writer's temporaries
+        assert list_checkpoints(run) and (run / "metrics.jsonl").is_file()
+        assert (run / f".step-00000006.tmp-{live.pid}").is_dir()
+        assert not (run / f".step-00000006.tmp-{dead.pid}").exists() and not (run / f".final.old-{dead.pid}").exists()
+        start_run_dir(run, fresh=True)  # --overwrite: what the run wrote goes, the user's files stay
+        assert sorted(p.name for p in run.iterdir()) == sorted([".step-00000006.tmp-" + str(live.pid), "notes.txt"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_newest_valid_checkpoint_and_train_state_round_trip(reference_run, tmp_path, capsys):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    assert newest_valid_checkpoint(run).name == "step-00000004"
+    (run / "step-00000004" / MARKER).unlink()
+    assert newest_valid_checkpoint(run).name == "step-00000002"
+    assert "step-00000004" in capsys.readouterr().err
+    state = TrainState(step=3, epoch=1, batch_in_epoch=2, skipped_batches=[[0, 1]])
+    assert TrainState.from_dict({**state.to_dict(), "from_a_newer_version": 1}) == state
