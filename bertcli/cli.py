@@ -142,7 +142,7 @@ def tokenize(
             typer.echo(" ".join(str(i) for i in row["ids"]))
 
 
-# ---------------------------------------------------------------- pairs, mask, inspect (bertcli/stages/{pairs,mask,inspect}.py)
+# ---------------------------------------------------------------- pairs, mask, inspect (bertcli/stages/{pairs,mask}.py, bertcli/tools/inspect.py)
 
 
 @app.command("pairs")
@@ -209,7 +209,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as one JSON object, nothing else."),
 ) -> None:
     """Print an artifact's stats and decoded examples (segments, [MASK]s and their labels visible)."""
-    from bertcli.stages import inspect as stage
+    from bertcli.tools import inspect as stage
 
     if as_json:
         typer.echo(json.dumps(stage.stats(directory), ensure_ascii=False))
@@ -260,7 +260,7 @@ def plot(
     typer.echo(f"wrote {stage.run(run, out)}")
 
 
-# ---------------------------------------------------------------- use a trained model (bertcli/stages/predict.py)
+# ---------------------------------------------------------------- use a trained model (bertcli/tools/predict.py)
 
 ModelOpt = typer.Option(
     ..., "--model", "-m", help="A BertForPreTraining directory: a run (its final/ is used), run/final, or any HF BERT."
@@ -284,7 +284,7 @@ def predict_nsp(
 ) -> None:
     """Next-sentence prediction: the probability that --second follows --first (IsNext), or for every pair of a file."""
     from bertcli.errors import InputError
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as stage
 
     if input_ is not None and (first is not None or second is not None):
         raise InputError("give either --first and --second, or --input FILE, not both")
@@ -312,7 +312,7 @@ def fill_mask(
     device: str = DeviceOpt,
 ) -> None:
     """The top-k tokens and probabilities for every mask token in TEXT."""
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as stage
 
     loaded = stage.load_model(model, device=device, need_mlm=True)
     masks = stage.fill_mask(loaded, text, top_k=top_k)
@@ -340,7 +340,7 @@ def evaluate(
     device: str = DeviceOpt,
 ) -> None:
     """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact."""
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as stage
 
     loaded = stage.load_model(model, device=device, need_mlm=True, need_nsp=True)
     metrics = stage.evaluate(
@@ -368,7 +368,7 @@ def embed(
     device: str = DeviceOpt,
 ) -> None:
     """The word's contextual vector in each sentence and their cosine similarities, beside the static ones."""
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as stage
 
     loaded = stage.load_model(model, device=device)
     result = stage.embed(loaded, word, sentences, layer=layer)
@@ -396,9 +396,9 @@ def attention(
     device: str = DeviceOpt,
 ) -> None:
     """Every layer's and head's attention as a self-contained HTML page (open it in a browser; no network)."""
-    from bertcli.stages import attention as stage
+    from bertcli.tools import attention as stage
 
-    result = stage.run(model, text, out=out, second=second, png=png, overwrite=overwrite, device=device)
+    result = stage.write_attention(model, text, out=out, second=second, png=png, overwrite=overwrite, device=device)
     typer.echo(f"wrote {result['html']}: {result['layers']} layers × {result['heads']} heads, {len(result['tokens'])} tokens")
     for path in result["png"]:
         typer.echo(f"wrote {path}")

@@ -179,7 +179,7 @@ def test_embed_static_versus_contextual(tiny_bert: Path) -> None:
 
 
 def test_find_word_prefers_whole_words() -> None:
-    from bertcli.stages.predict import find_word
+    from bertcli.tools.predict import find_word
 
     assert find_word("pythonic code in Python", "python") == (17, 23)
     assert find_word("파이썬은 재미있다", "파이썬") == (0, 3)  # a Korean particle attached

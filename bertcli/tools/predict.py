@@ -175,7 +175,7 @@ def load_model(
 # ---------------------------------------------------------------- encoding
 
 
-def _encode(
+def encode_texts(
     loaded: LoadedModel,
     texts: Sequence[str],
     seconds: Sequence[str] | None = None,
@@ -204,7 +204,7 @@ def _encode(
     )
 
 
-def _pad_batch(loaded: LoadedModel, enc: dict) -> dict:
+def pad_batch(loaded: LoadedModel, enc: dict) -> dict:
     """Lists of ids → padded tensors on the model's device: input_ids, token_type_ids, attention_mask (B, T)."""
     import torch
 
@@ -248,8 +248,8 @@ def predict_nsp(
     probs: list[float] = [0.0] * len(pairs)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = _encode(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
-        batch = _pad_batch(loaded, enc)
+        enc = encode_texts(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
+        batch = pad_batch(loaded, enc)
         with torch.inference_mode():
             out = loaded.model.bert(**batch)
             logits = loaded.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
@@ -347,7 +347,7 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
         raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: expected a value >= 1")
-    enc = _encode(loaded, [text], what=lambda i: "the text")
+    enc = encode_texts(loaded, [text], what=lambda i: "the text")
     ids = enc["input_ids"][0]
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
@@ -361,7 +361,7 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
             hint=f"write {mask_token} (exactly so) where a word should be predicted, "
             f"e.g. \"The {mask_token} sat on the mat.\"",
         )
-    batch = _pad_batch(loaded, enc)
+    batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)
         logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
@@ -562,7 +562,7 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
                 hint="every sentence must contain the word (case is ignored)",
             )
         spans.append(span)
-    enc = _encode(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
+    enc = encode_texts(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
     piece_positions: list[list[int]] = []
     pieces: list[list[str]] = []
     for i, (start, end) in enumerate(spans):
@@ -584,7 +584,7 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
         pieces.append(loaded.tokenizer.convert_ids_to_tokens([ids[t] for t in pos]))
         if loaded.tokenizer.unk_token_id is not None and loaded.tokenizer.unk_token_id in [ids[t] for t in pos]:
             warn(f"sentence {i + 1}: the word {word!r} contains pieces unknown to the vocabulary ({pieces[-1]})")
-    batch = _pad_batch(loaded, enc)
+    batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         out = loaded.model.bert(**batch, output_hidden_states=True)
         hidden = out.hidden_states[layer]  # (B, T, H)
