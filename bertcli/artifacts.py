@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from bertcli import __version__
 from bertcli.config import config_hash, config_to_yaml
 from bertcli.errors import ArtifactError, OutputExistsError
+from bertcli.schemas import stage_of_manifest
 from bertcli.vocab import LoadedTokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # numpy is imported only by the stages that read arrays (train-vocab's memory is measured)
@@ -218,8 +219,9 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
 
 
 def _hint_for(stages: tuple[str, ...]) -> str:
-    commands = {"train-vocab": "bert train-vocab", "pairs": "bert pairs", "masked": "bert mask"}
-    named = [commands[s] for s in stages if s in commands]
+    """Which command makes an artifact of these manifest stages (the stage registry knows)."""
+    specs = [stage_of_manifest(s) for s in stages]
+    named = [spec.command for spec in specs if spec is not None]
     return f"make it with `{'` or `'.join(named)}`" if named else "check the path"
 
 

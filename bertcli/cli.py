@@ -90,11 +90,11 @@ def config_show(
     """Print the effective config of STAGE as YAML (defaults ← --config ← --set)."""
     from bertcli.config import config_to_yaml, load_config
     from bertcli.errors import ConfigError
-    from bertcli.schemas import STAGE_SCHEMAS
+    from bertcli.schemas import CONFIG_SCHEMAS
 
-    if stage not in STAGE_SCHEMAS:
-        raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(STAGE_SCHEMAS)}")
-    cfg = load_config(STAGE_SCHEMAS[stage], config, set_ or [], validate=False)
+    if stage not in CONFIG_SCHEMAS:
+        raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(CONFIG_SCHEMAS)}")
+    cfg = load_config(CONFIG_SCHEMAS[stage], config, set_ or [], validate=False)
     typer.echo(config_to_yaml(cfg, comments=docs), nl=False)
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from bertcli.cli import app
 from bertcli.config import config_hash, config_to_yaml, field_docs, keys_with_role, load_config
 from bertcli.errors import ConfigError
-from bertcli.schemas import STAGE_SCHEMAS, PretrainConfig, TrainVocabConfig
+from bertcli.schemas import CONFIG_SCHEMAS, PretrainConfig, TrainVocabConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -96,7 +96,7 @@ def test_every_field_has_a_docstring():
             if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
                 walk(getattr(__import__("bertcli.schemas", fromlist=[f.type]), f.type))
 
-    for schema in STAGE_SCHEMAS.values():
+    for schema in CONFIG_SCHEMAS.values():
         walk(schema)
 
 
@@ -115,7 +115,7 @@ SHIPPED = sorted((ROOT / "configs").glob("*/*.yaml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_shipped_yaml_loads_and_lists_every_field(path):
     stage = {"pipeline": "run"}.get(path.parent.name, path.parent.name)
-    schema = STAGE_SCHEMAS[stage]
+    schema = CONFIG_SCHEMAS[stage]
     cfg = load_config(schema, path, validate=False)
     listed = _keys(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     expected = _keys(dataclasses.asdict(cfg))
