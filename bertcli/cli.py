@@ -87,8 +87,9 @@ def config_show(
     set_: Optional[List[str]] = SetOpt,
     docs: bool = typer.Option(False, "--docs", help="Write each field's documentation as a comment above it."),
 ) -> None:
-    """Print the effective config of STAGE as YAML (defaults ← --config ← --set)."""
-    from bertcli.config import config_to_yaml, load_config
+    """Print the effective config of STAGE as YAML (defaults ← --config ← --set); on stderr, every problem for which
+    the command would refuse it."""
+    from bertcli.config import config_to_yaml, load_config, validation_problems
     from bertcli.errors import ConfigError
     from bertcli.schemas import CONFIG_SCHEMAS
 
@@ -96,6 +97,8 @@ def config_show(
         raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(CONFIG_SCHEMAS)}")
     cfg = load_config(CONFIG_SCHEMAS[stage], config, set_ or [], validate=False)
     typer.echo(config_to_yaml(cfg, comments=docs), nl=False)
+    for problem in validation_problems(cfg):
+        typer.echo(f"warning: {problem}", err=True)
 
 
 # ---------------------------------------------------------------- train-vocab, tokenize

@@ -81,6 +81,11 @@ class TrainVocabConfig:
             problems.append(f"key 'special_tokens': {self.special_tokens} has duplicates")
         if not self.continuing_subword_prefix:
             problems.append("key 'continuing_subword_prefix': must not be empty")
+        if self.vocab_size <= len(self.special_tokens):
+            problems.append(
+                f"key 'vocab_size': {self.vocab_size} leaves no room beside the {len(self.special_tokens)} special "
+                "tokens; raise it (30522 is BERT's)"
+            )
         return problems
 
 
@@ -132,6 +137,11 @@ class PairsConfig:
         if self.shard_index >= self.num_shards:
             problems.append(
                 f"key 'shard_index': got {self.shard_index}, expected a value < num_shards ({self.num_shards})"
+            )
+        if not self.nsp and self.dupe_factor > 1:
+            problems.append(
+                f"key 'dupe_factor': {self.dupe_factor} with nsp: false would write identical copies (packing is not "
+                "random); set dupe_factor: 1 and use `bert mask`'s dupe_factor or dynamic masking for variety"
             )
         return problems
 
@@ -289,6 +299,11 @@ class PretrainConfig:
         if self.micro_batch_size > self.batch_size:
             problems.append(
                 f"key 'micro_batch_size': {self.micro_batch_size} is above batch_size {self.batch_size}"
+            )
+        elif self.batch_size % self.micro_batch_size:
+            # the rest of the rule (a multiple of micro_batch_size × processes) needs the process count: pretrain
+            problems.append(
+                f"key 'batch_size': {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
             )
         return problems
 

@@ -100,7 +100,8 @@ def render() -> str:
         "default. Override any key on the command line with `--set key=value` (dotted for sections:",
         "`--set model.preset=mini`); explicit flags such as `--input` and `--output` win over both. Unknown keys",
         "and wrong types are errors, all reported at once. `bert config show STAGE --docs` prints the effective",
-        "config with these descriptions as comments.",
+        "config with these descriptions as comments, and on stderr every problem the stage would refuse it for",
+        "(such as `nsp: false` with `dupe_factor` above 1).",
         "",
     ]
     for stage, schema in CONFIG_SCHEMAS.items():

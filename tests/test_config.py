@@ -132,6 +132,23 @@ def test_config_show_round_trips():
     assert result.exit_code == 2 and "unknown stage" in result.output
 
 
+@pytest.mark.parametrize(
+    "stage, sets, message",
+    [
+        ("pairs", ["input=c.txt", "nsp=false", "dupe_factor=2"], "key 'dupe_factor': 2 with nsp: false"),
+        ("train-vocab", ["input=c.txt", "vocab_size=5"], "key 'vocab_size': 5 leaves no room"),
+        ("pretrain", ["batch_size=10", "micro_batch_size=4"], "key 'batch_size': 10 is not a multiple"),
+    ],
+)
+def test_config_only_checks_are_validate_s_and_config_show_reports_them(stage, sets, message):
+    schema = CONFIG_SCHEMAS[stage]
+    with pytest.raises(ConfigError, match=message):
+        load_config(schema, None, sets)
+    result = runner.invoke(app, ["config", "show", stage, *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) and f"warning: {message}" in result.stderr
+
+
 def test_config_hash_ignores_execution_only_keys():
     a = TrainVocabConfig(input=["a"], output="x", num_workers=1)
     b = TrainVocabConfig(input=["b"], output="y", num_workers=2)

@@ -308,16 +308,12 @@ def _tokenize_corpus(
 # ---------------------------------------------------------------- checks
 
 def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
+    """The check that needs the tokenizer; those on the config alone are PairsConfig.validate's."""
     if cfg.max_seq_length > loaded.max_length:
         raise ConfigError(
             f"key 'max_seq_length': {cfg.max_seq_length} is above what tokenizer '{loaded.path}' allows "
             f"(model_max_length {loaded.max_length})",
             hint=f"use max_seq_length ≤ {loaded.max_length}",
-        )
-    if not cfg.nsp and cfg.dupe_factor > 1:
-        raise ConfigError(
-            f"key 'dupe_factor': {cfg.dupe_factor} with nsp: false would write identical copies (packing is not random)",
-            hint="set dupe_factor: 1 and use `bert mask` dupe_factor or dynamic masking for variety",
         )
 
 

@@ -103,11 +103,6 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     """Train the vocabulary and write the tokenizer directory; returns the manifest."""
     paths = resolve_inputs(cfg.input)
     check_output(cfg.output, overwrite)
-    if cfg.vocab_size <= len(cfg.special_tokens):
-        raise ConfigError(
-            f"key 'vocab_size': {cfg.vocab_size} leaves no room beside the {len(cfg.special_tokens)} special tokens",
-            hint="raise vocab_size (30522 is BERT's)",
-        )
     if cfg.num_workers:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
