@@ -334,15 +334,21 @@ def fill_mask(
 def evaluate(
     model: Path = ModelOpt,
     data: Path = typer.Option(
-        ..., "--data", "-d", help="A masked artifact (`bert mask`), or a pairs artifact (masked here, see --seed)."
+        ..., "--data", "-d",
+        help="A masked artifact (`bert mask`), or a pairs artifact, masked here as `bert pretrain` masks one "
+        "(with pretrain's default masked_lm_prob and max_predictions_per_seq).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     batch_size: int = BatchOpt,
     max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Evaluate only the first N."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the masking when --data is a pairs artifact."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the masking of a pairs artifact (per chunk of 1,024 sequences: --batch-size "
+        "changes nothing)."
+    ),
     device: str = DeviceOpt,
 ) -> None:
-    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact."""
+    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact, computed
+    by the training code (the eval_* of `bert pretrain` on the same sequences and masks)."""
     from bertcli.tools import predict as stage
 
     loaded = stage.load_model(model, device=device, need_mlm=True, need_nsp=True)
