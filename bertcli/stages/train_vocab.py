@@ -165,12 +165,3 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             },
         )
     return manifest
-
-
-def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
-    """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
-    from bertcli.vocab import load_tokenizer
-
-    loaded = load_tokenizer(tokenizer_dir)
-    encodings = loaded.tokenizer.encode_batch(list(texts))
-    return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

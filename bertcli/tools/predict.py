@@ -605,7 +605,41 @@ def _cosine_matrix(x: Any) -> list[list[float]]:
     return (unit @ unit.T).clamp(-1.0, 1.0).cpu().tolist()
 
 
-# ---------------------------------------------------------------- helpers for the CLI
+# ---------------------------------------------------------------- text output for the CLI
+
+
+def format_nsp(row: dict) -> str:
+    return f"{row['label']}  (IsNext probability {row['is_next_probability']:.4f})"
+
+
+def format_fill_mask(masks: list[dict], mask_token: str) -> str:
+    """Each mask's predictions a line each: probability, token, the filled-in text (headed per mask if several)."""
+    lines = []
+    for m in masks:
+        if len(masks) > 1:
+            lines.append(f"{mask_token} #{m['mask_index'] + 1} (token {m['position']}):")
+        lines.extend(f"  {p['probability']:.4f}  {p['token']:<15} {p['sequence']}" for p in m["predictions"])
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict) -> str:
+    nsp = "n/a (no sentence pairs)" if metrics["nsp_accuracy"] is None else f"{metrics['nsp_accuracy']:.4f}"
+    return (
+        f"{metrics['sequences']:,} sequences, {metrics['masked_tokens']:,} masked tokens\n"
+        f"mlm_loss      {metrics['mlm_loss']:.4f}\nmlm_accuracy  {metrics['mlm_accuracy']:.4f}\n"
+        f"perplexity    {metrics['perplexity']:.2f}\nnsp_accuracy  {nsp}"
+    )
+
+
+def format_embedding(result: dict) -> str:
+    """The sentences with the word's pieces, then the contextual and the static similarity matrices."""
+    labels = [f"s{i + 1}" for i in range(len(result["sentences"]))]
+    lines = [f"{label}: {sentence}    pieces: {' '.join(pieces)}"
+             for label, sentence, pieces in zip(labels, result["sentences"], result["pieces"])]
+    lines += ["", f"contextual (layer {result['layer']}) cosine similarity:",
+              format_matrix(result["contextual_similarity"], labels),
+              "", "static (input embedding) cosine similarity:", format_matrix(result["static_similarity"], labels)]
+    return "\n".join(lines)
 
 
 def format_matrix(matrix: Sequence[Sequence[float]], labels: Iterable[str]) -> str:
