@@ -201,7 +201,8 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(
-            f"'{directory}' has no manifest.json: it is not a bertcli artifact, or the run that wrote it did not finish",
+            f"'{directory}' has no manifest.json: it is not a bertcli artifact, or the run that wrote it did not "
+            "finish",
             hint=_hint_for(stages) + " (rerun that stage with --overwrite to finish the job)",
         )
     try:

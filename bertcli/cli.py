@@ -108,7 +108,7 @@ def config_show(
         typer.echo(f"warning: {problem}", err=True)
 
 
-# ---------------------------------------------------------------- train-vocab, tokenize
+# ---------------------------------------------------------------- train-vocab (stages/), tokenize (tools/)
 
 
 @app.command("train-vocab")
@@ -152,7 +152,7 @@ def tokenize(
             typer.echo(" ".join(str(i) for i in row["ids"]))
 
 
-# ---------------------------------------------------------------- pairs, mask, inspect (bertcli/stages/{pairs,mask}.py, bertcli/tools/inspect.py)
+# ---------------------------------------------------------------- pairs, mask (stages/), inspect (tools/)
 
 
 @app.command("pairs")

@@ -38,7 +38,9 @@ def test_all_problems_reported_at_once(tmp_path):
         load_config(TrainVocabConfig, p)
     msg = exc.value.message
     assert msg.startswith("4 problems")
-    for part in ("'vocab_size'", "'lots'", "an integer", "'lowercase'", "true or false", "'min_frequency'", ">= 0", "'bogus'"):
+    expected = ("'vocab_size'", "'lots'", "an integer", "'lowercase'", "true or false", "'min_frequency'", ">= 0",
+                "'bogus'")
+    for part in expected:
         assert part in msg
 
 

@@ -28,7 +28,9 @@ def tiny_config(vocab_size: int = 97, pad: int = 0, dropout: float = 0.0):
     )
 
 
-def random_batch(vocab_size: int, batch: int = 3, length: int = 12, seed: int = 0) -> tuple[M.PretrainingBatch, torch.Tensor]:
+def random_batch(
+    vocab_size: int, batch: int = 3, length: int = 12, seed: int = 0
+) -> tuple[M.PretrainingBatch, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab_size, (batch, length), generator=g)
     lengths = torch.tensor([length, length - 3, length - 5][:batch])

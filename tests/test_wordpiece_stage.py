@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_wordpiece import SPECIALS, bert_word_counts, reference_loop
 
 from bertcli.schemas import TrainVocabConfig
 from bertcli.stages import train_vocab
+from test_wordpiece import SPECIALS, bert_word_counts, reference_loop
 
 EXACT = dict(min_frequency=0, limit_alphabet=0, lowercase=False, strip_accents="none", clean_text=False,
              handle_chinese_chars=False)

@@ -165,7 +165,8 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
             kept_share=round(totals["kept"] / selected, 6) if selected else 0.0,
             mean_selected_per_sequence=round(selected / totals["sequences"], 3) if totals["sequences"] else 0.0,
         )
-        extra = {k: pairs_manifest[k] for k in ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp")}
+        carried = ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp")
+        extra = {k: pairs_manifest[k] for k in carried}
         extra.update(
             sequences_per_shard=pairs.sequences_per_shard,
             dupe_factor=cfg.dupe_factor,

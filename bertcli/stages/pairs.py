@@ -7,7 +7,7 @@ import itertools
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -407,8 +407,8 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 ids = block * BLOCK_DOCUMENTS + np.arange(BLOCK_DOCUMENTS)
                 return np.isin(ids, wanted)
 
-            _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
-                             CorpusStats())
+            _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign,
+                             "tokenizing random-next documents", CorpusStats())
             context = replace(context, stores=("own", "foreign"))
 
         writer = ShardWriter(
@@ -511,7 +511,8 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     num_shards = int(base.get("num_shards", 1))
     if sorted(seen) != list(range(num_shards)):
         raise ArtifactError(
-            f"the parts given are shards {sorted(seen)} of a {num_shards}-shard run; need each of 0..{num_shards - 1} once",
+            f"the parts given are shards {sorted(seen)} of a {num_shards}-shard run; "
+            f"need each of 0..{num_shards - 1} once",
             hint="pass every part's directory with --input",
         )
     order = sorted(range(len(parts)), key=lambda i: seen[i])

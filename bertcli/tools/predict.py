@@ -267,13 +267,15 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
-    as_json: bool | None = True if p.suffix in (".jsonl", ".json") else (False if p.suffix in (".tsv", ".txt") else None)
+    as_json: bool | None = {".jsonl": True, ".json": True, ".tsv": False, ".txt": False}.get(p.suffix)
     with p.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+                raise InputError(
+                    f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8"
+                ) from exc
             if line_no == 1:
                 line = line.lstrip("\ufeff")
             if not line.strip():
