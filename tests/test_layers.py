@@ -87,6 +87,12 @@ def test_nobody_imports_private_names() -> None:
     assert not bad, "a name another module needs is public (no leading underscore):\n" + "\n".join(bad)
 
 
+def test_schemas_import_no_torch() -> None:
+    # `bert config show` and every config check run without loading torch (seconds and hundreds of MB).
+    imported = {t for t, _, _ in _imports("bertcli.schemas")}
+    assert imported <= {"__future__", "dataclasses", "typing"}, imported
+
+
 def test_the_rules_see_imports() -> None:
     # The checks above would pass vacuously if _imports missed the forms used in the package.
     assert "bertcli.stages.pairs" in {t for t, _, _ in _imports("bertcli.cli")}  # from bertcli.stages import pairs
