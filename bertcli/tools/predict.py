@@ -471,7 +471,7 @@ def evaluate(
         if mask_chunk is not None:  # the whole chunk, even past --max-sequences: its masks stay the same
             end = min(data.arrays.num_sequences, start + EVAL_CHUNK_SEQUENCES)
             rows = [data.arrays[i] for i in range(start, end)]
-            rows = unbatch_masked(mask_chunk(rows, derive_seed(seed, chunk)), rows)[: n - start]
+            rows = _unbatch_masked(mask_chunk(rows, derive_seed(seed, chunk)), rows)[: n - start]
         else:
             rows = [data.arrays[i] for i in range(start, min(n, start + EVAL_CHUNK_SEQUENCES))]
         rows.sort(key=lambda r: len(r["input_ids"]))  # length-sorted batches waste little on padding
@@ -497,7 +497,7 @@ def evaluate(
     }
 
 
-def unbatch_masked(batch: dict, rows: list[dict]) -> list[dict]:
+def _unbatch_masked(batch: dict, rows: list[dict]) -> list[dict]:
     """The rows of a dynamically masked collator batch as a masked artifact's rows (input_ids after masking,
     masked_positions, masked_labels), so that the static collator can batch them again in any grouping."""
     width = batch["input_ids"].shape[1]
