@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-slow clean-demo
+.PHONY: install install-dev demo lint test test-slow clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ demo: install
 	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "Hacker folklore has been shaped primarily by the [MASK] operating system."
 	@echo; echo "Next: docs/quickstart.md (evaluate, embed, attention, your own corpus)."
 
+
+lint: install-dev
+	$(BIN)/ruff check bertcli tests scripts
 
 test: install-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

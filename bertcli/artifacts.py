@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from bertcli import __version__
 from bertcli.config import config_hash, config_to_yaml
 from bertcli.errors import ArtifactError, OutputExistsError
+from bertcli.schemas import stage_of_manifest
 from bertcli.vocab import LoadedTokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # numpy is imported only by the stages that read arrays (train-vocab's memory is measured)
@@ -132,7 +133,8 @@ def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ..
         )
     if not overwrite and not empty:
         raise OutputExistsError(
-            f"output '{path}' already holds a bertcli artifact", hint="pass --overwrite to replace it, or choose another --output"
+            f"output '{path}' already holds a bertcli artifact",
+            hint="pass --overwrite to replace it, or choose another --output",
         )
     return out
 
@@ -271,7 +273,8 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(
-            f"'{directory}' has no manifest.json: it is not a bertcli artifact, or the run that wrote it did not finish",
+            f"'{directory}' has no manifest.json: it is not a bertcli artifact, or the run that wrote it did not "
+            "finish",
             hint=_hint_for(stages) + " (rerun that stage with --overwrite to finish the job)",
         )
     try:
@@ -289,8 +292,9 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
 
 
 def _hint_for(stages: tuple[str, ...]) -> str:
-    commands = {"train-vocab": "bert train-vocab", "pairs": "bert pairs", "masked": "bert mask"}
-    named = [commands[s] for s in stages if s in commands]
+    """Which command makes an artifact of these manifest stages (the stage registry knows)."""
+    specs = [stage_of_manifest(s) for s in stages]
+    named = [spec.command for spec in specs if spec is not None]
     return f"make it with `{'` or `'.join(named)}`" if named else "check the path"
 
 
@@ -334,7 +338,8 @@ def verify_files(path: Path, manifest: dict) -> None:
         return  # written before manifests listed their files
     limit = int(os.environ.get("BERTCLI_VERIFY_MAX_BYTES", VERIFY_HASH_MAX_BYTES))
     total = sum(int(meta.get("bytes", 0)) for meta in listed.values())
-    rebuild = f"the artifact was changed or damaged after it was written; rebuild it ({_hint_for((manifest['stage'],))})"
+    remedy = _hint_for((manifest["stage"],))
+    rebuild = f"the artifact was changed or damaged after it was written; rebuild it ({remedy})"
     for rel, meta in sorted(listed.items()):
         file = path / rel
         if not file.is_file():
@@ -360,11 +365,14 @@ def check_arrays(path: Path, arrays: ShardedArrays, vocab_size: int, max_seq_len
         for field in arrays.ragged_fields:
             offsets = shard[f"{field}.offsets"]
             if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(shard[field]) or (np.diff(offsets) < 0).any():
-                raise ArtifactError(f"{where}: the offsets of '{field}' do not fit its values", hint="rebuild the artifact")
+                raise ArtifactError(
+                    f"{where}: the offsets of '{field}' do not fit its values", hint="rebuild the artifact"
+                )
         lengths = np.diff(shard["input_ids.offsets"])
         if len(lengths) and int(lengths.max()) > max_seq_length:
             raise ArtifactError(
-                f"{where}: a sequence of {int(lengths.max())} tokens, above the manifest's max_seq_length {max_seq_length}",
+                f"{where}: a sequence of {int(lengths.max())} tokens, above the manifest's max_seq_length "
+                f"{max_seq_length}",
                 hint="rebuild the artifact",
             )
         for field in ("input_ids", "masked_labels"):
@@ -378,7 +386,9 @@ def check_arrays(path: Path, arrays: ShardedArrays, vocab_size: int, max_seq_len
             if int(shard["masked_positions"].max()) >= max_seq_length or (
                 np.repeat(lengths, counts) <= shard["masked_positions"]
             ).any():
-                raise ArtifactError(f"{where}: a masked position lies outside its sequence", hint="rebuild the artifact")
+                raise ArtifactError(
+                    f"{where}: a masked position lies outside its sequence", hint="rebuild the artifact"
+                )
 _DATA_FIELDS = {
     "pairs": {"input_ids", "type_boundary", "next_sentence_label"},
     "masked": {"input_ids", "type_boundary", "next_sentence_label", "masked_positions", "masked_labels"},

@@ -1,11 +1,10 @@
-"""The `bert` command line: each command parses, calls one stage function and reports."""
+"""The `bert` command line: each command converts its arguments, calls one stage or tool function and prints."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -76,6 +75,14 @@ def _root(
     """From raw text to your own pretrained BERT."""
 
 
+def _stage_config(stage: str, config: Optional[Path], set_: Optional[List[str]], flags: dict[str, Any]) -> Any:
+    """The stage's config: schema defaults ← --config ← --set ← the command's own flags; checked."""
+    from bertcli.config import load_config
+    from bertcli.schemas import STAGES
+
+    return load_config(STAGES[stage].schema, config, set_ or [], flags)
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -87,18 +94,21 @@ def config_show(
     set_: Optional[List[str]] = SetOpt,
     docs: bool = typer.Option(False, "--docs", help="Write each field's documentation as a comment above it."),
 ) -> None:
-    """Print the effective config of STAGE as YAML (defaults ← --config ← --set)."""
-    from bertcli.config import config_to_yaml, load_config
+    """Print the effective config of STAGE as YAML (defaults ← --config ← --set); on stderr, every problem for which
+    the command would refuse it."""
+    from bertcli.config import config_to_yaml, load_config, validation_problems
     from bertcli.errors import ConfigError
-    from bertcli.schemas import STAGE_SCHEMAS
+    from bertcli.schemas import CONFIG_SCHEMAS
 
-    if stage not in STAGE_SCHEMAS:
-        raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(STAGE_SCHEMAS)}")
-    cfg = load_config(STAGE_SCHEMAS[stage], config, set_ or [], validate=False)
+    if stage not in CONFIG_SCHEMAS:
+        raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(CONFIG_SCHEMAS)}")
+    cfg = load_config(CONFIG_SCHEMAS[stage], config, set_ or [], validate=False)
     typer.echo(config_to_yaml(cfg, comments=docs), nl=False)
+    for problem in validation_problems(cfg):
+        typer.echo(f"warning: {problem}", err=True)
 
 
-# ---------------------------------------------------------------- train-vocab, tokenize
+# ---------------------------------------------------------------- train-vocab (stages/), tokenize (tools/)
 
 
 @app.command("train-vocab")
@@ -106,16 +116,16 @@ def config_show(
 def train_vocab(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
-    input_: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Corpus file, directory or glob (repeatable)."),
+    input_: Optional[List[str]] = typer.Option(
+        None, "--input", "-i", help="Corpus file, directory or glob (repeatable)."
+    ),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Tokenizer directory to write."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a WordPiece vocabulary; the directory loads with AutoTokenizer.from_pretrained."""
-    from bertcli.config import load_config
-    from bertcli.schemas import TrainVocabConfig
     from bertcli.stages import train_vocab as stage
 
-    cfg = load_config(TrainVocabConfig, config, set_ or [], {"input": input_, "output": output})
+    cfg = _stage_config("train-vocab", config, set_, {"input": input_, "output": output})
     manifest = stage.run(cfg, overwrite=overwrite)
     stats = manifest["stats"]
     typer.echo(
@@ -132,9 +142,9 @@ def tokenize(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text: text, tokens, ids."),
 ) -> None:
     """Print the WordPiece pieces and ids of each TEXT ([CLS] and [SEP] included, as AutoTokenizer gives them)."""
-    from bertcli.stages.train_vocab import tokenize as run_tokenize
+    from bertcli.tools import inspect as tool
 
-    for row in run_tokenize(tokenizer, texts):
+    for row in tool.tokenize(tokenizer, texts):
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
         else:
@@ -142,7 +152,7 @@ def tokenize(
             typer.echo(" ".join(str(i) for i in row["ids"]))
 
 
-# ---------------------------------------------------------------- pairs, mask, inspect (bertcli/stages/{pairs,mask,inspect}.py)
+# ---------------------------------------------------------------- pairs, mask (stages/), inspect (tools/)
 
 
 @app.command("pairs")
@@ -151,25 +161,28 @@ def pairs(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     input_: Optional[List[str]] = typer.Option(
-        None, "--input", "-i", help="Corpus file, directory or glob (repeatable); or every part of a sharded run to merge."
+        None, "--input", "-i",
+        help="Corpus file, directory or glob (repeatable); or every part of a sharded run to merge.",
     ),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer directory (bert train-vocab)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Pairs artifact directory to write."),
     overwrite: bool = OverwriteOpt,
-    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="This job's part (0-based) of --num-shards."),
-    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Split the work into this many independent jobs."),
+    shard_index: Optional[int] = typer.Option(
+        None, "--shard-index", help="This job's part (0-based) of --num-shards."
+    ),
+    num_shards: Optional[int] = typer.Option(
+        None, "--num-shards", help="Split the work into this many independent jobs."
+    ),
 ) -> None:
     """Build NSP sentence pairs ([CLS] A [SEP] B [SEP]) from a corpus, as Google BERT does, streamed and parallel.
 
     Merge the parts of a sharded run with `bert pairs --input part-0 --input part-1 … --output DIR`.
     """
-    from bertcli.config import load_config
-    from bertcli.schemas import PairsConfig
     from bertcli.stages import pairs as stage
 
-    cli_values = {"input": input_, "tokenizer": tokenizer, "output": output, "shard_index": shard_index,
-                  "num_shards": num_shards}
-    cfg = load_config(PairsConfig, config, set_ or [], cli_values)
+    flags = {"input": input_, "tokenizer": tokenizer, "output": output, "shard_index": shard_index,
+             "num_shards": num_shards}
+    cfg = _stage_config("pairs", config, set_, flags)
     stats = stage.run(cfg, overwrite=overwrite)["stats"]
     typer.echo(
         f"wrote {cfg.output}: {stats['sequences']:,} sequences, {stats['tokens']:,} tokens, "
@@ -188,11 +201,9 @@ def mask(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Mask a pairs artifact for MLM (static masking): exact selection count, 80/10/10, optional whole words."""
-    from bertcli.config import load_config
-    from bertcli.schemas import MaskConfig
     from bertcli.stages import mask as stage
 
-    cfg = load_config(MaskConfig, config, set_ or [], {"input": input_, "output": output})
+    cfg = _stage_config("mask", config, set_, {"input": input_, "output": output})
     stats = stage.run(cfg, overwrite=overwrite)["stats"]
     typer.echo(
         f"wrote {cfg.output}: {stats['sequences']:,} sequences, {stats['selected']:,} of {stats['candidates']:,} "
@@ -209,15 +220,12 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's stats as one JSON object, nothing else."),
 ) -> None:
     """Print an artifact's stats and decoded examples (segments, [MASK]s and their labels visible)."""
-    from bertcli.stages import inspect as stage
+    from bertcli.tools import inspect as tool
 
-    if as_json:
-        typer.echo(json.dumps(stage.stats(directory), ensure_ascii=False))
-        return
-    typer.echo(stage.render(directory, examples))
+    typer.echo(json.dumps(tool.stats(directory), ensure_ascii=False) if as_json else tool.render(directory, examples))
 
 
-# ---------------------------------------------------------------- pretrain, plot (bertcli/stages/{pretrain,plot}.py)
+# ---------------------------------------------------------------- pretrain (stages/pretrain.py), plot (metrics.py)
 
 
 @app.command("pretrain")
@@ -229,15 +237,15 @@ def pretrain(
         None, "--data", "-d", help="A masked artifact (static masking) or a pairs artifact (dynamic masking)."
     ),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory (checkpoints, metrics)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its newest complete checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --output from its newest complete checkpoint."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over, replacing the run in --output."),
 ) -> None:
     """Pretrain BertForPreTraining (MLM + NSP); also under `torchrun --nproc_per_node N -m bertcli pretrain …`."""
-    from bertcli.config import load_config
-    from bertcli.schemas import PretrainConfig
     from bertcli.stages import pretrain as stage
 
-    cfg = load_config(PretrainConfig, config, set_ or [], {"data": data, "output": output})
+    cfg = _stage_config("pretrain", config, set_, {"data": data, "output": output})
     manifest = stage.run(cfg, resume=resume, overwrite=overwrite)
     if manifest is not None:  # None on the other ranks under torchrun: rank 0 reports
         stats = manifest["stats"]
@@ -255,12 +263,12 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG to write (default RUN/metrics.png)."),
 ) -> None:
     """Draw the loss and accuracy curves of a pretraining run as a PNG."""
-    from bertcli import metrics as stage
+    from bertcli import metrics
 
-    typer.echo(f"wrote {stage.run(run, out)}")
+    typer.echo(f"wrote {metrics.run(run, out)}")
 
 
-# ---------------------------------------------------------------- use a trained model (bertcli/stages/predict.py)
+# ---------------------------------------------------------------- use a trained model (bertcli/tools/predict.py)
 
 ModelOpt = typer.Option(
     ..., "--model", "-m", help="A BertForPreTraining directory: a run (its final/ is used), run/final, or any HF BERT."
@@ -284,22 +292,19 @@ def predict_nsp(
 ) -> None:
     """Next-sentence prediction: the probability that --second follows --first (IsNext), or for every pair of a file."""
     from bertcli.errors import InputError
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as tool
 
     if input_ is not None and (first is not None or second is not None):
         raise InputError("give either --first and --second, or --input FILE, not both")
     if input_ is None and (first is None or second is None):
         raise InputError("predict-nsp needs --first TEXT and --second TEXT, or --input FILE")
-    loaded = stage.load_model(model, device=device, need_nsp=True)
-    if input_ is not None:
-        for row in stage.predict_nsp_file(loaded, input_, batch_size=batch_size):
+    loaded = tool.load_model(model, device=device, need_nsp=True)
+    if input_ is not None:  # JSON lines, streamed
+        for row in tool.predict_nsp_file(loaded, input_, batch_size=batch_size):
             typer.echo(json.dumps(row, ensure_ascii=False))
         return
-    (row,) = stage.predict_nsp(loaded, [(first, second)])
-    if as_json:
-        typer.echo(json.dumps(row, ensure_ascii=False))
-    else:
-        typer.echo(f"{row['label']}  (IsNext probability {row['is_next_probability']:.4f})")
+    (row,) = tool.predict_nsp(loaded, [(first, second)])
+    typer.echo(json.dumps(row, ensure_ascii=False) if as_json else tool.format_nsp(row))
 
 
 @app.command("fill-mask")
@@ -312,18 +317,14 @@ def fill_mask(
     device: str = DeviceOpt,
 ) -> None:
     """The top-k tokens and probabilities for every mask token in TEXT."""
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as tool
 
-    loaded = stage.load_model(model, device=device, need_mlm=True)
-    masks = stage.fill_mask(loaded, text, top_k=top_k)
+    loaded = tool.load_model(model, device=device, need_mlm=True)
+    masks = tool.fill_mask(loaded, text, top_k=top_k)
     if as_json:
         typer.echo(json.dumps({"text": text, "masks": masks}, ensure_ascii=False))
-        return
-    for m in masks:
-        if len(masks) > 1:
-            typer.echo(f"{loaded.tokenizer.mask_token} #{m['mask_index'] + 1} (token {m['position']}):")
-        for p in m["predictions"]:
-            typer.echo(f"  {p['probability']:.4f}  {p['token']:<15} {p['sequence']}")
+    else:
+        typer.echo(tool.format_fill_mask(masks, loaded.tokenizer.mask_token))
 
 
 @app.command("evaluate")
@@ -331,30 +332,28 @@ def fill_mask(
 def evaluate(
     model: Path = ModelOpt,
     data: Path = typer.Option(
-        ..., "--data", "-d", help="A masked artifact (`bert mask`), or a pairs artifact (masked here, see --seed)."
+        ..., "--data", "-d",
+        help="A masked artifact (`bert mask`), or a pairs artifact, masked here as `bert pretrain` masks one "
+        "(with pretrain's default masked_lm_prob and max_predictions_per_seq).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     batch_size: int = BatchOpt,
     max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Evaluate only the first N."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the masking when --data is a pairs artifact."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the masking of a pairs artifact (per chunk of 1,024 sequences: --batch-size "
+        "changes nothing)."
+    ),
     device: str = DeviceOpt,
 ) -> None:
-    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact."""
-    from bertcli.stages import predict as stage
+    """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact, computed
+    by the training code (the eval_* of `bert pretrain` on the same sequences and masks)."""
+    from bertcli.tools import predict as tool
 
-    loaded = stage.load_model(model, device=device, need_mlm=True, need_nsp=True)
-    metrics = stage.evaluate(
+    loaded = tool.load_model(model, device=device, need_mlm=True, need_nsp=True)
+    metrics = tool.evaluate(
         loaded, data, batch_size=batch_size, max_sequences=max_sequences, progress=not as_json, seed=seed
     )
-    if as_json:
-        typer.echo(json.dumps(metrics))
-        return
-    nsp = "n/a (no sentence pairs)" if metrics["nsp_accuracy"] is None else f"{metrics['nsp_accuracy']:.4f}"
-    typer.echo(
-        f"{metrics['sequences']:,} sequences, {metrics['masked_tokens']:,} masked tokens\n"
-        f"mlm_loss      {metrics['mlm_loss']:.4f}\nmlm_accuracy  {metrics['mlm_accuracy']:.4f}\n"
-        f"perplexity    {metrics['perplexity']:.2f}\nnsp_accuracy  {nsp}"
-    )
+    typer.echo(json.dumps(metrics) if as_json else tool.format_metrics(metrics))
 
 
 @app.command("embed")
@@ -368,20 +367,11 @@ def embed(
     device: str = DeviceOpt,
 ) -> None:
     """The word's contextual vector in each sentence and their cosine similarities, beside the static ones."""
-    from bertcli.stages import predict as stage
+    from bertcli.tools import predict as tool
 
-    loaded = stage.load_model(model, device=device)
-    result = stage.embed(loaded, word, sentences, layer=layer)
-    if as_json:
-        typer.echo(json.dumps(result, ensure_ascii=False))
-        return
-    labels = [f"s{i + 1}" for i in range(len(sentences))]
-    for label, sentence, pieces in zip(labels, sentences, result["pieces"]):
-        typer.echo(f"{label}: {sentence}    pieces: {' '.join(pieces)}")
-    typer.echo(f"\ncontextual (layer {result['layer']}) cosine similarity:")
-    typer.echo(stage.format_matrix(result["contextual_similarity"], labels))
-    typer.echo("\nstatic (input embedding) cosine similarity:")
-    typer.echo(stage.format_matrix(result["static_similarity"], labels))
+    loaded = tool.load_model(model, device=device)
+    result = tool.embed(loaded, word, sentences, layer=layer)
+    typer.echo(json.dumps(result, ensure_ascii=False) if as_json else tool.format_embedding(result))
 
 
 @app.command("attention")
@@ -396,12 +386,11 @@ def attention(
     device: str = DeviceOpt,
 ) -> None:
     """Every layer's and head's attention as a self-contained HTML page (open it in a browser; no network)."""
-    from bertcli.stages import attention as stage
+    from bertcli.tools import attention as tool
 
-    result = stage.run(model, text, out=out, second=second, png=png, overwrite=overwrite, device=device)
-    typer.echo(f"wrote {result['html']}: {result['layers']} layers × {result['heads']} heads, {len(result['tokens'])} tokens")
-    for path in result["png"]:
-        typer.echo(f"wrote {path}")
+    result = tool.write_attention(model, text, out=out, second=second, png=png, overwrite=overwrite, device=device)
+    shape = f"{result['layers']} layers × {result['heads']} heads, {len(result['tokens'])} tokens"
+    typer.echo("\n".join([f"wrote {result['html']}: {shape}", *(f"wrote {path}" for path in result["png"])]))
 
 
 @app.command("run")
@@ -425,9 +414,4 @@ def run_pipeline(
 
 def main() -> None:
     """Console entry point: `bert …` and `python -m bertcli …`."""
-    try:
-        app()
-    except SystemExit as exc:
-        code = exc.code
-        # Click reports usage errors itself with exit code 2; keep that.
-        sys.exit(code)
+    app()

@@ -335,7 +335,7 @@ def load_config(
     problems: list[str] = []
     cfg = _build(schema_cls, data, "", origins, problems)
     if cfg is not None and not problems and validate:
-        problems.extend(_validate_tree(cfg))
+        problems.extend(validation_problems(cfg))
     if problems:
         source = f" in {path}" if path else ""
         if len(problems) == 1:
@@ -357,16 +357,17 @@ def build_config(
     problems: list[str] = []
     cfg = _build(schema_cls, data, prefix, origins or {}, problems)
     if cfg is not None and not problems and validate:
-        problems.extend(_validate_tree(cfg))
+        problems.extend(validation_problems(cfg))
     return cfg, problems
 
 
-def _validate_tree(cfg: Any) -> list[str]:
+def validation_problems(cfg: Any) -> list[str]:
+    """The cross-field problems of a built config: its validate() and those of its nested sections."""
     problems: list[str] = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            problems.extend(_validate_tree(value))
+            problems.extend(validation_problems(value))
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         problems.extend(validate())

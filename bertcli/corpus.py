@@ -60,7 +60,9 @@ def resolve_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".") and _looks_like_text_name(q)
             )
             if not found:
-                raise InputError(f"input directory '{p}' holds no text files", hint="point --input at your corpus files")
+                raise InputError(
+                    f"input directory '{p}' holds no text files", hint="point --input at your corpus files"
+                )
             out.extend(found)
         elif any(ch in text for ch in "*?["):
             found = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True) if Path(m).is_file())
@@ -224,7 +226,9 @@ def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | No
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="each line of a .jsonl file is one JSON object") from exc
+        raise InputError(
+            f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="each line of a .jsonl file is one JSON object"
+        ) from exc
     if not isinstance(record, dict) or text_field not in record:
         raise InputError(
             f"{path}:{lineno}: no '{text_field}' field in the JSON object",

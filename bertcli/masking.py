@@ -83,7 +83,9 @@ def continuation_ids(vocab: dict[str, int], prefix: str) -> list[int]:
     return [i for token, i in vocab.items() if token.startswith(prefix) and len(token) > len(prefix)]
 
 
-def spec_from_tokenizer(tokenizer, special_ids: Iterable[int], mask_id: int, prefix: str | None = None, **probs) -> MaskingSpec:
+def spec_from_tokenizer(
+    tokenizer, special_ids: Iterable[int], mask_id: int, prefix: str | None = None, **probs
+) -> MaskingSpec:
     """A MaskingSpec from an in-memory `tokenizers.Tokenizer`; the ## prefix is read from its model or decoder."""
     if prefix is None:
         prefix = getattr(tokenizer.model, "continuing_subword_prefix", None) or getattr(

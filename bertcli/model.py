@@ -113,7 +113,8 @@ class PretrainingBatch:
     """One micro-batch, already on the device.
 
     input_ids, token_type_ids, attention_mask: (B, T) int64. masked_positions: (N,) flat indices b·T + t of the
-    predicted positions, ascending (row by row); masked_labels: (N,) their original ids. next_sentence_label: (B,) or None (no NSP).
+    predicted positions, ascending (row by row); masked_labels: (N,) their original ids. next_sentence_label: (B,)
+    or None (no NSP).
     """
 
     input_ids: torch.Tensor

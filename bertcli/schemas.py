@@ -9,8 +9,6 @@ Layout = Literal["sentence-per-line", "document-per-line"]
 CorpusFormat = Literal["auto", "text", "jsonl"]
 DecodeErrors = Literal["strict", "replace"]
 
-PipelineStage = Literal["train-vocab", "pairs", "mask", "pretrain"]
-
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # Key roles live in each field's metadata["roles"]: "execution" keys change how a stage runs but not what it
@@ -83,6 +81,11 @@ class TrainVocabConfig:
             problems.append(f"key 'special_tokens': {self.special_tokens} has duplicates")
         if not self.continuing_subword_prefix:
             problems.append("key 'continuing_subword_prefix': must not be empty")
+        if self.vocab_size <= len(self.special_tokens):
+            problems.append(
+                f"key 'vocab_size': {self.vocab_size} leaves no room beside the {len(self.special_tokens)} special "
+                "tokens; raise it (30522 is BERT's)"
+            )
         return problems
 
 
@@ -134,6 +137,11 @@ class PairsConfig:
         if self.shard_index >= self.num_shards:
             problems.append(
                 f"key 'shard_index': got {self.shard_index}, expected a value < num_shards ({self.num_shards})"
+            )
+        if not self.nsp and self.dupe_factor > 1:
+            problems.append(
+                f"key 'dupe_factor': {self.dupe_factor} with nsp: false would write identical copies (packing is not "
+                "random); set dupe_factor: 1 and use `bert mask`'s dupe_factor or dynamic masking for variety"
             )
         return problems
 
@@ -292,7 +300,88 @@ class PretrainConfig:
             problems.append(
                 f"key 'micro_batch_size': {self.micro_batch_size} is above batch_size {self.batch_size}"
             )
+        elif self.batch_size % self.micro_batch_size:
+            # the rest of the rule (a multiple of micro_batch_size × processes) needs the process count: pretrain
+            problems.append(
+                f"key 'batch_size': {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
+            )
         return problems
+
+
+# ---------------------------------------------------------------- the stage registry
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """A path key of a stage's config that `bert run` fills with the output of a stage before it."""
+
+    key: str
+    """The config key, e.g. pairs' `tokenizer`."""
+    stages: tuple[str, ...]
+    """The stages whose output it takes, preferred first: the first of them that comes earlier in the pipeline,
+    else the first one's directory in the workdir."""
+    recorded_as: str
+    """Where the stage's manifest records it: manifest["inputs"][recorded_as]."""
+    kind: Literal["artifact", "tokenizer"] = "artifact"
+    """artifact: identified by its manifest's content_hash; tokenizer: by vocab.tokenizer_hash (recorded as hash)."""
+    what: str = ""
+    """Its name in `bert run`'s messages ("its tokenizer changed")."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything the pipeline, the artifact readers and `bert config show` need to know about one stage."""
+
+    name: str
+    """The command and the name in a pipeline's `stages:` list, e.g. train-vocab."""
+    schema: type
+    """Its config dataclass."""
+    section: str
+    """The key of its section in a pipeline YAML."""
+    workdir_subdir: str
+    """Where `bert run` writes its output under the workdir."""
+    manifest_stage: str
+    """The `stage` its manifest.json records."""
+    module: str
+    """The module whose `run(cfg, overwrite=…)` builds the output (imported only when the stage runs)."""
+    reads_corpus: bool = False
+    """Takes the pipeline's `input` (the corpus) as its own `input`."""
+    inputs: tuple[StageInput, ...] = ()
+    """Path keys filled with the outputs of stages before it."""
+    resumable: bool = False
+    """`run` also takes resume=; an unfinished output with the same config is resumed, not rebuilt."""
+    model_subdir: Optional[str] = None
+    """The model a finished run leaves, relative to its output (pretrain: final)."""
+
+    @property
+    def command(self) -> str:
+        return f"bert {self.name}"
+
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (
+        StageSpec("train-vocab", TrainVocabConfig, "train_vocab", "tokenizer", "train-vocab",
+                  "bertcli.stages.train_vocab", reads_corpus=True),
+        StageSpec("pairs", PairsConfig, "pairs", "pairs", "pairs", "bertcli.stages.pairs", reads_corpus=True,
+                  inputs=(StageInput("tokenizer", ("train-vocab",), "tokenizer", "tokenizer", "tokenizer"),)),
+        StageSpec("mask", MaskConfig, "mask", "masked", "masked", "bertcli.stages.mask",
+                  inputs=(StageInput("input", ("pairs",), "pairs", "artifact", "pairs artifact"),)),
+        StageSpec("pretrain", PretrainConfig, "pretrain", "pretrain", "pretrain", "bertcli.stages.pretrain",
+                  # without a mask stage, pretrain masks the pairs artifact on the fly (dynamic masking)
+                  inputs=(StageInput("data", ("mask", "pairs"), "data", "artifact", "training data"),),
+                  resumable=True, model_subdir="final"),
+    )
+}
+"""The stages `bert run` can chain, in pipeline order. Adding one = an entry here (and a section in PipelineConfig)
+plus its module with `run(cfg, overwrite=…) -> manifest`."""
+
+PipelineStage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
+
+
+def stage_of_manifest(manifest_stage: str) -> Optional[StageSpec]:
+    """The stage whose manifest records `manifest_stage` (None for an unknown one)."""
+    return next((spec for spec in STAGES.values() if spec.manifest_stage == manifest_stage), None)
 
 
 @dataclass
@@ -303,7 +392,7 @@ class PipelineConfig:
     """Directory under which each stage's artifact is written (tokenizer/, pairs/, masked/, pretrain/)."""
     input: list[str] = field(default_factory=list)
     """Corpus files, directories or glob patterns for train-vocab and pairs."""
-    stages: list[PipelineStage] = field(default_factory=lambda: ["train-vocab", "pairs", "mask", "pretrain"])
+    stages: list[PipelineStage] = field(default_factory=lambda: list(STAGES))
     """Stages to run, in this order. Leave out mask to train with dynamic masking on the pairs artifact; leave out
     train-vocab to use an existing tokenizer (set pairs: {tokenizer: DIR})."""
     seed: Optional[int] = None
@@ -322,7 +411,7 @@ class PipelineConfig:
         problems = []
         if len(set(self.stages)) != len(self.stages):
             problems.append(f"key 'stages': {self.stages} names a stage twice")
-        order = ["train-vocab", "pairs", "mask", "pretrain"]
+        order = list(STAGES)
         if [s for s in order if s in self.stages] != list(self.stages):
             problems.append(f"key 'stages': {self.stages} is out of order; the order is {' → '.join(order)}")
         if not self.stages:
@@ -332,10 +421,5 @@ class PipelineConfig:
         return problems
 
 
-STAGE_SCHEMAS: dict[str, type] = {
-    "train-vocab": TrainVocabConfig,
-    "pairs": PairsConfig,
-    "mask": MaskConfig,
-    "pretrain": PretrainConfig,
-    "run": PipelineConfig,
-}
+CONFIG_SCHEMAS: dict[str, type] = {**{name: spec.schema for name, spec in STAGES.items()}, "run": PipelineConfig}
+"""The configs `bert config show` knows: every stage's, and the pipeline's (`run`)."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from bertcli.errors import ArtifactError
-
 
 SHARD_PREFIX = "shard"
 

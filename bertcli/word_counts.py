@@ -20,8 +20,8 @@ _ASCII_PUNCT = r"!-/:-@\[-`{-~"
 _ASCII_WORD = re.compile(r"[^\t\n\x0b\x0c\r " + _ASCII_PUNCT + r"]+|[" + _ASCII_PUNCT + r"]")
 _PROBE = "".join(chr(i) for i in range(128)) + " a.b,c  d\te\nf-g_h(i)j\x1cK\x1dl\x1f m\x7fn 1.5 x'y"
 
-# Per-process state, set by init_word_splitter (in each worker, or in the caller): the tokenizer's normalizer and pre-tokenizer, and whether the
-# regex split may stand in for the pre-tokenizer on ASCII text.
+# Per-process state, set by init_word_splitter (in each worker, or in the caller): the tokenizer's normalizer and
+# pre-tokenizer, and whether the regex split may stand in for the pre-tokenizer on ASCII text.
 _normalizer: Any = None
 _pre_tokenizer: Any = None
 _fast_ascii_split = False

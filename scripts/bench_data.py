@@ -15,7 +15,8 @@ The NSP dataset class is gone from transformers 5, so the baseline runs in a sep
     python3 -m venv /tmp/venv457
     /tmp/venv457/bin/pip install torch==2.13.0 transformers==4.57.6
 
-then: .venv/bin/python scripts/bench_data.py --corpus ../shared/data/en-dev.txt --baseline-python /tmp/venv457/bin/python
+then: .venv/bin/python scripts/bench_data.py --corpus ../shared/data/en-dev.txt \
+          --baseline-python /tmp/venv457/bin/python
 """
 
 from __future__ import annotations

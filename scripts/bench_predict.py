@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertcli.shards import ShardedArrays  # noqa: E402
-from bertcli.stages import predict  # noqa: E402
+from bertcli.tools import predict  # noqa: E402
 
 
 def read_pairs(corpus: Path, limit: int) -> list[tuple[str, str]]:

@@ -18,9 +18,9 @@ Each run is a fresh subprocess, one after the other.
 
 Throughput is measured first in --speed-rounds short runs of each side, alternating, and the best of each
 side's rounds is compared (other jobs sharing the machine make a single run noisy); the full-budget runs' own
-averages are reported too. Both models are then evaluated by the same code on the same held-out sequences (never trained on by either:
-the pretrain stage's held-out hash, eval_fraction 0.01) with the masked artifact's static masks: MLM accuracy
-on masked positions, NSP accuracy. tokens/s counts non-padding tokens only.
+averages are reported too. Both models are then evaluated by the same code on the same held-out sequences
+(never trained on by either: the pretrain stage's held-out hash, eval_fraction 0.01) with the masked artifact's
+static masks: MLM accuracy on masked positions, NSP accuracy. tokens/s counts non-padding tokens only.
 
 `--speed-only --preset base --device cuda --precision bf16` measures our training throughput alone (sequences/s,
 tokens/s, model FLOPs utilisation against --peak-tflops) for the GPU figures.
@@ -112,7 +112,6 @@ def evaluate(model, masked: Path, count: int, batch_size: int = 64) -> dict:
 
 def run_ours(args) -> dict:
     import torch
-
     from transformers import BertForPreTraining
 
     from bertcli.batching import EpochPlan
@@ -307,7 +306,6 @@ def run_memory_child(args) -> dict:
 def run_speed(args) -> dict:
     """Throughput of ours alone (e.g. BERT-base, bf16, one GPU), after skipping the first log intervals."""
     import torch
-
     from transformers import BertConfig
 
     from bertcli.model import flops_per_token
@@ -467,7 +465,9 @@ def main() -> None:
         "tokens_per_s_best_of_rounds": best["ours"] / best["baseline"],
         "tokens_per_s_full_runs": ours["tokens_per_s"] / base["tokens_per_s"],
         "eval_mlm_accuracy_points": points(ours, base),
-        "eval_mlm_accuracy_points_at_each_lr": {str(a["lr"]): points(a, b) for a, b in zip(grid["ours"], grid["baseline"])},
+        "eval_mlm_accuracy_points_at_each_lr": {
+            str(a["lr"]): points(a, b) for a, b in zip(grid["ours"], grid["baseline"])
+        },
         "peak_rss_anon": ours["peak_rss_anon_mb"] / base["peak_rss_anon_mb"],
     }
     if args.ablate_bias:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,9 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 corpus, vocab_size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+tok.normalizer = normalizers.BertNormalizer(
+    clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
+)
 tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, limit_alphabet=1000,
     special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
@@ -68,9 +69,11 @@ def main() -> None:
                 env,
             )
         )
-        bare_runs.append(_child([sys.executable, "-c", BARE, args.corpus, str(args.vocab_size), str(tmp / f"bare{r}.json")], env))
+        bare = [sys.executable, "-c", BARE, args.corpus, str(args.vocab_size), str(tmp / f"bare{r}.json")]
+        bare_runs.append(_child(bare, env))
     a, b = _vocab(tmp / "ours0" / "vocab.txt"), _vocab(tmp / f"ours{min(1, args.repeats - 1)}" / "vocab.txt")
-    same_order = (tmp / "ours0" / "vocab.txt").read_bytes() == (tmp / f"ours{min(1, args.repeats - 1)}" / "vocab.txt").read_bytes()
+    second = tmp / f"ours{min(1, args.repeats - 1)}"
+    same_order = (tmp / "ours0" / "vocab.txt").read_bytes() == (second / "vocab.txt").read_bytes()
     best = lambda runs, i: min(x[i] for x in runs)  # noqa: E731
     result = {
         "benchmark": "train-vocab bpe vs bare tokenizers WordPieceTrainer",

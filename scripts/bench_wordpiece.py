@@ -35,7 +35,9 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 corpus, vocab_size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+tok.normalizer = normalizers.BertNormalizer(
+    clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
+)
 tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, limit_alphabet=1000,
     special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
@@ -46,8 +48,8 @@ tok.save(out)
 
 def slice_word_counts(corpus: str, slice_bytes: int) -> list[tuple[str, int]]:
     """Word counts of the corpus's first lines (up to slice_bytes), normalized and split as train-vocab does."""
-    from bertcli.schemas import TrainVocabConfig
     from bertcli import word_counts
+    from bertcli.schemas import TrainVocabConfig
 
     cfg = TrainVocabConfig(input=[corpus])
     word_counts.init_word_splitter(word_counts.normalizer_args(cfg))

@@ -16,16 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertcli.config import field_docs  # noqa: E402
-from bertcli.schemas import STAGE_SCHEMAS  # noqa: E402
+from bertcli.schemas import CONFIG_SCHEMAS, STAGES  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "configuration.md"
-COMMANDS = {
-    "train-vocab": "bert train-vocab",
-    "pairs": "bert pairs",
-    "mask": "bert mask",
-    "pretrain": "bert pretrain",
-    "run": "bert run",
-}
+COMMANDS = {**{name: spec.command for name, spec in STAGES.items()}, "run": "bert run"}
 SHIPPED = {
     "train-vocab": "configs/train-vocab/",
     "pretrain": "configs/pretrain/",
@@ -106,13 +100,14 @@ def render() -> str:
         "default. Override any key on the command line with `--set key=value` (dotted for sections:",
         "`--set model.preset=mini`); explicit flags such as `--input` and `--output` win over both. Unknown keys",
         "and wrong types are errors, all reported at once. `bert config show STAGE --docs` prints the effective",
-        "config with these descriptions as comments.",
+        "config with these descriptions as comments, and on stderr every problem the stage would refuse it for",
+        "(such as `nsp: false` with `dupe_factor` above 1).",
         "",
     ]
-    for stage, schema in STAGE_SCHEMAS.items():
+    for stage, schema in CONFIG_SCHEMAS.items():
         lines.append(f"- [`{COMMANDS.get(stage, stage)}`](#{stage}) — {schema.__name__}")
     lines.append("")
-    for stage, schema in STAGE_SCHEMAS.items():
+    for stage, schema in CONFIG_SCHEMAS.items():
         lines += [f'<a id="{stage}"></a>', f"## `{COMMANDS.get(stage, stage)}` ({schema.__name__})", ""]
         lines += [(schema.__doc__ or "").strip(), ""]
         if stage in SHIPPED:

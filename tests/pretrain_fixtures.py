@@ -17,8 +17,8 @@ import yaml
 from safetensors.torch import load_file
 
 from bertcli.artifacts import write_manifest
-from bertcli.shards import ShardWriter, token_dtype
 from bertcli.schemas import MaskConfig, ModelConfig, PairsConfig, PretrainConfig
+from bertcli.shards import ShardWriter, token_dtype
 from bertcli.vocab import copy_tokenizer_files, load_tokenizer
 
 TINY_MODEL = dict(preset=None, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -116,7 +116,8 @@ def make_artifact(
         input=[str(corpus)], tokenizer=str(tokenizer_dir), output=str(out), max_seq_length=max_seq_length, nsp=nsp
     )
     write_manifest(
-        out, stage, cfg, stats={"sequences": num_sequences}, inputs={"tokenizer": {"path": str(tokenizer_dir), "hash": tok.hash}},
+        out, stage, cfg, stats={"sequences": num_sequences},
+        inputs={"tokenizer": {"path": str(tokenizer_dir), "hash": tok.hash}},
         extra={"vocab_size": tok.vocab_size, "max_seq_length": max_seq_length, "special_token_ids": ids,
                "token_dtype": str(dtype), "nsp": nsp},
     )

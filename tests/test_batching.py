@@ -39,7 +39,8 @@ def test_epoch_plan_covers_training_data_once_and_buckets_lengths(masked_data):
     lengths = arrays.lengths("input_ids")
 
     def waste(batches):
-        return sum((lengths[b].max() - lengths[b]).sum() for b in batches) / sum(lengths[b].max() * len(b) for b in batches)
+        padding = sum((lengths[b].max() - lengths[b]).sum() for b in batches)
+        return padding / sum(lengths[b].max() * len(b) for b in batches)
 
     ours = [plan.batch(0, b) for b in range(n)]
     shuffled = np.random.default_rng(0).permutation(seen).reshape(n, 8)
@@ -76,7 +77,8 @@ def test_collator_pads_and_flattens_positions(masked_data):
         assert (batch["token_type_ids"][i, int(r["type_boundary"]) : n] == 1).all()
     expected = np.concatenate([np.asarray(r["masked_positions"]) + i * width for i, r in enumerate(rows)])
     assert torch.equal(batch["masked_positions"], torch.from_numpy(expected))
-    assert torch.equal(batch["masked_labels"], torch.from_numpy(np.concatenate([r["masked_labels"] for r in rows]).astype(np.int64)))
+    labels = np.concatenate([r["masked_labels"] for r in rows]).astype(np.int64)
+    assert torch.equal(batch["masked_labels"], torch.from_numpy(labels))
     assert batch["num_tokens"] == sum(len(r["input_ids"]) for r in rows)
     assert flat.dtype == torch.int64
 
@@ -93,8 +95,10 @@ def test_dynamic_masking_collator(pairs_data):
     a, b, c = collate(rows, 7), collate(rows, 7), collate(rows, 8)
     assert torch.equal(a["masked_positions"], b["masked_positions"])  # seeded by data position: reproducible
     assert not torch.equal(a["masked_positions"], c["masked_positions"])  # another position, other masks
-    flat_orig = torch.from_numpy(np.concatenate([np.pad(np.asarray(r["input_ids"], dtype=np.int64),
-                (0, a["input_ids"].shape[1] - len(r["input_ids"])), constant_values=tok.special_ids["pad"]) for r in rows]))
+    width = a["input_ids"].shape[1]
+    padded = [np.pad(np.asarray(r["input_ids"], dtype=np.int64), (0, width - len(r["input_ids"])),
+                     constant_values=tok.special_ids["pad"]) for r in rows]
+    flat_orig = torch.from_numpy(np.concatenate(padded))
     assert torch.equal(a["masked_labels"], flat_orig[a["masked_positions"]])
     specials = torch.tensor(sorted(set(tok.special_ids.values())))
     assert not torch.isin(a["masked_labels"], specials).any()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from bertcli.cli import app
 from bertcli.config import config_hash, config_to_yaml, field_docs, keys_with_role, load_config
 from bertcli.errors import ConfigError
-from bertcli.schemas import STAGE_SCHEMAS, PretrainConfig, TrainVocabConfig
+from bertcli.schemas import CONFIG_SCHEMAS, PretrainConfig, TrainVocabConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -38,7 +38,9 @@ def test_all_problems_reported_at_once(tmp_path):
         load_config(TrainVocabConfig, p)
     msg = exc.value.message
     assert msg.startswith("4 problems")
-    for part in ("'vocab_size'", "'lots'", "an integer", "'lowercase'", "true or false", "'min_frequency'", ">= 0", "'bogus'"):
+    expected = ("'vocab_size'", "'lots'", "an integer", "'lowercase'", "true or false", "'min_frequency'", ">= 0",
+                "'bogus'")
+    for part in expected:
         assert part in msg
 
 
@@ -96,7 +98,7 @@ def test_every_field_has_a_docstring():
             if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
                 walk(getattr(__import__("bertcli.schemas", fromlist=[f.type]), f.type))
 
-    for schema in STAGE_SCHEMAS.values():
+    for schema in CONFIG_SCHEMAS.values():
         walk(schema)
 
 
@@ -115,7 +117,7 @@ SHIPPED = sorted((ROOT / "configs").glob("*/*.yaml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_shipped_yaml_loads_and_lists_every_field(path):
     stage = {"pipeline": "run"}.get(path.parent.name, path.parent.name)
-    schema = STAGE_SCHEMAS[stage]
+    schema = CONFIG_SCHEMAS[stage]
     cfg = load_config(schema, path, validate=False)
     listed = _keys(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     expected = _keys(dataclasses.asdict(cfg))
@@ -130,6 +132,23 @@ def test_config_show_round_trips():
     assert data["model"]["preset"] == "tiny" and "learning_rate" in data
     result = runner.invoke(app, ["config", "show", "nosuchstage"])
     assert result.exit_code == 2 and "unknown stage" in result.output
+
+
+@pytest.mark.parametrize(
+    "stage, sets, message",
+    [
+        ("pairs", ["input=c.txt", "nsp=false", "dupe_factor=2"], "key 'dupe_factor': 2 with nsp: false"),
+        ("train-vocab", ["input=c.txt", "vocab_size=5"], "key 'vocab_size': 5 leaves no room"),
+        ("pretrain", ["batch_size=10", "micro_batch_size=4"], "key 'batch_size': 10 is not a multiple"),
+    ],
+)
+def test_config_only_checks_are_validate_s_and_config_show_reports_them(stage, sets, message):
+    schema = CONFIG_SCHEMAS[stage]
+    with pytest.raises(ConfigError, match=message):
+        load_config(schema, None, sets)
+    result = runner.invoke(app, ["config", "show", stage, *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) and f"warning: {message}" in result.stderr
 
 
 def test_config_hash_ignores_execution_only_keys():

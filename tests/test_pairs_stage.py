@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bertcli.shards import ShardedArrays
 from bertcli.cli import app
+from bertcli.shards import ShardedArrays
 from bertcli.vocab import load_tokenizer
 
 runner = CliRunner()

@@ -21,10 +21,10 @@ def test_every_schema_field_is_documented() -> None:
     import dataclasses
 
     from bertcli.config import field_docs
-    from bertcli.schemas import STAGE_SCHEMAS, ModelConfig
+    from bertcli.schemas import CONFIG_SCHEMAS, ModelConfig
 
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    for schema in [*STAGE_SCHEMAS.values(), ModelConfig]:
+    for schema in [*CONFIG_SCHEMAS.values(), ModelConfig]:
         docs = field_docs(schema)
         for f in dataclasses.fields(schema):
             assert docs.get(f.name), f"{schema.__name__}.{f.name} has no docstring"

@@ -179,7 +179,7 @@ def test_embed_static_versus_contextual(tiny_bert: Path) -> None:
 
 
 def test_find_word_prefers_whole_words() -> None:
-    from bertcli.stages.predict import find_word
+    from bertcli.tools.predict import find_word
 
     assert find_word("pythonic code in Python", "python") == (17, 23)
     assert find_word("파이썬은 재미있다", "파이썬") == (0, 3)  # a Korean particle attached
@@ -197,6 +197,7 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
 
     from bertcli import artifacts, shards
     from bertcli.schemas import MaskConfig
+    from bertcli.vocab import tokenizer_hash
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     dtype = shards.token_dtype(len(tok))
@@ -231,7 +232,8 @@ def _masked_artifact(out: Path, model_dir: Path, rows: list[tuple[str, str, int]
     (out / "tokenizer" / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
     special = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id,
                "mask": tok.mask_token_id}
-    artifacts.write_manifest(out, "masked", MaskConfig(input="pairs", output=str(out)), stats={}, inputs={},
+    made_with = {"tokenizer": {"path": str(model_dir), "hash": tokenizer_hash(out / "tokenizer")}}
+    artifacts.write_manifest(out, "masked", MaskConfig(input="pairs", output=str(out)), stats={}, inputs=made_with,
                              extra={"special_token_ids": special, "max_seq_length": 40, "vocab_size": len(tok),
                                     "token_dtype": dtype.name, "nsp": True})
     return out
@@ -280,12 +282,17 @@ def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path)
     assert "mlm_accuracy" in human and "perplexity" in human
 
 
-def test_evaluate_refuses_data_of_another_vocabulary(tiny_bert: Path, tmp_path: Path) -> None:
-    data = _masked_artifact(tmp_path / "masked", tiny_bert, [(STORY[0], STORY[1], 0)])
-    vocab = (data / "tokenizer" / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    vocab[5], vocab[6] = vocab[6], vocab[5]
-    (data / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "another vocabulary")
+def test_evaluate_refuses_data_of_another_tokenizer(tiny_bert: Path, tmp_path: Path) -> None:
+    # The same size and special tokens, two ordinary tokens swapped: data made with it means something else.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert, other)
+    spec = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.__getitem__)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    data = _masked_artifact(tmp_path / "masked", other, [(STORY[0], STORY[1], 0)])
+    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "made with another tokenizer")
     _fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
 
 

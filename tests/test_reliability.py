@@ -37,7 +37,7 @@ def _vocab(corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["train-vocab", "--input", str(corpus), "--output", str(out), "--set", "vocab_size=300", *extra]
 
 
-# ---------------------------------------------------------------- 1. --overwrite never deletes what bertcli did not write
+# ---------------------------------------------------------------- 1. --overwrite deletes only what bertcli wrote
 
 
 def test_overwrite_refuses_a_project_folder_with_a_config_yaml(tmp_path, tiny_corpus):

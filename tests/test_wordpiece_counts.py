@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bertcli.schemas import TrainVocabConfig
 from bertcli import word_counts
-from bertcli.word_counts import count_words, split_words
+from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import build_normalizer, build_pre_tokenizer
+from bertcli.word_counts import count_words, split_words
 
 NORMALIZATIONS = [
     dict(lowercase=True, strip_accents="none", clean_text=True, handle_chinese_chars=True),

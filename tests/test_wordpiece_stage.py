@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_wordpiece import SPECIALS, bert_word_counts, reference_loop
 
 from bertcli.schemas import TrainVocabConfig
 from bertcli.stages import train_vocab
+from bertcli.tools import inspect
+from test_wordpiece import SPECIALS, bert_word_counts, reference_loop
 
 EXACT = dict(min_frequency=0, limit_alphabet=0, lowercase=False, strip_accents="none", clean_text=False,
              handle_chinese_chars=False)
@@ -53,7 +54,7 @@ def test_autotokenizer_agrees_with_bert_tokenize(tmp_path, tiny_corpus, multilin
                            algorithm="wordpiece", score="likelihood", num_workers=1)
     train_vocab.run(cfg)
     texts = ["The hacker's kludge worked, mostly.", "한국어 문장은 자모로 쪼개지면 안 됩니다.", "Crème brûlée"]
-    ours = train_vocab.tokenize(out, texts)
+    ours = inspect.tokenize(out, texts)
     auto = AutoTokenizer.from_pretrained(str(out))
     for text, row in zip(texts, ours):
         assert auto(text)["input_ids"] == row["ids"]

@@ -10,8 +10,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bertcli import masking
-from bertcli.errors import InputError
 from bertcli.artifacts import TOKENIZER_DIR, atomic_output_dir, check_output, load_data, write_manifest
+from bertcli.errors import InputError
 from bertcli.parallel import ordered_map
 from bertcli.schemas import MaskConfig
 from bertcli.shards import ShardedArrays, ShardWriter
@@ -172,7 +172,8 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
             kept_share=round(totals["kept"] / selected, 6) if selected else 0.0,
             mean_selected_per_sequence=round(selected / totals["sequences"], 3) if totals["sequences"] else 0.0,
         )
-        extra = {k: pairs_manifest[k] for k in ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp")}
+        carried = ("special_token_ids", "vocab_size", "max_seq_length", "token_dtype", "nsp")
+        extra = {k: pairs_manifest[k] for k in carried}
         extra.update(
             sequences_per_shard=pairs.sequences_per_shard,
             dupe_factor=cfg.dupe_factor,

@@ -8,7 +8,7 @@ import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -315,16 +315,12 @@ def _tokenize_corpus(
 # ---------------------------------------------------------------- checks
 
 def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
+    """The check that needs the tokenizer; those on the config alone are PairsConfig.validate's."""
     if cfg.max_seq_length > loaded.max_length:
         raise ConfigError(
             f"key 'max_seq_length': {cfg.max_seq_length} is above what tokenizer '{loaded.path}' allows "
             f"(model_max_length {loaded.max_length})",
             hint=f"use max_seq_length ≤ {loaded.max_length}",
-        )
-    if not cfg.nsp and cfg.dupe_factor > 1:
-        raise ConfigError(
-            f"key 'dupe_factor': {cfg.dupe_factor} with nsp: false would write identical copies (packing is not random)",
-            hint="set dupe_factor: 1 and use `bert mask` dupe_factor or dynamic masking for variety",
         )
 
 
@@ -430,8 +426,8 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 ids = block * BLOCK_DOCUMENTS + np.arange(BLOCK_DOCUMENTS)
                 return np.isin(ids, wanted)
 
-            _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign, "tokenizing random-next documents",
-                             CorpusStats())
+            _tokenize_corpus(pool, cfg, loaded, scratch / "foreign", dtype, keep_foreign,
+                             "tokenizing random-next documents", CorpusStats())
             context = replace(context, stores=("own", "foreign"))
 
         writer = ShardWriter(
@@ -535,7 +531,8 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     num_shards = int(base.get("num_shards", 1))
     if sorted(seen) != list(range(num_shards)):
         raise ArtifactError(
-            f"the parts given are shards {sorted(seen)} of a {num_shards}-shard run; need each of 0..{num_shards - 1} once",
+            f"the parts given are shards {sorted(seen)} of a {num_shards}-shard run; "
+            f"need each of 0..{num_shards - 1} once",
             hint="pass every part's directory with --input",
         )
     order = sorted(range(len(parts)), key=lambda i: seen[i])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -11,28 +12,7 @@ from typing import Any, Callable, Sequence
 
 from bertcli.config import build_config, config_hash, load_config
 from bertcli.errors import ConfigError, OutputExistsError
-from bertcli.schemas import (
-    MaskConfig,
-    PairsConfig,
-    PipelineConfig,
-    PretrainConfig,
-    TrainVocabConfig,
-)
-
-SCHEMAS: dict[str, type] = {
-    "train-vocab": TrainVocabConfig,
-    "pairs": PairsConfig,
-    "mask": MaskConfig,
-    "pretrain": PretrainConfig,
-}
-SECTION = {"train-vocab": "train_vocab", "pairs": "pairs", "mask": "mask", "pretrain": "pretrain"}
-SUBDIR = {"train-vocab": "tokenizer", "pairs": "pairs", "mask": "masked", "pretrain": "pretrain"}
-MANIFEST_STAGES = {
-    "train-vocab": ("train-vocab",),
-    "pairs": ("pairs",),
-    "mask": ("mask", "masked"),
-    "pretrain": ("pretrain",),
-}
+from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
 
 @dataclass
@@ -83,25 +63,22 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
     plans: list[StagePlan] = []
     previous: dict[str, str] = {}  # stage name → its output path, for the stages after it
     for name in cfg.stages:
-        section = dict(getattr(cfg, SECTION[name]))
-        filled: dict[str, Any] = {"output": str(workdir / SUBDIR[name])}
-        if name in ("train-vocab", "pairs"):
+        spec = STAGES[name]
+        section = dict(getattr(cfg, spec.section))
+        filled: dict[str, Any] = {"output": str(workdir / spec.workdir_subdir)}
+        if spec.reads_corpus:
             filled["input"] = list(cfg.input)
-        # A stage reads the output of the stage before it; one left out of `stages` is expected in the workdir.
-        if name == "pairs":
-            filled["tokenizer"] = previous.get("train-vocab", str(workdir / SUBDIR["train-vocab"]))
-        if name == "mask":
-            filled["input"] = previous.get("pairs", str(workdir / SUBDIR["pairs"]))
-        if name == "pretrain":
-            # Without a mask stage in this run, pretrain masks the pairs artifact on the fly (dynamic masking).
-            filled["data"] = previous.get("mask") or previous.get("pairs") or str(workdir / SUBDIR["mask"])
+        # A stage reads the output of a stage before it; one left out of `stages` is expected in the workdir.
+        for given in spec.inputs:
+            ran = [previous[s] for s in given.stages if s in previous]
+            filled[given.key] = ran[0] if ran else str(workdir / STAGES[given.stages[0]].workdir_subdir)
         if cfg.seed is not None:
             filled["seed"] = cfg.seed
         data = {**filled, **section}
-        prefix = SECTION[name] + "."
-        stage_cfg, stage_problems = build_config(SCHEMAS[name], data, prefix, _origins(section, prefix, where))
+        prefix = spec.section + "."
+        stage_cfg, stage_problems = build_config(spec.schema, data, prefix, _origins(section, prefix, where))
         # Cross-field checks name bare keys ("key 'input': …"): say which section they belong to.
-        problems.extend(p if p.startswith(("unknown key", f"key '{prefix}")) else f"{SECTION[name]}: {p}"
+        problems.extend(p if p.startswith(("unknown key", f"key '{prefix}")) else f"{spec.section}: {p}"
                         for p in stage_problems)
         if stage_cfg is None:
             continue
@@ -114,55 +91,49 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
 # ---------------------------------------------------------------- up-to-date checks
 
 
-def stage_hash(name: str, cfg: Any) -> str:
-    """What makes two configs of a stage produce the same artifact (paths and worker counts left out)."""
-    return config_hash(cfg)
-
-
 def _stored_config(name: str, output: Path) -> Any | None:
     """The config an artifact was made with, read back from its config.yaml (None if unreadable)."""
     path = output / "config.yaml"
     if not path.is_file():
         return None
     try:
-        return load_config(SCHEMAS[name], path, validate=False)
+        return load_config(STAGES[name].schema, path, validate=False)
     except ConfigError:
         return None
 
 
 def _corpus_fingerprints(cfg: Any) -> list[str]:
-    from bertcli.corpus import resolve_inputs
     from bertcli.artifacts import file_fingerprints
+    from bertcli.corpus import resolve_inputs
 
     return [f["sha256"] for f in file_fingerprints(resolve_inputs(list(cfg.input)))]
 
 
+def _identity_now(given: StageInput, cfg: Any, upstream: dict[str, dict]) -> str | None:
+    """The hash that identifies an input as it is now: a tokenizer's hash, or an artifact's content hash (from the
+    manifest of the stage that just produced it in this pipeline, else from its directory)."""
+    path = Path(getattr(cfg, given.key))
+    if given.kind == "tokenizer":
+        from bertcli.vocab import tokenizer_hash
+
+        return tokenizer_hash(path) if (path / "tokenizer.json").is_file() else None
+    produced = [upstream[s] for s in given.stages if upstream.get(s)]
+    return (produced[0] if produced else _manifest_or_empty(path)).get("content_hash")
+
+
 def _inputs_changed(name: str, cfg: Any, manifest: dict, upstream: dict[str, dict]) -> str:
     """Why the artifact's recorded inputs differ from the inputs now ('' when they match)."""
+    spec = STAGES[name]
     inputs = manifest.get("inputs") or {}
-    if name in ("train-vocab", "pairs") and "corpus" in inputs:
+    if spec.reads_corpus and "corpus" in inputs:
         recorded = [f.get("sha256") for f in inputs["corpus"]]
         if recorded != _corpus_fingerprints(cfg):
             return "the corpus changed"
-    if name == "pairs":
-        from bertcli.vocab import tokenizer_hash
-
-        tok_dir = Path(cfg.tokenizer)
-        recorded = (inputs.get("tokenizer") or {}).get("hash")
-        if recorded and (tok_dir / "tokenizer.json").is_file() and recorded != tokenizer_hash(tok_dir):
-            return "the tokenizer changed"
-    if name == "mask":
-        recorded = (inputs.get("pairs") or {}).get("content_hash")
-        current = (upstream.get("pairs") or _manifest_or_empty(Path(cfg.input))).get("content_hash")
+    for given in spec.inputs:
+        recorded = (inputs.get(given.recorded_as) or {}).get("hash" if given.kind == "tokenizer" else "content_hash")
+        current = _identity_now(given, cfg, upstream)
         if recorded and current and recorded != current:
-            return "the pairs artifact changed"
-    if name == "pretrain":
-        recorded = (inputs.get("data") or {}).get("content_hash")
-        current = (upstream.get("mask") or upstream.get("pairs") or _manifest_or_empty(Path(cfg.data))).get(
-            "content_hash"
-        )
-        if recorded and current and recorded != current:
-            return "its training data changed"
+            return f"its {given.what} changed"
     return ""
 
 
@@ -175,21 +146,22 @@ def _manifest_or_empty(directory: Path) -> dict:
 
 def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
     """Decide whether the stage runs, is skipped (its artifact is up to date) or must replace a stale artifact."""
+    spec = STAGES[plan.name]
     out = plan.output
     if not out.exists():
         plan.action, plan.reason = "run", "no artifact yet"
         return
     manifest = _manifest_or_empty(out)
-    if manifest.get("stage") not in MANIFEST_STAGES[plan.name]:
-        if plan.name == "pretrain" and (out / "config.yaml").is_file():
+    if manifest.get("stage") != spec.manifest_stage:
+        if spec.resumable and (out / "config.yaml").is_file():
             stored = _stored_config(plan.name, out)
-            if stored is not None and stage_hash(plan.name, stored) == stage_hash(plan.name, plan.cfg):
+            if stored is not None and config_hash(stored) == config_hash(plan.cfg):
                 plan.action, plan.reason = "resume", "an unfinished run with the same config"
                 return
         plan.action, plan.reason = "rerun", "it exists but is not a finished artifact of this stage"
         return
     stored = _stored_config(plan.name, out)
-    if stored is None or stage_hash(plan.name, stored) != stage_hash(plan.name, plan.cfg):
+    if stored is None or config_hash(stored) != config_hash(plan.cfg):
         plan.action, plan.reason = "rerun", "it was made with another config"
         return
     if upstream_ran:
@@ -205,22 +177,14 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
 # ---------------------------------------------------------------- running
 
 
-def _run_stage(plan: StagePlan, overwrite: bool) -> dict:
-    if plan.name == "train-vocab":
-        from bertcli.stages import train_vocab
-
-        return train_vocab.run(plan.cfg, overwrite=overwrite)
-    if plan.name == "pairs":
-        from bertcli.stages import pairs
-
-        return pairs.run(plan.cfg, overwrite=overwrite)
-    if plan.name == "mask":
-        from bertcli.stages import mask
-
-        return mask.run(plan.cfg, overwrite=overwrite)
-    from bertcli.stages import pretrain
-
-    return pretrain.run(plan.cfg, resume=plan.action == "resume", overwrite=overwrite and plan.action != "resume")
+def _run_stage(plan: StagePlan, overwrite: bool) -> dict | None:
+    """Import the stage's module (only now: pretrain's imports torch) and call its run(cfg, …)."""
+    spec = STAGES[plan.name]
+    module = importlib.import_module(spec.module)
+    if spec.resumable:
+        resume = plan.action == "resume"
+        return module.run(plan.cfg, resume=resume, overwrite=overwrite and not resume)
+    return module.run(plan.cfg, overwrite=overwrite)
 
 
 def run(
@@ -265,8 +229,9 @@ def run(
 
 
 def final_model(plans: list[StagePlan]) -> Path | None:
-    """The model the pipeline produced (pretrain's final/), if it ran pretrain."""
+    """The model the pipeline produced (pretrain's final/), if it ran a stage that makes one."""
     for plan in plans:
-        if plan.name == "pretrain":
-            return plan.output / "final"
+        subdir = STAGES[plan.name].model_subdir
+        if subdir is not None:
+            return plan.output / subdir
     return None

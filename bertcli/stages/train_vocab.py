@@ -104,11 +104,6 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     paths = resolve_inputs(cfg.input)
     inputs = (*cfg.input, *paths)
     check_output(cfg.output, overwrite, inputs)
-    if cfg.vocab_size <= len(cfg.special_tokens):
-        raise ConfigError(
-            f"key 'vocab_size': {cfg.vocab_size} leaves no room beside the {len(cfg.special_tokens)} special tokens",
-            hint="raise vocab_size (30522 is BERT's)",
-        )
     if cfg.num_workers:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
@@ -171,12 +166,3 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             },
         )
     return manifest
-
-
-def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
-    """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
-    from bertcli.vocab import load_tokenizer
-
-    loaded = load_tokenizer(tokenizer_dir)
-    encodings = loaded.tokenizer.encode_batch(list(texts))
-    return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

@@ -8,11 +8,12 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bertcli.errors import ArtifactError, InputError
+
+if TYPE_CHECKING:
+    from bertcli.vocab import LoadedTokenizer
 
 # Files from which `from_pretrained` can take weights (single file or sharded index).
 WEIGHT_FILES = (
@@ -175,7 +176,7 @@ def load_model(
 # ---------------------------------------------------------------- encoding
 
 
-def _encode(
+def encode_texts(
     loaded: LoadedModel,
     texts: Sequence[str],
     seconds: Sequence[str] | None = None,
@@ -204,7 +205,7 @@ def _encode(
     )
 
 
-def _pad_batch(loaded: LoadedModel, enc: dict) -> dict:
+def pad_batch(loaded: LoadedModel, enc: dict) -> dict:
     """Lists of ids → padded tensors on the model's device: input_ids, token_type_ids, attention_mask (B, T)."""
     import torch
 
@@ -248,8 +249,8 @@ def predict_nsp(
     probs: list[float] = [0.0] * len(pairs)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = _encode(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
-        batch = _pad_batch(loaded, enc)
+        enc = encode_texts(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
+        batch = pad_batch(loaded, enc)
         with torch.inference_mode():
             out = loaded.model.bert(**batch)
             logits = loaded.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
@@ -266,13 +267,15 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
-    as_json: bool | None = True if p.suffix in (".jsonl", ".json") else (False if p.suffix in (".tsv", ".txt") else None)
+    as_json: bool | None = {".jsonl": True, ".json": True, ".tsv": False, ".txt": False}.get(p.suffix)
     with p.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+                raise InputError(
+                    f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8"
+                ) from exc
             if line_no == 1:
                 line = line.lstrip("\ufeff")
             if not line.strip():
@@ -347,7 +350,7 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
         raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: expected a value >= 1")
-    enc = _encode(loaded, [text], what=lambda i: "the text")
+    enc = encode_texts(loaded, [text], what=lambda i: "the text")
     ids = enc["input_ids"][0]
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
@@ -361,7 +364,7 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
             hint=f"write {mask_token} (exactly so) where a word should be predicted, "
             f"e.g. \"The {mask_token} sat on the mat.\"",
         )
-    batch = _pad_batch(loaded, enc)
+    batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)
         logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
@@ -394,43 +397,24 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
 # ---------------------------------------------------------------- evaluate
 
 
-def _check_data_matches_model(loaded: LoadedModel, data_dir: Path, manifest: dict) -> None:
-    """Refuse data made with another vocabulary or longer than the model's positions."""
-    vocab = loaded.tokenizer.get_vocab()
-    data_tok_dir = data_dir / "tokenizer"
-    if (data_tok_dir / "vocab.txt").is_file():
-        data_vocab = [line.rstrip("\n") for line in (data_tok_dir / "vocab.txt").open(encoding="utf-8")]
-        same = len(data_vocab) == len(vocab) and all(vocab.get(t) == i for i, t in enumerate(data_vocab))
-        if not same:
-            raise ArtifactError(
-                f"the data artifact '{data_dir}' was made with another vocabulary than the model '{loaded.path}'",
-                hint="evaluate on data built with the model's own tokenizer",
-            )
-    special = manifest.get("special_token_ids") or {}
-    tok = loaded.tokenizer
-    mine = {"pad": tok.pad_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id, "mask": tok.mask_token_id}
-    for name, value in mine.items():
-        if name in special and special[name] != value:
-            raise ArtifactError(
-                f"the data artifact '{data_dir}' has {name} id {special[name]}, the model's tokenizer {value}",
-                hint="evaluate on data built with the model's own tokenizer",
-            )
-    seq_len = manifest.get("max_seq_length")
-    if isinstance(seq_len, int) and seq_len > loaded.model.config.max_position_embeddings:
-        raise ArtifactError(
-            f"the data artifact '{data_dir}' has sequences of up to {seq_len} tokens, "
-            f"the model only {loaded.model.config.max_position_embeddings} positions",
-            hint="evaluate on data built with a max_seq_length the model supports",
-        )
+EVAL_CHUNK_SEQUENCES = 1024
+"""`bert evaluate` reads the data in chunks of this many sequences, in artifact order. On a pairs artifact each whole
+chunk is masked as one batch by the training collator, seeded by (--seed, chunk number), so the masks depend on
+--seed alone: neither --batch-size nor --max-sequences changes them."""
 
 
-def _masking_for_pairs(data: Path, manifest: dict) -> Any:
-    """The masking spec `bert mask` would use by default, for evaluating on a pairs artifact (masked here)."""
+def model_tokenizer(loaded: LoadedModel) -> LoadedTokenizer:
+    """The model's tokenizer read as bertcli reads an artifact's (identity hash, vocabulary size, special ids), so
+    that artifacts.check_tokenizer_matches can compare data with it."""
     from bertcli.vocab import load_tokenizer
 
-    seq_len = int(manifest.get("max_seq_length") or 128)
-    # Google's cap: 20 predictions at length 128, i.e. about 15% of the positions.
-    return load_tokenizer(data / "tokenizer").masking_spec(max_predictions_per_seq=max(1, math.ceil(0.15 * seq_len)))
+    if not (loaded.path / "tokenizer.json").is_file():
+        raise ArtifactError(
+            f"'{loaded.path}' has no tokenizer.json, so `bert evaluate` cannot check that the data was made with "
+            "the model's tokenizer",
+            hint="save it beside the model: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) writes one",
+        )
+    return load_tokenizer(loaded.path)
 
 
 def evaluate(
@@ -442,89 +426,90 @@ def evaluate(
     seed: int = 0,
 ) -> dict:
     """MLM loss, MLM accuracy at the masked positions, perplexity (exp of the loss) and NSP accuracy on a masked
-    artifact, or on a pairs artifact masked here (sequence i with a generator seeded by (seed, i), so the result
-    does not depend on batch size)."""
+    artifact (its masks), or on a pairs artifact masked here as `bert pretrain` masks one (dynamic masking with its
+    default masked_lm_prob, max_predictions_per_seq and whole_word_mask; see EVAL_CHUNK_SEQUENCES for the seeds).
+
+    The numbers come from the training code: its collator, model.pretraining_loss and model.summarize_stats, so they
+    equal what `bert pretrain` reports for the same sequences and masks (eval_* in metrics.jsonl, in fp32).
+    """
     import torch
     from tqdm import tqdm
 
-    from bertcli.artifacts import load_manifest
-    from bertcli.masking import mask_sequence
-    from bertcli.shards import ShardedArrays
+    from bertcli.artifacts import check_tokenizer_matches, load_data
+    from bertcli.batching import Collator, derive_seed, to_model_batch
+    from bertcli.model import NUM_STATS, STAT_MLM_COUNT, pretraining_loss, summarize_stats
+    from bertcli.schemas import PretrainConfig
 
-    data = Path(data_dir)
-    manifest = load_manifest(data, ("mask", "masked", "pairs"))
-    _check_data_matches_model(loaded, data, manifest)
-    spec = _masking_for_pairs(data, manifest) if manifest.get("stage") == "pairs" else None
-    rows = ShardedArrays(data)
-    n = len(rows) if max_sequences is None else min(len(rows), max_sequences)
+    data = load_data(data_dir)
+    check_tokenizer_matches(data.manifest, model_tokenizer(loaded), f"the data artifact '{data.path}'")
+    positions = loaded.model.config.max_position_embeddings
+    if data.max_seq_length > positions:
+        raise ArtifactError(
+            f"the data artifact '{data.path}' has sequences of up to {data.max_seq_length} tokens, "
+            f"the model only {positions} positions",
+            hint="evaluate on data built with a max_seq_length the model supports",
+        )
+    n = data.arrays.num_sequences if max_sequences is None else min(data.arrays.num_sequences, max_sequences)
     if n == 0:
-        raise ArtifactError(f"the data artifact '{data}' holds no sequences")
-    # Length-sorted batches waste little on padding; the order does not change the sums.
-    order = np.argsort(rows.lengths("input_ids")[:n], kind="stable")
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    loss_sum, correct, masked = 0.0, 0, 0
-    nsp_correct, nsp_total = 0, 0
+        raise ArtifactError(f"the data artifact '{data.path}' holds no sequences")
+    masking = None
+    if data.kind == "pairs":
+        defaults = PretrainConfig()
+        masking = data.tokenizer.masking_spec(
+            masked_lm_prob=defaults.masked_lm_prob, max_predictions_per_seq=defaults.max_predictions_per_seq,
+            whole_word_mask=defaults.whole_word_mask,
+        )
+
+    def collator(dynamic: bool) -> Collator:
+        return Collator(pad_id=data.special_ids["pad"], has_nsp=data.has_nsp, dynamic=dynamic, masking=masking)
+
+    mask_chunk, collate = (collator(True) if masking is not None else None), collator(False)
+    stats = torch.zeros(NUM_STATS, dtype=torch.float64)
     bar = tqdm(total=n, unit="seq", desc="evaluate", disable=not progress, dynamic_ncols=True)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(rows[int(i)]["input_ids"]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(idx), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
-        rows_pos: list[int] = []
-        cols_pos: list[int] = []
-        labels: list[int] = []
-        nsp_labels: list[int] = []
-        for b, i in enumerate(idx):
-            r = rows[int(i)]
-            ids = np.asarray(r["input_ids"], dtype=np.int64)
-            if spec is not None:
-                ids, positions, targets = mask_sequence(ids, np.random.default_rng([seed, int(i)]), spec)
-            else:
-                positions, targets = r["masked_positions"], r["masked_labels"]
-            length = len(ids)
-            input_ids[b, :length] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-            attention_mask[b, :length] = 1
-            token_type_ids[b, int(r["type_boundary"]) : length] = 1
-            rows_pos.extend([b] * len(positions))
-            cols_pos.extend(np.asarray(positions, dtype=np.int64).tolist())
-            labels.extend(np.asarray(targets, dtype=np.int64).tolist())
-            nsp_labels.append(int(r["next_sentence_label"]))
-        batch = {
-            "input_ids": input_ids.to(loaded.device),
-            "token_type_ids": token_type_ids.to(loaded.device),
-            "attention_mask": attention_mask.to(loaded.device),
-        }
-        with torch.inference_mode():
-            out = loaded.model.bert(**batch)
-            if labels:
-                # The MLM head only at the masked positions: full-vocabulary logits everywhere would dominate.
-                hidden = out.last_hidden_state[torch.tensor(rows_pos), torch.tensor(cols_pos)]  # (M, H)
-                logits = loaded.model.cls.predictions(hidden).float()  # (M, V)
-                target = torch.tensor(labels, dtype=torch.long, device=loaded.device)
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                correct += int((logits.argmax(-1) == target).sum())
-                masked += len(labels)
-            nsp_target = torch.tensor(nsp_labels)
-            scored = nsp_target >= 0  # -1: a single segment (nsp: false), no NSP task to score
-            if bool(scored.any()):
-                nsp_logits = loaded.model.cls.seq_relationship(out.pooler_output).float().cpu()  # (B, 2)
-                nsp_correct += int((nsp_logits.argmax(-1)[scored] == nsp_target[scored]).sum())
-                nsp_total += int(scored.sum())
-        bar.update(len(idx))
+    for chunk, start in enumerate(range(0, n, EVAL_CHUNK_SEQUENCES)):
+        if mask_chunk is not None:  # the whole chunk, even past --max-sequences: its masks stay the same
+            end = min(data.arrays.num_sequences, start + EVAL_CHUNK_SEQUENCES)
+            rows = [data.arrays[i] for i in range(start, end)]
+            rows = _unbatch_masked(mask_chunk(rows, derive_seed(seed, chunk)), rows)[: n - start]
+        else:
+            rows = [data.arrays[i] for i in range(start, min(n, start + EVAL_CHUNK_SEQUENCES))]
+        rows.sort(key=lambda r: len(r["input_ids"]))  # length-sorted batches waste little on padding
+        for first in range(0, len(rows), batch_size):
+            batch = to_model_batch(collate(rows[first : first + batch_size]), loaded.device)
+            with torch.no_grad():
+                _, batch_stats = pretraining_loss(loaded.model, batch, data.has_nsp)
+            stats += batch_stats.cpu()
+            bar.update(len(batch.input_ids))
     bar.close()
+    masked = int(stats[STAT_MLM_COUNT])
     if masked == 0:
-        raise ArtifactError(f"the data artifact '{data}' has no masked positions to evaluate")
-    mlm_loss = loss_sum / masked
+        raise ArtifactError(f"the data artifact '{data.path}' has no masked positions to evaluate")
+    summary = summarize_stats(stats)
     return {
-        "mlm_loss": mlm_loss,
-        "mlm_accuracy": correct / masked,
-        "perplexity": math.exp(min(mlm_loss, 700.0)),
-        "nsp_accuracy": nsp_correct / nsp_total if nsp_total else None,
+        "mlm_loss": summary["mlm_loss"],
+        "mlm_accuracy": summary["mlm_accuracy"],
+        "perplexity": math.exp(min(summary["mlm_loss"], 700.0)),
+        "nsp_accuracy": summary.get("nsp_accuracy"),
         "sequences": n,
         "masked_tokens": masked,
-        "masking": "dynamic (seed %d)" % seed if spec is not None else "static (the artifact's)",
+        "masking": f"dynamic (seed {seed})" if masking is not None else "static (the artifact's)",
     }
+
+
+def _unbatch_masked(batch: dict, rows: list[dict]) -> list[dict]:
+    """The rows of a dynamically masked collator batch as a masked artifact's rows (input_ids after masking,
+    masked_positions, masked_labels), so that the static collator can batch them again in any grouping."""
+    width = batch["input_ids"].shape[1]
+    flat = batch["masked_positions"].numpy()  # (N,) b·T + t, row-major
+    row_of, column = flat // width, flat % width
+    labels = batch["masked_labels"].numpy()
+    out = []
+    for b, row in enumerate(rows):
+        length = len(row["input_ids"])
+        picked = row_of == b
+        out.append({**row, "input_ids": batch["input_ids"][b, :length].numpy(),
+                    "masked_positions": column[picked], "masked_labels": labels[picked]})
+    return out
 
 
 # ---------------------------------------------------------------- embed
@@ -562,7 +547,7 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
                 hint="every sentence must contain the word (case is ignored)",
             )
         spans.append(span)
-    enc = _encode(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
+    enc = encode_texts(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
     piece_positions: list[list[int]] = []
     pieces: list[list[str]] = []
     for i, (start, end) in enumerate(spans):
@@ -584,7 +569,7 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
         pieces.append(loaded.tokenizer.convert_ids_to_tokens([ids[t] for t in pos]))
         if loaded.tokenizer.unk_token_id is not None and loaded.tokenizer.unk_token_id in [ids[t] for t in pos]:
             warn(f"sentence {i + 1}: the word {word!r} contains pieces unknown to the vocabulary ({pieces[-1]})")
-    batch = _pad_batch(loaded, enc)
+    batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         out = loaded.model.bert(**batch, output_hidden_states=True)
         hidden = out.hidden_states[layer]  # (B, T, H)
@@ -611,7 +596,41 @@ def _cosine_matrix(x: Any) -> list[list[float]]:
     return (unit @ unit.T).clamp(-1.0, 1.0).cpu().tolist()
 
 
-# ---------------------------------------------------------------- helpers for the CLI
+# ---------------------------------------------------------------- text output for the CLI
+
+
+def format_nsp(row: dict) -> str:
+    return f"{row['label']}  (IsNext probability {row['is_next_probability']:.4f})"
+
+
+def format_fill_mask(masks: list[dict], mask_token: str) -> str:
+    """Each mask's predictions a line each: probability, token, the filled-in text (headed per mask if several)."""
+    lines = []
+    for m in masks:
+        if len(masks) > 1:
+            lines.append(f"{mask_token} #{m['mask_index'] + 1} (token {m['position']}):")
+        lines.extend(f"  {p['probability']:.4f}  {p['token']:<15} {p['sequence']}" for p in m["predictions"])
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict) -> str:
+    nsp = "n/a (no sentence pairs)" if metrics["nsp_accuracy"] is None else f"{metrics['nsp_accuracy']:.4f}"
+    return (
+        f"{metrics['sequences']:,} sequences, {metrics['masked_tokens']:,} masked tokens\n"
+        f"mlm_loss      {metrics['mlm_loss']:.4f}\nmlm_accuracy  {metrics['mlm_accuracy']:.4f}\n"
+        f"perplexity    {metrics['perplexity']:.2f}\nnsp_accuracy  {nsp}"
+    )
+
+
+def format_embedding(result: dict) -> str:
+    """The sentences with the word's pieces, then the contextual and the static similarity matrices."""
+    labels = [f"s{i + 1}" for i in range(len(result["sentences"]))]
+    lines = [f"{label}: {sentence}    pieces: {' '.join(pieces)}"
+             for label, sentence, pieces in zip(labels, result["sentences"], result["pieces"])]
+    lines += ["", f"contextual (layer {result['layer']}) cosine similarity:",
+              format_matrix(result["contextual_similarity"], labels),
+              "", "static (input embedding) cosine similarity:", format_matrix(result["static_similarity"], labels)]
+    return "\n".join(lines)
 
 
 def format_matrix(matrix: Sequence[Sequence[float]], labels: Iterable[str]) -> str:

@@ -1,4 +1,5 @@
-"""`bert inspect DIR`: an artifact's stats and a few decoded examples, segments and masks made visible."""
+"""`bert inspect DIR`: an artifact's stats and a few decoded examples, segments and masks made visible; and
+`bert tokenize`: a tokenizer's pieces for some text."""
 
 from __future__ import annotations
 
@@ -68,3 +69,10 @@ def render(directory: str | Path, examples: int = 3) -> str:
             out.append(f"example {i}:")
             out.extend(describe_example(arrays[i], tokenizer))
     return "\n".join(out)
+
+
+def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
+    """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
+    loaded = load_tokenizer(tokenizer_dir)
+    encodings = loaded.tokenizer.encode_batch(list(texts))
+    return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bertcli.errors import InputError, OutputExistsError
-from bertcli.stages.predict import LoadedModel, _encode, _pad_batch, load_model, warn
+from bertcli.tools.predict import LoadedModel, encode_texts, load_model, pad_batch, warn
 
 # Weights are shown to 3 decimals: enough for opacity, and keeps a 12×12-head page at 128 tokens near 10 MB.
 DECIMALS = 3
@@ -27,9 +27,9 @@ def compute_attention(loaded: LoadedModel, text: str, second: str | None = None)
     if loaded.model.config._attn_implementation != "eager":
         raise InputError("the model must be loaded with attentions=True to return attention weights")
     full = loaded.tokenizer(text, second, add_special_tokens=True)
-    enc = _encode(loaded, [text], [second] if second is not None else None, what=lambda i: "the text")
+    enc = encode_texts(loaded, [text], [second] if second is not None else None, what=lambda i: "the text")
     truncated = len(full["input_ids"]) > len(enc["input_ids"][0])
-    batch = _pad_batch(loaded, enc)
+    batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         out = loaded.model.bert(**batch, output_attentions=True)
     attention = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, T, T)
@@ -115,7 +115,7 @@ def _write_atomic(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def run(
+def write_attention(
     model: str | Path,
     text: str,
     out: str | Path = "attention.html",
