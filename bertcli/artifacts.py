@@ -227,6 +227,20 @@ def content_hash(directory: str | Path) -> str:
     return hash_files(directory)[0]
 
 
+def new_manifest(stage: str, cfg: Any, inputs: dict, stats: dict, config_hash_value: str | None = None) -> dict:
+    """The keys every manifest has, stage artifacts' and pretraining runs' alike."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "bertcli_version": __version__,
+        "versions": library_versions(),
+        "seed": getattr(cfg, "seed", None),
+        "config_hash": config_hash_value if config_hash_value is not None else config_hash(cfg),
+        "inputs": inputs,
+        "stats": stats,
+    }
+
+
 def write_manifest(
     out_dir: str | Path,
     stage: str,
@@ -238,16 +252,7 @@ def write_manifest(
     """Write config.yaml, then manifest.json last: its presence means the stage finished."""
     out_dir = Path(out_dir)
     (out_dir / CONFIG).write_text(config_to_yaml(cfg), encoding="utf-8")
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "stage": stage,
-        "bertcli_version": __version__,
-        "versions": library_versions(),
-        "seed": getattr(cfg, "seed", None),
-        "config_hash": config_hash(cfg),
-        "inputs": inputs,
-        "stats": stats,
-    }
+    manifest = new_manifest(stage, cfg, inputs, stats)
     # every data file with its size and sha256: verified when the artifact is opened, and --overwrite replaces
     # the directory only while it holds nothing else
     manifest["content_hash"], manifest["files"] = hash_files(out_dir)

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from bertcli import __version__, dist
-from bertcli.artifacts import DataArtifact, library_versions, load_data, write_json_atomic
+from bertcli import dist
+from bertcli.artifacts import DataArtifact, load_data, new_manifest, write_json_atomic
 from bertcli.batching import (
     Collator,
     EpochPlan,
@@ -409,19 +409,14 @@ class Trainer:
         marker = json.loads((self.out_dir / FINAL / MARKER).read_text(encoding="utf-8"))
         digest = hashlib.sha256(json.dumps(marker["files"], sort_keys=True).encode()).hexdigest()
         state, data = self.state, self.data
-        manifest = {
-            "format_version": 1,
-            "stage": "pretrain",
-            "bertcli_version": __version__,
-            "versions": library_versions(),
-            "seed": self.cfg.seed,
-            "config_hash": self.run_info["config_hash"],
-            "inputs": {
+        manifest = new_manifest(
+            "pretrain",
+            self.cfg,
+            inputs={
                 "data": {"path": str(data.path), "content_hash": data.content_hash, "kind": data.kind},
                 "tokenizer": {"hash": data.tokenizer_hash},
             },
-            "content_hash": digest,
-            "stats": {
+            stats={
                 "steps": state.step,
                 "epochs": state.epoch,
                 "sequences": state.sequences,
@@ -434,11 +429,15 @@ class Trainer:
                 "parameters": count_parameters(self.model),
                 **final_eval,
             },
-            "vocab_size": data.vocab_size,
-            "max_seq_length": data.max_seq_length,
-            "special_token_ids": data.special_ids,
-            "final": FINAL,
-        }
+            config_hash_value=self.run_info["config_hash"],
+        )
+        manifest.update(
+            content_hash=digest,
+            vocab_size=data.vocab_size,
+            max_seq_length=data.max_seq_length,
+            special_token_ids=data.special_ids,
+            final=FINAL,
+        )
         write_json_atomic(self.out_dir / RUN_MANIFEST, manifest)
         return manifest
 
