@@ -139,29 +139,56 @@ def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ..
     return out
 
 
+def temp_dir_for(out: Path) -> Path:
+    """A fresh, empty temporary sibling of `out` (`.NAME.tmp-PID`) to write into before move_into_place."""
+    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def move_into_place(tmp: Path, out: Path, durable: bool = False) -> None:
+    """Rename a finished temporary directory to `out`. An existing `out` is first renamed aside (`.NAME.old-PID`,
+    which remove_stale_temps puts back if this process dies between the two renames), then deleted. durable: fsync
+    the directory entries too (checkpoints, whose files the caller has fsynced)."""
+    if durable:
+        _fsync_dir(tmp)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if durable:
+        _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path`, on failure it is removed."""
     out = check_output(path, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent)
-    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temp_dir_for(out)
     try:
         yield tmp
-        old = None
         if out.exists():
             check_output(out, overwrite)  # it may have appeared while we worked
-            old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- manifests

@@ -3,7 +3,6 @@ checks that decide whether an output is a new run, a run to resume, or something
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertcli import __version__, dist
-from bertcli.artifacts import OLD_MARK, TMP_MARK, DataArtifact, file_sha256, remove_stale_temps
+from bertcli.artifacts import DataArtifact, file_sha256, move_into_place, remove_stale_temps, temp_dir_for
 from bertcli.config import config_to_dict, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
@@ -67,15 +66,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(
     out_dir: Path,
     name: str,
@@ -93,10 +83,7 @@ def save_checkpoint(
     temporary names are artifacts' (`.NAME.tmp-PID`, `.NAME.old-PID`), so artifacts.remove_stale_temps cleans them.
     """
     final_path = out_dir / name
-    tmp = out_dir / f".{name}{TMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(final_path)
     model.save_pretrained(tmp)
     copy_tokenizer_files(tokenizer_dir, tmp)
     state_dir = tmp / STATE_DIR
@@ -121,15 +108,7 @@ def save_checkpoint(
     marker = {"format_version": 1, "step": state.step, "bertcli_version": __version__, "files": files}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     _fsync_file(tmp / MARKER)
-    _fsync_dir(tmp)
-    old = None
-    if final_path.exists():
-        old = out_dir / f".{name}{OLD_MARK}{os.getpid()}"
-        os.replace(final_path, old)
-    os.replace(tmp, final_path)
-    _fsync_dir(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    move_into_place(tmp, final_path, durable=True)
     return final_path
 
 
