@@ -14,7 +14,15 @@ import torch
 from safetensors.torch import load_file
 
 from bertcli import __version__, dist
-from bertcli.artifacts import DataArtifact, file_sha256, move_into_place, remove_stale_temps, temp_dir_for
+from bertcli.artifacts import (
+    DataArtifact,
+    file_sha256,
+    move_into_place,
+    read_bertcli_manifest,
+    remove_stale_temps,
+    temp_dir_for,
+    write_json_atomic,
+)
 from bertcli.config import config_to_dict, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
@@ -27,8 +35,13 @@ MARKER = "checkpoint.json"  # written last inside a checkpoint: lists every file
 STATE_DIR = "training_state"
 RUN_CONFIG = "config.yaml"
 RUN_MANIFEST = "manifest.json"
+# Written first into a run directory: what makes it recognisably bertcli's (a config.yaml or a manifest.json alone
+# is not: many projects have one), so that --overwrite and --resume never take a user's folder for a run.
+RUN_MARKER = "bertcli-run.json"
 # What a run writes at the top of its directory (besides step-* and temporaries): --overwrite removes these only.
-RUN_ENTRIES = {RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL, PLOT_FILE, TENSORBOARD_DIR, METRICS_FILE + ".tmp"}
+RUN_ENTRIES = {
+    RUN_MARKER, RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL, PLOT_FILE, TENSORBOARD_DIR, METRICS_FILE + ".tmp"
+}
 RESUMABLE_KEYS = keys_with_role(PretrainConfig, "resumable")  # may change between a run and its --resume
 # Tied to the word embeddings: save_pretrained leaves them out, and loading rebuilds them.
 _TIED_KEYS = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
@@ -224,13 +237,21 @@ def check_resume_inputs(run_info: dict, data: DataArtifact) -> None:
 # ---------------------------------------------------------------------------------------------- run directory
 
 def is_run_dir(path: Path) -> bool:
-    """A non-empty directory holding what a pretraining run writes."""
+    """A directory that `bert pretrain` wrote: it holds the run marker, or (runs begun before the marker existed)
+    a bertcli manifest or a finished bertcli checkpoint."""
     if not path.is_dir():
         return False
-    names = {p.name for p in path.iterdir()}
-    return bool(names & {RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL}) or any(
-        n.startswith(STEP_PREFIX) for n in names
-    )
+    if (path / RUN_MARKER).is_file() or read_bertcli_manifest(path) is not None:
+        return True
+    return any(_is_bertcli_checkpoint(p) for p in path.iterdir() if p.name == FINAL or p.name.startswith(STEP_PREFIX))
+
+
+def _is_bertcli_checkpoint(path: Path) -> bool:
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and "bertcli_version" in marker and "files" in marker
 
 
 def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist.DistContext) -> bool:
@@ -290,6 +311,8 @@ def start_run_dir(out_dir: Path, fresh: bool) -> None:
     if fresh and is_run_dir(out_dir):
         clear_run(out_dir)
     remove_stale_temps(out_dir)
+    if not (out_dir / RUN_MARKER).is_file():
+        write_json_atomic(out_dir / RUN_MARKER, {"bertcli_version": __version__, "stage": "pretrain"})
 
 
 def clear_run(out_dir: Path) -> None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from bertcli.artifacts import file_sha256
 from bertcli.checkpoints import (
     MARKER,
+    RUN_MARKER,
     TrainState,
     list_checkpoints,
     newest_valid_checkpoint,
@@ -131,7 +132,8 @@ def test_start_run_dir_clears_a_run_and_only_dead_writers_temporaries(reference_
         assert (run / f".step-00000006.tmp-{live.pid}").is_dir()
         assert not (run / f".step-00000006.tmp-{dead.pid}").exists() and not (run / f".final.old-{dead.pid}").exists()
         start_run_dir(run, fresh=True)  # --overwrite: what the run wrote goes, the user's files stay
-        assert sorted(p.name for p in run.iterdir()) == sorted([".step-00000006.tmp-" + str(live.pid), "notes.txt"])
+        left = sorted(p.name for p in run.iterdir())
+        assert left == sorted([".step-00000006.tmp-" + str(live.pid), "notes.txt", RUN_MARKER])
     finally:
         live.kill()
         live.wait()
@@ -145,3 +147,17 @@ def test_newest_valid_checkpoint_and_train_state_round_trip(reference_run, tmp_p
     assert "step-00000004" in capsys.readouterr().err
     state = TrainState(step=3, epoch=1, batch_in_epoch=2, skipped_batches=[[0, 1]])
     assert TrainState.from_dict({**state.to_dict(), "from_a_newer_version": 1}) == state
+
+
+def test_a_folder_with_a_config_yaml_or_manifest_is_not_taken_for_a_run(masked_data, tmp_path):
+    # --overwrite once deleted any config.yaml, manifest.json, metrics.jsonl or final/ in the output
+    project = tmp_path / "project"
+    (project / "final").mkdir(parents=True)
+    for name, text in (("config.yaml", "lr: 1\n"), ("manifest.json", '{"manifest_version": 3}'),
+                       ("metrics.jsonl", '{"my": 1}\n'), ("final/thesis.tex", "precious")):
+        (project / name).write_text(text)
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    for resume, overwrite in ((False, True), (True, False)):
+        with pytest.raises(OutputExistsError, match="not a bertcli run"):
+            pretrain.run(tiny_cfg(masked_data, project), resume=resume, overwrite=overwrite)
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before

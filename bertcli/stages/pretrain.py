@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from bertcli import dist
-from bertcli.artifacts import DataArtifact, load_data, new_manifest, write_json_atomic
+from bertcli.artifacts import DataArtifact, load_data, new_manifest, read_bertcli_manifest, write_json_atomic
 from bertcli.batching import (
     Collator,
     EpochPlan,
@@ -528,9 +528,10 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> d
 
 def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bool) -> dict | None:
     out = Path(cfg.output)
-    if resume and (out / RUN_MANIFEST).is_file() and (out / FINAL).is_dir():
+    finished = read_bertcli_manifest(out) if resume and (out / FINAL).is_dir() else None
+    if finished is not None and finished.get("stage") == "pretrain":
         dist.log_main(ctx, f"'{out}' is a finished run (final/ and manifest.json exist); nothing to do")
-        return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8")) if ctx.is_main else None
+        return finished if ctx.is_main else None
     accum = _accumulation_steps(cfg, ctx)
     data = load_data(cfg.data)
     is_resume = prepare_output(cfg, resume, overwrite, ctx)
