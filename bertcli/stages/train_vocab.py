@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bertcli.artifacts import atomic_output_dir, check_output, write_manifest
-from bertcli.corpus import CorpusStats, is_jsonl, iter_texts, require_text, resolve_inputs, scan_plain_file
+from bertcli.corpus import CorpusStats, detect_format, iter_texts, require_text, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError
 from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import build_normalizer, build_pre_tokenizer, build_tokenizer, canonical_order, save_tokenizer
@@ -87,8 +87,9 @@ def _native_readable(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
     if cfg.layout != "sentence-per-line" or not cfg.clean_text:
         return False
     scanned = CorpusStats()
+    resolve_inputs(cfg.input, scanned)  # records what expanding a directory skipped
     for path in paths:
-        if is_jsonl(path, cfg.format) or not scan_plain_file(path, cfg.errors, scanned):
+        if detect_format(path, cfg.format) != "text" or not scan_plain_file(path, cfg.errors, scanned):
             return False
     for key, value in scanned.__dict__.items():
         setattr(stats, key, value)
@@ -114,7 +115,8 @@ def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
 
 def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     """Train the vocabulary and write the tokenizer directory; returns the manifest."""
-    paths = resolve_inputs(cfg.input)
+    stats = CorpusStats()
+    paths = resolve_inputs(cfg.input, stats)  # stats records what expanding a directory skipped
     check_output(cfg.output, overwrite)
     if cfg.vocab_size <= len(cfg.special_tokens):
         raise ConfigError(
@@ -124,7 +126,6 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     if cfg.num_workers:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
-    stats = CorpusStats()
     with atomic_output_dir(cfg.output, overwrite) as tmp:
         if cfg.algorithm == "bpe":
             learned = _train_bpe(cfg, paths, stats)
