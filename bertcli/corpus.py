@@ -38,8 +38,8 @@ _ZSTD_READ_BYTES = 1 << 20
 
 # Rows are decoded and turned into Python strings this many bytes of text at a time (estimated from the file's
 # metadata), so a row group or record batch of any size costs a bounded amount of memory. Reading en-small's
-# Parquet ×1, ×10 and ×30 (a row group per copy), the reader's peak anonymous memory was +20, +22 and +24 MiB
-# with 1 MiB batches, and ended 11 MiB higher with 8 MiB ones (pyarrow's allocator keeps what it has used).
+# Parquet ×1, ×10 and ×30 (a row group per copy), the reader's peak anonymous memory was +21, +22 and +24 MiB
+# with 1 MiB batches, +23, +37 and +37 MiB with 8 MiB ones (pyarrow's allocator keeps what it has used).
 _RECORD_CHUNK_BYTES = 1 << 20
 _MAX_RECORD_CHUNK_ROWS = 65536
 
@@ -650,7 +650,7 @@ def _parquet_parts(pa: Any, path: Path, text_field: str) -> Iterator[tuple[str, 
             where = f"row group {group}"
             try:
                 # one thread: with pyarrow's thread pool (each thread keeps its own allocator arenas) the same
-                # reads grew from +25 to +58 MiB between ×1 and ×30, instead of staying flat
+                # reads took +21, +62 and +82 MiB: memory grew with the file instead of staying flat
                 batches = parquet.iter_batches(batch_size=rows, row_groups=[group], columns=[text_field],
                                                use_threads=False)
                 for batch in batches:
