@@ -607,8 +607,8 @@ def iter_records(
 ) -> Iterator[str | list[str]]:
     """The `text_field` value of each row of a Parquet (kind parquet) or Arrow IPC (kind arrow) file, in order.
 
-    A value is a string, or a list of strings for a list column. Only that column is decoded, a few MB of rows
-    at a time. A null or non-string value is an InputError naming the row (counted from 0, as pyarrow and pandas
+    A value is a string, or a list of strings for a list column. Only that column is decoded, about
+    _RECORD_CHUNK_BYTES of text at a time. A null or non-string value is an InputError naming the row (counted from 0, as pyarrow and pandas
     count) and its row group or record batch.
     """
     stats = stats if stats is not None else CorpusStats()
@@ -616,11 +616,11 @@ def iter_records(
     parts = _parquet_parts(pa, path, text_field) if kind == "parquet" else _arrow_parts(pa, path, text_field)
     first_row = 0
     for where, column in parts:
-        column = _as_plain_text(pa, column)
-        is_list = not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
         rows_per_chunk = _rows_per_chunk(len(column), column.nbytes)
         for start in range(0, len(column), rows_per_chunk):
-            chunk = column.slice(start, rows_per_chunk)
+            # slice (free), then convert: a record batch written whole can be as large as its file
+            chunk = _as_plain_text(pa, column.slice(start, rows_per_chunk))
+            is_list = not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type))
             values = _chunk_values(pa, chunk, is_list, (path, where, first_row + start, text_field), errors, stats)
             stats.lines += len(values)
             yield from values
@@ -664,7 +664,11 @@ def _parquet_parts(pa: Any, path: Path, text_field: str) -> Iterator[tuple[str, 
 
 def _arrow_parts(pa: Any, path: Path, text_field: str) -> Iterator[tuple[str, Any]]:
     """("record batch i", column array) for each batch of an Arrow IPC file or stream, memory-mapped."""
-    with pa.memory_map(str(path), "r") as source:
+    try:
+        source = pa.memory_map(str(path), "r")
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: cannot open ({_one_line(exc)})", hint="check the file's permissions") from exc
+    with source:
         try:
             if source.read(len(_ARROW_FILE_MAGIC)) == _ARROW_FILE_MAGIC:
                 source.seek(0)

@@ -136,7 +136,9 @@ def test_zst_text_and_jsonl_read_like_the_uncompressed_files(tmp_path):
     jsonl.write_bytes(_zst(lines.encode()))
     assert list(iter_documents([jsonl])) == DOCS
     no_suffix = tmp_path / "corpus"  # zstd is recognised by its magic number, whatever the name
-    no_suffix.write_bytes(compressed.read_bytes())
+    # pzstd starts its files with a skippable frame (magic 0x184D2A50, a length, data the decoder skips)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"pad"
+    no_suffix.write_bytes(skippable + compressed.read_bytes())
     assert list(iter_documents([no_suffix])) == DOCS
 
 
