@@ -81,6 +81,9 @@ def test_rows_split_at_line_breaks_only_or_by_sentencex(tmp_path):
     # U+2028 and form feed do not end a line in a text file, so they do not in a row either
     assert list(iter_documents([path], stats=stats)) == [["First line.", "Second line."], ["One\u2028line\x0cstill."]]
     assert stats.empty_documents == 1
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(json.dumps({"text": "One\u2028line\x0cstill.\nTwo."}) + "\n", encoding="utf-8")
+    assert list(iter_documents([jsonl])) == [["One\u2028line\x0cstill.", "Two."]]
     per_row = _write_parquet(tmp_path / "d.parquet", pa.table({"text": ["Dr. Smith went home. He was tired!"]}))
     assert list(iter_documents([per_row], layout="document-per-line")) == [["Dr. Smith went home.", "He was tired!"]]
 
