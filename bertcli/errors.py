@@ -29,3 +29,8 @@ class ArtifactError(BertcliError):
 
 class OutputExistsError(BertcliError):
     """The output path exists and --overwrite was not given (or cannot be safely replaced)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's exception text as one line, for a message that must stay one line."""
+    return " ".join(str(exc).split())

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 Layout = Literal["sentence-per-line", "document-per-line"]
-CorpusFormat = Literal["auto", "text", "jsonl"]
+CorpusFormat = Literal["auto", "text", "jsonl", "parquet", "arrow"]
 DecodeErrors = Literal["strict", "replace"]
 
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -21,16 +21,20 @@ class TrainVocabConfig:
     """`bert train-vocab`: corpus → WordPiece tokenizer directory."""
 
     input: list[str] = field(default_factory=list, metadata={"roles": ("execution",)})
-    """Corpus files, directories (read recursively) or glob patterns; .txt, .gz and .jsonl."""
+    """Corpus files, directories (read recursively) or glob patterns: text (.txt, .gz, .zst), .jsonl, .parquet,
+    .arrow, or a Hugging Face save_to_disk directory. A directory's hidden files, .json files and bertcli artifact
+    directories are skipped (see docs/corpora.md)."""
     output: str = field(default="runs/tokenizer", metadata={"roles": ("execution",)})
     """Directory to write the tokenizer to (refused if it exists, unless --overwrite)."""
     layout: Layout = "sentence-per-line"
     """sentence-per-line: one sentence a line, blank line between documents (Google BERT's format);
-    document-per-line: one document a line, split into sentences with the sentencex library."""
+    document-per-line: one document a line, split into sentences with the sentencex library. A JSON line or a
+    Parquet/Arrow row is one document either way: its text is split at line breaks, or by sentencex."""
     format: CorpusFormat = "auto"
-    """auto: .jsonl/.jsonl.gz files are JSON lines, everything else plain text; or force text / jsonl."""
+    """auto picks by the file name: .jsonl (.gz/.zst) JSON lines, .parquet Parquet, .arrow Arrow IPC, anything else
+    text (gzip and zstd are recognised by their magic bytes); or force text, jsonl, parquet or arrow."""
     text_field: str = "text"
-    """The key holding the text in each JSON line (format jsonl)."""
+    """The JSON key or Parquet/Arrow column holding each document's text (a string, or a list of its sentences)."""
     language: str = "auto"
     """Language code for sentence splitting in document-per-line layout (e.g. en, ko, ja); auto guesses per document."""
     errors: DecodeErrors = "strict"
@@ -102,9 +106,9 @@ class PairsConfig:
     layout: Layout = "sentence-per-line"
     """sentence-per-line or document-per-line (see train-vocab)."""
     format: CorpusFormat = "auto"
-    """auto, text or jsonl (see train-vocab)."""
+    """auto, text, jsonl, parquet or arrow (see train-vocab)."""
     text_field: str = "text"
-    """The key holding the text in each JSON line (format jsonl)."""
+    """The JSON key or Parquet/Arrow column holding each document's text (see train-vocab)."""
     language: str = "auto"
     """Language code for sentence splitting in document-per-line layout."""
     errors: DecodeErrors = "strict"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +148,67 @@ def test_fast_scan_defers_what_only_the_reader_handles(tmp_path, monkeypatch):
     long = tmp_path / "long.txt"
     long.write_bytes(b"short\n" + b"x " * 100 + b"\n")
     assert not corpus.scan_plain_file(long, "strict", CorpusStats())
+
+
+# ---------------------------------------------------------------- what a directory expansion leaves out
+
+def test_directory_expansion_skips_hidden_json_and_artifacts(tmp_path):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / ".notes.txt").write_text("private\n")
+    (tmp_path / "config.json").write_text("{}\n")
+    (tmp_path / "backup.tar.gz").write_bytes(gzip.compress(b"not text"))
+    (tmp_path / "doc.txt").write_text("kept.\n")
+    (tmp_path / "more.jsonl.zst").write_bytes(b"")
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "vocab.txt").write_text("[PAD]\n")
+    (tok / "manifest.json").write_text(json.dumps({"bertcli_version": "0.1.0", "stage": "train-vocab"}))
+    other = tmp_path / "other"  # a manifest.json that is not bertcli's does not make an artifact
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"name": "my data"}))
+    (other / "part.txt").write_text("kept too.\n")
+    stats = CorpusStats()
+    assert [p.name for p in resolve_inputs([tmp_path], stats)] == ["doc.txt", "more.jsonl.zst", "part.txt"]
+    assert (stats.skipped_hidden, stats.skipped_other_files) == (2, 3)  # .git, .notes.txt; 2 × .json, .tar.gz
+    assert stats.skipped_artifacts == [str(tok)]
+    with pytest.raises(InputError, match=r"is a bertcli artifact \(stage train-vocab\)"):
+        resolve_inputs([tok])
+    stats = CorpusStats()
+    assert [p.name for p in resolve_inputs([str(tmp_path / "**" / "*.txt")], stats)] == ["doc.txt", "part.txt"]
+    assert stats.skipped_artifacts == [str(tok)]
+    assert [p.name for p in resolve_inputs([str(tok / "*.txt")])] == ["vocab.txt"]  # named in the pattern: read
+
+
+def test_empty_directory_error_says_what_was_skipped(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / ".b.txt").write_text("x")
+    with pytest.raises(InputError, match=r"holds no corpus files \(skipped: 1 hidden, 1 with other names"):
+        resolve_inputs([tmp_path])
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe"])
+def test_train_vocab_on_a_corpus_holding_its_own_tokenizer_reads_only_the_corpus(tmp_path, tiny_corpus, algorithm):
+    from typer.testing import CliRunner
+
+    from bertcli.cli import app
+
+    runner = CliRunner()
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "text.txt").write_bytes(tiny_corpus.read_bytes())
+    sets = ["--set", "vocab_size=400", "--set", f"algorithm={algorithm}"]
+    # writing into the corpus is refused; an artifact moved there later is skipped when the directory is read
+    into_corpus = ["--output", str(corpus_dir / "tok")]
+    refused = runner.invoke(app, ["train-vocab", "--input", str(corpus_dir), *into_corpus, *sets])
+    assert refused.exit_code == 2 and "inside" in refused.output
+    first = runner.invoke(app, ["train-vocab", "--input", str(corpus_dir), "--output", str(tmp_path / "tok"), *sets])
+    assert first.exit_code == 0, first.output
+    shutil.move(tmp_path / "tok", corpus_dir / "tok")
+    again = runner.invoke(app, ["train-vocab", "--input", str(corpus_dir), "--output", str(tmp_path / "tok2"), *sets])
+    assert again.exit_code == 0, again.output
+    manifest = json.loads((tmp_path / "tok2" / "manifest.json").read_text())
+    assert [Path(f["path"]).name for f in manifest["inputs"]["corpus"]] == ["text.txt"]
+    assert manifest["stats"]["skipped_artifacts"] == [str(corpus_dir / "tok")]
+    before = json.loads((corpus_dir / "tok" / "manifest.json").read_text())["stats"]
+    assert (manifest["stats"]["lines"], manifest["stats"]["sentences"]) == (before["lines"], before["sentences"])

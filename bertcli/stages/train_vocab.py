@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bertcli.artifacts import atomic_output_dir, check_output, file_fingerprints, write_manifest
-from bertcli.corpus import CorpusStats, is_jsonl, iter_texts, require_text, resolve_inputs, scan_plain_file
+from bertcli.corpus import CorpusStats, detect_format, iter_texts, require_text, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError
 from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import build_normalizer, build_pre_tokenizer, build_tokenizer, canonical_order, save_tokenizer
@@ -74,8 +74,9 @@ def _native_readable(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
     if cfg.layout != "sentence-per-line" or not cfg.clean_text:
         return False
     scanned = CorpusStats()
+    resolve_inputs(cfg.input, scanned)  # records what expanding a directory skipped
     for path in paths:
-        if is_jsonl(path, cfg.format) or not scan_plain_file(path, cfg.errors, scanned):
+        if detect_format(path, cfg.format) != "text" or not scan_plain_file(path, cfg.errors, scanned):
             return False
     for key, value in scanned.__dict__.items():
         setattr(stats, key, value)
@@ -101,13 +102,13 @@ def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
 
 def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     """Train the vocabulary and write the tokenizer directory; returns the manifest."""
-    paths = resolve_inputs(cfg.input)
+    stats = CorpusStats()
+    paths = resolve_inputs(cfg.input, stats)  # stats records what expanding a directory skipped
     inputs = (*cfg.input, *paths)
     check_output(cfg.output, overwrite, inputs)
     if cfg.num_workers:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
-    stats = CorpusStats()
     with atomic_output_dir(cfg.output, overwrite, inputs) as tmp:
         if cfg.algorithm == "bpe":
             learned = _train_bpe(cfg, paths, stats)
