@@ -275,3 +275,32 @@ def test_words_longer_than_max_input_chars_are_not_learned(tmp_path, tiny_corpus
     assert max(map(len, vocab)) <= 100
     assert vocab == (clean / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert json.loads((junk / "manifest.json").read_text())["stats"]["long_words_skipped"] >= 1
+
+
+# ---------------------------------------------------------------- 5, 13. inference commands
+
+
+def test_long_pair_inputs_are_cut_in_linear_time(tiny_bert, tmp_path):
+    long_text = "the hacker wrote code " * 9000  # ~200k characters each: the tokenizer's pair truncation is quadratic
+    result = runner.invoke(app, ["predict-nsp", "--model", str(tiny_bert), "--first", long_text, "--second",
+                                 long_text, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "only the first" in result.stderr and "truncated" in result.stderr
+    assert 0.0 <= json.loads(result.stdout)["is_next_probability"] <= 1.0
+
+
+def test_pickled_weights_are_refused_in_one_line(tiny_bert, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_bert, model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    torch.save(weights, model_dir / "pytorch_model.bin")
+    (model_dir / "model.safetensors").unlink()
+    for command in (["fill-mask", "The [MASK] sat."], ["predict-nsp", "--first", "A.", "--second", "B."],
+                    ["embed", "--word", "a", "a b"]):
+        line = _refused([command[0], "--model", str(model_dir), *command[1:]], "pickled", str(model_dir))
+        assert "weights_only" not in line

@@ -10,18 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from bertcli.errors import ArtifactError, InputError
+from bertcli.errors import ArtifactError, InputError, one_line
 
 if TYPE_CHECKING:
     from bertcli.vocab import LoadedTokenizer
 
-# Files from which `from_pretrained` can take weights (single file or sharded index).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+# Files from which weights are taken (single file or sharded index). Only safetensors: a pickled
+# pytorch_model.bin can run code when it is loaded, and a model shared with you must never do that.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
@@ -115,6 +111,14 @@ def load_model(
             hint="these commands take a BERT model (model_type 'bert'), e.g. the final/ directory of `bert pretrain`",
         )
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        pickled = any((model_dir / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+        if pickled:
+            raise ArtifactError(
+                f"'{model_dir}' has only pickled weights (pytorch_model.bin); bertcli loads safetensors only, since "
+                "unpickling can run code",
+                hint="if you trust the model, convert it once: BertForPreTraining.from_pretrained(DIR)"
+                ".save_pretrained(DIR) writes model.safetensors",
+            )
         raise ArtifactError(
             f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})",
             hint="the checkpoint was not finished or not saved with save_pretrained; use another checkpoint",
@@ -134,13 +138,14 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as exc:  # the library raises many types for a broken tokenizer directory
-        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {exc}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {one_line(exc)[:300]}") from exc
     try:
         model, info = BertForPreTraining.from_pretrained(
-            str(model_dir), output_loading_info=True, attn_implementation="eager" if attentions else "sdpa"
+            str(model_dir), output_loading_info=True, attn_implementation="eager" if attentions else "sdpa",
+            use_safetensors=True,
         )
     except Exception as exc:
-        raise ArtifactError(f"'{model_dir}': cannot load the weights: {exc}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load the weights: {one_line(exc)[:300]}") from exc
     missing = set(info.get("missing_keys", ()))
     if need_mlm and any(k.startswith("cls.predictions") for k in missing):
         raise ArtifactError(
@@ -176,6 +181,11 @@ def load_model(
 # ---------------------------------------------------------------- encoding
 
 
+# Characters of one text that are read: far more than a model's positions can hold (a piece covers a few
+# characters), so nothing the model could see is lost, while a megabyte pasted by mistake costs nothing.
+CHARS_PER_POSITION = 128
+
+
 def encode_texts(
     loaded: LoadedModel,
     texts: Sequence[str],
@@ -183,26 +193,69 @@ def encode_texts(
     what: Callable[[int], str] = lambda i: f"text {i + 1}",
     offsets: bool = False,
 ) -> dict:
-    """Tokenize a batch, truncating (with a warning naming the item) what exceeds the model's positions."""
+    """Tokenize a batch, truncating (with a warning naming the item) what exceeds the model's positions.
+
+    Pairs are encoded one text at a time and cut here (longest first), not by the tokenizer: its pair truncation
+    takes time and memory quadratic in the length (2 × 100k characters took 45 s and 6.5 GB).
+    """
     tok = loaded.tokenizer
+    limit = loaded.max_length * CHARS_PER_POSITION
+
+    def cut(items: Sequence[str], which: str) -> list[str]:
+        out = []
+        for i, text in enumerate(items):
+            if len(text) > limit:
+                warn(f"{what(i)}{which} has {len(text):,} characters; only the first {limit:,} are read")
+                text = text[:limit]
+            out.append(text)
+        return out
+
+    firsts = cut(texts, "")
+    if seconds is not None:
+        return _encode_pairs(loaded, firsts, cut(seconds, " (second text)"), what, offsets)
     kwargs: dict[str, Any] = {"add_special_tokens": True, "return_offsets_mapping": offsets}
-    full = tok(list(texts), list(seconds) if seconds is not None else None, **kwargs)
-    lengths = [len(ids) for ids in full["input_ids"]]
-    too_long = [i for i, n in enumerate(lengths) if n > loaded.max_length]
+    full = tok(firsts, **kwargs)
+    too_long = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > loaded.max_length]
     if not too_long:
         return full
     for i in too_long:
-        warn(
-            f"{what(i)} has {lengths[i]} tokens, more than the model's {loaded.max_length} positions; "
-            f"truncated to {loaded.max_length}"
-        )
-    return tok(
-        list(texts),
-        list(seconds) if seconds is not None else None,
-        truncation="longest_first" if seconds is not None else True,
-        max_length=loaded.max_length,
-        **kwargs,
-    )
+        warn(f"{what(i)} has {len(full['input_ids'][i])} tokens, more than the model's {loaded.max_length} "
+             f"positions; truncated to {loaded.max_length}")
+    return tok(firsts, truncation=True, max_length=loaded.max_length, **kwargs)
+
+
+def _encode_pairs(
+    loaded: LoadedModel, firsts: list[str], seconds: list[str], what: Callable[[int], str], offsets: bool
+) -> dict:
+    """[CLS] A [SEP] B [SEP] with token types 0 then 1, the longer segment cut first to fit the positions."""
+    tok = loaded.tokenizer
+    a = tok(firsts, add_special_tokens=False, return_offsets_mapping=offsets)
+    b = tok(seconds, add_special_tokens=False, return_offsets_mapping=offsets)
+    budget = loaded.max_length - 3  # [CLS] and two [SEP]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    out: dict[str, list] = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
+    if offsets:
+        out["offset_mapping"] = []
+    for i, (ids_a, ids_b) in enumerate(zip(a["input_ids"], b["input_ids"])):
+        keep_a, keep_b = len(ids_a), len(ids_b)
+        if keep_a + keep_b > budget:
+            warn(f"{what(i)} has {keep_a + keep_b + 3} tokens, more than the model's {loaded.max_length} "
+                 f"positions; truncated to {loaded.max_length}, the longer text first")
+            # longest first: the longer text down to the shorter one's length, then both alike (B the odd piece)
+            excess = keep_a + keep_b - budget
+            level = min(excess, abs(keep_a - keep_b))
+            keep_a, keep_b = (keep_a - level, keep_b) if keep_a > keep_b else (keep_a, keep_b - level)
+            excess -= level
+            keep_a, keep_b = keep_a - excess // 2, keep_b - (excess - excess // 2)
+        out["input_ids"].append([cls, *ids_a[:keep_a], sep, *ids_b[:keep_b], sep])
+        out["token_type_ids"].append([0] * (keep_a + 2) + [1] * (keep_b + 1))
+        out["attention_mask"].append([1] * (keep_a + keep_b + 3))
+        if offsets:
+            none = (0, 0)
+            out["offset_mapping"].append(
+                [none, *a["offset_mapping"][i][:keep_a], none, *b["offset_mapping"][i][:keep_b], none]
+            )
+    return out
 
 
 def pad_batch(loaded: LoadedModel, enc: dict) -> dict:
