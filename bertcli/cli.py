@@ -423,6 +423,82 @@ def run_pipeline(
         typer.echo(f'model: {model}   try: bert fill-mask --model {model} "The [MASK] is on the table."')
 
 
+# ---------------------------------------------------------------- score (bertcli/tools/score.py)
+
+
+@app.command("score")
+@report_errors
+def score(
+    texts: Optional[List[str]] = typer.Argument(None, help="Sentences to score."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="A BERT with its MLM head: a `bert pretrain` run (its final/), run/final, or any HF "
+        "BertForMaskedLM / BertForPreTraining directory."
+    ),
+    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence a line."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Minimal pairs as JSON lines in BLiMP's format (sentence_good, sentence_bad)."
+    ),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", help="Field that groups --pairs (default: UID, else linguistics_term, else field)."
+    ),
+    variant: str = typer.Option(
+        "original", "--variant", help="original (Salazar et al. 2020) or word_l2r (Kauf & Ivanova 2023); docs/scoring.md."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per text (pll, pseudo_perplexity); with --pairs one per pair, then a "
+        "summary (accuracy, pairs, groups, per_group) as the last line."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Masked copies per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
+) -> None:
+    """Pseudo-log-likelihood of each sentence (natural log) and its pseudo-perplexity; with --pairs, the share of
+    minimal pairs where the model prefers the good sentence (a tie counts one half), per group and as their mean."""
+    from bertcli.errors import InputError
+    from bertcli.pll import VARIANTS
+    from bertcli.stages.predict import load_model
+    from bertcli.tools import score as tool
+
+    if variant not in VARIANTS:
+        raise InputError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    given = [name for name, value in (("TEXT", texts), ("--input", input_), ("--pairs", pairs)) if value]
+    if len(given) != 1:
+        raise InputError(
+            "give sentences as TEXT arguments, or --input FILE, or --pairs FILE" + (f", not {' and '.join(given)}" if given else ""),
+            hint='e.g. bert score --model runs/run "The cat sat on the mat."',
+        )
+    if group_by is not None and pairs is None:
+        raise InputError("--group-by applies to --pairs only")
+    if pairs is not None:
+        tool.read_minimal_pairs(pairs, group_by)  # a bad file fails before the model is loaded
+        loaded = load_model(model, device=device, need_mlm=True)
+        rows, summary = tool.score_pairs(loaded, pairs, group_by, variant, batch_size)
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(json.dumps(summary, ensure_ascii=False))
+            return
+        for group, result in summary["per_group"].items():
+            typer.echo(f"{result['accuracy']:7.2%}  {result['pairs']:6,} pairs  {group}")
+        typer.echo(
+            f"{summary['accuracy']:7.2%}  {summary['pairs']:6,} pairs  mean over {summary['groups']} group(s) "
+            f"(by {summary['group_by'] or 'nothing: one group'}; variant {variant})"
+        )
+        return
+    if input_ is not None:
+        numbered = tool.read_sentences(input_)
+        sentences = [text for _, text in numbered]
+        what = lambda i: f"{input_}:{numbered[i][0]}"  # noqa: E731
+    else:
+        sentences = list(texts or [])
+        what = lambda i: f"text {i + 1}"  # noqa: E731
+    loaded = load_model(model, device=device, need_mlm=True)
+    for row in tool.score_texts(loaded, sentences, variant, batch_size, what=what):
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            typer.echo(f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
+
+
 def main() -> None:
     """Console entry point: `bert …` and `python -m bertcli …`."""
     try:

@@ -1,0 +1,1 @@
+"""Read-only commands: they read a model or an artifact and write no artifact."""
