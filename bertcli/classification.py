@@ -62,7 +62,7 @@ def mcc(counts: Sequence[Sequence[int]]) -> float:
     t = [sum(counts[k]) for k in range(n)]
     p = [sum(counts[g][k] for g in range(n)) for k in range(n)]
     covariance = c * s - sum(pk * tk for pk, tk in zip(p, t))
-    denominator = math.sqrt(float(s * s - sum(pk * pk for pk in p))) * math.sqrt(float(s * s - sum(tk * tk for tk in t)))
+    denominator = math.sqrt((s * s - sum(pk * pk for pk in p)) * (s * s - sum(tk * tk for tk in t)))  # exact ints
     return covariance / denominator if denominator > 0 else 0.0
 
 

@@ -423,6 +423,89 @@ def run_pipeline(
         typer.echo(f'model: {model}   try: bert fill-mask --model {model} "The [MASK] is on the table."')
 
 
+# ---------------------------------------------------------------- finetune, predict (bertcli/stages/finetune.py,
+# bertcli/tools/classify.py)
+
+
+@app.command("finetune")
+@report_errors
+def finetune(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="BERT to start from: a `bert pretrain` run, run/final, or any HF BERT directory."
+    ),
+    train: Optional[str] = typer.Option(None, "--train", help="Labelled examples: .csv/.tsv with a header, or .jsonl."),
+    dev: Optional[str] = typer.Option(None, "--dev", help="Dev examples (default: hold out dev_fraction of --train)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Directory to write the classifier to."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Runs with seeds seed, seed+1, …; the best is saved."),
+    overwrite: bool = OverwriteOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: median dev_accuracy, dev_macro_f1, dev_mcc and the seeds' results."
+    ),
+) -> None:
+    """Fine-tune a BERT for sequence or sentence-pair classification (configs/finetune/default.yaml); the output
+    loads with AutoModelForSequenceClassification and pipeline("text-classification")."""
+    from bertcli.config import load_config
+    from bertcli.schemas import FinetuneConfig
+    from bertcli.stages import finetune as stage
+
+    cli_values = {"model": model, "train": train, "dev": dev, "output": output, "seeds": seeds}
+    cfg = load_config(FinetuneConfig, config, set_ or [], cli_values)
+    stats = stage.run(cfg, overwrite=overwrite)["stats"]
+    if as_json:
+        keys = ("dev_accuracy", "dev_macro_f1", "dev_mcc", "best_seed", "metric", "seeds", "labels")
+        typer.echo(json.dumps({"output": cfg.output, **{k: stats[k] for k in keys}}, ensure_ascii=False))
+        return
+    n = len(stats["seeds"])
+    typer.echo(
+        f"dev accuracy {stats['dev_accuracy']:.4f}, macro-F1 {stats['dev_macro_f1']:.4f}, "
+        f"MCC {stats['dev_mcc']:.4f}" + (f" (medians over {n} seeds)" if n > 1 else "")
+    )
+    typer.echo(
+        f"wrote {cfg.output}: the model of seed {stats['best_seed']}"
+        + (f", the best of {n} by dev {stats['metric']}" if n > 1 else "")
+        + f"; try: bert predict --model {cfg.output} \"TEXT\""
+    )
+
+
+@app.command("predict")
+@report_errors
+def predict(
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
+    model: Path = typer.Option(..., "--model", "-m", help="A sequence classifier: the output of `bert finetune`, or any HF one."),
+    input_: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="CSV/TSV/JSONL file as for `bert finetune --train` (its label column is ignored)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input: label, probability, probabilities."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
+) -> None:
+    """The label and its probability for each TEXT, or for every example of --input FILE."""
+    from bertcli.errors import InputError
+    from bertcli.tools import classify as tool
+
+    if (input_ is None) == (not texts):
+        raise InputError("give texts as arguments or --input FILE" + (", not both" if input_ is not None else ""),
+                         hint='e.g. bert predict --model runs/finetune "The cat sat on the mat."')
+    clf = tool.load_classifier(model, device=device)
+    if input_ is not None:
+        rows = tool.classify_file(clf, input_, batch_size)
+    elif clf.text_pair_field is not None:
+        raise InputError(
+            f"'{clf.path}' classifies sentence pairs: give them in --input FILE with fields "
+            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}"
+        )
+    else:
+        rows = tool.classify(clf, list(texts or []), batch_size=batch_size)
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            shown = row["text"] + (f"  ||  {row['text_pair']}" if "text_pair" in row else "")
+            typer.echo(f"{row['label']}\t{row['probability']:.4f}\t{shown}")
+
+
 # ---------------------------------------------------------------- score (bertcli/tools/score.py)
 
 

@@ -25,11 +25,13 @@ COMMANDS = {
     "mask": "bert mask",
     "pretrain": "bert pretrain",
     "run": "bert run",
+    "finetune": "bert finetune",
 }
 SHIPPED = {
     "train-vocab": "configs/train-vocab/",
     "pretrain": "configs/pretrain/",
     "run": "configs/pipeline/demo.yaml",
+    "finetune": "configs/finetune/default.yaml",
 }
 
 
