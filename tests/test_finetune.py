@@ -48,6 +48,16 @@ def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def plain_mlm(tmp_path_factory) -> Path:
     return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")
@@ -58,7 +68,7 @@ def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> Non
 
     out = tmp_path / "clf"
     args = ["finetune", "--model", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "--output", str(out),
-            "--seeds", "3", "--set", "max_epochs=4", *FAST, "--json"]
+            "--seeds", "3", "--set", "max_epochs=6", *FAST, "--json"]
     summary = _last_json(_ok(args).stdout)
     seeds = summary["seeds"]
     assert [s["seed"] for s in seeds] == [42, 43, 44]
