@@ -2,9 +2,9 @@
 
 PLL (Salazar et al. 2020, "Masked Language Model Scoring"): mask each token of a sentence in turn ([CLS] and [SEP]
 stay) and sum log p(token | the rest). Every masked copy of every sentence goes through one length-sorted stream of
-batches, and the vocabulary projection is applied only at the one masked position of each copy: for a small model
-that projection over all T positions costs more than the encoder itself, and T − 1 of those rows would be thrown
-away.
+batches, and only the one masked position of each copy is carried through the work that ends at it: the vocabulary
+projection (for a small model, over all T positions it costs more than the encoder itself) and, in the last layer,
+the query, attention output and feed-forward (keys and values still see every token).
 """
 
 from __future__ import annotations
@@ -63,6 +63,40 @@ def _batches(stream: Iterator[MaskedCopy], batch_size: int) -> Iterator[list[Mas
         yield batch
 
 
+def masked_hidden(bert: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """The last hidden state of a BertModel at one position per row: (B, T) ids → (B, H).
+
+    Equal to bert(...).last_hidden_state[arange(B), position], but the last layer runs its query, attention output,
+    feed-forward and LayerNorms on that one row only: the other T − 1 rows of its output would be thrown away.
+    """
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    config = bert.config
+    if config.is_decoder or config.add_cross_attention or config.chunk_size_feed_forward:
+        # Layers that differ from BERT's encoder layer: run the model as it is.
+        return bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, position]
+    from transformers.masking_utils import create_bidirectional_mask
+
+    b, t = input_ids.shape
+    hidden = bert.embeddings(input_ids=input_ids)  # (B, T, H); token types all 0: one segment
+    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+    layers = bert.encoder.layer
+    for layer in layers[:-1]:
+        hidden = layer(hidden, mask)
+    last = layers[-1]
+    sa = last.attention.self
+    heads, head_size = sa.num_attention_heads, sa.attention_head_size
+    h = hidden.shape[-1]
+    q_in = hidden[rows, position][:, None, :]  # (B, 1, H)
+    q = sa.query(q_in).view(b, 1, heads, head_size).transpose(1, 2)  # (B, h, 1, d)
+    k = sa.key(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
+    v = sa.value(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
+    key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
+    context = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=sa.scaling)
+    context = context.transpose(1, 2).reshape(b, 1, h)  # (B, 1, H)
+    attn_out = last.attention.output(context, q_in)  # (B, 1, H)
+    return last.output(last.intermediate(attn_out), attn_out)[:, 0]  # (B, H)
+
+
 def pseudo_log_likelihoods(
     encoder: Any,
     head: Any,
@@ -98,10 +132,7 @@ def pseudo_log_likelihoods(
             which = torch.tensor([i for i, _, _ in batch])  # (B,) sentence of each copy
             position = torch.tensor([t for _, t, _ in batch], device=device)  # (B,)
             target = torch.tensor([sentences[i][t] for i, t, _ in batch], device=device)  # (B,)
-            hidden = encoder(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-            ).last_hidden_state  # (B, T, H)
-            rows = hidden[torch.arange(len(batch), device=device), position]  # (B, H): the masked position only
+            rows = masked_hidden(encoder, input_ids.to(device), attention_mask.to(device), position)  # (B, H)
             log_probs = torch.log_softmax(head(rows).float(), dim=-1)  # (B, V)
             picked = log_probs.gather(1, target[:, None]).squeeze(1)  # (B,)
             totals.index_add_(0, which, picked.double().cpu())
