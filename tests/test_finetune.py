@@ -102,6 +102,27 @@ def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> Non
     assert human.startswith(rows[0]["label"] + "\t") and texts[0] in human
 
 
+def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_corpus, tmp_path, monkeypatch) -> None:
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain
+    from pretrain_fixtures import make_artifact
+
+    monkeypatch.setattr(pretrain, "_plot", lambda out: None)  # matplotlib costs seconds
+    data = make_artifact(tmp_path / "masked", tiny_tokenizer, tiny_corpus, num_sequences=40)
+    run = tmp_path / "run"
+    model = ModelConfig(preset=None, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    pretrain.run(PretrainConfig(data=str(data), output=str(run), model=model, max_steps=2, batch_size=8,
+                                micro_batch_size=8, warmup_steps=0, eval_every=0, save_every=0, seed=1))
+    out = tmp_path / "clf"
+    summary = _last_json(_ok(["finetune", "--model", str(run), "--train", str(TRAIN), "--dev", str(DEV), "--output",
+                              str(out), "--set", "max_epochs=1", *FAST, "--json"]).stdout)
+    assert summary["labels"] == ["animal", "thing"]
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(run / "final")
+    (row,) = _json_lines(_ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
+    assert row["pll"] < 0 and row["tokens"] > 0
+
+
 def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> None:
     outputs = []
     for name in ("a", "b"):
