@@ -54,8 +54,8 @@ def macro_f1(counts: Sequence[Sequence[int]]) -> float:
 
 def mcc(counts: Sequence[Sequence[int]]) -> float:
     """Matthews correlation coefficient, Gorodkin's multiclass form (for two labels it is the binary MCC):
-    (c·s − Σ p_k·t_k) / sqrt((s² − Σ p_k²)(s² − Σ t_k²)), with c correct, s total, t_k gold and p_k predicted
-    counts of label k. 0 when a factor of the denominator is 0 (every prediction or every gold label the same)."""
+    (c·s − Σ p_k·t_k) / sqrt((s² − Σ p_k²)(s² − Σ t_k²)), with c correct, s total, t_k gold and p_k
+    predicted counts of label k. 0 when a factor of the denominator is 0 (every prediction or every gold label the same)."""
     n = len(counts)
     s = sum(map(sum, counts))
     c = sum(counts[k][k] for k in range(n))

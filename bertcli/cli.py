@@ -438,14 +438,18 @@ def finetune(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Directory to write the classifier to."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
-    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Runs with seeds seed, seed+1, …; the best is saved."),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", min=1, help="Runs with seeds seed, seed+1, …; the best is saved."
+    ),
     overwrite: bool = OverwriteOpt,
     as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON object: median dev_accuracy, dev_macro_f1, dev_mcc and the seeds' results."
+        False, "--json", help="Print one JSON object: median dev_accuracy, dev_macro_f1, dev_mcc, the seeds' results."
     ),
 ) -> None:
-    """Fine-tune a BERT for sequence or sentence-pair classification (configs/finetune/default.yaml); the output
-    loads with AutoModelForSequenceClassification and pipeline("text-classification")."""
+    """Fine-tune a BERT for sequence or sentence-pair classification on a CSV, TSV or JSONL file.
+
+    The output loads with AutoModelForSequenceClassification and pipeline("text-classification").
+    """
     from bertcli.config import load_config
     from bertcli.schemas import FinetuneConfig
     from bertcli.stages import finetune as stage
@@ -473,7 +477,9 @@ def finetune(
 @report_errors
 def predict(
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
-    model: Path = typer.Option(..., "--model", "-m", help="A sequence classifier: the output of `bert finetune`, or any HF one."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="A sequence classifier: the output of `bert finetune`, or any HF one."
+    ),
     input_: Optional[Path] = typer.Option(
         None, "--input", "-i", help="CSV/TSV/JSONL file as for `bert finetune --train` (its label column is ignored)."
     ),
@@ -525,7 +531,7 @@ def score(
         None, "--group-by", help="Field that groups --pairs (default: UID, else linguistics_term, else field)."
     ),
     variant: str = typer.Option(
-        "original", "--variant", help="original (Salazar et al. 2020) or word_l2r (Kauf & Ivanova 2023); docs/scoring.md."
+        "original", "--variant", help="original (Salazar et al. 2020) or word_l2r (Kauf & Ivanova 2023)."
     ),
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object per text (pll, pseudo_perplexity); with --pairs one per pair, then a "
@@ -534,8 +540,10 @@ def score(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Masked copies per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
 ) -> None:
-    """Pseudo-log-likelihood of each sentence (natural log) and its pseudo-perplexity; with --pairs, the share of
-    minimal pairs where the model prefers the good sentence (a tie counts one half), per group and as their mean."""
+    """Pseudo-log-likelihood and pseudo-perplexity of sentences; minimal-pair accuracy with --pairs.
+
+    --pairs: the share of pairs whose good sentence scores higher (ties count half), per group and their mean.
+    """
     from bertcli.errors import InputError
     from bertcli.pll import VARIANTS
     from bertcli.stages.predict import load_model
@@ -546,7 +554,8 @@ def score(
     given = [name for name, value in (("TEXT", texts), ("--input", input_), ("--pairs", pairs)) if value]
     if len(given) != 1:
         raise InputError(
-            "give sentences as TEXT arguments, or --input FILE, or --pairs FILE" + (f", not {' and '.join(given)}" if given else ""),
+            "give sentences as TEXT arguments, or --input FILE, or --pairs FILE"
+            + (f", not {' and '.join(given)}" if given else ""),
             hint='e.g. bert score --model runs/run "The cat sat on the mat."',
         )
     if group_by is not None and pairs is None:

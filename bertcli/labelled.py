@@ -72,7 +72,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}:{line_no}: not a JSON object ({exc.msg})",
-                                 hint="each line must be one JSON object, e.g. {\"text\": \"…\", \"label\": \"…\"}") from exc
+                                 hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}') from exc
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
             yield line_no, obj

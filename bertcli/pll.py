@@ -45,7 +45,9 @@ def masking_plan(
     return plan
 
 
-def _copy_stream(sentences: Sequence[Sequence[int]], plans: Sequence[Sequence[tuple[int, tuple[int, ...]]]]) -> Iterator[MaskedCopy]:
+def _copy_stream(
+    sentences: Sequence[Sequence[int]], plans: Sequence[Sequence[tuple[int, tuple[int, ...]]]]
+) -> Iterator[MaskedCopy]:
     # Shortest sentences first: neighbouring copies have similar lengths, so a batch carries little padding.
     for i in sorted(range(len(sentences)), key=lambda k: len(sentences[k])):
         for position, masked in plans[i]:
@@ -63,7 +65,9 @@ def _batches(stream: Iterator[MaskedCopy], batch_size: int) -> Iterator[list[Mas
         yield batch
 
 
-def masked_hidden(bert: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+def masked_hidden(
+    bert: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
     """The last hidden state of a BertModel at one position per row: (B, T) ids → (B, H).
 
     Equal to bert(...).last_hidden_state[arange(B), position], but the last layer runs its query, attention output,
@@ -153,7 +157,7 @@ def minimal_pair_accuracy(good: Sequence[float], bad: Sequence[float], groups: S
     number of pairs. Returns {"accuracy", "pairs", "groups", "per_group": {group: {"accuracy", "pairs"}}}.
     """
     if not len(good) == len(bad) == len(groups):
-        raise ValueError(f"{len(good)} good, {len(bad)} bad scores and {len(groups)} groups: expected one each per pair")
+        raise ValueError(f"{len(good)} good, {len(bad)} bad scores, {len(groups)} groups: expected one each per pair")
     wins: dict[str, float] = {}
     counts: dict[str, int] = {}
     for g, b, group in zip(good, bad, groups):

@@ -98,7 +98,8 @@ def main() -> int:
     config = loaded.model.config
     print(json.dumps({
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-        "model": f"{args.model or 'random init'}: {config.num_hidden_layers} layers × {config.hidden_size}, vocab {config.vocab_size}",
+        "model": f"{args.model or 'random init'}: {config.num_hidden_layers} layers × {config.hidden_size}, "
+                 f"vocab {config.vocab_size}",
         "pairs": len(pairs),
         "sentences": len(texts),
         "masked_copies": sum(

@@ -133,7 +133,7 @@ def test_masking_plan() -> None:
 
 
 def test_minimal_pair_accuracy_tie_counts_half_and_mean_over_groups() -> None:
-    # Group a: 1 win, 1 tie, 1 loss → 0.5; group b: 1 win → 1.0. Mean over groups 0.75 (over pairs it would be 0.625).
+    # Group a: 1 win, 1 tie, 1 loss → 0.5; group b: 1 win → 1.0. Mean over groups 0.75 (over pairs: 0.625).
     result = minimal_pair_accuracy([-1.0, -2.0, -5.0, -1.0], [-2.0, -2.0, -1.0, -3.0], ["a", "a", "a", "b"])
     assert result["per_group"] == {"a": {"accuracy": 0.5, "pairs": 3}, "b": {"accuracy": 1.0, "pairs": 1}}
     assert result["accuracy"] == pytest.approx(0.75)
@@ -152,7 +152,9 @@ def test_score_pairs_groups_and_summary(tiny_bert: Path) -> None:
         assert result == {"accuracy": pytest.approx(wins / len(mine)), "pairs": len(mine)}
     groups = summary["per_group"].values()
     assert summary["accuracy"] == pytest.approx(sum(g["accuracy"] for g in groups) / 3)
-    by_field = _json_lines(_ok(["score", "-m", str(tiny_bert), "--pairs", str(PAIRS), "--json", "--group-by", "field"]).stdout)
+    by_field = _json_lines(
+        _ok(["score", "-m", str(tiny_bert), "--pairs", str(PAIRS), "--json", "--group-by", "field"]).stdout
+    )
     assert set(by_field[-1]["per_group"]) == {"semantics", "syntax"}
     human = _ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS)]).stdout
     assert "mean over 3 group(s)" in human and "verb_position" in human
@@ -161,7 +163,8 @@ def test_score_pairs_groups_and_summary(tiny_bert: Path) -> None:
 def test_identical_sentences_tie(tiny_bert: Path, tmp_path: Path) -> None:
     pairs = tmp_path / "tie.jsonl"
     # The same sentence twice, among others of other lengths: bit-equal scores, half a point.
-    lines = [{"sentence_good": STORY[2], "sentence_bad": STORY[2]}, {"sentence_good": STORY[0], "sentence_bad": STORY[4]}]
+    lines = [{"sentence_good": STORY[2], "sentence_bad": STORY[2]},
+             {"sentence_good": STORY[0], "sentence_bad": STORY[4]}]
     pairs.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     *rows, summary = _json_lines(
         _ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json", "--batch-size", "5"]).stdout

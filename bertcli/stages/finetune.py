@@ -1,4 +1,4 @@
-"""`bert finetune`: a BERT + labelled examples → a sequence (or sentence-pair) classifier; the best of N seeds is saved."""
+"""`bert finetune`: a BERT + labelled examples → a sequence (or sentence-pair) classifier; the best seed is saved."""
 
 from __future__ import annotations
 
@@ -71,8 +71,10 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
     train_file = load_examples(cfg.train, cfg.format, cfg.text_field, cfg.text_pair_field, cfg.label_field)
     labels = C.label_order(e.label for e in train_file.examples)
     if len(labels) < 2:
-        raise InputError(f"{train_file.path}: every example has the label '{labels[0]}'; a classifier needs two or more",
-                         hint=f"check label_field (now '{cfg.label_field}')")
+        raise InputError(
+            f"{train_file.path}: every example has the label '{labels[0]}'; a classifier needs two or more",
+            hint=f"check label_field (now '{cfg.label_field}')",
+        )
     if cfg.dev is not None:
         dev_file = load_examples(cfg.dev, cfg.format, cfg.text_field, cfg.text_pair_field, cfg.label_field)
         known = set(labels)

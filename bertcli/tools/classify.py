@@ -31,7 +31,8 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     architectures = _read_model_config(model_dir).get("architectures") or []
     if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
         raise ArtifactError(
-            f"'{model_dir}' is not a sequence classifier (config.json architectures: {', '.join(architectures) or 'none'})",
+            f"'{model_dir}' is not a sequence classifier "
+            f"(config.json architectures: {', '.join(architectures) or 'none'})",
             hint="fine-tune it first: bert finetune --model DIR --train FILE --output OUT",
         )
     import transformers

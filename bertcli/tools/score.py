@@ -25,7 +25,8 @@ def _text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+                                 hint="save the file as UTF-8") from exc
             if line_no == 1:
                 line = line.lstrip("\ufeff")
             if line.strip():
@@ -41,7 +42,9 @@ def read_sentences(path: str | Path) -> list[tuple[int, str]]:
     return rows
 
 
-def read_minimal_pairs(path: str | Path, group_by: str | None = None) -> tuple[list[tuple[int, str, str, str]], str | None]:
+def read_minimal_pairs(
+    path: str | Path, group_by: str | None = None
+) -> tuple[list[tuple[int, str, str, str]], str | None]:
     """(line, good, bad, group) of every pair of a BLiMP-style JSON-lines file, and the key grouped by.
 
     group_by None: the first of UID, linguistics_term, field that the first pair has (none: one group, "all").
