@@ -21,7 +21,7 @@ MaskedCopy = tuple[int, int, tuple[int, ...]]
 
 
 def masking_plan(
-    scored: Sequence[bool], word_ids: Sequence[int | None] | None, variant: str = "original"
+    scored: Sequence[bool], word_ids: Sequence[int | None] | None = None, variant: str = "original"
 ) -> list[tuple[int, tuple[int, ...]]]:
     """For each scored position t of one sentence: (t, the positions masked in its copy).
 

@@ -125,6 +125,22 @@ def test_score_plain_transformers_masked_lm_and_input_file(plain_mlm: Path, tmp_
     assert human.endswith(TEXTS[0]) and f"{rows[0]['pll']:.3f}" in human
 
 
+def test_pll_takes_a_bert_for_masked_lm_object(plain_mlm: Path) -> None:
+    # BertForMaskedLM's encoder has no pooler, BertForPreTraining's has: the scorer must need neither.
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from bertcli.pll import pseudo_log_likelihoods
+
+    model = BertForMaskedLM.from_pretrained(plain_mlm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(plain_mlm)
+    enc = tokenizer(TEXTS, return_special_tokens_mask=True)
+    plans = [masking_plan([m == 0 for m in mask]) for mask in enc["special_tokens_mask"]]
+    plls = pseudo_log_likelihoods(model.bert, model.cls.predictions, enc["input_ids"], plans,
+                                  tokenizer.mask_token_id, tokenizer.pad_token_id, batch_size=4)
+    for pll, text in zip(plls, TEXTS):
+        assert pll == pytest.approx(reference_pll(model, tokenizer, text), abs=1e-5)
+
+
 def test_masking_plan() -> None:
     scored = [False, True, True, True, True, False]
     words = [None, 0, 1, 1, 1, None]  # [CLS] the sou ##vl ##aki [SEP]
