@@ -4,7 +4,8 @@ PLL (Salazar et al. 2020, "Masked Language Model Scoring"): mask each token of a
 stay) and sum log p(token | the rest). Every masked copy of every sentence goes through one length-sorted stream of
 batches, and only the one masked position of each copy is carried through the work that ends at it: the vocabulary
 projection (for a small model, over all T positions it costs more than the encoder itself) and, in the last layer,
-the query, attention output and feed-forward (keys and values still see every token).
+the query, attention output and feed-forward (keys and values still see every token). In the first layer the
+query, key and value projections of the positions a copy leaves unmasked are its sentence's, computed once.
 """
 
 from __future__ import annotations
@@ -66,39 +67,89 @@ def _batches(stream: Iterator[MaskedCopy], batch_size: int) -> Iterator[list[Mas
 
 
 def masked_hidden(
-    bert: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+    bert: Any,
+    sentence_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    copy_of: torch.Tensor,
+    mask_rows: torch.Tensor,
+    mask_cols: torch.Tensor,
+    mask_id: int,
+    position: torch.Tensor,
 ) -> torch.Tensor:
-    """The last hidden state of a BertModel at one position per row: (B, T) ids → (B, H).
+    """The last hidden state of a BertModel at one position of each masked copy: (B, H).
 
-    Equal to bert(...).last_hidden_state[arange(B), position], but the last layer runs its query, attention output,
-    feed-forward and LayerNorms on that one row only: the other T − 1 rows of its output would be thrown away.
+    sentence_ids, attention_mask: (U, T), the batch's distinct sentences, right-padded. Copy b is sentence
+    copy_of[b] with the ids at (mask_rows, mask_cols) replaced by mask_id, read at position[b]. The result equals
+    bert(copies).last_hidden_state[arange(B), position], computed with two shortcuts:
+    - first layer: the query, key and value of a position that no copy masks are its sentence's, projected once
+      per sentence rather than once per copy (attention and all after it differ per copy: every position sees the
+      masked ones);
+    - last layer: query, attention output, feed-forward and LayerNorms only at `position` (keys and values still
+      cover every token); the other T − 1 rows of its output would be thrown away.
     """
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    b = copy_of.shape[0]
+    input_ids = sentence_ids[copy_of]  # (B, T)
+    input_ids[mask_rows, mask_cols] = mask_id
+    copy_mask = attention_mask[copy_of]  # (B, T)
     config = bert.config
     if config.is_decoder or config.add_cross_attention or config.chunk_size_feed_forward:
         # Layers that differ from BERT's encoder layer: run the model as it is.
-        return bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, position]
+        hidden = bert(input_ids=input_ids, attention_mask=copy_mask).last_hidden_state  # (B, T, H)
+        return hidden[torch.arange(b, device=hidden.device), position]
     from transformers.masking_utils import create_bidirectional_mask
 
-    b, t = input_ids.shape
     hidden = bert.embeddings(input_ids=input_ids)  # (B, T, H); token types all 0: one segment
-    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+    key_mask = copy_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
     layers = bert.encoder.layer
-    for layer in layers[:-1]:
-        hidden = layer(hidden, mask)
-    last = layers[-1]
-    sa = last.attention.self
-    heads, head_size = sa.num_attention_heads, sa.attention_head_size
-    h = hidden.shape[-1]
-    q_in = hidden[rows, position][:, None, :]  # (B, 1, H)
-    q = sa.query(q_in).view(b, 1, heads, head_size).transpose(1, 2)  # (B, h, 1, d)
-    k = sa.key(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
-    v = sa.value(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
-    key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
+    if len(layers) > 1:
+        sentence_hidden = bert.embeddings(input_ids=sentence_ids)  # (U, T, H)
+        hidden = _first_layer_shared(layers[0], sentence_hidden, hidden, copy_of, mask_rows, mask_cols, key_mask)
+        mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=copy_mask)
+        for layer in layers[1:-1]:
+            hidden = layer(hidden, mask)
+    return _last_layer_at(layers[-1], hidden, position, key_mask)
+
+
+def _split_heads(x: torch.Tensor, sa: Any) -> torch.Tensor:
+    """(N, T, H) → (N, heads, T, head_size)."""
+    return x.view(x.shape[0], x.shape[1], sa.num_attention_heads, sa.attention_head_size).transpose(1, 2)
+
+
+def _first_layer_shared(
+    layer: Any,
+    sentence_hidden: torch.Tensor,
+    hidden: torch.Tensor,
+    copy_of: torch.Tensor,
+    mask_rows: torch.Tensor,
+    mask_cols: torch.Tensor,
+    key_mask: torch.Tensor,
+) -> torch.Tensor:
+    """A BertLayer on the copies (B, T, H) whose q/k/v projections come from their sentences (U, T, H), but for
+    the masked rows, projected per copy."""
+    sa = layer.attention.self
+    masked_in = hidden[mask_rows, mask_cols]  # (M, H)
+    qkv = []
+    for projection in (sa.query, sa.key, sa.value):
+        x = projection(sentence_hidden)[copy_of]  # (B, T, H)
+        x[mask_rows, mask_cols] = projection(masked_in)
+        qkv.append(_split_heads(x, sa))  # (B, h, T, d)
+    context = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=key_mask, scale=sa.scaling)
+    context = context.transpose(1, 2).reshape(hidden.shape)  # (B, T, H)
+    attn_out = layer.attention.output(context, hidden)  # (B, T, H)
+    return layer.output(layer.intermediate(attn_out), attn_out)
+
+
+def _last_layer_at(layer: Any, hidden: torch.Tensor, position: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """A BertLayer's output at one position per row: (B, T, H) → (B, H)."""
+    sa = layer.attention.self
+    q_in = hidden[torch.arange(hidden.shape[0], device=hidden.device), position][:, None, :]  # (B, 1, H)
+    q = _split_heads(sa.query(q_in), sa)  # (B, h, 1, d)
+    k = _split_heads(sa.key(hidden), sa)  # (B, h, T, d)
+    v = _split_heads(sa.value(hidden), sa)  # (B, h, T, d)
     context = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=sa.scaling)
-    context = context.transpose(1, 2).reshape(b, 1, h)  # (B, 1, H)
-    attn_out = last.attention.output(context, q_in)  # (B, 1, H)
-    return last.output(last.intermediate(attn_out), attn_out)[:, 0]  # (B, H)
+    context = context.transpose(1, 2).reshape(q_in.shape)  # (B, 1, H)
+    attn_out = layer.attention.output(context, q_in)  # (B, 1, H)
+    return layer.output(layer.intermediate(attn_out), attn_out)[:, 0]  # (B, H)
 
 
 def pseudo_log_likelihoods(
@@ -121,23 +172,29 @@ def pseudo_log_likelihoods(
     totals = torch.zeros(len(sentences), dtype=torch.float64)
     with torch.inference_mode():
         for batch in _batches(_copy_stream(sentences, plans), batch_size):
-            width = max(len(sentences[i]) for i, _, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-            mask_rows: list[int] = []
-            mask_cols: list[int] = []
-            for b, (i, _, masked) in enumerate(batch):
-                row = sentences[i]
-                input_ids[b, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-                attention_mask[b, : len(row)] = 1
-                mask_rows.extend([b] * len(masked))
-                mask_cols.extend(masked)
-            input_ids[mask_rows, mask_cols] = mask_id
+            distinct = list(dict.fromkeys(i for i, _, _ in batch))  # the batch's sentences, in order
+            slot = {i: u for u, i in enumerate(distinct)}
+            width = max(len(sentences[i]) for i in distinct)
+            sentence_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)  # (U, T)
+            attention_mask = torch.zeros((len(distinct), width), dtype=torch.long)  # (U, T)
+            for u, i in enumerate(distinct):
+                sentence_ids[u, : len(sentences[i])] = torch.as_tensor(sentences[i], dtype=torch.long)
+                attention_mask[u, : len(sentences[i])] = 1
+            mask_rows = [b for b, (_, _, masked) in enumerate(batch) for _ in masked]
+            mask_cols = [c for _, _, masked in batch for c in masked]
             which = torch.tensor([i for i, _, _ in batch])  # (B,) sentence of each copy
-            position = torch.tensor([t for _, t, _ in batch], device=device)  # (B,)
+            hidden = masked_hidden(
+                encoder,
+                sentence_ids.to(device),
+                attention_mask.to(device),
+                copy_of=torch.tensor([slot[i] for i, _, _ in batch], device=device),
+                mask_rows=torch.tensor(mask_rows, device=device),
+                mask_cols=torch.tensor(mask_cols, device=device),
+                mask_id=mask_id,
+                position=torch.tensor([t for _, t, _ in batch], device=device),
+            )  # (B, H)
+            log_probs = torch.log_softmax(head(hidden).float(), dim=-1)  # (B, V)
             target = torch.tensor([sentences[i][t] for i, t, _ in batch], device=device)  # (B,)
-            rows = masked_hidden(encoder, input_ids.to(device), attention_mask.to(device), position)  # (B, H)
-            log_probs = torch.log_softmax(head(rows).float(), dim=-1)  # (B, V)
             picked = log_probs.gather(1, target[:, None]).squeeze(1)  # (B,)
             totals.index_add_(0, which, picked.double().cpu())
             if on_batch is not None:

@@ -125,14 +125,17 @@ def test_score_plain_transformers_masked_lm_and_input_file(plain_mlm: Path, tmp_
     assert human.endswith(TEXTS[0]) and f"{rows[0]['pll']:.3f}" in human
 
 
-def test_pll_takes_a_bert_for_masked_lm_object(plain_mlm: Path) -> None:
-    # BertForMaskedLM's encoder has no pooler, BertForPreTraining's has: the scorer must need neither.
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_pll_takes_a_bert_for_masked_lm_object(plain_mlm: Path, tmp_path: Path, layers: int) -> None:
+    # BertForMaskedLM's encoder has no pooler, BertForPreTraining's has: the scorer must need neither. One layer is
+    # first and last at once, three have one in the middle.
     from transformers import AutoTokenizer, BertForMaskedLM
 
     from bertcli.pll import pseudo_log_likelihoods
 
-    model = BertForMaskedLM.from_pretrained(plain_mlm).eval()
-    tokenizer = AutoTokenizer.from_pretrained(plain_mlm)
+    path = plain_mlm if layers == 2 else save_plain(tmp_path / "mlm", num_hidden_layers=layers)
+    model = BertForMaskedLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
     enc = tokenizer(TEXTS, return_special_tokens_mask=True)
     plans = [masking_plan([m == 0 for m in mask]) for mask in enc["special_tokens_mask"]]
     plls = pseudo_log_likelihoods(model.bert, model.cls.predictions, enc["input_ids"], plans,
