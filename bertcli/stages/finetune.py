@@ -212,7 +212,7 @@ def train_seed(
     best_value: float | None = None
     best_state: dict[str, Any] | None = None
     best: dict[str, Any] = {}
-    since_best, step, stopped = 0, 0, "max_epochs"
+    since_best, step, epochs_run, stopped = 0, 0, 0, "max_epochs"
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=f"finetune seed {seed}", unit="step", dynamic_ncols=True)
     try:
@@ -246,6 +246,7 @@ def train_seed(
                 bar.update(1)
             if epoch_steps == 0 and best_state is not None:
                 break  # out of time at an epoch boundary: nothing new to evaluate
+            epochs_run = epoch
             dev_metrics = evaluate(model, dev, cfg.batch_size, pad_id, device, num_labels)
             record = {
                 "seed": seed, "epoch": epoch, "step": step,
@@ -269,7 +270,7 @@ def train_seed(
                 break
     finally:
         bar.close()
-    result = {"seed": seed, **best, "epochs": epoch, "steps": step, "stopped": stopped,
+    result = {"seed": seed, **best, "epochs": epochs_run, "steps": step, "stopped": stopped,
               "train_s": round(time.perf_counter() - start, 3)}
     return SeedRun(result, best_state)
 
