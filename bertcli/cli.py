@@ -292,13 +292,14 @@ def predict_nsp(
 ) -> None:
     """Next-sentence prediction: the probability that --second follows --first (IsNext), or for every pair of a file."""
     from bertcli.errors import InputError
+    from bertcli.model_dir import load_model
     from bertcli.tools import predict as tool
 
     if input_ is not None and (first is not None or second is not None):
         raise InputError("give either --first and --second, or --input FILE, not both")
     if input_ is None and (first is None or second is None):
         raise InputError("predict-nsp needs --first TEXT and --second TEXT, or --input FILE")
-    loaded = tool.load_model(model, device=device, need_nsp=True)
+    loaded = load_model(model, device=device, need_nsp=True)
     if input_ is not None:  # JSON lines, streamed
         for row in tool.predict_nsp_file(loaded, input_, batch_size=batch_size):
             typer.echo(json.dumps(row, ensure_ascii=False))
@@ -317,9 +318,10 @@ def fill_mask(
     device: str = DeviceOpt,
 ) -> None:
     """The top-k tokens and probabilities for every mask token in TEXT."""
+    from bertcli.model_dir import load_model
     from bertcli.tools import predict as tool
 
-    loaded = tool.load_model(model, device=device, need_mlm=True)
+    loaded = load_model(model, device=device, need_mlm=True)
     masks = tool.fill_mask(loaded, text, top_k=top_k)
     if as_json:
         typer.echo(json.dumps({"text": text, "masks": masks}, ensure_ascii=False))
@@ -347,9 +349,10 @@ def evaluate(
 ) -> None:
     """MLM loss, accuracy on the masked positions, perplexity and NSP accuracy of a model on a data artifact, computed
     by the training code (the eval_* of `bert pretrain` on the same sequences and masks)."""
+    from bertcli.model_dir import load_model
     from bertcli.tools import predict as tool
 
-    loaded = tool.load_model(model, device=device, need_mlm=True, need_nsp=True)
+    loaded = load_model(model, device=device, need_mlm=True, need_nsp=True)
     metrics = tool.evaluate(
         loaded, data, batch_size=batch_size, max_sequences=max_sequences, progress=not as_json, seed=seed
     )
@@ -367,9 +370,10 @@ def embed(
     device: str = DeviceOpt,
 ) -> None:
     """The word's contextual vector in each sentence and their cosine similarities, beside the static ones."""
+    from bertcli.model_dir import load_model
     from bertcli.tools import predict as tool
 
-    loaded = tool.load_model(model, device=device)
+    loaded = load_model(model, device=device)
     result = tool.embed(loaded, word, sentences, layer=layer)
     typer.echo(json.dumps(result, ensure_ascii=False) if as_json else tool.format_embedding(result))
 
@@ -410,6 +414,174 @@ def run_pipeline(
     model = stage.final_model(plans)
     if model is not None and not dry_run:
         typer.echo(f'model: {model}   try: bert fill-mask --model {model} "The [MASK] is on the table."')
+
+
+# ---------------------------------------------------------------- finetune, predict (bertcli/stages/finetune.py,
+# bertcli/tools/classify.py)
+
+
+@app.command("finetune")
+@report_errors
+def finetune(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="BERT to start from: a `bert pretrain` run, run/final, or any HF BERT directory."
+    ),
+    train: Optional[str] = typer.Option(None, "--train", help="Labelled examples: .csv/.tsv with a header, or .jsonl."),
+    dev: Optional[str] = typer.Option(None, "--dev", help="Dev examples (default: hold out dev_fraction of --train)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Directory to write the classifier to."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", min=1, help="Runs with seeds seed, seed+1, …; the best is saved."
+    ),
+    overwrite: bool = OverwriteOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: median dev_accuracy, dev_macro_f1, dev_mcc, the seeds' results."
+    ),
+) -> None:
+    """Fine-tune a BERT for sequence or sentence-pair classification on a CSV, TSV or JSONL file.
+
+    The output loads with AutoModelForSequenceClassification and pipeline("text-classification").
+    """
+    from bertcli.config import load_config
+    from bertcli.schemas import FinetuneConfig
+    from bertcli.stages import finetune as stage
+
+    cli_values = {"model": model, "train": train, "dev": dev, "output": output, "seeds": seeds}
+    cfg = load_config(FinetuneConfig, config, set_ or [], cli_values)
+    stats = stage.run(cfg, overwrite=overwrite)["stats"]
+    if as_json:
+        keys = ("dev_accuracy", "dev_macro_f1", "dev_mcc", "best_seed", "metric", "seeds", "labels")
+        typer.echo(json.dumps({"output": cfg.output, **{k: stats[k] for k in keys}}, ensure_ascii=False))
+        return
+    n = len(stats["seeds"])
+    typer.echo(
+        f"dev accuracy {stats['dev_accuracy']:.4f}, macro-F1 {stats['dev_macro_f1']:.4f}, "
+        f"MCC {stats['dev_mcc']:.4f}" + (f" (medians over {n} seeds)" if n > 1 else "")
+    )
+    typer.echo(
+        f"wrote {cfg.output}: the model of seed {stats['best_seed']}"
+        + (f", the best of {n} by dev {stats['metric']}" if n > 1 else "")
+        + f"; try: bert predict --model {cfg.output} \"TEXT\""
+    )
+
+
+@app.command("predict")
+@report_errors
+def predict(
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="A sequence classifier: the output of `bert finetune`, or any HF one."
+    ),
+    input_: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="CSV/TSV/JSONL file as for `bert finetune --train` (its label column is ignored)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input: label, probability, probabilities."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
+) -> None:
+    """The label and its probability for each TEXT, or for every example of --input FILE."""
+    from bertcli.errors import InputError
+    from bertcli.tools import classify as tool
+
+    if (input_ is None) == (not texts):
+        raise InputError("give texts as arguments or --input FILE" + (", not both" if input_ is not None else ""),
+                         hint='e.g. bert predict --model runs/finetune "The cat sat on the mat."')
+    clf = tool.load_classifier(model, device=device)
+    if input_ is not None:
+        rows = tool.classify_file(clf, input_, batch_size)
+    elif clf.text_pair_field is not None:
+        raise InputError(
+            f"'{clf.path}' classifies sentence pairs: give them in --input FILE with fields "
+            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}"
+        )
+    else:
+        rows = tool.classify(clf, list(texts or []), batch_size=batch_size)
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            shown = row["text"] + (f"  ||  {row['text_pair']}" if "text_pair" in row else "")
+            typer.echo(f"{row['label']}\t{row['probability']:.4f}\t{shown}")
+
+
+# ---------------------------------------------------------------- score (bertcli/tools/score.py)
+
+
+@app.command("score")
+@report_errors
+def score(
+    texts: Optional[List[str]] = typer.Argument(None, help="Sentences to score."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="A BERT with its MLM head: a `bert pretrain` run (its final/), run/final, or any HF "
+        "BertForMaskedLM / BertForPreTraining directory."
+    ),
+    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence a line."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Minimal pairs as JSON lines in BLiMP's format (sentence_good, sentence_bad)."
+    ),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", help="Field that groups --pairs (default: UID, else linguistics_term, else field)."
+    ),
+    variant: str = typer.Option(
+        "original", "--variant", help="original (Salazar et al. 2020) or word_l2r (Kauf & Ivanova 2023)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per text (pll, pseudo_perplexity); with --pairs one per pair, then a "
+        "summary (accuracy, pairs, groups, per_group) as the last line."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Masked copies per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
+) -> None:
+    """Pseudo-log-likelihood and pseudo-perplexity of sentences; minimal-pair accuracy with --pairs.
+
+    --pairs: the share of pairs whose good sentence scores higher (ties count half), per group and their mean.
+    """
+    from bertcli.errors import InputError
+    from bertcli.model_dir import load_model
+    from bertcli.pll import VARIANTS
+    from bertcli.tools import score as tool
+
+    if variant not in VARIANTS:
+        raise InputError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    given = [name for name, value in (("TEXT", texts), ("--input", input_), ("--pairs", pairs)) if value]
+    if len(given) != 1:
+        raise InputError(
+            "give sentences as TEXT arguments, or --input FILE, or --pairs FILE"
+            + (f", not {' and '.join(given)}" if given else ""),
+            hint='e.g. bert score --model runs/run "The cat sat on the mat."',
+        )
+    if group_by is not None and pairs is None:
+        raise InputError("--group-by applies to --pairs only")
+    if pairs is not None:
+        tool.read_minimal_pairs(pairs, group_by)  # a bad file fails before the model is loaded
+        loaded = load_model(model, device=device, need_mlm=True)
+        rows, summary = tool.score_pairs(loaded, pairs, group_by, variant, batch_size)
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(json.dumps(summary, ensure_ascii=False))
+            return
+        for group, result in summary["per_group"].items():
+            typer.echo(f"{result['accuracy']:7.2%}  {result['pairs']:6,} pairs  {group}")
+        typer.echo(
+            f"{summary['accuracy']:7.2%}  {summary['pairs']:6,} pairs  mean over {summary['groups']} group(s) "
+            f"(by {summary['group_by'] or 'nothing: one group'}; variant {variant})"
+        )
+        return
+    if input_ is not None:
+        numbered = tool.read_sentences(input_)
+        sentences = [text for _, text in numbered]
+        what = lambda i: f"{input_}:{numbered[i][0]}"  # noqa: E731
+    else:
+        sentences = list(texts or [])
+        what = lambda i: f"text {i + 1}"  # noqa: E731
+    loaded = load_model(model, device=device, need_mlm=True)
+    for row in tool.score_texts(loaded, sentences, variant, batch_size, what=what):
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            typer.echo(f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
 
 
 def main() -> None:

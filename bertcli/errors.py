@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class BertcliError(Exception):
     """A problem with the user's input, config or files: reported without a traceback."""
@@ -34,3 +36,8 @@ class OutputExistsError(BertcliError):
 def one_line(exc: BaseException) -> str:
     """A library's exception text as one line, for a message that must stay one line."""
     return " ".join(str(exc).split())
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that does not stop the command (e.g. text truncated)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -425,5 +425,76 @@ class PipelineConfig:
         return problems
 
 
-CONFIG_SCHEMAS: dict[str, type] = {**{name: spec.schema for name, spec in STAGES.items()}, "run": PipelineConfig}
-"""The configs `bert config show` knows: every stage's, and the pipeline's (`run`)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """`bert finetune`: a BERT + a labelled file → a sequence classifier (AutoModelForSequenceClassification)."""
+
+    model: str = field(default="runs/pretrain", metadata={"roles": ("execution",)})
+    """The BERT to start from: a `bert pretrain` run (its final/ is used), run/final, or any Hugging Face BERT
+    directory with its tokenizer."""
+    train: str = field(default="", metadata={"roles": ("execution",)})
+    """Training examples: a .csv or .tsv file with a header line, or .jsonl (one JSON object a line)."""
+    dev: Optional[str] = field(default=None, metadata={"roles": ("execution",)})
+    """Dev examples in the same form (null: hold out dev_fraction of the training file)."""
+    output: str = field(default="runs/finetune", metadata={"roles": ("execution",)})
+    """Directory to write the fine-tuned model to (loads with AutoModelForSequenceClassification and
+    pipeline("text-classification"))."""
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    """auto: by the files' suffix (.csv, .tsv, .jsonl or .json); or force one format for both files."""
+    text_field: Optional[str] = None
+    """The column (CSV/TSV header) or key (JSONL) holding the text; null: `sentence` if present, else `text`."""
+    text_pair_field: Optional[str] = None
+    """The second text of a sentence-pair task (e.g. hypothesis); null: single-sentence classification."""
+    label_field: str = "label"
+    """The column or key holding the label: a string, or an integer class id."""
+    dev_fraction: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
+    """Share of the training file held out as dev set when no dev file is given (the same split for every seed)."""
+    max_seq_length: int = field(default=128, metadata={"ge": 8})
+    """Tokens per example, [CLS] and [SEP]s included; longer examples are truncated (counted in the stats)."""
+    seed: int = 42
+    """Seed of the dev split and of the first run: head initialisation, data order and dropout."""
+    seeds: int = field(default=1, metadata={"ge": 1})
+    """Runs with seeds seed, seed+1, …: the median of each dev metric is reported, the best run's model saved."""
+    metric: Literal["accuracy", "macro_f1", "mcc"] = "accuracy"
+    """Dev metric for early stopping and for choosing the best epoch and the best seed."""
+    max_epochs: int = field(default=3, metadata={"ge": 1})
+    """Passes over the training examples per seed."""
+    patience: Optional[int] = field(default=None, metadata={"ge": 1})
+    """Stop a seed's run after this many epochs without a better dev metric (null: run every epoch); the weights
+    of its best epoch are kept either way."""
+    time_budget_s: Optional[float] = field(default=None, metadata={"gt": 0.0})
+    """Stop each seed's run after this many seconds of training and fit the LR schedule to it (null: no limit)."""
+    batch_size: int = field(default=32, metadata={"ge": 1})
+    """Examples per optimizer step (and per forward pass on the dev set)."""
+    learning_rate: float = field(default=5e-5, metadata={"gt": 0.0})
+    """Peak learning rate of AdamW (BERT's paper: 2e-5 to 5e-5 for base size; small models like 1e-4 to 1e-3)."""
+    weight_decay: float = field(default=0.01, metadata={"ge": 0.0})
+    """AdamW weight decay (never applied to LayerNorm weights and biases)."""
+    warmup_fraction: float = field(default=0.1, metadata={"ge": 0.0, "lt": 1.0})
+    """Share of the optimizer steps (max_epochs × batches per epoch) spent warming the learning rate up from 0."""
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup: linear or cosine to 0, or constant."""
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0.0})
+    """Clip the gradient's global norm to this (0: no clipping)."""
+    classifier_dropout: Optional[float] = field(default=None, metadata={"ge": 0.0, "lt": 1.0})
+    """Dropout before the classification layer (null: the model's hidden_dropout_prob)."""
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"roles": ("execution",)})
+    """auto: cuda when available, else cpu."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.train:
+            problems.append("key 'train': no training file given; pass --train FILE or set train in the config")
+        if self.text_pair_field is not None and self.text_pair_field == self.text_field:
+            problems.append(f"key 'text_pair_field': '{self.text_pair_field}' is also the text_field")
+        if self.label_field in (self.text_field, self.text_pair_field):
+            problems.append(f"key 'label_field': '{self.label_field}' is also a text field")
+        return problems
+
+
+CONFIG_SCHEMAS: dict[str, type] = {
+    **{name: spec.schema for name, spec in STAGES.items()}, "run": PipelineConfig, "finetune": FinetuneConfig
+}
+"""The configs `bert config show` knows: every pipeline stage's, the pipeline's (`run`) and finetune's."""

@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bertcli.model_dir import load_model  # noqa: E402
 from bertcli.shards import ShardedArrays  # noqa: E402
 from bertcli.tools import predict  # noqa: E402
 
@@ -110,7 +111,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args.masked / "tokenizer", Path(tmp) / "model", args.hidden, args.layers, 128)
         pairs = read_pairs(args.corpus, args.pairs)
-        loaded = predict.load_model(model_dir, device="cpu", need_mlm=True, need_nsp=True)
+        loaded = load_model(model_dir, device="cpu", need_mlm=True, need_nsp=True)
 
         start = time.perf_counter()
         ours = predict.predict_nsp(loaded, pairs, batch_size=32)

@@ -19,11 +19,12 @@ from bertcli.config import field_docs  # noqa: E402
 from bertcli.schemas import CONFIG_SCHEMAS, STAGES  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "configuration.md"
-COMMANDS = {**{name: spec.command for name, spec in STAGES.items()}, "run": "bert run"}
+COMMANDS = {**{name: spec.command for name, spec in STAGES.items()}, "run": "bert run", "finetune": "bert finetune"}
 SHIPPED = {
     "train-vocab": "configs/train-vocab/",
     "pretrain": "configs/pretrain/",
     "run": "configs/pipeline/demo.yaml",
+    "finetune": "configs/finetune/default.yaml",
 }
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from bertcli.errors import InputError, OutputExistsError
-from bertcli.tools.predict import LoadedModel, encode_texts, load_model, pad_batch, warn
+from bertcli.errors import InputError, OutputExistsError, warn
+from bertcli.model_dir import LoadedModel, load_model
+from bertcli.tools.predict import encode_texts, pad_batch
 
 # Weights are shown to 3 decimals: enough for opacity, and keeps a 12×12-head page at 128 tokens near 10 MB.
 DECIMALS = 3

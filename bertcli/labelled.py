@@ -1,0 +1,167 @@
+"""Reading labelled examples for classification from CSV, TSV or JSON-lines files; every problem names file and line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from bertcli.errors import InputError
+
+FORMATS = ("csv", "tsv", "jsonl")
+# The text field when none is configured: GLUE's name first, then the common one.
+DEFAULT_TEXT_FIELDS = ("sentence", "text")
+_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class Example:
+    """One row: its line in the file, its text (and second text for pair tasks) and its label as a string."""
+
+    line: int
+    text: str
+    text_pair: str | None
+    label: str | None  # None when the file is read without labels (prediction)
+
+
+@dataclass
+class LabelledFile:
+    path: Path
+    format: str
+    text_field: str
+    text_pair_field: str | None
+    examples: list[Example]
+
+
+def detect_format(path: Path, format: str = "auto") -> str:
+    """csv, tsv or jsonl: the configured format, else by the file's suffix."""
+    if format != "auto":
+        return format
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"{path}: cannot tell the format from the suffix '{path.suffix}'",
+            hint="name the file .csv, .tsv or .jsonl, or set format: csv, tsv or jsonl",
+        )
+    return fmt
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file",
+                         hint="check the path")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+
+
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every non-blank row; CSV and TSV take their field names from the first line."""
+    text = _read_text(path)
+    if fmt == "jsonl":
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not a JSON object ({exc.msg})",
+                                 hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}') from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+            yield line_no, obj
+        return
+    if fmt == "tsv":
+        # TSV as GLUE writes it: one row a line, no quoting (quotes are part of the text).
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if not lines:
+            return
+        header = lines[0][1].split("\t")
+        for line_no, line in lines[1:]:
+            values = line.split("\t")
+            if len(values) != len(header):
+                raise InputError(
+                    f"{path}:{line_no}: {len(values)} tab-separated columns, the header has {len(header)}",
+                    hint="one tab between columns and none inside a text, or use CSV (quoting) or JSONL",
+                )
+            yield line_no, dict(zip(header, values))
+        return
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    start = 1
+    try:
+        for values in reader:
+            line_no, start = start, reader.line_num + 1  # a quoted field may span lines: report where the row starts
+            if not any(v.strip() for v in values):
+                continue
+            if header is None:
+                header = values
+                continue
+            if len(values) != len(header):
+                raise InputError(
+                    f"{path}:{line_no}: {len(values)} comma-separated columns, the header has {len(header)}",
+                    hint="quote a text that contains commas: \"a, b\"",
+                )
+            yield line_no, dict(zip(header, values))
+    except csv.Error as exc:
+        raise InputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from exc
+
+
+def _field_text(path: Path, line_no: int, row: dict[str, Any], field: str, hint: str) -> str:
+    if field not in row:
+        raise InputError(f"{path}:{line_no}: no field '{field}' (fields: {', '.join(map(str, row))})", hint=hint)
+    value = row[field]
+    if not isinstance(value, str):
+        raise InputError(f"{path}:{line_no}: field '{field}' is not a string (got {json.dumps(value)})",
+                         hint="texts must be JSON strings")
+    if not value.strip():
+        raise InputError(f"{path}:{line_no}: field '{field}' is empty", hint="every example needs text")
+    return value
+
+
+def _label(path: Path, line_no: int, row: dict[str, Any], field: str) -> str:
+    if field not in row:
+        raise InputError(f"{path}:{line_no}: no field '{field}' (fields: {', '.join(map(str, row))})",
+                         hint="set label_field to the column holding the labels")
+    value = row[field]
+    # A label is a name or an integer class id; 1.0 or true would silently become a different class than 1.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"{path}:{line_no}: label '{field}' is {json.dumps(value)}, expected a string or an integer")
+    label = str(value).strip()
+    if not label:
+        raise InputError(f"{path}:{line_no}: label '{field}' is empty", hint="every training example needs a label")
+    return label
+
+
+def load_examples(
+    path: str | Path,
+    format: str = "auto",
+    text_field: str | None = None,
+    text_pair_field: str | None = None,
+    label_field: str | None = "label",
+) -> LabelledFile:
+    """Every example of a labelled file. text_field None: `sentence` if the first row has it, else `text`.
+    label_field None: labels are not read (prediction input; a label column is ignored)."""
+    p = Path(path)
+    fmt = detect_format(p, format)
+    examples: list[Example] = []
+    field = text_field
+    for line_no, row in _rows(p, fmt):
+        if field is None:
+            field = next((f for f in DEFAULT_TEXT_FIELDS if f in row), DEFAULT_TEXT_FIELDS[-1])
+        text = _field_text(p, line_no, row, field, hint="set text_field to the column holding the text")
+        pair = None
+        if text_pair_field is not None:
+            pair = _field_text(p, line_no, row, text_pair_field, hint="set text_pair_field to the second text's column")
+        label = _label(p, line_no, row, label_field) if label_field is not None else None
+        examples.append(Example(line_no, text, pair, label))
+    if not examples:
+        raise InputError(f"{p}: no examples", hint="write one example a line" + (
+            ", below a header line naming the columns" if fmt != "jsonl" else ""))
+    return LabelledFile(p, fmt, field or DEFAULT_TEXT_FIELDS[-1], text_pair_field, examples)

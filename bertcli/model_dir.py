@@ -1,0 +1,165 @@
+"""A trained BERT's directory: finding it (a `bert pretrain` run means its final/), checking its files, loading
+it with its tokenizer on a device. Shared by the read-only tools and `bert finetune`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertcli.errors import ArtifactError, InputError, one_line
+
+# Files from which weights are taken (single file or sharded index). Only safetensors: a pickled
+# pytorch_model.bin can run code when it is loaded, and a model shared with you must never do that.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+@dataclass
+class LoadedModel:
+    """A BertForPreTraining with its tokenizer, ready for inference."""
+
+    model: Any  # transformers.BertForPreTraining, in eval mode, on `device`
+    tokenizer: Any  # transformers tokenizer (fast)
+    device: Any  # torch.device
+    path: Path
+    max_length: int
+    """Longest input in tokens, [CLS]/[SEP] included: the model's position embeddings (or the tokenizer's limit)."""
+
+    @property
+    def special_ids(self) -> set[int]:
+        return set(self.tokenizer.all_special_ids)
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """auto → cuda when available, else cpu; otherwise the named device."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device '{device}': {exc}", hint="use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
+    return dev
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A Hugging Face model directory, or a `bert pretrain` run directory (its final/ checkpoint is used)."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"model directory '{p}' does not exist", hint="pass --model DIR of a trained BERT")
+    if not p.is_dir():
+        raise ArtifactError(f"--model '{p}' is a file, expected a model directory")
+    if not (p / "config.json").is_file() and (p / "manifest.json").is_file():
+        # A run directory: use its final checkpoint, which is what a user means by "the model".
+        if (p / "final" / "config.json").is_file():
+            return p / "final"
+        steps = sorted(d for d in p.glob("step-*") if (d / "config.json").is_file())
+        hint = f"pass --model {steps[-1]} to use the newest checkpoint" if steps else "let `bert pretrain` finish"
+        raise ArtifactError(f"run directory '{p}' has no final/ checkpoint yet", hint=hint)
+    return p
+
+
+def read_model_config(model_dir: Path) -> dict:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ArtifactError(
+            f"'{model_dir}' has no config.json: not a Hugging Face model directory",
+            hint="pass the directory written by save_pretrained (e.g. run/final)",
+        )
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{config_path}: expected a JSON object")
+    return data
+
+
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    need_mlm: bool = False,
+    need_nsp: bool = False,
+    attentions: bool = False,
+) -> LoadedModel:
+    """Load a BertForPreTraining directory (ours or any Hugging Face one) and its tokenizer, checking both."""
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise ArtifactError(
+            f"'{model_dir}' holds a {model_type or 'model of unknown type'} model, not BERT "
+            f"(config.json model_type={model_type!r})",
+            hint="these commands take a BERT model (model_type 'bert'), e.g. the final/ directory of `bert pretrain`",
+        )
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        pickled = any((model_dir / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+        if pickled:
+            raise ArtifactError(
+                f"'{model_dir}' has only pickled weights (pytorch_model.bin); bertcli loads safetensors only, since "
+                "unpickling can run code",
+                hint="if you trust the model, convert it once: BertForPreTraining.from_pretrained(DIR)"
+                ".save_pretrained(DIR) writes model.safetensors",
+            )
+        raise ArtifactError(
+            f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})",
+            hint="the checkpoint was not finished or not saved with save_pretrained; use another checkpoint",
+        )
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ArtifactError(
+            f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
+            hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))",
+        )
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # the library raises many types for a broken tokenizer directory
+        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {one_line(exc)[:300]}") from exc
+    try:
+        model, info = BertForPreTraining.from_pretrained(
+            str(model_dir), output_loading_info=True, attn_implementation="eager" if attentions else "sdpa",
+            use_safetensors=True,
+        )
+    except Exception as exc:
+        raise ArtifactError(f"'{model_dir}': cannot load the weights: {one_line(exc)[:300]}") from exc
+    missing = set(info.get("missing_keys", ()))
+    if need_mlm and any(k.startswith("cls.predictions") for k in missing):
+        raise ArtifactError(
+            f"'{model_dir}' has no masked-LM head (it was saved without BertForPreTraining's cls.predictions)",
+            hint="use a model saved as BertForPreTraining or BertForMaskedLM",
+        )
+    if need_nsp and any(k.startswith("cls.seq_relationship") for k in missing):
+        raise ArtifactError(
+            f"'{model_dir}' has no next-sentence-prediction head (cls.seq_relationship is missing)",
+            hint="use a model saved as BertForPreTraining (MLM + NSP), e.g. the final/ directory of `bert pretrain`",
+        )
+    model_vocab = model.config.vocab_size
+    if len(tokenizer) > model_vocab:
+        raise ArtifactError(
+            f"'{model_dir}': the tokenizer has {len(tokenizer)} tokens but the model only {model_vocab} embeddings",
+            hint="the tokenizer files do not belong to this model",
+        )
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(dev)
+    model.eval()
+    max_length = int(model.config.max_position_embeddings)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < max_length:
+        max_length = tok_max
+    return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)

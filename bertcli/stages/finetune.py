@@ -1,0 +1,358 @@
+"""`bert finetune`: a BERT + labelled examples → a sequence (or sentence-pair) classifier; the best seed is saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertcli import classification as C
+from bertcli.errors import ArtifactError, InputError
+from bertcli.labelled import Example, LabelledFile, load_examples
+from bertcli.schemas import FinetuneConfig
+
+METRICS_FILE = "metrics.jsonl"
+# Paths and the device change where a run reads and computes, not what it means: the inputs' sha256s stand for
+# the files in the manifest, so the config hash of two runs on the same data under other paths is the same.
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """The directory to start from: a Hugging Face model directory with weights and a tokenizer, or a `bert
+    pretrain` run (its final/)."""
+    from bertcli.model_dir import TOKENIZER_FILES, WEIGHT_FILES, resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if not (model_dir / "config.json").is_file():
+        raise ArtifactError(f"'{model_dir}' has no config.json: not a Hugging Face model directory",
+                            hint="pass --model DIR written by save_pretrained, or a `bert pretrain` run")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ArtifactError(f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ArtifactError(f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
+                            hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
+    return model_dir
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    dev: list[Example]
+    labels: list[str]  # id order
+    train_file: LabelledFile
+    dev_file: LabelledFile | None
+
+
+def read_splits(cfg: FinetuneConfig) -> Splits:
+    """The training and dev examples and the label set (from the training file); a dev label the training file
+    lacks is an error naming its line."""
+    train_file = load_examples(cfg.train, cfg.format, cfg.text_field, cfg.text_pair_field, cfg.label_field)
+    labels = C.label_order(e.label for e in train_file.examples)
+    if len(labels) < 2:
+        raise InputError(
+            f"{train_file.path}: every example has the label '{labels[0]}'; a classifier needs two or more",
+            hint=f"check label_field (now '{cfg.label_field}')",
+        )
+    if cfg.dev is not None:
+        dev_file = load_examples(cfg.dev, cfg.format, cfg.text_field, cfg.text_pair_field, cfg.label_field)
+        known = set(labels)
+        for e in dev_file.examples:
+            if e.label not in known:
+                raise InputError(
+                    f"{dev_file.path}:{e.line}: label '{e.label}' (field '{cfg.label_field}') does not occur in the "
+                    f"training file {train_file.path}",
+                    hint=f"the model can only predict the training labels: {', '.join(labels)}",
+                )
+        return Splits(train_file.examples, dev_file.examples, labels, train_file, dev_file)
+    examples = train_file.examples
+    n_dev = max(1, round(cfg.dev_fraction * len(examples)))
+    if n_dev >= len(examples):
+        raise InputError(f"{train_file.path}: {len(examples)} example(s) are too few to hold out a dev set",
+                         hint="pass --dev FILE or add examples")
+    # One split for every seed, so the seeds' dev scores are comparable.
+    order = np.random.default_rng([cfg.seed, 0x5E1]).permutation(len(examples))
+    dev_idx = set(order[:n_dev].tolist())
+    train = [e for i, e in enumerate(examples) if i not in dev_idx]
+    dev = [e for i, e in enumerate(examples) if i in dev_idx]
+    return Splits(train, dev, labels, train_file, None)
+
+
+@dataclass
+class Encoded:
+    """Token ids of a set of examples, with label ids."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: list[int]
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(tokenizer: Any, examples: list[Example], label_ids: dict[str, int], max_length: int) -> Encoded:
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    full = tokenizer(texts, pairs)
+    truncated = sum(len(ids) > max_length for ids in full["input_ids"])
+    if truncated:
+        full = tokenizer(texts, pairs, truncation="longest_first" if pairs else True, max_length=max_length)
+    types = full.get("token_type_ids") or [[0] * len(ids) for ids in full["input_ids"]]
+    return Encoded(full["input_ids"], types, [label_ids[e.label] for e in examples], truncated)
+
+
+def _batch(data: Encoded, idx: Any, pad_id: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(data.input_ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, T)
+    token_type_ids = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
+    for b, i in enumerate(idx):
+        n = len(data.input_ids[i])
+        input_ids[b, :n] = torch.tensor(data.input_ids[i])
+        token_type_ids[b, :n] = torch.tensor(data.token_type_ids[i])
+        attention_mask[b, :n] = 1
+    labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)  # (B,)
+    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+             "labels": labels}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def evaluate(model: Any, data: Encoded, batch_size: int, pad_id: int, device: Any, num_labels: int) -> dict[str, float]:
+    """loss, accuracy, macro_f1 and mcc of the model on encoded examples."""
+    import torch
+
+    model.eval()
+    order = np.argsort([len(ids) for ids in data.input_ids], kind="stable")  # little padding; metrics ignore order
+    gold: list[int] = []
+    predicted: list[int] = []
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = _batch(data, idx, pad_id, device)
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (B, K)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            predicted.extend(logits.argmax(-1).tolist())
+            gold.extend(batch["labels"].tolist())
+    return {"loss": loss_sum / len(gold), **C.classification_metrics(gold, predicted, num_labels)}
+
+
+# ---------------------------------------------------------------- one seed
+
+
+@dataclass
+class SeedRun:
+    result: dict[str, Any]  # seed, dev metrics of the best epoch, epochs, steps, how it stopped
+    best_state: dict[str, Any]  # weights of the best epoch, on the CPU
+
+
+def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfig, seed: int) -> Any:
+    """The starting model with a new classification head, initialised from `seed`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)  # the new head's initial weights (and a pooler the checkpoint lacks)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type="single_label_classification",
+            classifier_dropout=cfg.classifier_dropout,
+            ignore_mismatched_sizes=True,  # starting from another classifier: its head is replaced
+        )
+    except Exception as exc:  # the library raises many types for an unusable directory
+        raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {exc}") from exc
+
+
+def train_seed(
+    cfg: FinetuneConfig, seed: int, model: Any, train: Encoded, dev: Encoded, pad_id: int, device: Any,
+    metrics_file: Any,
+) -> SeedRun:
+    """Fine-tune for up to max_epochs (early stopping, time budget) and keep the weights of the best dev epoch."""
+    import torch
+    from tqdm import tqdm
+
+    from bertcli import model as M
+    from bertcli.batching import derive_seed
+
+    num_labels = model.config.num_labels
+    model.to(device)
+    optimizer = M.build_optimizer(model, cfg.learning_rate, cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.max_epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_fraction * total_steps)
+    torch.manual_seed(derive_seed(seed, 1))  # dropout
+    key = cfg.metric
+    best_value: float | None = None
+    best_state: dict[str, Any] | None = None
+    best: dict[str, Any] = {}
+    since_best, step, epochs_run, stopped = 0, 0, 0, "max_epochs"
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=f"finetune seed {seed}", unit="step", dynamic_ncols=True)
+    try:
+        for epoch in range(1, cfg.max_epochs + 1):
+            model.train()
+            order = np.random.default_rng([seed, epoch]).permutation(len(train))
+            loss_sum = torch.zeros((), device=device)
+            epoch_steps = 0
+            for b in range(steps_per_epoch):
+                elapsed = time.perf_counter() - start
+                if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+                    stopped = "time_budget"
+                    break
+                progress = step / total_steps
+                if cfg.time_budget_s is not None:
+                    progress = max(progress, elapsed / cfg.time_budget_s)
+                lr = cfg.learning_rate * M.lr_multiplier(
+                    step, progress, warmup_steps, warmup_steps / total_steps, cfg.lr_schedule
+                )
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = model(**_batch(train, order[b * cfg.batch_size : (b + 1) * cfg.batch_size], pad_id, device)).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                loss_sum += loss.detach()
+                step += 1
+                epoch_steps += 1
+                bar.update(1)
+            if epoch_steps == 0 and best_state is not None:
+                break  # out of time at an epoch boundary: nothing new to evaluate
+            epochs_run = epoch
+            dev_metrics = evaluate(model, dev, cfg.batch_size, pad_id, device, num_labels)
+            record = {
+                "seed": seed, "epoch": epoch, "step": step,
+                "train_loss": float(loss_sum) / max(epoch_steps, 1), "lr": lr if epoch_steps else 0.0,
+                **{f"dev_{k}": v for k, v in dev_metrics.items()},
+                "elapsed_s": round(time.perf_counter() - start, 3),
+            }
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            bar.set_postfix({"loss": f"{record['train_loss']:.3f}", f"dev_{key}": f"{dev_metrics[key]:.4f}"})
+            if best_value is None or dev_metrics[key] > best_value:
+                best_value, since_best = dev_metrics[key], 0
+                best = {"best_epoch": epoch, **{f"dev_{k}": v for k, v in dev_metrics.items()}}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            if stopped == "time_budget":
+                break
+            if cfg.patience is not None and since_best >= cfg.patience:
+                stopped = "patience"
+                break
+    finally:
+        bar.close()
+    result = {"seed": seed, **best, "epochs": epochs_run, "steps": step, "stopped": stopped,
+              "train_s": round(time.perf_counter() - start, 3)}
+    return SeedRun(result, best_state)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+    """Fine-tune `seeds` runs and write the best one's model, metrics.jsonl and manifest.json (last) to output."""
+    from bertcli.artifacts import atomic_output_dir, check_output, file_sha256, write_manifest
+    from bertcli.model_dir import resolve_device
+
+    model_dir = check_model_dir(cfg.model)
+    splits = read_splits(cfg)
+    inputs_given = tuple(p for p in (cfg.model, cfg.train, cfg.dev) if p)
+    check_output(cfg.output, overwrite, inputs_given)  # before the training, not after it
+    device = resolve_device(cfg.device)
+
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        max_positions = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
+    except Exception as exc:  # the library raises many types for a broken directory
+        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer or config: {exc}") from exc
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    max_length = min(cfg.max_seq_length, max_positions or cfg.max_seq_length)
+    label_ids = {label: i for i, label in enumerate(splits.labels)}
+    train = encode(tokenizer, splits.train, label_ids, max_length)
+    dev = encode(tokenizer, splits.dev, label_ids, max_length)
+    if train.truncated or dev.truncated:
+        _log(f"warning: {train.truncated} training and {dev.truncated} dev examples are longer than {max_length} "
+             "tokens and were truncated")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padding is not attended
+    started = time.perf_counter()
+    with atomic_output_dir(cfg.output, overwrite, inputs_given) as tmp:
+        runs: list[dict[str, Any]] = []
+        best_state, model = None, None
+        with open(tmp / METRICS_FILE, "w", encoding="utf-8") as metrics_file:
+            for k in range(cfg.seeds):
+                seed = cfg.seed + k
+                model = load_classifier_start(model_dir, splits.labels, cfg, seed)
+                outcome = train_seed(cfg, seed, model, train, dev, pad_id, device, metrics_file)
+                runs.append(outcome.result)
+                if C.best_index(runs, f"dev_{cfg.metric}") == len(runs) - 1:
+                    best_state = outcome.best_state
+                _log(_describe_seed(outcome.result))
+        best = runs[C.best_index(runs, f"dev_{cfg.metric}")]
+        model.load_state_dict(best_state)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        medians = C.median_metrics(runs, [f"dev_{m}" for m in C.METRICS])
+        stats = {
+            **medians,
+            "best_seed": best["seed"],
+            "metric": cfg.metric,
+            "seeds": runs,
+            "labels": splits.labels,
+            "train_examples": len(train),
+            "dev_examples": len(dev),
+            "dev_source": "file" if cfg.dev is not None else f"held out ({cfg.dev_fraction:g} of train)",
+            "truncated_examples": {"train": train.truncated, "dev": dev.truncated},
+            "max_seq_length": max_length,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(device),
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
+        inputs = {"model": {"path": str(model_dir), "sha256": {
+            p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name.endswith(
+                (".json", ".safetensors", ".txt"))}}}
+        inputs["train"] = {"path": str(splits.train_file.path), "sha256": file_sha256(splits.train_file.path)}
+        if splits.dev_file is not None:
+            inputs["dev"] = {"path": str(splits.dev_file.path), "sha256": file_sha256(splits.dev_file.path)}
+        extra = {
+            "task": "sentence-pair classification" if cfg.text_pair_field else "sequence classification",
+            # As configured (null: `sentence` if present, else `text`): `bert predict --input` reads its files so.
+            "text_field": cfg.text_field,
+            "text_pair_field": cfg.text_pair_field,
+            "label_field": cfg.label_field,
+        }
+        manifest = write_manifest(tmp, "finetune", cfg, stats, inputs, extra)
+    return manifest
+
+
+def _describe_seed(result: dict[str, Any]) -> str:
+    return (
+        f"seed {result['seed']}: dev accuracy {result['dev_accuracy']:.4f}, macro-F1 {result['dev_macro_f1']:.4f}, "
+        f"MCC {result['dev_mcc']:.4f} (best epoch {result['best_epoch']} of {result['epochs']}, "
+        f"stopped by {result['stopped'].replace('_', ' ')})"
+    )

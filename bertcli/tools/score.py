@@ -1,0 +1,181 @@
+"""`bert score`: pseudo-log-likelihoods of sentences, and minimal-pair accuracy (BLiMP's format), with a masked LM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from bertcli.errors import ArtifactError, InputError
+from bertcli.model_dir import LoadedModel
+from bertcli.pll import masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
+
+# BLiMP's fields, and the keys a pair may be grouped by, most specific first (the default is the first present).
+GOOD, BAD = "sentence_good", "sentence_bad"
+GROUP_KEYS = ("UID", "linguistics_term", "field")
+ALL = "all"
+
+
+def _text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, blank lines skipped."""
+    if not path.is_file():
+        raise InputError(f"{what} '{path}' does not exist", hint="check the path")
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+                                 hint="save the file as UTF-8") from exc
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
+            if line.strip():
+                yield line_no, line
+
+
+def read_sentences(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, sentence) for every non-blank line of a text file, one sentence a line."""
+    p = Path(path)
+    rows = list(_text_lines(p, "input file"))
+    if not rows:
+        raise InputError(f"{p}: no sentences (the file is empty)", hint="write one sentence a line")
+    return rows
+
+
+def read_minimal_pairs(
+    path: str | Path, group_by: str | None = None
+) -> tuple[list[tuple[int, str, str, str]], str | None]:
+    """(line, good, bad, group) of every pair of a BLiMP-style JSON-lines file, and the key grouped by.
+
+    group_by None: the first of UID, linguistics_term, field that the first pair has (none: one group, "all").
+    """
+    p = Path(path)
+    rows: list[tuple[int, str, str, str]] = []
+    hint = f'each line must be a JSON object with "{GOOD}" and "{BAD}" (BLiMP\'s format)'
+    for line_no, line in _text_lines(p, "pairs file"):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{line_no}: not a JSON object ({exc.msg})", hint=hint) from exc
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}", hint=hint)
+        if not rows and group_by is None:
+            group_by = next((k for k in GROUP_KEYS if k in obj), None)
+        texts = []
+        for key in (GOOD, BAD):
+            if key not in obj:
+                raise InputError(f"{p}:{line_no}: no field '{key}'", hint=hint)
+            value = obj[key]
+            if not isinstance(value, str):
+                raise InputError(f"{p}:{line_no}: field '{key}' is not a string (got {json.dumps(value)})", hint=hint)
+            if not value.strip():
+                raise InputError(f"{p}:{line_no}: field '{key}' is empty", hint="both sentences of a pair need text")
+            texts.append(value)
+        group = ALL
+        if group_by is not None:
+            if group_by not in obj:
+                raise InputError(
+                    f"{p}:{line_no}: no field '{group_by}' to group by",
+                    hint="give every pair that field, or choose another with --group-by",
+                )
+            group = str(obj[group_by])
+        rows.append((line_no, texts[0], texts[1], group))
+    if not rows:
+        raise InputError(f"{p}: no pairs (the file is empty)", hint=hint)
+    return rows, group_by
+
+
+def check_scorable(loaded: LoadedModel) -> None:
+    """The tokenizer must have a mask token (the model's MLM head is checked by load_model(need_mlm=True))."""
+    if loaded.tokenizer.mask_token_id is None:
+        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot score by masking")
+
+
+def score_texts(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    variant: str = "original",
+    batch_size: int = 256,
+    what: Callable[[int], str] = lambda i: f"text {i + 1}",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """{"text", "pll", "pseudo_perplexity", "tokens"} for each text, in order (natural logs; tokens = scored pieces)."""
+    from tqdm import tqdm
+
+    check_scorable(loaded)
+    tok = loaded.tokenizer
+    enc = tok(list(texts), add_special_tokens=True, return_special_tokens_mask=True)
+    # Identical token sequences are scored once: less work, and equal sentences get bit-equal scores (a tie),
+    # whatever batch and padding their copies would otherwise land in.
+    unique: dict[tuple, int] = {}
+    sentences: list[list[int]] = []
+    plans: list[list[tuple[int, tuple[int, ...]]]] = []
+    index_of: list[int] = []
+    for i, text in enumerate(texts):
+        ids = enc["input_ids"][i]
+        if not text.strip():
+            raise InputError(f"{what(i)} is empty", hint="every sentence to score needs text")
+        if len(ids) > loaded.max_length:
+            raise InputError(
+                f"{what(i)} has {len(ids)} tokens, more than the model's {loaded.max_length} positions",
+                hint="shorten or split it: a truncated sentence would get the score of another sentence",
+            )
+        scored = [s == 0 for s in enc["special_tokens_mask"][i]]
+        if not any(scored):
+            raise InputError(f"{what(i)} has no tokens to score: {text!r}", hint="every sentence to score needs text")
+        word_ids = enc.word_ids(i) if variant == "word_l2r" else None
+        key = (tuple(ids), tuple(-1 if w is None else w for w in word_ids) if word_ids is not None else ())
+        if key not in unique:
+            unique[key] = len(sentences)
+            sentences.append(ids)
+            plans.append(masking_plan(scored, word_ids, variant))
+        index_of.append(unique[key])
+    copies = sum(len(p) for p in plans)
+    bar = tqdm(total=copies, desc="score", unit="copy", unit_scale=True, dynamic_ncols=True, disable=not progress)
+    try:
+        plls = pseudo_log_likelihoods(
+            loaded.model.bert,
+            loaded.model.cls.predictions,
+            sentences,
+            plans,
+            mask_id=tok.mask_token_id,
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id,  # padding is not attended
+            batch_size=batch_size,
+            device=loaded.device,
+            on_batch=bar.update,
+        )
+    finally:
+        bar.close()
+    rows = []
+    for text, k in zip(texts, index_of):
+        n = len(plans[k])
+        rows.append({"text": text, "pll": plls[k], "pseudo_perplexity": pseudo_perplexity(plls[k], n), "tokens": n})
+    return rows
+
+
+def score_pairs(
+    loaded: LoadedModel,
+    path: str | Path,
+    group_by: str | None = None,
+    variant: str = "original",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-pair rows (line, group, pll_good, pll_bad) and the summary of minimal_pair_accuracy (+ group_by, variant)."""
+    p = Path(path)
+    pairs, key = read_minimal_pairs(p, group_by)
+    texts = [t for _, good, bad, _ in pairs for t in (good, bad)]
+    lines = [line for line, _, _, _ in pairs]
+    fields = (GOOD, BAD)
+    scores = score_texts(
+        loaded, texts, variant, batch_size, what=lambda i: f"{p}:{lines[i // 2]}: field '{fields[i % 2]}'",
+        progress=progress,
+    )
+    rows = [
+        {"line": line, "group": group, "pll_good": scores[2 * k]["pll"], "pll_bad": scores[2 * k + 1]["pll"]}
+        for k, (line, _, _, group) in enumerate(pairs)
+    ]
+    summary = minimal_pair_accuracy(
+        [r["pll_good"] for r in rows], [r["pll_bad"] for r in rows], [r["group"] for r in rows]
+    )
+    return rows, {**summary, "group_by": key, "variant": variant}

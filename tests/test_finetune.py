@@ -1,0 +1,224 @@
+"""`bert finetune` and `bert predict`: end to end on tiny models, determinism, early stopping, bad inputs, metrics."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcli.classification import classification_metrics, label_order
+from bertcli.cli import app
+from plain_bert import save_plain
+
+runner = CliRunner()
+DATA = Path(__file__).parent / "data"
+TRAIN = DATA / "topic-train.tsv"  # sentence<TAB>label, animal / thing
+DEV = DATA / "topic-dev.csv"  # id,sentence,label
+PAIRS = DATA / "same-subject.jsonl"  # text, hypothesis, label 0/1
+# A small model learns fast with a large learning rate; few examples make small batches.
+FAST = ["--set", "learning_rate=2e-3", "--set", "batch_size=8", "--set", "warmup_fraction=0"]
+
+
+def _ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _fails(args: list[str], *needles: str) -> str:
+    """Exit code 2 and one `error:` line containing every needle; no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def plain_mlm(tmp_path_factory) -> Path:
+    return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")
+
+
+def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = tmp_path / "clf"
+    args = ["finetune", "--model", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "--output", str(out),
+            "--seeds", "3", "--set", "max_epochs=6", *FAST, "--json"]
+    summary = _last_json(_ok(args).stdout)
+    seeds = summary["seeds"]
+    assert [s["seed"] for s in seeds] == [42, 43, 44]
+    for key in ("dev_accuracy", "dev_macro_f1", "dev_mcc"):
+        assert summary[key] == pytest.approx(statistics.median(s[key] for s in seeds))
+    best = max(seeds, key=lambda s: s["dev_accuracy"])
+    assert summary["best_seed"] == best["seed"]
+    assert best["dev_accuracy"] >= 0.75  # the topic is one word of the sentence: it must be learnt
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "finetune" and manifest["seed"] == 42 and manifest["config_hash"]
+    assert manifest["inputs"]["train"]["sha256"] and manifest["inputs"]["dev"]["sha256"]
+    assert manifest["stats"]["labels"] == ["animal", "thing"] and manifest["stats"]["train_examples"] == 40
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["seed"] for r in lines} == {42, 43, 44} and all("dev_mcc" in r for r in lines)
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "animal", 1: "thing"} and model.config.label2id == {"animal": 0, "thing": 1}
+    texts = ["the big dog ran in the park .", "the green tea is on the mat ."]
+    classify = pipeline("text-classification", model=str(out), device="cpu")
+    expected = classify(texts)
+    rows = _json_lines(_ok(["predict", "--model", str(out), "--json", *texts]).stdout)
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    for row, e in zip(rows, expected):
+        assert row["probability"] == pytest.approx(e["score"], abs=1e-5)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+    # The dev file through --input: its id and label columns are ignored, its sentence column read.
+    file_rows = _json_lines(_ok(["predict", "--model", str(out), "--input", str(DEV), "--json"]).stdout)
+    assert len(file_rows) == 16
+    human = _ok(["predict", "--model", str(out), texts[0]]).stdout
+    assert human.startswith(rows[0]["label"] + "\t") and texts[0] in human
+
+
+def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_corpus, tmp_path, monkeypatch) -> None:
+    from bertcli.schemas import ModelConfig, PretrainConfig
+    from bertcli.stages import pretrain
+    from pretrain_fixtures import make_artifact
+
+    monkeypatch.setattr(pretrain, "_plot", lambda out: None)  # matplotlib costs seconds
+    data = make_artifact(tmp_path / "masked", tiny_tokenizer, tiny_corpus, num_sequences=40)
+    run = tmp_path / "run"
+    model = ModelConfig(preset=None, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    pretrain.run(PretrainConfig(data=str(data), output=str(run), model=model, max_steps=2, batch_size=8,
+                                micro_batch_size=8, warmup_steps=0, eval_every=0, save_every=0, seed=1))
+    out = tmp_path / "clf"
+    summary = _last_json(_ok(["finetune", "--model", str(run), "--train", str(TRAIN), "--dev", str(DEV), "--output",
+                              str(out), "--set", "max_epochs=1", *FAST, "--json"]).stdout)
+    assert summary["labels"] == ["animal", "thing"]
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(run / "final")
+    (row,) = _json_lines(_ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
+    assert row["pll"] < 0 and row["tokens"] > 0
+
+
+def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        _ok(["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--output", str(out), "--set", "max_epochs=2",
+             *FAST, "--set", "classifier_dropout=0.3"])
+        metrics = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
+                   for x in (out / "metrics.jsonl").read_text().splitlines()]
+        outputs.append((metrics, (out / "model.safetensors").read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_finetune_pairs_integer_labels_held_out_dev_plain_bert(plain_mlm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs"
+    summary = _last_json(_ok([
+        "finetune", "--model", str(plain_mlm), "--train", str(PAIRS), "--output", str(out), "--json",
+        "--set", "text_pair_field=hypothesis", "--set", "dev_fraction=0.25", "--set", "max_epochs=1", *FAST,
+    ]).stdout)
+    assert summary["labels"] == ["0", "1"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stats"]["dev_examples"] == 10 and manifest["stats"]["train_examples"] == 30
+    assert "dev" not in manifest["inputs"] and manifest["text_pair_field"] == "hypothesis"
+    rows = _json_lines(_ok(["predict", "--model", str(out), "--input", str(PAIRS), "--json"]).stdout)
+    first = json.loads(PAIRS.read_text().splitlines()[0])
+    assert len(rows) == 40 and rows[0]["text"] == first["text"] and rows[0]["text_pair"] == first["hypothesis"]
+    assert {r["label"] for r in rows} <= {"0", "1"}
+    _fails(["predict", "--model", str(out), "the cat ."], "sentence pairs", "hypothesis")
+
+
+def test_early_stopping_and_time_budget(tiny_bert: Path, tmp_path: Path) -> None:
+    base = ["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "--json", "--set",
+            "batch_size=8"]
+    # A learning rate too small to change a prediction: no epoch beats the first, patience 1 stops at epoch 2.
+    (run,) = _last_json(_ok([*base, "-o", str(tmp_path / "p"), "--set", "learning_rate=1e-12", "--set",
+                             "max_epochs=5", "--set", "patience=1"]).stdout)["seeds"]
+    assert run["stopped"] == "patience" and run["epochs"] == 2 and run["best_epoch"] == 1
+    (run,) = _last_json(_ok([*base, "-o", str(tmp_path / "t"), "--set", "time_budget_s=1e-6",
+                             "--set", "max_epochs=50"]).stdout)["seeds"]
+    assert run["stopped"] == "time_budget" and run["epochs"] == 1 and run["steps"] == 0
+
+
+def _nothing_left(parent: Path, before: set[str]) -> None:
+    assert {p.name for p in parent.iterdir()} == before
+
+
+def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    base = ["finetune", "--model", str(tiny_bert), "--output", str(out), *FAST, "--set", "max_epochs=1"]
+
+    def bad(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    dev = bad("dev.tsv", "sentence\tlabel\nthe cat .\tanimal\nthe sun .\tmaybe\n")
+    _fails([*base, "--train", str(TRAIN), "--dev", str(dev)], f"{dev}:3", "'maybe'", "'label'")
+    _nothing_left(work, set())
+    _fails([*base, "--train", str(bad("empty.csv", ""))], "empty.csv", "no examples")
+    _fails([*base, "--train", str(bad("header.tsv", "sentence\tlabel\n"))], "header.tsv", "no examples")
+    _fails([*base, "--train", str(bad("nolabel.tsv", "sentence\ttopic\nthe cat .\tanimal\n"))],
+           "nolabel.tsv:2", "no field 'label'")
+    _fails([*base, "--train", str(bad("num.jsonl", '{"text": "the cat .", "label": 1}\n{"text": 7, "label": 0}\n'))],
+           "num.jsonl:2", "'text'", "not a string")
+    _fails([*base, "--train", str(bad("one.jsonl", '{"text": "the cat .", "label": "a"}\n' * 5))], "two or more")
+    _fails([*base, "--train", str(bad("float.jsonl", '{"text": "a .", "label": 1.5}\n'))], "float.jsonl:1", "1.5")
+    _fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
+    _fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
+    _fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")
+    _fails(["finetune", "--model", str(tmp_path / "nomodel"), "--train", str(TRAIN), "-o", str(out)], "does not exist")
+    _nothing_left(work, set())
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _fails([*base, "--train", str(TRAIN)], "not a bertcli artifact")
+    _fails([*base, "--train", str(TRAIN), "--overwrite"], "not a bertcli artifact")
+    assert (out / "keep.txt").read_text() == "mine"
+    _nothing_left(work, {"out"})
+
+
+def test_predict_refuses_a_model_that_is_not_a_classifier(tiny_bert: Path) -> None:
+    _fails(["predict", "--model", str(tiny_bert), "the cat ."], "not a sequence classifier")
+    _fails(["predict", "--model", str(tiny_bert)], "give texts")
+
+
+def test_classification_metrics() -> None:
+    # Binary: TP 3, FN 1, FP 2, TN 4 (label 1 positive). MCC = (3·4 − 2·1) / sqrt(5·4·6·5) = 10 / sqrt(600).
+    gold = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    pred = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0]
+    m = classification_metrics(gold, pred, 2)
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert m["mcc"] == pytest.approx(10 / 600 ** 0.5)
+    assert m["macro_f1"] == pytest.approx((6 / 9 + 8 / 11) / 2)  # F1(1) = 2·3/(4+5), F1(0) = 2·4/(6+5)
+    # Three classes, all right: 1; a constant prediction: MCC 0 (no division by zero).
+    assert classification_metrics([0, 1, 2], [0, 1, 2], 3) == {"accuracy": 1.0, "macro_f1": 1.0, "mcc": 1.0}
+    assert classification_metrics([0, 1, 2, 2], [2, 2, 2, 2], 3)["mcc"] == 0.0
+    # Multiclass MCC (Gorodkin): c=3, s=5, t=(2,2,1), p=(1,2,2): (15 − 8) / sqrt((25 − 9)(25 − 9)) = 7/16.
+    assert classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 2, 2], 3)["mcc"] == pytest.approx(7 / 16)
+    assert label_order(["10", "2", "1"]) == ["1", "2", "10"] and label_order(["b", "a", "1"]) == ["1", "a", "b"]

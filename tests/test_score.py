@@ -1,0 +1,224 @@
+"""`bert score`: pseudo-log-likelihoods against a straightforward computation, minimal pairs, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bert_tiny import STORY
+from bertcli.cli import app
+from bertcli.pll import masking_plan, minimal_pair_accuracy
+from plain_bert import save_plain
+
+runner = CliRunner()
+DATA = Path(__file__).parent / "data"
+PAIRS = DATA / "minimal-pairs.jsonl"
+# Out-of-vocabulary words become [UNK], "mats" two pieces (mat ##s): both must be scored like any other piece.
+TEXTS = [*STORY[:3], "the cats sat on the big mats .", "python zebra ."]
+
+
+def reference_pll(model, tokenizer, text: str, variant: str = "original") -> float:
+    """The straightforward computation, as the public MLM-scoring packages do it: one sentence at a time, a copy per
+    scored token with that token (word_l2r: and the rest of its word) masked, the full MLM logits of every copy."""
+    import torch
+
+    enc = tokenizer(text, return_special_tokens_mask=True)
+    ids, special, words = enc["input_ids"], enc["special_tokens_mask"], enc.word_ids()
+    positions = [t for t in range(len(ids)) if not special[t]]
+    copies = []
+    for t in positions:
+        row = list(ids)
+        for u in positions:
+            if u == t or (variant == "word_l2r" and u > t and words[u] == words[t]):
+                row[u] = tokenizer.mask_token_id
+        copies.append(row)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(copies))
+        logits = out.logits if hasattr(out, "logits") else out.prediction_logits  # (n, T, V)
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+    return sum(float(log_probs[k, t, ids[t]]) for k, t in enumerate(positions))
+
+
+def _ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _fails(args: list[str], *needles: str) -> str:
+    """Exit code 2 and one `error:` line containing every needle; no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def plain_mlm(tmp_path_factory) -> Path:
+    return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")
+
+
+@pytest.mark.parametrize("variant", ["original", "word_l2r"])
+def test_score_equals_straightforward_pll(tiny_bert: Path, variant: str) -> None:
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    model = BertForPreTraining.from_pretrained(tiny_bert).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    # Batches of 3 copies cut sentences apart and mix lengths: the sums must not depend on it.
+    for batch_size in ("3", "256"):
+        rows = _json_lines(
+            _ok(["score", "--model", str(tiny_bert), "--json", "--variant", variant, "--batch-size", batch_size,
+                 *TEXTS]).stdout
+        )
+        assert [r["text"] for r in rows] == TEXTS
+        for row, text in zip(rows, TEXTS):
+            expected = reference_pll(model, tokenizer, text, variant)
+            assert row["pll"] == pytest.approx(expected, abs=1e-5)
+            n = len(tokenizer(text)["input_ids"]) - 2
+            assert row["tokens"] == n
+            assert row["pseudo_perplexity"] == pytest.approx(math.exp(-expected / n), rel=1e-5)
+
+
+def test_word_l2r_differs_only_on_multi_piece_words(tiny_bert: Path) -> None:
+    def pll(variant: str, text: str) -> float:
+        (row,) = _json_lines(_ok(["score", "-m", str(tiny_bert), "--json", "--variant", variant, text]).stdout)
+        return row["pll"]
+
+    assert pll("original", STORY[0]) == pytest.approx(pll("word_l2r", STORY[0]), abs=1e-6)
+    assert pll("original", "the cat sat on the mats .") != pytest.approx(pll("word_l2r", "the cat sat on the mats ."))
+
+
+def test_score_plain_transformers_masked_lm_and_input_file(plain_mlm: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(plain_mlm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(plain_mlm)
+    text_file = tmp_path / "sentences.txt"
+    text_file.write_text("\n".join(TEXTS[:2]) + "\n\n" + TEXTS[3] + "\n", encoding="utf-8")
+    rows = _json_lines(_ok(["score", "--model", str(plain_mlm), "--input", str(text_file), "--json"]).stdout)
+    assert [r["text"] for r in rows] == [TEXTS[0], TEXTS[1], TEXTS[3]]
+    for row in rows:
+        assert row["pll"] == pytest.approx(reference_pll(model, tokenizer, row["text"]), abs=1e-5)
+    human = _ok(["score", "--model", str(plain_mlm), TEXTS[0]]).stdout.strip()
+    assert human.endswith(TEXTS[0]) and f"{rows[0]['pll']:.3f}" in human
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_pll_takes_a_bert_for_masked_lm_object(plain_mlm: Path, tmp_path: Path, layers: int) -> None:
+    # BertForMaskedLM's encoder has no pooler, BertForPreTraining's has: the scorer must need neither. One layer is
+    # first and last at once, three have one in the middle.
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from bertcli.pll import pseudo_log_likelihoods
+
+    path = plain_mlm if layers == 2 else save_plain(tmp_path / "mlm", num_hidden_layers=layers)
+    model = BertForMaskedLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    enc = tokenizer(TEXTS, return_special_tokens_mask=True)
+    plans = [masking_plan([m == 0 for m in mask]) for mask in enc["special_tokens_mask"]]
+    plls = pseudo_log_likelihoods(model.bert, model.cls.predictions, enc["input_ids"], plans,
+                                  tokenizer.mask_token_id, tokenizer.pad_token_id, batch_size=4)
+    for pll, text in zip(plls, TEXTS):
+        assert pll == pytest.approx(reference_pll(model, tokenizer, text), abs=1e-5)
+
+
+def test_masking_plan() -> None:
+    scored = [False, True, True, True, True, False]
+    words = [None, 0, 1, 1, 1, None]  # [CLS] the sou ##vl ##aki [SEP]
+    assert masking_plan(scored, words, "original") == [(1, (1,)), (2, (2,)), (3, (3,)), (4, (4,))]
+    assert masking_plan(scored, words, "word_l2r") == [(1, (1,)), (2, (2, 3, 4)), (3, (3, 4)), (4, (4,))]
+
+
+def test_minimal_pair_accuracy_tie_counts_half_and_mean_over_groups() -> None:
+    # Group a: 1 win, 1 tie, 1 loss → 0.5; group b: 1 win → 1.0. Mean over groups 0.75 (over pairs: 0.625).
+    result = minimal_pair_accuracy([-1.0, -2.0, -5.0, -1.0], [-2.0, -2.0, -1.0, -3.0], ["a", "a", "a", "b"])
+    assert result["per_group"] == {"a": {"accuracy": 0.5, "pairs": 3}, "b": {"accuracy": 1.0, "pairs": 1}}
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["pairs"] == 4 and result["groups"] == 2
+
+
+def test_score_pairs_groups_and_summary(tiny_bert: Path) -> None:
+    out = _json_lines(_ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS), "--json"]).stdout)
+    *rows, summary = out
+    assert len(rows) == summary["pairs"] == 9
+    assert summary["group_by"] == "UID" and summary["groups"] == 3
+    assert set(summary["per_group"]) == {"animate_subject", "verb_position", "determiner_position"}
+    for group, result in summary["per_group"].items():
+        mine = [r for r in rows if r["group"] == group]
+        wins = sum(1.0 if r["pll_good"] > r["pll_bad"] else 0.5 if r["pll_good"] == r["pll_bad"] else 0.0 for r in mine)
+        assert result == {"accuracy": pytest.approx(wins / len(mine)), "pairs": len(mine)}
+    groups = summary["per_group"].values()
+    assert summary["accuracy"] == pytest.approx(sum(g["accuracy"] for g in groups) / 3)
+    by_field = _json_lines(
+        _ok(["score", "-m", str(tiny_bert), "--pairs", str(PAIRS), "--json", "--group-by", "field"]).stdout
+    )
+    assert set(by_field[-1]["per_group"]) == {"semantics", "syntax"}
+    human = _ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS)]).stdout
+    assert "mean over 3 group(s)" in human and "verb_position" in human
+
+
+def test_identical_sentences_tie(tiny_bert: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "tie.jsonl"
+    # The same sentence twice, among others of other lengths: bit-equal scores, half a point.
+    lines = [{"sentence_good": STORY[2], "sentence_bad": STORY[2]},
+             {"sentence_good": STORY[0], "sentence_bad": STORY[4]}]
+    pairs.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    *rows, summary = _json_lines(
+        _ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json", "--batch-size", "5"]).stdout
+    )
+    assert rows[0]["pll_good"] == rows[0]["pll_bad"]
+    assert summary["group_by"] is None and list(summary["per_group"]) == ["all"]
+    second = 1.0 if rows[1]["pll_good"] > rows[1]["pll_bad"] else 0.0
+    assert summary["accuracy"] == pytest.approx((0.5 + second) / 2)
+
+
+def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
+    model = ["score", "--model", str(tiny_bert)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the ."}\n{"sentence_good": "the dog ."}\n')
+    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "sentence_bad")
+    pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "  "}\n')
+    _fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "empty")
+    pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": 3}\n')
+    _fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "not a string")
+    pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\nnot json\n')
+    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "not a JSON object")
+    pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\n'
+                     '{"sentence_good": "the cat .", "sentence_bad": "cat the ."}\n')
+    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "'UID'")
+    _fails([*model, "--pairs", str(tmp_path / "missing.jsonl")], "does not exist")
+    _fails([*model, "   "], "text 1 is empty")
+    _fails([*model, " ".join(["the cat"] * 30)], "text 1", "positions")
+    _fails(model, "give sentences")
+    _fails([*model, "the cat", "--input", str(pairs)], "not TEXT and --input")
+    _fails([*model, "the cat", "--variant", "l2r"], "--variant")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    _fails([*model, "--input", str(empty)], str(empty), "empty")
+
+
+def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:
+    classifier = save_plain(tmp_path / "classifier", "classifier")
+    _fails(["score", "--model", str(classifier), "the cat ."], "masked-LM head")
