@@ -97,31 +97,35 @@ def save_checkpoint(
     """
     final_path = out_dir / name
     tmp = temp_dir_for(final_path)
-    model.save_pretrained(tmp)
-    copy_tokenizer_files(tokenizer_dir, tmp)
-    state_dir = tmp / STATE_DIR
-    state_dir.mkdir()
-    torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["torch_cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
-    torch.save(rng, state_dir / "rng.pt")
-    payload = {
-        "state": state.to_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "scheduler": {"kind": run_info["lr_schedule"], "step": state.step,
-                      "warmup_progress": state.warmup_progress},
-        "run": run_info,
-    }
-    (state_dir / "state.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    files = {}
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync_file(path)
-        files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
-    marker = {"format_version": 1, "step": state.step, "bertcli_version": __version__, "files": files}
-    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-    _fsync_file(tmp / MARKER)
-    move_into_place(tmp, final_path, durable=True)
+    try:
+        model.save_pretrained(tmp)
+        copy_tokenizer_files(tokenizer_dir, tmp)
+        state_dir = tmp / STATE_DIR
+        state_dir.mkdir()
+        torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["torch_cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
+        torch.save(rng, state_dir / "rng.pt")
+        payload = {
+            "state": state.to_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "scheduler": {"kind": run_info["lr_schedule"], "step": state.step,
+                          "warmup_progress": state.warmup_progress},
+            "run": run_info,
+        }
+        (state_dir / "state.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_file(path)
+            files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        marker = {"format_version": 1, "step": state.step, "bertcli_version": __version__, "files": files}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _fsync_file(tmp / MARKER)
+        move_into_place(tmp, final_path, durable=True)
+    except BaseException:  # a full disk or a kill: no partial checkpoint is left filling the disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final_path
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import signal
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -33,6 +35,44 @@ def _debug() -> bool:
     return os.environ.get("BERTCLI_DEBUG", "") not in ("", "0")
 
 
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free some space on that disk, or write elsewhere (--output)",
+    errno.EDQUOT: "free some space (your disk quota is used up), or write elsewhere (--output)",
+    errno.EROFS: "the file system is read-only: choose an --output on a writable one",
+    errno.EACCES: "you may not write or read there: fix the permissions, or choose another path",
+    errno.EPERM: "you may not write or read there: fix the permissions, or choose another path",
+    errno.ENOTDIR: "a file stands where a directory is needed: choose another path",
+    errno.EISDIR: "a directory stands where a file is needed: choose another path",
+    errno.EEXIST: "something already exists at that path: choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    errno.ENOENT: "a directory on the way is missing: check the path",
+}
+# Libraries that wrap a failed write in their own error type say so in their text.
+_DISK_FULL_WORDS = ("No space left", "StorageFull", "os error 28", "PytorchStreamWriter failed", "inline_container")
+
+
+def _environment_problem(exc: BaseException) -> tuple[str, str] | None:
+    """(message, hint) when the failure is the machine's state (disk full, read-only, permissions), else None."""
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_HINTS:
+        where = f" '{exc.filename}'" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}", _ERRNO_HINTS[exc.errno]
+    text = str(exc)
+    if any(word in text for word in _DISK_FULL_WORDS):
+        return (f"a file could not be written ({' '.join(text.split())[:160]})",
+                "the disk is probably full: free some space, or write elsewhere (--output)")
+    return None
+
+
+def _interrupted_note(kwargs: dict) -> str:
+    """What an interruption leaves: for a pretraining run, the checkpoint that --resume continues from."""
+    output = kwargs.get("output")
+    if output and Path(output).is_dir():
+        steps = sorted(p.name for p in Path(output).glob("step-*") if (p / "checkpoint.json").is_file())
+        if steps:
+            return f"the run in '{output}' can continue from {steps[-1]}: rerun with --resume"
+    return "no finished output was written for this run"
+
+
 def report_errors(func: Callable) -> Callable:
     """Typed errors become `error: …` + a hint and exit code 2; anything else exit code 1, one line."""
 
@@ -48,11 +88,18 @@ def report_errors(func: Callable) -> Callable:
                 typer.echo(f"hint: {exc.hint}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: no finished output was written for this run", err=True)
+            typer.echo(f"interrupted: {_interrupted_note(kwargs)}", err=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
+            problem = _environment_problem(exc)
+            if problem is not None:  # a full disk, a read-only or occupied path: the user's to fix, exit 2
+                if _debug():
+                    traceback.print_exc()
+                typer.echo(f"error: {problem[0]}", err=True)
+                typer.echo(f"hint: {problem[1]}", err=True)
+                raise typer.Exit(2) from None
             if _debug():
                 traceback.print_exc()
             typer.echo(f"error: unexpected failure: {type(exc).__name__}: {exc}", err=True)
@@ -243,9 +290,9 @@ def pretrain(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over, replacing the run in --output."),
 ) -> None:
     """Pretrain BertForPreTraining (MLM + NSP); also under `torchrun --nproc_per_node N -m bertcli pretrain …`."""
-    from bertcli.stages import pretrain as stage
-
     cfg = _stage_config("pretrain", config, set_, {"data": data, "output": output})
+    from bertcli.stages import pretrain as stage  # torch: only once the config is known to be valid (seconds)
+
     manifest = stage.run(cfg, resume=resume, overwrite=overwrite)
     if manifest is not None:  # None on the other ranks under torchrun: rank 0 reports
         stats = manifest["stats"]
@@ -299,6 +346,8 @@ def predict_nsp(
         raise InputError("give either --first and --second, or --input FILE, not both")
     if input_ is None and (first is None or second is None):
         raise InputError("predict-nsp needs --first TEXT and --second TEXT, or --input FILE")
+    if input_ is None and not (first.strip() and second.strip()):
+        raise InputError("--first and --second need text (one is empty)", hint="both sentences of a pair need text")
     loaded = load_model(model, device=device, need_nsp=True)
     if input_ is not None:  # JSON lines, streamed
         for row in tool.predict_nsp_file(loaded, input_, batch_size=batch_size):
@@ -584,6 +633,13 @@ def score(
             typer.echo(f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
 
 
+def _stop_requested(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: `bert …` and `python -m bertcli …`."""
+    # SIGTERM (a scheduler's or torchrun's stop) takes Ctrl-C's path: temporaries removed, the resumable checkpoint
+    # named, exit 130.
+    signal.signal(signal.SIGTERM, _stop_requested)
     app()

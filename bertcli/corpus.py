@@ -116,6 +116,9 @@ def resolve_inputs(paths: Iterable[str | os.PathLike], stats: CorpusStats | None
                     hint="point --input at your corpus files",
                 )
             out.extend(found)
+        elif p.exists():  # a pipe, a socket or a device: reading one may never end
+            raise InputError(f"input path '{text}' is not a regular file (a pipe or a device)",
+                             hint="save the corpus to a file first")
         else:
             raise InputError(f"input path '{text}' does not exist", hint="check the --input path")
     return out
@@ -357,6 +360,13 @@ def _check_zstd_frames(path: Path, f: io.BufferedReader) -> None:
 def _check_not_binary(path: Path, head: bytes) -> None:
     if not head:
         return
+    # UTF-16: a byte-order mark, or (without one) every other byte NUL, as ASCII text has in UTF-16
+    zeros = max(head[0::2].count(0), head[1::2].count(0))
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 64 and zeros > len(head) // 4):
+        raise InputError(
+            f"{path}: is UTF-16 text; bertcli reads UTF-8",
+            hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > corpus.txt",
+        )
     # Text may hold a stray NUL; a file where control bytes are common is not text.
     controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
     if b"\0" * 4 in head or controls / len(head) > 0.1:
@@ -490,6 +500,11 @@ def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | No
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="each line of a .jsonl file is one JSON object"
+        ) from exc
+    except (RecursionError, ValueError) as exc:  # brackets nested thousands deep; a number of 5,000 digits
+        raise InputError(
+            f"{path}:{lineno}: JSON too deeply nested or with a number too long to read ({one_line(exc)[:80]})",
+            hint="each line of a .jsonl file is one flat JSON object holding the text",
         ) from exc
     if not isinstance(record, dict) or text_field not in record:
         raise InputError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -9,11 +10,25 @@ Layout = Literal["sentence-per-line", "document-per-line"]
 CorpusFormat = Literal["auto", "text", "jsonl", "parquet", "arrow"]
 DecodeErrors = Literal["strict", "replace"]
 
+# Upper bounds for keys that size memory or loops: far above any real use, low enough that a typo (an extra 0s)
+# is an error rather than a 70 GB allocation or a crash after an hour.
+MAX_SEED = 2**32 - 1  # numpy and torch seeds are 32-bit here
+MAX_VOCAB_SIZE = 1 << 20
+MAX_POSITIONS = 1 << 13
+
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # Key roles live in each field's metadata["roles"]: "execution" keys change how a stage runs but not what it
 # writes (left out of its config hash); "resumable" keys may change between a pretraining run and its --resume.
 # bertcli.config.keys_with_role reads them.
+
+
+def language_problems(language: str) -> list[str]:
+    """A sentence-splitting language must look like a language code: the splitter (sentencex) falls back to
+    English rules for a code it does not know, silently, so a typo would go unnoticed."""
+    if language == "auto" or re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?", language):
+        return []
+    return [f"key 'language': {language!r} is not a language code; use auto or an ISO 639 code such as en, ko, ja"]
 
 
 @dataclass
@@ -39,11 +54,11 @@ class TrainVocabConfig:
     """Language code for sentence splitting in document-per-line layout (e.g. en, ko, ja); auto guesses per document."""
     errors: DecodeErrors = "strict"
     """strict: invalid UTF-8 is an error naming file and line; replace: invalid bytes become U+FFFD."""
-    vocab_size: int = field(default=30522, metadata={"ge": 1})
+    vocab_size: int = field(default=30522, metadata={"ge": 1, "le": MAX_VOCAB_SIZE})
     """Size of the vocabulary, special tokens included."""
     min_frequency: int = field(default=2, metadata={"ge": 0})
     """A pair must occur at least this often to be merged; 0 means no limit."""
-    limit_alphabet: int = field(default=1000, metadata={"ge": 0})
+    limit_alphabet: int = field(default=1000, metadata={"ge": 0, "le": MAX_VOCAB_SIZE})
     """Keep at most this many distinct characters in the initial alphabet (most frequent first); 0 means no limit.
     For algorithm wordpiece, words holding another character are left out of training (they would be [UNK])."""
     lowercase: bool = True
@@ -60,7 +75,7 @@ class TrainVocabConfig:
     """Special tokens, given the first ids in this order. Must include [PAD], [UNK], [CLS], [SEP] and [MASK]."""
     continuing_subword_prefix: str = "##"
     """Prefix marking a piece that continues a word."""
-    max_input_chars_per_word: int = field(default=100, metadata={"ge": 1})
+    max_input_chars_per_word: int = field(default=100, metadata={"ge": 1, "le": 10_000})
     """Words longer than this are encoded as [UNK] (BERT's rule)."""
     algorithm: Literal["bpe", "wordpiece"] = "wordpiece"
     """wordpiece: our deterministic trainer (byte-identical vocabularies), merging by `score`; bpe: the
@@ -71,7 +86,7 @@ class TrainVocabConfig:
     likelihood = exact gain in the corpus's unigram log-likelihood; textbook = freq(ab)/(freq(a)·freq(b))."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes used for reading and counting."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"ge": 0, "le": MAX_SEED})
     """Recorded in the manifest; the trainers themselves use no randomness."""
 
     def validate(self) -> list[str]:
@@ -90,6 +105,7 @@ class TrainVocabConfig:
                 f"key 'vocab_size': {self.vocab_size} leaves no room beside the {len(self.special_tokens)} special "
                 "tokens; raise it (30522 is BERT's)"
             )
+        problems.extend(language_problems(self.language))
         return problems
 
 
@@ -113,7 +129,7 @@ class PairsConfig:
     """Language code for sentence splitting in document-per-line layout."""
     errors: DecodeErrors = "strict"
     """strict or replace (see train-vocab)."""
-    max_seq_length: int = field(default=128, metadata={"ge": 8})
+    max_seq_length: int = field(default=128, metadata={"ge": 8, "le": MAX_POSITIONS})
     """Tokens per sequence, [CLS] and [SEP]s included."""
     short_seq_prob: float = field(default=0.1, metadata={"ge": 0.0, "le": 1.0})
     """Probability of a shorter target length (random, from 2 up) for a chunk, so the model sees short inputs too."""
@@ -121,17 +137,17 @@ class PairsConfig:
     """Probability that segment B is a random span from another document (label NotNext)."""
     nsp: bool = True
     """false: no sentence pairs; pack contiguous sentences into full-length single segments (MLM only)."""
-    dupe_factor: int = field(default=1, metadata={"ge": 1})
+    dupe_factor: int = field(default=1, metadata={"ge": 1, "le": 1000})
     """Passes over the corpus, each with different pairings."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes; the output is byte-identical for any count."""
     shard_index: int = field(default=0, metadata={"ge": 0})
     """Which part this job builds when the work is split into num_shards independent jobs."""
-    num_shards: int = field(default=1, metadata={"ge": 1})
+    num_shards: int = field(default=1, metadata={"ge": 1, "le": 100_000})
     """Number of independent jobs the work is split into (`bert pairs --set shard_index=…` on each)."""
-    sequences_per_shard: int = field(default=65536, metadata={"ge": 1})
+    sequences_per_shard: int = field(default=65536, metadata={"ge": 1, "le": 1 << 24})
     """Sequences per on-disk shard file."""
-    seed: int = 12345
+    seed: int = field(default=12345, metadata={"ge": 0, "le": MAX_SEED})
     """Seed of every random choice; the same seed gives byte-identical output."""
 
     def validate(self) -> list[str]:
@@ -147,6 +163,7 @@ class PairsConfig:
                 f"key 'dupe_factor': {self.dupe_factor} with nsp: false would write identical copies (packing is not "
                 "random); set dupe_factor: 1 and use `bert mask`'s dupe_factor or dynamic masking for variety"
             )
+        problems.extend(language_problems(self.language))
         return problems
 
 
@@ -160,7 +177,7 @@ class MaskConfig:
     """Directory to write the masked artifact to."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
     """Share of candidate tokens (all but [CLS], [SEP], [PAD]) selected for prediction."""
-    max_predictions_per_seq: int = field(default=20, metadata={"ge": 1})
+    max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
     """Cap on the selected tokens per sequence."""
     mask_token_prob: float = field(default=0.8, metadata={"ge": 0.0, "le": 1.0})
     """Share of selected tokens replaced by [MASK]."""
@@ -168,11 +185,11 @@ class MaskConfig:
     """Share of selected tokens replaced by a random non-special token (the rest stay unchanged)."""
     whole_word_mask: bool = False
     """Select whole words (a piece and its following ## pieces) instead of single pieces."""
-    dupe_factor: int = field(default=1, metadata={"ge": 1})
+    dupe_factor: int = field(default=1, metadata={"ge": 1, "le": 1000})
     """Copies of every sequence, each with a different mask."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Threads (masking is numpy work that runs outside the GIL); the output is byte-identical for any count."""
-    seed: int = 12345
+    seed: int = field(default=12345, metadata={"ge": 0, "le": MAX_SEED})
     """Seed of every random choice."""
 
     def validate(self) -> list[str]:
@@ -191,23 +208,23 @@ class ModelConfig:
     preset: Optional[Literal["tiny", "mini", "small", "medium", "base", "large"]] = "base"
     """tiny 2/128, mini 4/256, small 4/512, medium 8/512, base 12/768, large 24/1024 (layers/hidden);
     heads = hidden/64, intermediate = 4·hidden. null: give every size field yourself."""
-    hidden_size: Optional[int] = field(default=None, metadata={"ge": 1})
+    hidden_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 1 << 16})
     """Width of the hidden states (BertConfig.hidden_size)."""
-    num_hidden_layers: Optional[int] = field(default=None, metadata={"ge": 1})
+    num_hidden_layers: Optional[int] = field(default=None, metadata={"ge": 1, "le": 1 << 16})
     """Transformer layers."""
-    num_attention_heads: Optional[int] = field(default=None, metadata={"ge": 1})
+    num_attention_heads: Optional[int] = field(default=None, metadata={"ge": 1, "le": 1 << 16})
     """Attention heads per layer; must divide hidden_size."""
-    intermediate_size: Optional[int] = field(default=None, metadata={"ge": 1})
+    intermediate_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 1 << 16})
     """Width of the feed-forward layer."""
-    hidden_act: str = "gelu"
+    hidden_act: Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh", "mish"] = "gelu"
     """Activation of the feed-forward layer."""
     hidden_dropout_prob: float = field(default=0.1, metadata={"ge": 0.0, "lt": 1.0})
     """Dropout on embeddings and hidden states."""
     attention_probs_dropout_prob: float = field(default=0.1, metadata={"ge": 0.0, "lt": 1.0})
     """Dropout on attention probabilities."""
-    max_position_embeddings: int = field(default=512, metadata={"ge": 8})
+    max_position_embeddings: int = field(default=512, metadata={"ge": 8, "le": MAX_POSITIONS})
     """Longest sequence the model can take; must be at least the data's max_seq_length."""
-    type_vocab_size: int = field(default=2, metadata={"ge": 1})
+    type_vocab_size: int = field(default=2, metadata={"ge": 1, "le": 16})
     """Number of segment (token type) ids."""
     initializer_range: float = field(default=0.02, metadata={"gt": 0.0})
     """Standard deviation of the truncated-normal weight initialisation."""
@@ -223,7 +240,7 @@ class PretrainConfig:
     """A masked artifact (static masking) or a pairs artifact (dynamic masking at train time)."""
     output: str = field(default="runs/pretrain", metadata={"roles": ("execution", "resumable")})
     """Run directory: metrics.jsonl, step-XXXXXXXX/ checkpoints, final/."""
-    seed: int = 42
+    seed: int = field(default=42, metadata={"ge": 0, "le": MAX_SEED})
     """Seed of initialisation, data order, dropout and dynamic masking."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model's size and shape."""
@@ -266,7 +283,7 @@ class PretrainConfig:
     """auto: cuda when available, else cpu."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
     """Dynamic masking only (pairs artifact): share of candidate tokens selected."""
-    max_predictions_per_seq: int = field(default=20, metadata={"ge": 1})
+    max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
     """Dynamic masking only: cap on selected tokens per sequence."""
     whole_word_mask: bool = False
     """Dynamic masking only: select whole words."""
@@ -399,7 +416,7 @@ class PipelineConfig:
     stages: list[PipelineStage] = field(default_factory=lambda: list(STAGES))
     """Stages to run, in this order. Leave out mask to train with dynamic masking on the pairs artifact; leave out
     train-vocab to use an existing tokenizer (set pairs: {tokenizer: DIR})."""
-    seed: Optional[int] = None
+    seed: Optional[int] = field(default=None, metadata={"ge": 0, "le": MAX_SEED})
     """If set, the seed of every stage that has none of its own in its section."""
     train_vocab: dict = field(default_factory=dict)
     """Keys of the train-vocab config (`bert config show train-vocab`); input and output are filled in."""
@@ -451,9 +468,9 @@ class FinetuneConfig:
     """The column or key holding the label: a string, or an integer class id."""
     dev_fraction: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
     """Share of the training file held out as dev set when no dev file is given (the same split for every seed)."""
-    max_seq_length: int = field(default=128, metadata={"ge": 8})
+    max_seq_length: int = field(default=128, metadata={"ge": 8, "le": MAX_POSITIONS})
     """Tokens per example, [CLS] and [SEP]s included; longer examples are truncated (counted in the stats)."""
-    seed: int = 42
+    seed: int = field(default=42, metadata={"ge": 0, "le": MAX_SEED})
     """Seed of the dev split and of the first run: head initialisation, data order and dropout."""
     seeds: int = field(default=1, metadata={"ge": 1})
     """Runs with seeds seed, seed+1, …: the median of each dev metric is reported, the best run's model saved."""

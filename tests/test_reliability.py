@@ -304,3 +304,106 @@ def test_pickled_weights_are_refused_in_one_line(tiny_bert, tmp_path):
                     ["embed", "--word", "a", "a b"]):
         line = _refused([command[0], "--model", str(model_dir), *command[1:]], "pickled", str(model_dir))
         assert "weights_only" not in line
+
+
+# ---------------------------------------------------------------- 11. the environment
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing(tmp_path, tiny_corpus, monkeypatch):
+    import errno as errno_codes
+
+    from bertcli import artifacts
+
+    def full(path, data):
+        raise OSError(errno_codes.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(artifacts, "write_json_atomic", full)
+    out = tmp_path / "tok"
+    _refused(_vocab(tiny_corpus, out), "No space left", "manifest.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_paths_in_the_way_are_named(tmp_path, tiny_corpus):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _refused(_vocab(tiny_corpus, blocker / "tok"), str(blocker))
+    _refused(_vocab(tiny_corpus, blocker), "is a file")
+    workdir_file = tmp_path / "work"
+    workdir_file.write_text("x")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"workdir: {workdir_file}\ninput: [{tiny_corpus}]\nstages: [train-vocab]\n")
+    _refused(["run", str(pipeline)], str(workdir_file))
+
+
+# ---------------------------------------------------------------- 14, 16. messages that say what is wrong
+
+
+def test_corpus_inputs_that_are_not_utf8_text_files(tmp_path):
+    utf16 = tmp_path / "u16.txt"
+    utf16.write_text("Hello world.\nSecond line here.\n" * 20, encoding="utf-16")
+    _refused(_vocab(utf16, tmp_path / "o"), str(utf16), "UTF-16")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    _refused(_vocab(pipe, tmp_path / "o"), str(pipe), "not a regular file")
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    _refused(_vocab(deep, tmp_path / "o"), f"{deep}:1")
+    digits = tmp_path / "digits.jsonl"
+    digits.write_text('{"text": "a", "n": ' + "9" * 5000 + "}\n")
+    _refused(_vocab(digits, tmp_path / "o"), f"{digits}:1")
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("seed=-1", "seed"), ("seed=1180591620717411303424", "seed"), ("vocab_size=1000000000", "vocab_size"),
+    ("language=english!", "language"),
+])
+def test_out_of_range_values_are_refused_before_any_work(tmp_path, tiny_corpus, setting, key):
+    _refused(_vocab(tiny_corpus, tmp_path / "o", "--set", setting), key)
+    assert not (tmp_path / "o").exists()
+
+
+def test_pretrain_config_errors_name_the_key(tmp_path, masked_data):
+    _refused(["pretrain", "--data", str(masked_data), "--output", str(tmp_path / "r"), "--set",
+              "model.hidden_act=foo"], "model.hidden_act")
+
+
+def test_empty_pair_sentences_are_refused_as_in_files(tiny_bert):
+    _refused(["predict-nsp", "--model", str(tiny_bert), "--first", " ", "--second", "It ran."], "empty")
+
+
+# ---------------------------------------------------------------- 12. signals
+
+
+def test_an_interrupted_pretraining_names_the_checkpoint_to_resume_from(tmp_path, masked_data, monkeypatch):
+    from bertcli.stages import pretrain
+
+    run = tmp_path / "run"
+
+    def interrupted(cfg, resume=False, overwrite=False):
+        (run / "step-00000004").mkdir(parents=True)
+        (run / "step-00000004" / "checkpoint.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "run", interrupted)
+    result = runner.invoke(app, ["pretrain", "--data", str(masked_data), "--output", str(run)])
+    assert result.exit_code == 130
+    assert "step-00000004" in result.output and "--resume" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_during_a_parallel_stage_is_one_line(tmp_path, tiny_tokenizer):
+    import signal
+    import time
+
+    corpus = tmp_path / "big.txt"
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample" / "jargon.txt"
+    corpus.write_bytes(sample.read_bytes() * 40)  # 45 MB: tens of seconds of work, interrupted after a few
+    cmd = [sys.executable, "-m", "bertcli", "pairs", "--input", str(corpus), "--tokenizer", str(tiny_tokenizer),
+           "--output", str(tmp_path / "pairs"), "--set", "num_workers=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(5)  # the workers have started
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: to every process of the group, workers included
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert not (tmp_path / "pairs").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
