@@ -48,7 +48,9 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        # NaN and infinity are not JSON: they are written as null, so every line stays readable by any JSON reader
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.file.write(json.dumps(clean, allow_nan=False) + "\n")
         self.file.flush()
         if self.tb is not None:
             for key, value in record.items():
@@ -79,13 +81,20 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             f"'{run_dir}' has no {METRICS_FILE}", hint="give the output directory of `bert pretrain`"
         )
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            if number == len(lines):
+                continue  # the last line of a killed run
+            raise ArtifactError(f"{path}:{number}: not a JSON object", hint="remove or fix that line") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ArtifactError(f"{path}:{number}: 'step' is missing or not an integer", hint="remove or fix that line")
+        records.append(record)
     return records
 
 

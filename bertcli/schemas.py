@@ -256,9 +256,11 @@ class PretrainConfig:
     time_budget_s: Optional[float] = field(default=None, metadata={"roles": ("resumable",), "gt": 0.0})
     """Stop after this many seconds of training and fit the LR schedule to it (null: no limit)."""
     batch_size: int = field(default=256, metadata={"ge": 1})
-    """Global batch size in sequences per optimizer step (micro_batch_size × accumulation × world size)."""
+    """Global batch size in sequences per optimizer step, over all processes (a multiple of their number)."""
     micro_batch_size: int = field(default=32, metadata={"ge": 1})
-    """Sequences per forward pass on one device."""
+    """The most sequences per forward pass on one process (what fits in memory). The micro-batch is the largest
+    divisor of batch_size / processes not above it; gradient accumulation makes up the rest, so batch_size can
+    change (or the process count) without touching this."""
     learning_rate: float = field(default=1e-4, metadata={"gt": 0.0})
     """Peak learning rate of AdamW."""
     weight_decay: float = field(default=0.01, metadata={"ge": 0.0})
@@ -316,15 +318,6 @@ class PretrainConfig:
             problems.append(
                 f"key 'model.num_attention_heads': {m.num_attention_heads} does not divide "
                 f"model.hidden_size {m.hidden_size}"
-            )
-        if self.micro_batch_size > self.batch_size:
-            problems.append(
-                f"key 'micro_batch_size': {self.micro_batch_size} is above batch_size {self.batch_size}"
-            )
-        elif self.batch_size % self.micro_batch_size:
-            # the rest of the rule (a multiple of micro_batch_size × processes) needs the process count: pretrain
-            problems.append(
-                f"key 'batch_size': {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
             )
         return problems
 

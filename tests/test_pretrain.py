@@ -122,8 +122,6 @@ def test_bad_data_and_model_are_errors_before_any_step(masked_data, pairs_data, 
     small = ModelConfig(**{**TINY_MODEL, "max_position_embeddings": 16})
     with pytest.raises(ConfigError, match="max_position_embeddings"):
         pretrain.run(tiny_cfg(masked_data, tmp_path / "c", model=small))
-    with pytest.raises(ConfigError, match="batch_size"):
-        pretrain.run(tiny_cfg(masked_data, tmp_path / "d", batch_size=10, micro_batch_size=4))
     with pytest.raises(ArtifactError, match="vocabulary|vocab_size"):
         pretrain.run(tiny_cfg(masked_data, tmp_path / "e", init_from=str(tiny_bert)))
     with pytest.raises(ArtifactError, match="fewer than batch_size"):
@@ -318,3 +316,14 @@ def test_end_to_end_with_the_real_pairs_and_mask_stages(tmp_path, tiny_tokenizer
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fill = pipeline("fill-mask", model=str(tmp_path / "run-masked" / "final"))
     assert len(fill(f"the {fill.tokenizer.mask_token} .")) == 5
+
+
+def test_micro_batches_follow_batch_size_and_process_count():
+    # `--set batch_size=16` with the shipped micro_batch_size 32, and torchrun's 2 processes at batch 32, just work
+    assert pretrain.micro_batching(16, 32, 1) == (16, 1)
+    assert pretrain.micro_batching(32, 32, 2) == (16, 1)
+    assert pretrain.micro_batching(256, 32, 1) == (32, 8)
+    assert pretrain.micro_batching(96, 64, 1) == (48, 2)
+    assert pretrain.micro_batching(10, 4, 1) == (2, 5)
+    with pytest.raises(ConfigError, match="batch_size.*3 processes"):
+        pretrain.micro_batching(32, 32, 3)

@@ -407,3 +407,27 @@ def test_ctrl_c_during_a_parallel_stage_is_one_line(tmp_path, tiny_tokenizer):
     assert "Traceback" not in err and "interrupted" in err
     assert not (tmp_path / "pairs").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pretraining_refuses_data_without_targets_and_metrics_stay_json(tmp_path, tiny_tokenizer):
+    from bertcli.metrics import MetricsWriter, read_metrics
+
+    corpus = tmp_path / "emoji.txt"
+    corpus.write_text("\n\n".join("🙂🙃 😀\n😀 🙂" for _ in range(40)) + "\n", encoding="utf-8")
+    pairs = tmp_path / "pairs"
+    assert runner.invoke(app, ["pairs", "--input", str(corpus), "--tokenizer", str(tiny_tokenizer), "--output",
+                               str(pairs), "--set", "max_seq_length=16", "--set", "num_workers=1"]).exit_code == 0
+    _refused(["pretrain", "--data", str(pairs), "--output", str(tmp_path / "run"), "--set", "model.preset=tiny",
+              "--set", "batch_size=4", "--set", "micro_batch_size=4", "--set", "device=cpu"],
+             "no token of its training sequences can be a prediction target")
+    writer = MetricsWriter(tmp_path, True, None)
+    writer.write({"step": 1, "mlm_loss": float("nan"), "grad_norm": float("inf")})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert json.loads(line) == {"step": 1, "mlm_loss": None, "grad_norm": None}
+    assert read_metrics(tmp_path)[0]["mlm_loss"] is None
+
+
+def test_a_damaged_metrics_file_is_named_by_bert_plot(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": "x", "loss": 1.0}\n{"step": 3}\n')
+    _refused(["plot", str(tmp_path)], "metrics.jsonl:2", "step")

@@ -42,7 +42,7 @@ from bertcli.checkpoints import (
     start_run_dir,
 )
 from bertcli.config import config_hash, config_to_dict, config_to_yaml
-from bertcli.errors import ArtifactError, BertcliError, ConfigError
+from bertcli.errors import ArtifactError, BertcliError, ConfigError, InputError
 from bertcli.masking import MaskingSpec
 from bertcli.metrics import MetricsWriter, plot_run
 from bertcli.model import (
@@ -113,7 +113,8 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scaler: Any  # torch.amp.GradScaler for fp16, else None
     precision: Precision
-    accum: int
+    micro_batch_size: int  # sequences per forward pass on each process (see micro_batching)
+    accum: int  # micro-batches per optimizer step on each process
     state: TrainState
     out_dir: Path
     run_info: dict
@@ -148,7 +149,7 @@ class Trainer:
             if start >= self.plan.batches_per_epoch(epoch):
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 continue
-            dataset = MicroBatches(self.plan, self.collate, epoch, self.cfg.micro_batch_size, self.accum,
+            dataset = MicroBatches(self.plan, self.collate, epoch, self.micro_batch_size, self.accum,
                                    self.ctx.rank, self.ctx.world_size, self.cfg.seed)
             group: list[dict] = []
             for collated in iterate_micro_batches(dataset, start, self.cfg.num_workers, self.ctx.device.type == "cuda"):
@@ -216,14 +217,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """MLM loss/accuracy on masked positions and NSP accuracy over the held-out micro-batches."""
         cfg, ctx = self.cfg, self.ctx
-        indices = self.plan.held_out_indices(cfg.eval_batches * cfg.micro_batch_size)
+        indices = self.plan.held_out_indices(cfg.eval_batches * self.micro_batch_size)
         if len(indices) == 0:
             return {}
         stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=ctx.device)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            for collated in held_out_micro_batches(self.plan, self.collate, indices, cfg.micro_batch_size,
+            for collated in held_out_micro_batches(self.plan, self.collate, indices, self.micro_batch_size,
                                                    ctx.rank, ctx.world_size):
                 batch = to_model_batch(collated, ctx.device)
                 with self.precision.autocast(ctx.device):
@@ -399,7 +400,7 @@ class Trainer:
             f"pretrain: {n_params / 1e6:.1f}M parameters, {self.data.kind} data '{self.data.path}' "
             f"({self.plan.num_train_sequences:,} training sequences, "
             f"{'NSP+MLM' if self.data.has_nsp else 'MLM only'}), "
-            f"batch {cfg.batch_size} = {cfg.micro_batch_size} × {self.accum} accumulation × {ctx.world_size} "
+            f"batch {cfg.batch_size} = {self.micro_batch_size} × {self.accum} accumulation × {ctx.world_size} "
             f"process(es), {self.precision.name} on {ctx.device}, {cfg.max_steps} steps"
             + (f" or {cfg.time_budget_s:.0f} s" if cfg.time_budget_s else "")
         ))
@@ -443,6 +444,10 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------- building
+
+# Tokens looked at to tell that some prediction target exists (the first of each shard: a quick, bounded probe).
+NO_TARGETS_PROBE_TOKENS = 1 << 20
+
 
 def build_pretraining_model(
     cfg: PretrainConfig, data: DataArtifact, plan: EpochPlan, masking: MaskingSpec | None,
@@ -504,15 +509,17 @@ def build_pretraining_model(
     return model
 
 
-def _accumulation_steps(cfg: PretrainConfig, ctx: dist.DistContext) -> int:
-    per_step = cfg.micro_batch_size * ctx.world_size
-    if cfg.batch_size % per_step:
+def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) for a global batch over world_size processes: the largest divisor of
+    the per-process batch that is at most max_micro_batch_size, so any batch_size splits without a remainder."""
+    if batch_size % world_size:
         raise ConfigError(
-            f"key 'batch_size': {cfg.batch_size} is not a multiple of micro_batch_size × processes "
-            f"({cfg.micro_batch_size} × {ctx.world_size} = {per_step})",
-            hint="choose batch_size = micro_batch_size × processes × gradient-accumulation steps",
+            f"key 'batch_size': {batch_size} sequences cannot be split evenly over {world_size} processes",
+            hint=f"choose a batch_size that is a multiple of {world_size}",
         )
-    return cfg.batch_size // per_step
+    per_process = batch_size // world_size
+    micro = max(d for d in range(1, min(per_process, max_micro_batch_size) + 1) if per_process % d == 0)
+    return micro, per_process // micro
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -532,7 +539,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     if finished is not None and finished.get("stage") == "pretrain":
         dist.log_main(ctx, f"'{out}' is a finished run (final/ and manifest.json exist); nothing to do")
         return finished if ctx.is_main else None
-    accum = _accumulation_steps(cfg, ctx)
+    micro_batch_size, accum = micro_batching(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     data = load_data(cfg.data)
     is_resume = prepare_output(cfg, resume, overwrite, ctx)
     dist.barrier(ctx)  # every rank has looked at the output before rank 0 changes it
@@ -546,6 +553,12 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
         whole_word_mask=cfg.whole_word_mask,
     ) if data.kind == "pairs" else None
+    if not target_token_counts(data, plan, masking, max_tokens=NO_TARGETS_PROBE_TOKENS).any():
+        raise InputError(
+            f"'{data.path}': no token of its training sequences can be a prediction target (all special tokens, "
+            "[UNK] among them); the loss would be NaN",
+            hint="the tokenizer does not cover this corpus: train the vocabulary on it (bert train-vocab)",
+        )
     # every rank: the same weights from the seed and the data
     model = build_pretraining_model(cfg, data, plan, masking, ctx)
     device = ctx.device
@@ -596,8 +609,8 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     if cfg.compile:
         module = torch.compile(module)
     metrics = MetricsWriter(out, ctx.is_main, resume_step)
-    trainer = Trainer(cfg, ctx, data, plan, collate, model, module, optimizer, scaler, precision, accum, state,
-                      out, run_info, metrics, initial_weights=initial)
+    trainer = Trainer(cfg, ctx, data, plan, collate, model, module, optimizer, scaler, precision, micro_batch_size,
+                      accum, state, out, run_info, metrics, initial_weights=initial)
     try:
         trainer.describe()
         trainer.fit()
