@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bertcli.corpus import CorpusStats, iter_texts
-from bertcli.parallel import WorkerPool
+from bertcli.executors import open_executor
 
 # Sentences are sent to the workers in chunks of about this many characters.
 CHUNK_CHARS = 1 << 20
@@ -101,9 +101,10 @@ def count_words(
 
     The corpus is streamed; `cfg` gives the reading options (layout, format, text_field, errors, language), the
     normalization (lowercase, strip_accents, clean_text, handle_chinese_chars), max_input_chars_per_word (longer
-    words are left out and counted in stats.long_words_skipped) and num_workers. Chunks of
-    sentences are counted by num_workers processes and merged in corpus order, so the result is identical for
-    any number of workers. Memory: the distinct words plus a few chunks in flight.
+    words are left out and counted in stats.long_words_skipped), num_workers and the executor keys. Chunks of
+    sentences are counted by num_workers processes (or as Ray tasks, executor ray) and merged in corpus order, so
+    the result is identical for any number of workers and either executor. Memory: the distinct words plus a few
+    chunks in flight.
     """
     from tqdm.auto import tqdm
 
@@ -124,10 +125,10 @@ def count_words(
 
     args = normalizer_args(cfg)
     workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
-    if total_bytes < 4 * chunk_chars:
-        workers = 1  # starting processes would cost more than they save
+    if total_bytes < 4 * chunk_chars and getattr(cfg, "executor", "local") == "local":
+        workers = 1  # starting processes would cost more than they save (executor ray was asked for: use it)
     try:
-        with WorkerPool(workers) as pool:  # bounded read-ahead: memory stays flat
+        with open_executor(cfg, num_workers=workers) as pool:  # bounded read-ahead: memory stays flat
             tasks = ((chunk, cfg.max_input_chars_per_word) for chunk in _chunks(sentences, chunk_chars))
             for part, skipped in pool.map(_count_chunk, tasks, init_word_splitter, (args,)):
                 absorb(part, skipped)
