@@ -529,9 +529,9 @@ def _build_parts_and_merge(cfg: PairsConfig, overwrite: bool) -> dict:
         for k in range(cfg.num_shards)
     ]
     try:
-        start, corpus_tokens = time.monotonic(), 0
         with open_executor(cfg) as executor, tqdm(total=cfg.num_shards, desc="building parts", unit="part",
                                                   dynamic_ncols=True) as bar:
+            start, corpus_tokens = time.monotonic(), 0  # the rate of the tasks, not of starting Ray
             for manifest in executor.map(_build_part, jobs):
                 corpus_tokens += manifest["stats"]["document_tokens"]
                 bar.set_postfix_str(f"{corpus_tokens / (time.monotonic() - start):,.0f} corpus tok/s", refresh=False)
