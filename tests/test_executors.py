@@ -39,14 +39,23 @@ def many_documents(tmp_path_factory, tiny_corpus) -> Path:
     return path
 
 
-def test_without_ray_installed_executor_ray_exits_2_naming_the_extra(tmp_path, tiny_corpus, monkeypatch):
+def test_without_ray_installed_executor_ray_exits_2_naming_the_extra(tmp_path, tiny_corpus, tiny_tokenizer,
+                                                                      monkeypatch):
+    pairs = tmp_path / "pairs"
+    _invoke("pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--output", str(pairs),
+            "--set", "num_workers=1")
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when it is not installed
-    out = tmp_path / "tok"
-    result = _invoke("train-vocab", "--input", str(tiny_corpus), "--output", str(out), "--set", "vocab_size=500",
-                     "--set", "executor=ray", code=2)
-    lines = result.output.strip().splitlines()
-    assert lines[0] == "error: key 'executor': ray is not installed; install the extra: pip install 'bertcli[ray]'"
-    assert len(lines) == 1 and not out.exists()
+    out = tmp_path / "out"
+    for args in (
+        ("train-vocab", "--input", str(tiny_corpus), "--set", "vocab_size=500"),
+        ("pairs", "--input", str(tiny_corpus), "--tokenizer", str(tiny_tokenizer), "--set", "num_shards=2"),
+        ("mask", "--input", str(pairs)),
+    ):
+        result = _invoke(*args, "--output", str(out), "--set", "executor=ray", code=2)
+        assert result.output.splitlines() == [
+            "error: key 'executor': ray is not installed; install the extra: pip install 'bertcli[ray]'"
+        ], args
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs"], args
 
 
 def test_config_refuses_a_shard_index_and_bpe_with_executor_ray(tmp_path, tiny_corpus, tiny_tokenizer):

@@ -517,28 +517,30 @@ def _build_parts_and_merge(cfg: PairsConfig, overwrite: bool) -> dict:
     loaded = load_tokenizer(cfg.tokenizer)
     _check_config(cfg, loaded)
     out = check_output(cfg.output, overwrite, (*cfg.input, *paths, cfg.tokenizer))
-    if cfg.num_shards == 1:
-        print("note: executor ray with num_shards 1 runs the whole job as one task; set num_shards (a few times "
-              "the workers) to spread it", file=sys.stderr, flush=True)
-    parts_dir = temp_dir_for(out.with_name(out.name + ".parts")).absolute()
-    # Absolute paths: a task may start in another directory, on another node. A directory per part: a job clears
-    # stale temporary directories beside its output by process id, which only means something on its own node.
-    jobs = [
-        replace(cfg, executor="local", num_workers=1, shard_index=k, input=[os.path.abspath(p) for p in cfg.input],
-                tokenizer=os.path.abspath(cfg.tokenizer), output=str(parts_dir / str(k) / "part"))
-        for k in range(cfg.num_shards)
-    ]
-    try:
-        with open_executor(cfg) as executor, tqdm(total=cfg.num_shards, desc="building parts", unit="part",
-                                                  dynamic_ncols=True) as bar:
-            start, corpus_tokens = time.monotonic(), 0  # the rate of the tasks, not of starting Ray
-            for manifest in executor.map(_build_part, jobs):
-                corpus_tokens += manifest["stats"]["document_tokens"]
-                bar.set_postfix_str(f"{corpus_tokens / (time.monotonic() - start):,.0f} corpus tok/s", refresh=False)
-                bar.update()
-        return merge_parts(replace(cfg, input=[job.output for job in jobs]), overwrite)
-    finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
+    with open_executor(cfg) as executor:  # first: a missing Ray is then one line, with no note or bar before it
+        if cfg.num_shards == 1:
+            print("note: executor ray with num_shards 1 runs the whole job as one task; set num_shards (a few times "
+                  "the workers) to spread it", file=sys.stderr, flush=True)
+        parts_dir = temp_dir_for(out.with_name(out.name + ".parts")).absolute()
+        # Absolute paths: a task may start in another directory, on another node. A directory per part: a job
+        # clears stale temporary directories beside its output by process id, which only means something on its
+        # own node.
+        jobs = [
+            replace(cfg, executor="local", num_workers=1, shard_index=k, input=[os.path.abspath(p) for p in cfg.input],
+                    tokenizer=os.path.abspath(cfg.tokenizer), output=str(parts_dir / str(k) / "part"))
+            for k in range(cfg.num_shards)
+        ]
+        try:
+            with tqdm(total=cfg.num_shards, desc="building parts", unit="part", dynamic_ncols=True) as bar:
+                start, corpus_tokens = time.monotonic(), 0
+                for manifest in executor.map(_build_part, jobs):
+                    corpus_tokens += manifest["stats"]["document_tokens"]
+                    bar.set_postfix_str(f"{corpus_tokens / (time.monotonic() - start):,.0f} corpus tok/s",
+                                        refresh=False)
+                    bar.update()
+            return merge_parts(replace(cfg, input=[job.output for job in jobs]), overwrite)
+        finally:
+            shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- merging shard parts
