@@ -33,6 +33,10 @@ class OutputExistsError(BertcliError):
     """The output path exists and --overwrite was not given (or cannot be safely replaced)."""
 
 
+class ExecutorError(BertcliError):
+    """A task its executor could not run: a Ray worker or node that died on every retry, a cluster that went away."""
+
+
 def one_line(exc: BaseException) -> str:
     """A library's exception text as one line, for a message that must stay one line."""
     return " ".join(str(exc).split())

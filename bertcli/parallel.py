@@ -7,11 +7,11 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 # The phase whose initializer last ran in this worker process: a pool outlives the phases of a stage, and each
 # phase (tokenizing, building, …) sets up its own worker state once per process.
-_phase_in_worker: int | None = None
+_phase_in_worker: Hashable | None = None
 
 
 def _start_worker() -> None:
@@ -22,11 +22,13 @@ def _start_worker() -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
 
 
-def _call_in_phase(phase: int, initializer: Callable, initargs: tuple, func: Callable, task: Any) -> Any:
-    """Worker side of WorkerPool.map: (re)initialise when a new phase starts, then run the task."""
+def call_in_phase(phase: Hashable, initializer: Callable | None, initargs: tuple, func: Callable, task: Any) -> Any:
+    """Worker side of a map (WorkerPool's, or executors.RayExecutor's): (re)initialise when a new phase starts, then
+    run the task."""
     global _phase_in_worker
     if _phase_in_worker != phase:
-        initializer(*initargs)
+        if initializer is not None:
+            initializer(*initargs)
         _phase_in_worker = phase
     return func(task)
 
@@ -63,11 +65,17 @@ class WorkerPool:
             self._pool.terminate()
             self._pool.join()
 
-    def map(self, func: Callable, tasks: Iterable, initializer: Callable, initargs: tuple) -> Iterator:
-        """func(task) for each task, in order; initializer(*initargs) sets up each worker's state first."""
-        if self._pool is None or self.threads:
+    def map(
+        self, func: Callable, tasks: Iterable, initializer: Callable | None = None, initargs: tuple = ()
+    ) -> Iterator:
+        """func(task) for each task, in order; initializer(*initargs), if given, sets up each worker's state first."""
+        global _phase_in_worker
+        if (self._pool is None or self.threads) and initializer is not None:
             # in this process (or its threads): one shared state, set up once here rather than racing in threads
             initializer(*initargs)
+            # This process may also be a Ray worker (a pairs shard job runs here): the state set up now belongs to
+            # no phase of an outer map, which must set up its own again.
+            _phase_in_worker = None
         if self._pool is None:
             for task in tasks:
                 yield func(task)
@@ -78,16 +86,8 @@ class WorkerPool:
             if self.threads:
                 pending.append(self._pool.apply_async(func, (task,)))
             else:
-                pending.append(self._pool.apply_async(_call_in_phase, (phase, initializer, initargs, func, task)))
+                pending.append(self._pool.apply_async(call_in_phase, (phase, initializer, initargs, func, task)))
             if len(pending) >= 2 * self.num_workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def ordered_map(
-    func: Callable, tasks: Iterable, num_workers: int, initializer: Callable, initargs: tuple, threads: bool = False
-) -> Iterator:
-    """func over tasks in a fresh WorkerPool, results in task order (see WorkerPool.map)."""
-    with WorkerPool(num_workers, threads=threads) as pool:
-        yield from pool.map(func, tasks, initializer, initargs)

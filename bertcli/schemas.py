@@ -86,6 +86,15 @@ class TrainVocabConfig:
     likelihood = exact gain in the corpus's unigram log-likelihood; textbook = freq(ab)/(freq(a)·freq(b))."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes used for reading and counting."""
+    executor: Literal["local", "ray"] = field(default="local", metadata={"roles": ("execution",)})
+    """Where algorithm wordpiece counts words: local (num_workers processes here) or ray (chunks of the corpus as
+    tasks on a Ray cluster, counts merged in corpus order; needs `pip install 'bertcli[ray]'`, see
+    docs/distributed.md). The vocabulary is byte-identical either way."""
+    ray_address: Optional[str] = field(default=None, metadata={"roles": ("execution",)})
+    """executor ray: null starts a local Ray instance of num_workers CPUs (or joins $RAY_ADDRESS if set); auto
+    joins the cluster this machine is a node of; ray://HOST:10001 joins one through Ray Client."""
+    max_retries: int = field(default=3, metadata={"roles": ("execution",), "ge": 0})
+    """executor ray: times a failed task is retried (a worker or node that died, an OSError); bad input is not."""
     seed: int = field(default=0, metadata={"ge": 0, "le": MAX_SEED})
     """Recorded in the manifest; the trainers themselves use no randomness."""
 
@@ -100,6 +109,9 @@ class TrainVocabConfig:
             problems.append(f"key 'special_tokens': {self.special_tokens} has duplicates")
         if not self.continuing_subword_prefix:
             problems.append("key 'continuing_subword_prefix': must not be empty")
+        if self.executor == "ray" and self.algorithm == "bpe":
+            problems.append("key 'executor': ray runs algorithm wordpiece's word counting; algorithm bpe trains in "
+                            "this process (its trainer is multi-threaded)")
         if self.vocab_size <= len(self.special_tokens):
             problems.append(
                 f"key 'vocab_size': {self.vocab_size} leaves no room beside the {len(self.special_tokens)} special "
@@ -141,6 +153,15 @@ class PairsConfig:
     """Passes over the corpus, each with different pairings."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Processes; the output is byte-identical for any count."""
+    executor: Literal["local", "ray"] = field(default="local", metadata={"roles": ("execution",)})
+    """local: this machine builds the artifact (or part shard_index of num_shards); ray: the num_shards parts run
+    as tasks on a Ray cluster and are merged into output, byte-identical to local (needs `pip install
+    'bertcli[ray]'`, see docs/distributed.md)."""
+    ray_address: Optional[str] = field(default=None, metadata={"roles": ("execution",)})
+    """executor ray: null starts a local Ray instance of num_workers CPUs (or joins $RAY_ADDRESS if set); auto
+    joins the cluster this machine is a node of; ray://HOST:10001 joins one through Ray Client."""
+    max_retries: int = field(default=3, metadata={"roles": ("execution",), "ge": 0})
+    """executor ray: times a failed task is retried (a worker or node that died, an OSError); bad input is not."""
     shard_index: int = field(default=0, metadata={"ge": 0})
     """Which part this job builds when the work is split into num_shards independent jobs."""
     num_shards: int = field(default=1, metadata={"ge": 1, "le": 100_000})
@@ -157,6 +178,11 @@ class PairsConfig:
         if self.shard_index >= self.num_shards:
             problems.append(
                 f"key 'shard_index': got {self.shard_index}, expected a value < num_shards ({self.num_shards})"
+            )
+        if self.executor == "ray" and self.shard_index:
+            problems.append(
+                f"key 'shard_index': {self.shard_index} names one job of a split run, but executor ray runs all "
+                "num_shards of them; leave shard_index at 0"
             )
         if not self.nsp and self.dupe_factor > 1:
             problems.append(
@@ -189,6 +215,14 @@ class MaskConfig:
     """Copies of every sequence, each with a different mask."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
     """Threads (masking is numpy work that runs outside the GIL); the output is byte-identical for any count."""
+    executor: Literal["local", "ray"] = field(default="local", metadata={"roles": ("execution",)})
+    """local: num_workers threads here; ray: blocks of sequences as tasks on a Ray cluster, written here in order,
+    byte-identical to local (needs `pip install 'bertcli[ray]'`, see docs/distributed.md)."""
+    ray_address: Optional[str] = field(default=None, metadata={"roles": ("execution",)})
+    """executor ray: null starts a local Ray instance of num_workers CPUs (or joins $RAY_ADDRESS if set); auto
+    joins the cluster this machine is a node of; ray://HOST:10001 joins one through Ray Client."""
+    max_retries: int = field(default=3, metadata={"roles": ("execution",), "ge": 0})
+    """executor ray: times a failed task is retried (a worker or node that died, an OSError); bad input is not."""
     seed: int = field(default=12345, metadata={"ge": 0, "le": MAX_SEED})
     """Seed of every random choice."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bertcli.corpus import CorpusStats, iter_texts
-from bertcli.parallel import WorkerPool
+from bertcli.executors import open_executor
 
 # Sentences are sent to the workers in chunks of about this many characters.
 CHUNK_CHARS = 1 << 20
@@ -101,37 +101,34 @@ def count_words(
 
     The corpus is streamed; `cfg` gives the reading options (layout, format, text_field, errors, language), the
     normalization (lowercase, strip_accents, clean_text, handle_chinese_chars), max_input_chars_per_word (longer
-    words are left out and counted in stats.long_words_skipped) and num_workers. Chunks of
-    sentences are counted by num_workers processes and merged in corpus order, so the result is identical for
-    any number of workers. Memory: the distinct words plus a few chunks in flight.
+    words are left out and counted in stats.long_words_skipped), num_workers and the executor keys. Chunks of
+    sentences are counted by num_workers processes (or as Ray tasks, executor ray) and merged in corpus order, so
+    the result is identical for any number of workers and either executor. Memory: the distinct words plus a few
+    chunks in flight.
     """
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else CorpusStats()
     total_bytes = sum(Path(p).stat().st_size for p in paths)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", dynamic_ncols=True)
     sentences = iter_texts(paths, cfg.layout, cfg.format, cfg.text_field, cfg.errors, cfg.language, stats)
     counts: Counter[str] = Counter()
-    seen_bytes = 0
-
-    def absorb(part: dict[str, int], skipped: int) -> None:
-        nonlocal seen_bytes
-        counts.update(part)
-        stats.long_words_skipped += skipped
-        done = min(stats.bytes, total_bytes)
-        bar.update(done - seen_bytes)
-        seen_bytes = done
-
     args = normalizer_args(cfg)
     workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
-    if total_bytes < 4 * chunk_chars:
-        workers = 1  # starting processes would cost more than they save
-    try:
-        with WorkerPool(workers) as pool:  # bounded read-ahead: memory stays flat
+    if total_bytes < 4 * chunk_chars and getattr(cfg, "executor", "local") == "local":
+        workers = 1  # starting processes would cost more than they save (executor ray was asked for: use it)
+    # The executor first: a missing Ray is one line, not one line after a progress bar.
+    with open_executor(cfg, num_workers=workers) as pool:  # bounded read-ahead: memory stays flat
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", dynamic_ncols=True)
+        seen_bytes = 0
+        try:
             tasks = ((chunk, cfg.max_input_chars_per_word) for chunk in _chunks(sentences, chunk_chars))
             for part, skipped in pool.map(_count_chunk, tasks, init_word_splitter, (args,)):
-                absorb(part, skipped)
-    finally:
-        bar.update(max(total_bytes - seen_bytes, 0))
-        bar.close()
+                counts.update(part)  # in corpus order: a word's first appearance decides its place
+                stats.long_words_skipped += skipped
+                done = min(stats.bytes, total_bytes)
+                bar.update(done - seen_bytes)
+                seen_bytes = done
+        finally:
+            bar.update(max(total_bytes - seen_bytes, 0))
+            bar.close()
     return list(counts.items())

@@ -153,8 +153,10 @@ def test_config_only_checks_are_validate_s_and_config_show_reports_them(stage, s
 
 def test_config_hash_ignores_execution_only_keys():
     a = TrainVocabConfig(input=["a"], output="x", num_workers=1)
-    b = TrainVocabConfig(input=["b"], output="y", num_workers=2)
-    assert keys_with_role(TrainVocabConfig, "execution") == ("input", "output", "num_workers")
+    b = TrainVocabConfig(input=["b"], output="y", num_workers=2, executor="ray", ray_address="auto", max_retries=0)
+    assert keys_with_role(TrainVocabConfig, "execution") == (
+        "input", "output", "num_workers", "executor", "ray_address", "max_retries"
+    )
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(TrainVocabConfig(input=["a"], vocab_size=5))
     run = PretrainConfig(max_steps=10)

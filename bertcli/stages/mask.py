@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from bertcli import masking
 from bertcli.artifacts import TOKENIZER_DIR, atomic_output_dir, check_output, load_data, write_manifest
 from bertcli.errors import InputError
-from bertcli.parallel import ordered_map
+from bertcli.executors import open_executor
 from bertcli.schemas import MaskConfig
 from bertcli.shards import ShardedArrays, ShardWriter
 from bertcli.vocab import copy_tokenizer_files
@@ -137,11 +137,13 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
         "random_token_prob": cfg.random_token_prob,
         "whole_word_mask": cfg.whole_word_mask,
     }
-    context = MaskContext(input=str(Path(cfg.input)), seed=cfg.seed, probs=probs, position_dtype=position_dtype)
+    # Absolute: a Ray worker (executor ray) may run in another directory, on another node of a shared filesystem.
+    context = MaskContext(input=str(Path(cfg.input).absolute()), seed=cfg.seed, probs=probs,
+                          position_dtype=position_dtype)
     num_blocks = -(-arrays.num_sequences // BLOCK_SEQUENCES)
     tasks = [(b, c) for b in range(num_blocks) for c in range(cfg.dupe_factor)]  # block-major, as pairs
     totals = dict.fromkeys(MASK_STAT_KEYS, 0)
-    with atomic_output_dir(cfg.output, overwrite, (cfg.input,)) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, (cfg.input,)) as tmp, open_executor(cfg, threads=True) as executor:
         writer = ShardWriter(
             tmp,
             ragged={"input_ids": dtype, "masked_positions": position_dtype, "masked_labels": dtype},
@@ -149,7 +151,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
             sequences_per_shard=pairs.sequences_per_shard,  # the pairs' shard size, recorded in their manifest
         )
         bar = tqdm(desc="masking", unit="tok", unit_scale=True, dynamic_ncols=True)
-        for out, stats in ordered_map(_mask_block, tasks, cfg.num_workers, _init_masker, (context,), threads=True):
+        for out, stats in executor.map(_mask_block, tasks, _init_masker, (context,)):
             _write(writer, out)
             for key, value in stats.items():
                 totals[key] += value

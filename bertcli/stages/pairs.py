@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,11 +23,13 @@ from bertcli.artifacts import (
     check_output,
     file_fingerprints,
     load_manifest,
+    temp_dir_for,
     write_manifest,
 )
-from bertcli.config import load_config
+from bertcli.config import keys_with_role, load_config
 from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
+from bertcli.executors import open_executor
 from bertcli.parallel import WorkerPool
 from bertcli.schemas import PairsConfig
 from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
@@ -366,6 +370,8 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
     """Build the pairs artifact (or merge shard parts, when every input is a pairs artifact); returns the manifest."""
     if cfg.input and all((Path(p) / "manifest.json").is_file() for p in cfg.input):
         return merge_parts(cfg, overwrite)
+    if cfg.executor == "ray":
+        return _build_parts_and_merge(cfg, overwrite)
     paths = resolve_inputs(cfg.input)
     loaded = load_tokenizer(cfg.tokenizer)
     _check_config(cfg, loaded)
@@ -494,6 +500,49 @@ def _write_block(writer: ShardWriter, result: pairing.PairsBlock) -> None:
     )
 
 
+# ---------------------------------------------------------------- executor ray: the parts as tasks, then the merge
+
+def _build_part(job: PairsConfig) -> dict:
+    """One part of a split run, in a task: what `bert pairs --set shard_index=K` builds. Returns its manifest."""
+    return run(job, overwrite=True)  # a retried task replaces a part that an earlier attempt finished
+
+
+def _build_parts_and_merge(cfg: PairsConfig, overwrite: bool) -> dict:
+    """executor ray: the num_shards parts of a split run as tasks, merged into cfg.output (the bytes one job writes).
+
+    The parts go to a temporary sibling of the output, removed at the end; on a cluster every node must reach it
+    and the corpus at the same paths (a shared filesystem, see docs/distributed.md).
+    """
+    paths = resolve_inputs(cfg.input)  # a missing corpus or an unfit tokenizer is reported before any task starts
+    loaded = load_tokenizer(cfg.tokenizer)
+    _check_config(cfg, loaded)
+    out = check_output(cfg.output, overwrite, (*cfg.input, *paths, cfg.tokenizer))
+    with open_executor(cfg) as executor:  # first: a missing Ray is then one line, with no note or bar before it
+        if cfg.num_shards == 1:
+            print("note: executor ray with num_shards 1 runs the whole job as one task; set num_shards (a few times "
+                  "the workers) to spread it", file=sys.stderr, flush=True)
+        parts_dir = temp_dir_for(out.with_name(out.name + ".parts")).absolute()
+        # Absolute paths: a task may start in another directory, on another node. A directory per part: a job
+        # clears stale temporary directories beside its output by process id, which only means something on its
+        # own node.
+        jobs = [
+            replace(cfg, executor="local", num_workers=1, shard_index=k, input=[os.path.abspath(p) for p in cfg.input],
+                    tokenizer=os.path.abspath(cfg.tokenizer), output=str(parts_dir / str(k) / "part"))
+            for k in range(cfg.num_shards)
+        ]
+        try:
+            with tqdm(total=cfg.num_shards, desc="building parts", unit="part", dynamic_ncols=True) as bar:
+                start, corpus_tokens = time.monotonic(), 0
+                for manifest in executor.map(_build_part, jobs):
+                    corpus_tokens += manifest["stats"]["document_tokens"]
+                    bar.set_postfix_str(f"{corpus_tokens / (time.monotonic() - start):,.0f} corpus tok/s",
+                                        refresh=False)
+                    bar.update()
+            return merge_parts(replace(cfg, input=[job.output for job in jobs]), overwrite)
+        finally:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- merging shard parts
 
 def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
@@ -504,8 +553,10 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
     for part in parts:
         data = yaml.safe_load((part / "config.yaml").read_text(encoding="utf-8"))
         configs.append(data)
-    # Parts may come from other machines, where the corpus lives at another path: compare the corpus by content.
-    ignored = ("shard_index", "output", "num_workers", "input")
+    # Parts may come from other machines, where the corpus and tokenizer live at other paths: the corpus is compared
+    # by content (the tokenizer by hash, below), and keys on how a job ran may differ, as shard_index must.
+    execution = keys_with_role(PairsConfig, "execution")
+    ignored = (*execution, "shard_index")
     base = {k: v for k, v in configs[0].items() if k not in ignored}
 
     def corpus_identity(manifest: dict) -> list:
@@ -536,12 +587,15 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
             hint="pass every part's directory with --input",
         )
     order = sorted(range(len(parts)), key=lambda i: seen[i])
+    # What the data came from is the first part's; how this command runs (output, workers, executor) its own.
+    first_cfg = configs[order[0]]
     merged_cfg = load_config(
         PairsConfig,
         None,
         (),
         {k: v for k, v in base.items() if k != "num_shards"}
-        | {"input": configs[order[0]]["input"], "output": cfg.output, "num_workers": cfg.num_workers},
+        | {"input": first_cfg["input"], "tokenizer": first_cfg["tokenizer"]}
+        | {k: getattr(cfg, k) for k in execution if k not in ("input", "tokenizer")},
     )
     merged_cfg = replace(merged_cfg, shard_index=0, num_shards=1)
     check_output(cfg.output, overwrite, tuple(parts))
