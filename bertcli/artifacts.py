@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -30,6 +31,10 @@ CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+# Temporaries are named `.NAME.tmp-HOST-PID`: several nodes may write into one shared directory, and only the
+# writer's own node can tell whether its process is alive.
+_HOST = socket.gethostname().replace("/", "_")
+_OWNER = f"{_HOST}-{os.getpid()}"
 
 
 # ---------------------------------------------------------------- atomic output directories
@@ -67,10 +72,13 @@ def remove_stale_temps(parent: Path, name: str = "*") -> None:
         return
     for mark in (TMP_MARK, OLD_MARK):
         for entry in sorted(parent.glob(f".{name}{mark}*")):
-            pid_text = entry.name.rsplit("-", 1)[-1]
-            if not pid_text.isdigit() or pid_alive(int(pid_text)):
+            original_name, owner = entry.name[1:].rsplit(mark, 1)
+            host, _, pid_text = owner.rpartition("-")
+            # A process id means something on its own machine only: on a shared file system another node's
+            # temporaries are left alone (names without a host are from before hosts were recorded).
+            if not pid_text.isdigit() or (host and host != _HOST) or pid_alive(int(pid_text)):
                 continue
-            original = parent / entry.name[1 : -len(mark + pid_text)]
+            original = parent / original_name
             if mark == OLD_MARK and not original.exists() and not original.is_symlink():
                 os.replace(entry, original)
                 _note(f"restored '{original}' from '{entry.name}' (an --overwrite was interrupted)")
@@ -141,7 +149,7 @@ def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ..
 
 def temp_dir_for(out: Path) -> Path:
     """A fresh, empty temporary sibling of `out` (`.NAME.tmp-PID`) to write into before move_into_place."""
-    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    tmp = out.parent / f".{out.name}{TMP_MARK}{_OWNER}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -165,7 +173,7 @@ def move_into_place(tmp: Path, out: Path, durable: bool = False) -> None:
         _fsync_dir(tmp)
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
+        old = out.parent / f".{out.name}{OLD_MARK}{_OWNER}"
         os.replace(out, old)
     os.replace(tmp, out)
     if durable:

@@ -147,10 +147,12 @@ def test_stale_temps_are_removed_and_an_interrupted_overwrite_is_restored(tmp_pa
     (moved_aside / "vocab.txt").write_text("[PAD]\n")
     live = parent / f".other{TMP_MARK}{os.getpid()}"  # a run writing right now
     live.mkdir()
+    elsewhere = parent / f".shared{TMP_MARK}some-other-node-{dead_pid}"  # another node's, on a shared disk
+    elsewhere.mkdir()
     remove_stale_temps(parent)
     err = capsys.readouterr().err
     assert not litter.exists() and (parent / "tok" / "vocab.txt").read_text() == "[PAD]\n"
-    assert live.is_dir()
+    assert live.is_dir() and elsewhere.is_dir()
     assert "restored" in err and "removed" in err
     # any stage writing into that parent cleans up too
     litter.mkdir()
