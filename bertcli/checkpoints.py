@@ -25,7 +25,7 @@ from bertcli.artifacts import (
 )
 from bertcli.config import config_to_dict, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
-from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
+from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR, TRACKER_FILE, WANDB_DIR
 from bertcli.schemas import PretrainConfig
 from bertcli.vocab import copy_tokenizer_files
 
@@ -40,7 +40,8 @@ RUN_MANIFEST = "manifest.json"
 RUN_MARKER = "bertcli-run.json"
 # What a run writes at the top of its directory (besides step-* and temporaries): --overwrite removes these only.
 RUN_ENTRIES = {
-    RUN_MARKER, RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL, PLOT_FILE, TENSORBOARD_DIR, METRICS_FILE + ".tmp"
+    RUN_MARKER, RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL, PLOT_FILE, TENSORBOARD_DIR, METRICS_FILE + ".tmp",
+    TRACKER_FILE, WANDB_DIR,
 }
 RESUMABLE_KEYS = keys_with_role(PretrainConfig, "resumable")  # may change between a run and its --resume
 # Tied to the word embeddings: save_pretrained leaves them out, and loading rebuilds them.

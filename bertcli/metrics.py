@@ -6,23 +6,36 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
-from bertcli.errors import ArtifactError
+from bertcli.errors import ArtifactError, ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
+TRACKER_FILE = "tracker.json"  # the W&B run id of this run directory, so that --resume continues it
+WANDB_DIR = "wandb"  # wandb.init(dir=RUN) writes its files under RUN/wandb
 TENSORBOARD_DIR = "tensorboard"
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 class MetricsWriter:
-    """metrics.jsonl (one JSON object per line) and, when tensorboard is installed, event files (rank 0)."""
+    """metrics.jsonl (one JSON object per line), always; and the trackers of `report_to` (rank 0): TensorBoard event
+    files when tensorboard is installed, a Weights & Biases run (WANDB_MODE=offline works without network)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None):
+    def __init__(
+        self,
+        out_dir: Path,
+        enabled: bool,
+        resume_step: int | None,
+        report_to: tuple[str, ...] | list[str] = ("tensorboard",),
+        run_config: dict | None = None,
+        wandb_project: str = "bertcli",
+    ):
         self.enabled = enabled
         self.path = out_dir / METRICS_FILE
         self.tb = None
+        self.wandb_run = None
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
@@ -34,15 +47,18 @@ class MetricsWriter:
             os.replace(tmp, self.path)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        try:
-            # tensorboard: optional, and importing it costs seconds
-            from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in report_to:
+            try:
+                # tensorboard: optional, and importing it costs seconds
+                from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides the logged steps after the checkpoint, which the resumed run writes again
-            purge = resume_step + 1 if resume_step is not None else None
-            self.tb = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=purge)
-        except ImportError:  # tensorboard is optional
-            self.tb = None
+                # purge_step hides the logged steps after the checkpoint, which the resumed run writes again
+                purge = resume_step + 1 if resume_step is not None else None
+                self.tb = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=purge)
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+        if "wandb" in report_to:
+            self.wandb_run = _start_wandb(out_dir, wandb_project, run_config or {}, resumed=resume_step is not None)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -52,16 +68,44 @@ class MetricsWriter:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean, allow_nan=False) + "\n")
         self.file.flush()
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, record["step"])
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, record["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=int(record["step"]))
+
+    def summarize(self, values: dict) -> None:
+        """The run's outcome (final evaluation, data hashes) as the trackers' summary."""
+        if self.enabled and self.wandb_run is not None:
+            self.wandb_run.summary.update(values)
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
+
+
+def _start_wandb(out_dir: Path, project: str, run_config: dict, resumed: bool) -> Any:
+    """A W&B run for this run directory: its id is kept in the directory, so a --resume continues the same run."""
+    try:
+        import wandb  # optional (pip install 'bertcli[wandb]'); heavy
+    except ImportError as exc:
+        raise ConfigError(
+            "key 'report_to': wandb is not installed", hint="install the extra: pip install 'bertcli[wandb]'"
+        ) from exc
+    id_file = out_dir / TRACKER_FILE
+    run_id = None
+    if resumed and id_file.is_file():
+        run_id = json.loads(id_file.read_text(encoding="utf-8")).get("wandb_id")
+    run = wandb.init(project=project, dir=str(out_dir), config=run_config, id=run_id, resume="allow",
+                     name=out_dir.name)
+    id_file.write_text(json.dumps({"wandb_id": run.id}) + "\n", encoding="utf-8")
+    return run
 
 
 def _line_step(line: str) -> int:

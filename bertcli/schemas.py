@@ -339,6 +339,15 @@ class PretrainConfig:
     """DataLoader worker processes (0: load in the training process)."""
     on_nonfinite: Literal["rollback", "stop"] = field(default="rollback", metadata={"roles": ("resumable",)})
     """On a NaN/inf loss: roll back to the last checkpoint and skip the offending batches, or stop."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(
+        default_factory=lambda: ["tensorboard"], metadata={"roles": ("resumable",)}
+    )
+    """Experiment trackers besides metrics.jsonl (always written): tensorboard (event files in RUN/tensorboard),
+    wandb (Weights & Biases; `pip install 'bertcli[wandb]'`; WANDB_MODE=offline works without network). Each gets
+    the metrics, the run's config with the data and tokenizer hashes, and the final evaluation as its summary."""
+    wandb_project: str = field(default="bertcli", metadata={"roles": ("resumable",)})
+    """The W&B project of the run (report_to: wandb); the run is named after the output directory, and --resume
+    continues the same W&B run."""
 
     def validate(self) -> list[str]:
         problems = []

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from bertcli.errors import ArtifactError
+from bertcli.errors import ArtifactError, ConfigError
 from bertcli.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from bertcli.metrics import run as plot_command
 from bertcli.stages import pretrain
@@ -60,3 +61,63 @@ def test_read_metrics_ignores_a_torn_last_line_and_names_a_missing_file(tmp_path
         read_metrics(tmp_path / "missing")
     with pytest.raises(ArtifactError, match="no metrics.jsonl"):
         plot_command(tmp_path / "missing")
+
+
+class _FakeWandbRun:
+    def __init__(self, **init):
+        self.init, self.id, self.logged, self.summary, self.finished = init, "run-1", [], {}, False
+
+    def log(self, values, step):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_wandb_gets_metrics_config_and_summary(masked_data, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    runs = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: runs.append(_FakeWandbRun(**kwargs)) or runs[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "run"
+    cfg = tiny_cfg(masked_data, run, report_to=["tensorboard", "wandb"], wandb_project="bertcli-test")
+    pretrain.run(cfg)
+    (tracked,) = runs
+    assert tracked.init["project"] == "bertcli-test" and tracked.init["name"] == "run"
+    assert tracked.init["config"]["learning_rate"] == cfg.learning_rate and tracked.init["config"]["data_content_hash"]
+    assert [step for step, _ in tracked.logged] == [r["step"] for r in read_metrics(run)]
+    assert tracked.summary["steps"] == cfg.max_steps and "eval_mlm_accuracy" in tracked.summary
+    assert tracked.finished and json.loads((run / "tracker.json").read_text()) == {"wandb_id": "run-1"}
+    (run / "manifest.json").unlink()  # as if killed after its last step checkpoint
+    shutil.rmtree(run / "final")
+    pretrain.run(cfg, resume=True)
+    assert len(runs) == 2 and runs[-1].init["id"] == "run-1"  # --resume continues the same W&B run
+
+
+def test_wandb_offline_writes_its_run(masked_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    pretrain.run(tiny_cfg(masked_data, run, report_to=["wandb"]))
+    (offline,) = sorted((run / "wandb").glob("offline-run-*"))
+    assert list(offline.glob("run-*.wandb")) and not (run / "tensorboard").exists()
+
+
+def test_report_to_without_wandb_names_the_extra(masked_data, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match="wandb is not installed") as refused:
+        pretrain.run(tiny_cfg(masked_data, tmp_path / "run", report_to=["wandb"]))
+    assert "bertcli[wandb]" in refused.value.hint

@@ -608,7 +608,9 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     module = dist.wrap_model(ctx, module)
     if cfg.compile:
         module = torch.compile(module)
-    metrics = MetricsWriter(out, ctx.is_main, resume_step)
+    tracked = {**config_to_dict(cfg), "data_content_hash": data.content_hash, "tokenizer_hash": data.tokenizer_hash,
+               "world_size": ctx.world_size, "precision": precision.name}
+    metrics = MetricsWriter(out, ctx.is_main, resume_step, cfg.report_to, tracked, cfg.wandb_project)
     trainer = Trainer(cfg, ctx, data, plan, collate, model, module, optimizer, scaler, precision, micro_batch_size,
                       accum, state, out, run_info, metrics, initial_weights=initial)
     try:
@@ -617,6 +619,8 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         final_eval = trainer.evaluate()
         if final_eval:
             metrics.write({"step": trainer.state.step, **final_eval})
+        metrics.summarize({**final_eval, "steps": trainer.state.step, "tokens": trainer.state.tokens,
+                           "data_content_hash": data.content_hash})
         trainer.save_final()
     finally:
         metrics.close()
