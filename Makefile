@@ -26,20 +26,29 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 7 minutes on 2 CPU cores; a rerun
-# skips every stage that is up to date, --overwrite rebuilds a stale one), then two questions to its model.
+# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 8 minutes on 2 CPU cores; a rerun
+# skips every stage that is up to date, --overwrite rebuilds a stale one), then questions to its model: two NSP
+# pairs, gaps in phrases the Jargon File uses often, and BLiMP-style minimal pairs (data/sample/minimal-pairs.jsonl).
 DEMO_MODEL := runs/demo/pretrain
 DEMO_FIRST := Hacker folklore has been shaped primarily by the Unix, ITS, TOPS-10, TOPS-20/TWENEX, WAITS, CP/M, MS-DOS, and Multics operating systems (most importantly by ITS and Unix).
+DEMO_PAIRS := data/sample/minimal-pairs.jsonl
+# On a machine whose cores other jobs share, `make demo DEMO_THREADS=1` trains 3-4x faster (one torch thread
+# instead of two fighting for the cores: docs/benchmarks.md, "The demo"); empty: torch's default (all cores).
+DEMO_THREADS ?=
+DEMO_ENV := $(if $(DEMO_THREADS),OMP_NUM_THREADS=$(DEMO_THREADS),)
 demo: install
-	$(BIN)/bert run configs/pipeline/demo.yaml --overwrite
+	$(DEMO_ENV) $(BIN)/bert run configs/pipeline/demo.yaml --overwrite
 	@echo; echo "== bert predict-nsp: does the second sentence follow the first? (the real next sentence, then a random one)"
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "See also timesharing."
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "2. Badly written, possibly buggy code."
 	@echo; echo "== bert fill-mask: which words fit the gap?"
-	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "This is one of [MASK] most famous hacks."
-	$(BIN)/bert fill-mask --model $(DEMO_MODEL) "Hacker folklore has been shaped primarily by the [MASK] operating system."
-	@echo; echo "Next: docs/quickstart.md (evaluate, embed, attention, your own corpus)."
-
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "See [MASK] hack."
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "This is one of [MASK] most famous hacks."
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "Unix is an [MASK] system."
+	@echo; echo "== bert score: does the model give the grammatical sentence of each minimal pair the higher score?"
+	$(BIN)/bert score --model $(DEMO_MODEL) --pairs $(DEMO_PAIRS)
+	@echo; echo "Fine-tune it on your labelled text: bert finetune --model $(DEMO_MODEL) --train train.tsv --output runs/demo/classifier (docs/finetuning.md)"
+	@echo "Next: docs/quickstart.md (evaluate, embed, attention, your own corpus)."
 
 lint: install-dev
 	$(BIN)/ruff check bertcli tests scripts
