@@ -232,9 +232,9 @@ def _nan_after(monkeypatch, calls: set[int]):
     real = pretraining_loss
     counter = {"n": 0}
 
-    def fake(model, batch, has_nsp=True):
+    def fake(model, batch, has_nsp=True, **kwargs):
         counter["n"] += 1
-        loss, stats = real(model, batch, has_nsp)
+        loss, stats = real(model, batch, has_nsp, **kwargs)
         if counter["n"] in calls:
             loss = loss * float("nan")
         return loss, stats
