@@ -230,14 +230,15 @@ def wrap_model(ctx: DistContext, module: nn.Module, comm: str = "fp32") -> nn.Mo
     """DistributedDataParallel over the module when there are several processes; the module itself otherwise.
 
     gradient_as_bucket_view: gradients live in DDP's communication buckets (no copy in or out of them);
-    broadcast_buffers off: BERT's buffers (position and token-type ids) never change, so there is nothing to send
-    before every forward. comm "bf16": gradients are all-reduced in bf16 (half the bytes; DDP's bf16_compress_hook),
-    which rounds each rank's contribution to bf16 before the sum."""
+    forward_sync_buffers off (what broadcast_buffers=False was before torch 2.13): BERT's buffers (position and
+    token-type ids) never change, so after DDP's start there is nothing to send before every forward.
+    comm "bf16": gradients are all-reduced in bf16 (half the bytes; DDP's bf16_compress_hook), which rounds each
+    rank's contribution to bf16 before the sum."""
     if not ctx.distributed:
         return module
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, gradient_as_bucket_view=True, broadcast_buffers=False
+        module, device_ids=device_ids, gradient_as_bucket_view=True, forward_sync_buffers=False
     )
     if comm == "bf16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
