@@ -343,6 +343,11 @@ class _MaskedLMCrossEntropy(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
+def _use_fused_cross_entropy(rows: torch.Tensor) -> bool:
+    # eager, CPU and GPU; under torch.compile the plain ops, which Inductor fuses itself
+    return not torch.compiler.is_compiling() and rows.shape[0] > 0
+
+
 def _masked_lm_loss(
     head: nn.Module, rows: torch.Tensor, labels: torch.Tensor, vocab_multiple: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,7 +355,7 @@ def _masked_lm_loss(
     (IGNORE_INDEX rows count for nothing)."""
     transformed = head.transform(rows)  # (M, H)
     weight, bias = head.decoder.weight, head.decoder.bias  # (V, H), (V,)
-    if not torch.compiler.is_compiling() and rows.shape[0] > 0:
+    if _use_fused_cross_entropy(rows):
         x = transformed.to(_compute_dtype(rows.device, transformed.dtype))
         return _MaskedLMCrossEntropy.apply(x, weight, bias, labels, vocab_multiple)
     # torch.compile: the plain ops, which Inductor fuses (the fp32 upcast happens inside its softmax kernels)
