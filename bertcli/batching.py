@@ -11,7 +11,7 @@ import torch
 
 from bertcli.artifacts import DataArtifact
 from bertcli.masking import MaskingSpec, mask_batch
-from bertcli.model import PretrainingBatch
+from bertcli.model import BatchWork, PretrainingBatch, query_layout
 from bertcli.shards import ShardedArrays
 
 # Held-out membership is a hash of the sequence index with this fixed salt, not of the training seed, so runs
@@ -202,108 +202,166 @@ def unigram_log_prior(counts: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- micro-batches
 
+def length_buckets(max_seq_length: int) -> tuple[int, ...]:
+    """The sequence widths a compiled step pads its micro-batches to: steps of max(64, a quarter of max_seq_length
+    rounded up to a multiple of 64), ending at max_seq_length: (64, 128) at 128, (128, 256, 384, 512) at 512.
+
+    Length-aware batching gives micro-batches of many widths (up to 16 at length 128 with padding to a multiple of
+    8); torch.compile would build a graph for each. With buckets it builds one per bucket, at the price of a little
+    more padding inside the shorter ones."""
+    step = max(64, -(-(max_seq_length // 4) // 64) * 64)
+    return tuple(range(step, max_seq_length, step)) + (max_seq_length,)
+
+
+def max_predictions_of(data: DataArtifact, masking: MaskingSpec | None) -> int:
+    """The query width P for an artifact: masking's max_predictions_per_seq for dynamic masking, else the most
+    masked positions any sequence of the masked artifact has (read from the offsets, as load_data's checks do)."""
+    if masking is not None:
+        return masking.max_predictions_per_seq
+    most = 0
+    for shard in data.arrays.shards:
+        counts = np.diff(np.asarray(shard["masked_positions.offsets"], dtype=np.int64))
+        if len(counts):
+            most = max(most, int(counts.max()))
+    return max(most, 1)
+
+
 @dataclass
 class Collator:
-    """Turns artifact rows into a padded micro-batch (dynamic masking applied for pairs artifacts)."""
+    """Turns artifact rows into a padded micro-batch (dynamic masking applied for pairs artifacts), with the
+    fixed-width query layout of model.PretrainingBatch computed here, on the host (in the loader workers), so that a
+    training step never has to ask the device where the masked positions are."""
 
     pad_id: int
     has_nsp: bool
     dynamic: bool
     masking: MaskingSpec | None = None  # for dynamic masking
     pad_to_multiple_of: int = 1
+    max_predictions: int | None = None  # query width P (None: the most of this micro-batch; for tools and tests)
+    length_buckets: tuple[int, ...] = ()  # pad the width up to the smallest bucket that fits (torch.compile)
+    max_width: int | None = None  # never pad beyond this (the model's max_position_embeddings)
+
+    def width(self, longest: int) -> int:
+        """The padded width T of a micro-batch whose longest row has `longest` tokens."""
+        width = next((b for b in self.length_buckets if b >= longest), longest)
+        if self.pad_to_multiple_of > 1:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if self.max_width is not None:
+            width = min(width, max(self.max_width, longest))
+        return width
 
     def __call__(self, rows: list[dict[str, Any]], mask_seed: int | None = None) -> dict[str, Any]:
         """mask_seed: for dynamic masking, the seed of this micro-batch's masks (fixed by its data position)."""
         n = len(rows)
-        lengths = [len(r["input_ids"]) for r in rows]
-        width = max(lengths)
-        if self.pad_to_multiple_of > 1:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+        longest = int(lengths.max())
+        width = self.width(longest)
         input_ids = np.full((n, width), self.pad_id, dtype=np.int64)  # (B, T)
         token_type_ids = np.zeros((n, width), dtype=np.int64)
         attention_mask = np.zeros((n, width), dtype=np.int64)
-        positions, labels = [], []
         for i, row in enumerate(rows):
             length = lengths[i]
             input_ids[i, :length] = row["input_ids"]
             attention_mask[i, :length] = 1
             token_type_ids[i, int(row["type_boundary"]) : length] = 1
-            if not self.dynamic:
-                positions.append(np.asarray(row["masked_positions"], dtype=np.int64) + i * width)  # b·T + t
-                labels.append(np.asarray(row["masked_labels"], dtype=np.int64))
         if self.dynamic:
-            # the same code as `bert mask`; draws depend only on the seed and (B, T)
-            masked = mask_batch(input_ids, np.asarray(lengths), np.random.default_rng(mask_seed), self.masking)
-            input_ids = masked.input_ids
-            flat_positions = np.flatnonzero(masked.selected)  # (N,) b·T + t, row-major = sorted
-            flat_labels = masked.labels.reshape(-1)[flat_positions]
+            # the same code as `bert mask`; its draws depend only on the seed and the shape, so masks are drawn at
+            # the longest row's width: padding (buckets, multiples of 8) never changes them
+            masked = mask_batch(input_ids[:, :longest], lengths, np.random.default_rng(mask_seed), self.masking)
+            rows_of, cols = np.nonzero(masked.selected)  # row-major: ascending within each row
+            labels = masked.original[rows_of, cols]  # before the write below (original is a view of input_ids)
+            input_ids[:, :longest] = masked.input_ids
         else:
-            flat_positions, flat_labels = np.concatenate(positions), np.concatenate(labels)
+            counts = np.array([len(r["masked_positions"]) for r in rows], dtype=np.int64)
+            rows_of = np.repeat(np.arange(n), counts)
+            cols = np.concatenate([np.asarray(r["masked_positions"], dtype=np.int64) for r in rows])
+            labels = np.concatenate([np.asarray(r["masked_labels"], dtype=np.int64) for r in rows])
+        query, masked_labels, masked_index = query_layout(n, rows_of, cols, labels, self.max_predictions)
         return {
             "input_ids": torch.from_numpy(input_ids),
             "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(attention_mask),
-            "masked_positions": torch.from_numpy(flat_positions.astype(np.int64)),
-            "masked_labels": torch.from_numpy(flat_labels.astype(np.int64)),
+            "query_positions": torch.from_numpy(query),
+            "masked_labels": torch.from_numpy(masked_labels),
+            "masked_index": torch.from_numpy(masked_index),
             "next_sentence_label": (
                 torch.tensor([int(r["next_sentence_label"]) for r in rows], dtype=torch.int64)
                 if self.has_nsp
                 else None
             ),
-            "num_tokens": int(sum(lengths)),
+            "num_tokens": int(lengths.sum()),
+            "work": BatchWork.of(lengths, np.bincount(rows_of, minlength=n)),
         }
 
 
-def to_model_batch(collated: dict[str, Any], device: torch.device) -> PretrainingBatch:
-    """A Collator's micro-batch as the model's PretrainingBatch, on `device`."""
+def to_model_batch(collated: dict[str, Any], device: torch.device, fixed_width: bool = False) -> PretrainingBatch:
+    """A Collator's micro-batch as the model's PretrainingBatch, on `device`. fixed_width: leave out masked_index,
+    so the head runs on every query slot and every shape depends on (B, T) alone (what torch.compile is given)."""
     return PretrainingBatch(
-        collated["input_ids"], collated["token_type_ids"], collated["attention_mask"], collated["masked_positions"],
-        collated["masked_labels"], collated["next_sentence_label"],
+        collated["input_ids"], collated["token_type_ids"], collated["attention_mask"], collated["query_positions"],
+        collated["masked_labels"], None if fixed_width else collated["masked_index"], collated["next_sentence_label"],
     ).to(device)
 
 
 class MicroBatches(torch.utils.data.Dataset):
-    """Item k of an epoch = this rank's micro-batch a = k % accum of global batch k // accum.
+    """Item (e, b, a) = this rank's micro-batch at accumulation step a of global batch b of epoch e.
 
-    Micro-batch j of a global batch holds its sequences [j·mb, (j+1)·mb); rank r takes j = a·world + r, so the
-    same j always covers the same sequences whatever the world size (a 2-process run equals 1 process with
-    twice the accumulation).
+    Micro-batch j of a global batch holds its sequences [j·mb, (j+1)·mb), which are sorted by length. At step a the
+    world's ranks take j = a·world + s with slot s = (rank + b + a) mod world: the slots rotate with the batch and
+    the step, so no rank always gets the longest sequences (and the most memory and time). Which sequences form j,
+    its masks and its dropout depend on j alone, whatever the world size: a 2-process run equals 1 process with
+    twice the accumulation.
     """
 
-    def __init__(self, plan: EpochPlan, collate: Collator, epoch: int, micro_batch_size: int, accum: int,
-                 rank: int, world_size: int, seed: int):
-        self.plan, self.collate, self.epoch = plan, collate, epoch
+    def __init__(self, plan: EpochPlan, collate: Collator, micro_batch_size: int, accum: int, rank: int,
+                 world_size: int, seed: int):
+        self.plan, self.collate = plan, collate
         self.micro_batch_size, self.accum, self.rank, self.world_size, self.seed = (
             micro_batch_size, accum, rank, world_size, seed)
 
-    def __len__(self) -> int:
-        return self.plan.batches_per_epoch(self.epoch) * self.accum
+    def micro_batch_of(self, batch_index: int, step: int) -> int:
+        """j: which micro-batch of global batch `batch_index` this rank trains at accumulation step `step`."""
+        return step * self.world_size + (self.rank + batch_index + step) % self.world_size
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        b, a = divmod(int(k), self.accum)
-        j = a * self.world_size + self.rank
-        indices = self.plan.batch(self.epoch, b)[j * self.micro_batch_size : (j + 1) * self.micro_batch_size]
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        epoch, b, a = (int(x) for x in key)
+        j = self.micro_batch_of(b, a)
+        indices = self.plan.batch(epoch, b)[j * self.micro_batch_size : (j + 1) * self.micro_batch_size]
         rows = [self.plan.arrays[int(i)] for i in indices]
-        batch = self.collate(rows, derive_seed(self.seed, self.epoch, 3, b, j))
-        batch["epoch"], batch["batch_index"] = self.epoch, b
+        batch = self.collate(rows, derive_seed(self.seed, epoch, 3, b, j))
+        batch["epoch"], batch["batch_index"], batch["micro_batch"] = epoch, b, j
         return batch
 
 
-def iterate_micro_batches(dataset: MicroBatches, start_batch: int, num_workers: int, pin: bool) -> Iterator[dict]:
-    """This rank's micro-batches of one epoch from global batch start_batch on (in order)."""
-    indices = range(start_batch * dataset.accum, len(dataset))
-    if num_workers == 0:
-        for k in indices:
-            yield dataset[k]
+def micro_batch_keys(plan: EpochPlan, epoch: int, start_batch: int, accum: int,
+                     skipped: set[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+    """(epoch, batch, accumulation step) of this rank's micro-batches from global batch start_batch of `epoch` on,
+    through every later epoch (endless), leaving out the batches in `skipped`."""
+    while True:
+        for b in range(start_batch, plan.batches_per_epoch(epoch)):
+            if (epoch, b) not in skipped:
+                for a in range(accum):
+                    yield epoch, b, a
+        epoch, start_batch = epoch + 1, 0
+
+
+def iterate_micro_batches(dataset: MicroBatches, keys: Iterator[tuple[int, int, int]], num_workers: int,
+                          pin: bool) -> Iterator[dict]:
+    """The micro-batches of `keys`, in order: built by num_workers loader processes (0: here), into pinned memory
+    when `pin` (CUDA). One DataLoader for the whole run, whose workers live until the run ends: epochs do not
+    restart them."""
+    if num_workers == 0 and not pin:
+        for key in keys:
+            yield dataset[key]
         return
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
-        sampler=indices,
+        sampler=keys,
         num_workers=num_workers,
         pin_memory=pin,
-        prefetch_factor=4,
-        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=num_workers > 0,
     )
     yield from loader
 

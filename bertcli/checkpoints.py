@@ -89,8 +89,11 @@ def save_checkpoint(
     state: TrainState,
     run_info: dict,
     tokenizer_dir: Path,
+    rng_states: list[dict] | None = None,
 ) -> Path:
     """Write a checkpoint to a temporary directory, marker last, then rename it into place (atomic).
+
+    rng_states: every rank's RNG states (rng_state() on each, gathered), saved per rank; None: this process's.
 
     A reader treats a directory as a checkpoint only if the marker exists and every file it lists has the
     recorded size and sha256, so a kill at any moment never leaves a checkpoint that --resume would load. The
@@ -104,10 +107,8 @@ def save_checkpoint(
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
         torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["torch_cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
-        torch.save(rng, state_dir / "rng.pt")
+        per_rank = rng_states if rng_states is not None else [rng_state()]
+        torch.save({**per_rank[0], "per_rank": per_rank}, state_dir / "rng.pt")
         payload = {
             "state": state.to_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -163,25 +164,76 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states: the CPU generator's and, on a GPU machine, its current device's."""
+    state = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents in CPU memory: model weights (safetensors only), optimizer state and RNG states
+    (torch.load with weights_only=True: a pickle planted in a checkpoint is refused, never run), and state.json."""
+    return {
+        "model": load_file(str(path / "model.safetensors")),
+        "optimizer": torch.load(path / STATE_DIR / "optimizer.pt", weights_only=True, map_location="cpu"),
+        "payload": json.loads((path / STATE_DIR / "state.json").read_text(encoding="utf-8")),
+        "rng": torch.load(path / STATE_DIR / "rng.pt", weights_only=True, map_location="cpu"),
+    }
+
+
+def apply_checkpoint(
+    contents: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, rank: int = 0
+) -> tuple[TrainState, dict]:
+    """Restore model, optimizer, scaler and this rank's RNG states from read_checkpoint's contents.
+
+    Returns the training state and the run information saved with it (config and data hashes)."""
+    missing, unexpected = model.load_state_dict(contents["model"], strict=False)
+    if unexpected or set(missing) - _TIED_KEYS:
+        raise ValueError(f"weights do not fit the model (missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})")
+    optimizer.load_state_dict(contents["optimizer"])
+    payload = contents["payload"]
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    rng = contents["rng"]
+    per_rank = rng.get("per_rank") or [rng]
+    mine = per_rank[rank] if rank < len(per_rank) else per_rank[0]
+    torch.set_rng_state(mine["torch_cpu"])
+    cuda = mine.get("torch_cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if cuda.dim() == 2:  # written before per-rank states: one row per device of rank 0's machine
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+    return TrainState.from_dict(payload["state"]), payload["run"]
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
 ) -> tuple[TrainState, dict]:
-    """Restore model (safetensors only), optimizer (torch.load weights_only=True), scaler and RNG states.
+    """read_checkpoint + apply_checkpoint in one process."""
+    return apply_checkpoint(read_checkpoint(path), model, optimizer, scaler)
 
-    Returns the training state and the run information saved with it (config and data hashes)."""
-    weights = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - _TIED_KEYS:
-        raise ValueError(f"weights do not fit the model (missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})")
-    optimizer.load_state_dict(torch.load(path / STATE_DIR / "optimizer.pt", weights_only=True, map_location="cpu"))
-    payload = json.loads((path / STATE_DIR / "state.json").read_text(encoding="utf-8"))
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    rng = torch.load(path / STATE_DIR / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch_cpu"])
-    if "torch_cuda" in rng and torch.cuda.is_available() and len(rng["torch_cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(list(rng["torch_cuda"]))
-    return TrainState.from_dict(payload["state"]), payload["run"]
+
+def _checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory holds: from its name (step-N) or its marker (final/); -1 if unknown."""
+    suffix = path.name[len(STEP_PREFIX):]
+    if path.name.startswith(STEP_PREFIX) and suffix.isdigit():
+        return int(suffix)
+    try:
+        return int(json.loads((path / MARKER).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def checkpoint_candidates(out_dir: Path) -> list[Path]:
+    """The run's checkpoints to resume or roll back from, newest first: the step-* directories, and final/ of a
+    finished run (continued with a raised max_steps) where it is the newest."""
+    found = [p for _, p in list_checkpoints(out_dir)]
+    if (out_dir / FINAL).is_dir():
+        found.append(out_dir / FINAL)
+    return sorted(found, key=lambda p: (_checkpoint_step(p), p.name == FINAL), reverse=True)
 
 
 def newest_valid_checkpoint(out_dir: Path, ctx: dist.DistContext | None = None) -> Path | None:
@@ -201,28 +253,77 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def resume_from_newest(
-    out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, data: DataArtifact,
-    ctx: dist.DistContext,
+def restore_newest(
+    out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, ctx: dist.DistContext,
+    data: DataArtifact | None = None,
 ) -> tuple[TrainState, Path] | None:
-    """Load the newest checkpoint that is complete and loads on every rank; others are skipped with a warning.
+    """Restore the newest checkpoint that verifies and loads, on every rank, from rank 0's files alone.
 
-    Raises ArtifactError when the chosen checkpoint was trained on other data or with another tokenizer."""
-    candidates = [str(p) for _, p in reversed(list_checkpoints(out_dir))] if ctx.is_main else None
-    for path in map(Path, dist.broadcast_object(ctx, candidates)):
-        problem = verify_checkpoint(path) if ctx.is_main else None
-        problem = dist.broadcast_object(ctx, problem)
-        if problem is None:
-            try:
-                state, run_info = load_checkpoint(path, model, optimizer, scaler)
-            except Exception as exc:  # a pickle refused by weights_only, wrong shapes, damaged files…
-                problem = f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        if dist.any_rank(ctx, problem is not None):
-            dist.warn_main(ctx, f"skipping checkpoint '{path}': {problem or 'another rank could not load it'}")
-            continue
-        check_resume_inputs(run_info, data)
-        return state, path
-    return None
+    Rank 0 verifies the candidates (marker, sizes, sha256), reads the newest good one and checks it against `data`
+    (when given: --resume); every rank then receives its contents from rank 0 (model, optimizer, scaler, training
+    state, its own RNG state), so only rank 0 needs to see the run directory: a node without the shared filesystem
+    resumes and rolls back like the others. Damaged checkpoints are skipped with a warning. Returns None when the run
+    has no checkpoint at all. Raises ArtifactError when it has some but none can be used (a restart from step 0
+    would silently throw the run away, and its old step directories would make pruning delete every new
+    checkpoint), or when the chosen one was trained on other data or another tokenizer."""
+    contents: dict[str, Any] = {}
+
+    def choose() -> str | None:
+        candidates = checkpoint_candidates(out_dir)
+        problems = []
+        for path in candidates:
+            problem = verify_checkpoint(path)
+            if problem is None:
+                try:
+                    contents.update(read_checkpoint(path))
+                    expected = {k: v.shape for k, v in model.state_dict().items()}
+                    got = contents["model"]
+                    if (set(got) - set(expected) or set(expected) - set(got) - _TIED_KEYS
+                            or any(expected[k] != t.shape for k, t in got.items() if k in expected)):
+                        raise ValueError("its weights do not fit the model")
+                except Exception as exc:  # a pickle refused by weights_only, wrong shapes, damaged files…
+                    problem = f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            if problem is not None:
+                dist.warn_main(ctx, f"skipping checkpoint '{path}': {problem}")
+                problems.append(f"{path.name}: {problem}")
+                contents.clear()
+                continue
+            if data is not None:
+                check_resume_inputs(contents["payload"]["run"], data)
+            return str(path)
+        if candidates:
+            raise ArtifactError(
+                f"none of the {len(candidates)} checkpoint(s) in '{out_dir}' can be used ({problems[0]}); "
+                "refusing to start over from step 0",
+                hint="move the damaged step-*/ directories away to continue from an older one, or start over with "
+                "--overwrite",
+            )
+        return None
+
+    chosen = dist.main_decides(ctx, choose)
+    if chosen is None:
+        return None
+    received = dist.broadcast_tensors(ctx, contents if ctx.is_main else None)
+    state, _ = apply_checkpoint(received, model, optimizer, scaler, ctx.rank)
+    return state, Path(chosen)
+
+
+def finished_run(out_dir: Path, cfg: PretrainConfig) -> dict | None:
+    """For --resume: the manifest of a finished run in out_dir that has nothing left to do, else None. A finished run
+    is continued (from final/) when max_steps was raised above its steps, or time_budget_s above its training time."""
+    final = out_dir / FINAL
+    manifest = read_bertcli_manifest(out_dir) if final.is_dir() else None
+    if manifest is None or manifest.get("stage") != "pretrain":
+        return None  # not a finished bertcli run (a folder's own manifest.json is not one)
+    try:
+        state = json.loads((final / STATE_DIR / "state.json").read_text(encoding="utf-8"))["state"]
+        steps, elapsed = int(state["step"]), float(state["elapsed_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return manifest  # no training state to continue from: the run stays as it is
+    budget_left = cfg.time_budget_s is None or elapsed < cfg.time_budget_s
+    if steps < cfg.max_steps and budget_left:
+        return None
+    return manifest
 
 
 def check_resume_inputs(run_info: dict, data: DataArtifact) -> None:

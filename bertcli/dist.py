@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+
+from bertcli.errors import BertcliError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,27 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), if any.
 
     Backend: NCCL on CUDA, gloo on CPU. Without torchrun this is a single process and nothing is initialised.
-    device: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu" or "cuda".
+    device: "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu" or "cuda". Raises ConfigError for
+    device cuda without a usable GPU, and for more processes on a node than it has GPUs (they would share a GPU
+    silently until NCCL fails).
     """
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
+    if device == "cuda" and not torch.cuda.is_available():
+        build = (f"a CPU build of PyTorch ({torch.__version__})" if torch.version.cuda is None
+                 else f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), which finds no usable GPU")
+        raise ConfigError(f"key 'device': cuda, but this is {build}; set device: auto or cpu, or install a CUDA "
+                          "build of torch on a machine with a GPU")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            local_world = _env_int("LOCAL_WORLD_SIZE", local_rank + 1)
+            raise ConfigError(f"{local_world} processes on this node but only {gpus} GPU(s) (LOCAL_RANK "
+                              f"{local_rank} has none): start at most {gpus} per node (torchrun --nproc_per_node "
+                              f"{gpus}), or set device: cpu")
+        dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
@@ -112,21 +128,6 @@ def all_reduce_max(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     return _reduce(ctx, tensor, torch_dist.ReduceOp.MAX)
 
 
-def max_over_ranks(ctx: DistContext, value: float) -> float:
-    """The largest of the ranks' values (e.g. elapsed time: all ranks follow the slowest clock)."""
-    if not ctx.distributed:
-        return value
-    return float(all_reduce_max(ctx, torch.tensor([value], dtype=torch.float64)).item())
-
-
-def any_rank(ctx: DistContext, flag: bool) -> bool:
-    """True if the flag is set on any rank (e.g. a non-finite loss seen by one rank stops all)."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    return bool(all_reduce_max(ctx, t).item() > 0)
-
-
 def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     """Rank 0's object on every rank (e.g. the checkpoint chosen for --resume)."""
     if not ctx.distributed:
@@ -136,12 +137,114 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
-def wrap_model(ctx: DistContext, module: nn.Module) -> nn.Module:
-    """DistributedDataParallel over the module when there are several processes; the module itself otherwise."""
+def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's object, in rank order, on every rank (e.g. each rank's RNG state for a checkpoint)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def main_decides(ctx: DistContext | None, decide: Callable[[], Any]) -> Any:
+    """Run `decide` on rank 0 only and return its result on every rank; a BertcliError it raises is raised on every
+    rank (another failure there stops the others with a BertcliError naming it).
+
+    For decisions about files only rank 0 needs to see (the run directory on a filesystem that another node may
+    not mount): the other ranks follow rank 0 instead of looking for themselves and deciding differently."""
+    result, error = None, None
+    if ctx is None or ctx.is_main:
+        try:
+            result = decide()
+        except BertcliError as exc:
+            error = (type(exc), exc.message, exc.hint)
+        except Exception as exc:
+            if ctx is not None and ctx.distributed:
+                broadcast_object(ctx, (None, (BertcliError, f"rank 0 failed: {type(exc).__name__}: {exc}", None)))
+            raise
+    if ctx is not None and ctx.distributed:
+        result, error = broadcast_object(ctx, (result, error))
+    if error is not None:
+        kind, message, hint = error
+        raise kind(message, hint=hint)
+    return result
+
+
+class _Slot:
+    """Where a tensor sat in a structure sent by broadcast_tensors: its place in the byte buffer."""
+
+    def __init__(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype):
+        self.offset, self.shape, self.dtype = offset, shape, dtype
+
+
+def broadcast_tensors(ctx: DistContext, tree: Any) -> Any:
+    """Rank 0's nested structure (dicts, lists and tuples of tensors and plain values) on every rank; the other
+    ranks pass anything (None). The structure travels pickled, the tensors' bytes in one buffer (on the GPU for
+    NCCL): model weights, optimizer state and RNG states of a checkpoint only rank 0 can read. CPU tensors come out."""
+    if not ctx.distributed:
+        return tree
+    parts: list[torch.Tensor] = []
+    size = 0
+
+    def strip(x: Any) -> Any:
+        nonlocal size
+        if isinstance(x, torch.Tensor):
+            data = x.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            slot = _Slot(size, tuple(x.shape), x.dtype)
+            parts.append(data)
+            size += -(-data.numel() // 16) * 16  # 16-byte aligned, so every dtype can view its bytes
+            return slot
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(strip(v) for v in x)
+        return x
+
+    skeleton = strip(tree) if ctx.is_main else None
+    skeleton, size = broadcast_object(ctx, (skeleton, size))
+    comm_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    buffer = torch.zeros(size, dtype=torch.uint8)
+    if ctx.is_main:
+        offset = 0
+        for data in parts:
+            buffer[offset : offset + data.numel()] = data
+            offset += -(-data.numel() // 16) * 16
+    moved = buffer.to(comm_device)
+    torch_dist.broadcast(moved, src=0)
+    buffer = moved.cpu()
+
+    def build(x: Any) -> Any:
+        if isinstance(x, _Slot):
+            count = math.prod(x.shape) * torch.empty((), dtype=x.dtype).element_size()
+            return buffer[x.offset : x.offset + count].view(x.dtype).reshape(x.shape).clone()
+        if isinstance(x, dict):
+            return {k: build(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(build(v) for v in x)
+        return x
+
+    return build(skeleton)
+
+
+def wrap_model(ctx: DistContext, module: nn.Module, comm: str = "fp32") -> nn.Module:
+    """DistributedDataParallel over the module when there are several processes; the module itself otherwise.
+
+    gradient_as_bucket_view: gradients live in DDP's communication buckets (no copy in or out of them);
+    forward_sync_buffers off (what broadcast_buffers=False was before torch 2.13): BERT's buffers (position and
+    token-type ids) never change, so after DDP's start there is nothing to send before every forward.
+    comm "bf16": gradients are all-reduced in bf16 (half the bytes; DDP's bf16_compress_hook), which rounds each
+    rank's contribution to bf16 before the sum."""
     if not ctx.distributed:
         return module
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    ddp = nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, gradient_as_bucket_view=True, forward_sync_buffers=False
+    )
+    if comm == "bf16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return ddp
 
 
 @contextlib.contextmanager

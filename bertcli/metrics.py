@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,51 @@ PLOT_FILE = "metrics.png"
 TRACKER_FILE = "tracker.json"  # the W&B run id of this run directory, so that --resume continues it
 WANDB_DIR = "wandb"  # wandb.init(dir=RUN) writes its files under RUN/wandb
 TENSORBOARD_DIR = "tensorboard"
+
+
+# ---------------------------------------------------------------------------------------------- efficiency
+
+# Dense (no sparsity) bf16 tensor-core peak per GPU in TFLOP/s, from NVIDIA's datasheets; fp16 for the GPUs without
+# bf16 (V100, T4), which train in fp16 there. The denominator of MFU; `peak_tflops` in the config overrides it.
+GPU_PEAK_TFLOPS: dict[str, float] = {
+    "H200": 989.0,  # SXM
+    "GH200": 989.0,
+    "H100": 989.0,  # SXM
+    "A100": 312.0,  # SXM and PCIe
+    "A30": 165.0,
+    "A10": 125.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "V100": 125.0,  # SXM2, fp16
+    "T4": 65.0,  # fp16
+}
+# Variants named by a second word of the device name.
+_PEAK_VARIANTS: dict[tuple[str, str], float] = {
+    ("H100", "PCIE"): 756.0,
+    ("H100", "NVL"): 835.0,
+    ("H200", "NVL"): 835.0,
+    ("V100", "PCIE"): 112.0,
+}
+
+
+def gpu_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 (fp16 before Ampere) peak of a GPU named like torch.cuda.get_device_name() ("NVIDIA
+    A100-SXM4-80GB", "Tesla T4", "NVIDIA H100 PCIe"), or None for a GPU not in GPU_PEAK_TFLOPS."""
+    words = [w for w in re.split(r"[\s\-_]+", device_name.upper()) if w]
+    for word in words:
+        if word in GPU_PEAK_TFLOPS:
+            for other in words:
+                if (word, other) in _PEAK_VARIANTS:
+                    return _PEAK_VARIANTS[(word, other)]
+            return GPU_PEAK_TFLOPS[word]
+    return None
+
+
+def efficiency(flops: float, seconds: float, peak_tflops: float | None, world_size: int) -> dict[str, float | None]:
+    """model_tflops_per_s (all processes together) and mfu = that / (peak_tflops × world_size), None without a peak."""
+    tflops = flops / max(seconds, 1e-9) / 1e12
+    return {"model_tflops_per_s": tflops, "mfu": tflops / (peak_tflops * world_size) if peak_tflops else None}
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -7,10 +7,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForPreTraining
+
+from bertcli.masking import IGNORE_INDEX
 
 # Google's BERT sizes (github.com/google-research/bert, "24 smaller BERT models"): (layers, hidden).
 # Heads = hidden / 64 and intermediate = 4 · hidden, as in all of them.
@@ -110,18 +113,25 @@ def load_pretrained_model(path: str, attn_implementation: str = "sdpa") -> tuple
 
 @dataclass
 class PretrainingBatch:
-    """One micro-batch, already on the device.
+    """One micro-batch, already on the device. Everything here has a shape fixed by (B, T) and the query width, and
+    every index was computed on the host (by the Collator, in the loader workers): the step never has to ask the
+    device where the masked positions are, which would make the host wait for it.
 
-    input_ids, token_type_ids, attention_mask: (B, T) int64. masked_positions: (N,) flat indices b·T + t of the
-    predicted positions, ascending (row by row); masked_labels: (N,) their original ids. next_sentence_label: (B,)
-    or None (no NSP).
+    input_ids, token_type_ids, attention_mask: (B, T) int64.
+    query_positions: (B, 1 + P) int64: the positions the last layer and the heads read in each row: slot 0 is [CLS]
+        (position 0), slots 1… the row's masked positions in ascending order, then 0 (padding slots read [CLS];
+        their outputs are never scored). P is the query width: max_predictions_per_seq.
+    masked_labels: (B, P) int64: the original ids at the masked positions, IGNORE_INDEX at padding slots.
+    masked_index: (N,) int64: flat indices b·P + s of the N real predictions in masked_labels, ascending.
+    next_sentence_label: (B,) or None (no NSP).
     """
 
     input_ids: torch.Tensor
     token_type_ids: torch.Tensor
     attention_mask: torch.Tensor
-    masked_positions: torch.Tensor
+    query_positions: torch.Tensor
     masked_labels: torch.Tensor
+    masked_index: torch.Tensor
     next_sentence_label: torch.Tensor | None
 
     def to(self, device: torch.device) -> PretrainingBatch:
@@ -129,10 +139,65 @@ class PretrainingBatch:
             *(t.to(device, non_blocking=True) if t is not None else None for t in self.__dict__.values())
         )
 
+    @classmethod
+    def from_flat_positions(
+        cls, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+        masked_positions: torch.Tensor, masked_labels: torch.Tensor, next_sentence_label: torch.Tensor | None,
+        width: int | None = None,
+    ) -> PretrainingBatch:
+        """From flat positions b·T + t (ascending) and their labels, as (N,) tensors, on the host; `width` is the
+        query width P (default: the most predictions in a row)."""
+        b, t = input_ids.shape
+        rows, cols = (masked_positions // t).numpy(), (masked_positions % t).numpy()
+        query, labels, index = query_layout(b, rows, cols, masked_labels.numpy(), width)
+        return cls(input_ids, token_type_ids, attention_mask, torch.from_numpy(query), torch.from_numpy(labels),
+                   torch.from_numpy(index), next_sentence_label)
+
+
+def query_layout(
+    batch_size: int, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray, width: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed-width layout of a micro-batch's predictions, in numpy (host side).
+
+    rows, cols, labels: (N,) the row, position and original id of each prediction, row-major and ascending.
+    Returns query_positions (B, 1 + P), masked_labels (B, P) and masked_index (N,) as PretrainingBatch describes.
+    Raises ValueError when a row has more than `width` predictions.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    counts = np.bincount(rows, minlength=batch_size)  # (B,)
+    most = int(counts.max()) if len(counts) else 0
+    width = most if width is None else width
+    if most > width:
+        raise ValueError(f"a sequence has {most} masked positions, more than the query width {width}")
+    slots = np.arange(len(rows), dtype=np.int64) - (np.cumsum(counts) - counts)[rows]  # (N,) slot within its row
+    query = np.zeros((batch_size, 1 + width), dtype=np.int64)
+    query[rows, slots + 1] = cols
+    masked_labels = np.full((batch_size, width), IGNORE_INDEX, dtype=np.int64)
+    masked_labels[rows, slots] = labels
+    return query, masked_labels, rows * width + slots
+
 
 # Indices into the statistics vector returned with the loss (summed over micro-batches and ranks).
 STAT_MLM_LOSS_SUM, STAT_MLM_CORRECT, STAT_MLM_COUNT, STAT_NSP_LOSS_SUM, STAT_NSP_CORRECT, STAT_NSP_COUNT = range(6)
 NUM_STATS = 6
+
+
+def key_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, T) additive attention mask from a (B, T) 0/1 mask: 0 where a key is attended, -inf at padding.
+
+    transformers' own helper (create_bidirectional_mask) first asks the device whether there is any padding at all
+    (`padding_mask.all()`, a host sync every forward) to drop the mask when there is none; this one never reads the
+    values. SDPA turns a boolean mask into exactly this (0 / -inf added before the softmax), so the layers' outputs
+    are bit-identical to those with transformers' mask (test_model checks it)."""
+    blocked = (attention_mask == 0)[:, None, None, :]
+    return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill_(blocked, float("-inf"))
+
+
+def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype the matmuls run in: autocast's when it is on for the device, else `default`."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return default
 
 
 def _can_prune(model: BertForPreTraining) -> bool:
@@ -141,180 +206,252 @@ def _can_prune(model: BertForPreTraining) -> bool:
                 or getattr(model.bert, "gradient_checkpointing", False))
 
 
-def _encode_pruned(model: BertForPreTraining, batch: PretrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder with its last layer evaluated only where the heads read it: [CLS] and the masked positions.
+def _encode_queries(
+    model: BertForPreTraining, batch: PretrainingBatch, prune_last_layer: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's output at the query slots (B, 1 + P, H) and the pooled [CLS] output (B, H).
 
-    The last layer's outputs elsewhere are never used (MLM reads the masked positions, NSP the pooled [CLS]), so
-    its queries, attention output, feed-forward and LayerNorms run on ~15% of the positions; keys and values still
-    see every token. The result equals the full encoder's at those positions (test_model checks it).
-    Returns (masked hidden (N, H) in masked_positions order, pooled output (B, H)).
+    With prune_last_layer the last layer is evaluated only where the heads read it, [CLS] and the masked positions:
+    its queries, attention output, feed-forward and LayerNorms run on the query slots; keys and values still see
+    every token. The result equals the full encoder's at those positions (test_model checks it).
     """
-    from transformers.masking_utils import create_bidirectional_mask
-
     bert = model.bert
-    ids, am = batch.input_ids, batch.attention_mask
+    ids, query = batch.input_ids, batch.query_positions
     b, t = ids.shape
+    width = query.shape[1]
+    mask = key_padding_mask(batch.attention_mask, _compute_dtype(ids.device, model.dtype))  # (B, 1, 1, T)
+    if not (prune_last_layer and _can_prune(model)):
+        # a prepared 4-D mask is used as given (transformers returns it untouched)
+        out = bert(input_ids=ids, attention_mask=mask, token_type_ids=batch.token_type_ids)
+        hidden = out.last_hidden_state  # (B, T, H)
+        slots = torch.gather(hidden, 1, query[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, Q, H)
+        return slots, out.pooler_output
     hidden = bert.embeddings(input_ids=ids, token_type_ids=batch.token_type_ids)  # (B, T, H)
-    mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=am)
     layers = bert.encoder.layer
     for layer in layers[:-1]:
         hidden = layer(hidden, mask)
-    # Query slots per row: slot 0 = [CLS], then the row's masked positions (masked_positions are row-major).
-    pos = batch.masked_positions
-    rows, cols = pos // t, pos % t  # (N,)
-    counts = torch.bincount(rows, minlength=b)  # (B,)
-    starts = torch.cumsum(counts, 0) - counts
-    slots = torch.arange(pos.numel(), device=pos.device) - starts[rows] + 1  # (N,)
-    width = int(counts.max().item()) + 1 if pos.numel() else 1
-    query_index = torch.zeros(b, width, dtype=torch.long, device=pos.device)  # (B, Q); padding slots read [CLS]
-    query_index[rows, slots] = cols
     last = layers[-1]
     sa = last.attention.self
     heads, head_size = sa.num_attention_heads, sa.attention_head_size
     h = hidden.shape[-1]
-    q_in = torch.gather(hidden, 1, query_index[..., None].expand(-1, -1, h))  # (B, Q, H)
+    q_in = torch.gather(hidden, 1, query[..., None].expand(-1, -1, h))  # (B, Q, H); padding slots read [CLS]
     q = sa.query(q_in).view(b, width, heads, head_size).transpose(1, 2)  # (B, h, Q, d)
     k = sa.key(hidden).view(b, t, heads, head_size).transpose(1, 2)  # (B, h, T, d)
     v = sa.value(hidden).view(b, t, heads, head_size).transpose(1, 2)
-    key_mask = am.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
     context = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=key_mask, dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling
+        q, k, v, attn_mask=mask, dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling
     )  # (B, h, Q, d)
     context = context.transpose(1, 2).reshape(b, width, h)
     attn_out = last.attention.output(context, q_in)  # (B, Q, H)
     out = last.output(last.intermediate(attn_out), attn_out)  # (B, Q, H)
-    masked_hidden = out[rows, slots]  # (N, H)
-    pooled = bert.pooler(out)  # reads out[:, 0], the [CLS] slot
-    return masked_hidden, pooled
+    return out, bert.pooler(out)  # the pooler reads out[:, 0], the [CLS] slot
+
+
+_MM_FP32_OUT: bool | None = None  # whether torch.mm(…, out_dtype=float32) runs on this build (CUDA)
+
+
+def _mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for bf16/fp16 inputs with an fp32 result. On CUDA cuBLAS writes fp32 directly (it accumulates in fp32
+    anyway): no low-precision logits and no upcast copy. Elsewhere: the product, then one cast."""
+    global _MM_FP32_OUT
+    if a.is_cuda and _MM_FP32_OUT is not False:
+        try:
+            out = torch.mm(a, b, out_dtype=torch.float32)
+            _MM_FP32_OUT = True
+            return out
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_FP32_OUT = False
+    return torch.mm(a, b).float()
 
 
 class _MaskedLMCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of the decoder's logits (x @ W^T + b) against labels, and the number of correct argmaxes.
+    """Summed cross-entropy of the decoder's logits (x @ W^T + b) against labels (IGNORE_INDEX rows count for
+    nothing), and the number of correct argmaxes.
 
-    Used on CPU in fp32, where the elementwise passes over the (N, V) logits cost as much as the matmuls:
-    log_softmax, its backward, the argmax for accuracy and the one-hot gradient buffer each read or write the whole
-    matrix, and two of them take an exp of every element. Here one buffer holds exp(logit - row max) and serves the
-    loss, the accuracy and both gradient matmuls: softmax - onehot is applied as a per-row scale after each matmul
-    plus a correction at the label rows, so backward only reads the matrix. Same values as F.cross_entropy up to
-    float rounding (test_model checks loss and gradients against the stock forward).
+    The elementwise passes over the (N, V) logits cost as much as the matmuls on CPU, and in mixed precision the stock
+    path materialises them three times (bf16 logits, an fp32 copy, fp32 log-probabilities). Here one fp32 buffer holds
+    exp(logit - row max) and serves the loss, the accuracy and both gradient matmuls. In fp32, softmax - onehot is
+    applied as a per-row scale after each matmul plus a correction at the label rows, so backward only reads the
+    matrix; in bf16/fp16 the difference is formed in fp32 first (in the same buffer) and cast once for the matmuls,
+    since rounding its two terms separately would lose it where the model is confident.
+
+    vocab_multiple: the vocabulary is padded to a multiple of this for the matmul only (tensor-core friendly shapes);
+    padded ids get a -inf bias, so they are never predicted and get no gradient. The weights stay V × H.
+    Same values as F.cross_entropy up to float rounding (test_model checks loss and gradients, fp32 and bf16).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, labels):  # x (N, H), weight (V, H), bias (V,), labels (N,)
-        logits = torch.addmm(bias, x, weight.t())  # (N, V)
-        target = logits.gather(1, labels[:, None])  # (N, 1)
-        top, predicted = logits.max(1, keepdim=True)  # (N, 1) each
-        exp = logits.sub_(top).exp_()  # in place: exp(logit - max), in (0, 1]
-        norm = exp.sum(1, keepdim=True)  # (N, 1)
-        loss_sum = (top + norm.log() - target).sum()
-        correct = (predicted[:, 0] == labels).sum()
-        ctx.save_for_backward(x, weight, labels, exp, norm)
+    # x (N, H), weight (V, H), bias (V,), labels (N,)
+    def forward(ctx, x, weight, bias, labels, vocab_multiple: int = 1):
+        v, h = weight.shape
+        pad = (-v) % vocab_multiple
+        with torch.autocast(x.device.type, enabled=False):
+            if pad or weight.dtype != x.dtype:
+                w = torch.empty(v + pad, h, dtype=x.dtype, device=x.device)  # one cast-and-pad copy
+                w[:v].copy_(weight)
+                w[v:].zero_()
+            else:
+                w = weight
+            b = bias.float()
+            if pad:
+                b = torch.cat([b, b.new_full((pad,), float("-inf"))])
+            if x.dtype == torch.float32:
+                logits = torch.addmm(b, x, w.t())  # (N, V')
+            else:
+                logits = _mm_fp32_out(x, w.t()).add_(b)  # (N, V') fp32
+            valid = labels != IGNORE_INDEX  # (N,)
+            safe = labels.clamp_min(0)  # ignored rows read column 0; their terms are zeroed below
+            target = logits.gather(1, safe[:, None])  # (N, 1)
+            top, predicted = logits.max(1, keepdim=True)  # (N, 1) each
+            exp = logits.sub_(top).exp_()  # in place: exp(logit - max), in (0, 1]
+            norm = exp.sum(1, keepdim=True)  # (N, 1)
+            loss_sum = torch.where(valid, (top + norm.log() - target)[:, 0], 0.0).sum()
+            correct = (predicted[:, 0] == labels).sum()  # IGNORE_INDEX never equals a prediction
+        ctx.save_for_backward(x, w, safe, valid, exp, norm)
+        ctx.vocab = (v, weight.dtype, bias.dtype)
         ctx.mark_non_differentiable(correct)
         return loss_sum, correct
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_correct):
-        x, weight, labels, exp, norm = ctx.saved_tensors
-        # d(loss_sum)/d(logits) = exp / norm - onehot(labels); scale rows after the matmuls instead of before
-        row_scale = grad_loss / norm  # (N, 1)
+        x, w, safe, valid, exp, norm = ctx.saved_tensors
+        v, weight_dtype, bias_dtype = ctx.vocab
+        # d(loss_sum)/d(logits) = (exp / norm - onehot(labels)) · grad_loss on valid rows, 0 on ignored ones
+        hit = torch.where(valid, grad_loss, 0.0)[:, None]  # (N, 1)
+        row_scale = hit / norm  # (N, 1)
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = exp.mm(weight).mul_(row_scale).sub_(weight[labels] * grad_loss)
-        if ctx.needs_input_grad[1]:
-            grad_weight = exp.t().mm(x * row_scale).index_add_(0, labels, x * -grad_loss)
-        if ctx.needs_input_grad[2]:
-            grad_bias = exp.t().mv(row_scale[:, 0]).index_add_(0, labels, (-grad_loss).expand(labels.numel()))
-        return grad_x, grad_weight, grad_bias, None
+        with torch.autocast(x.device.type, enabled=False):
+            if x.dtype == torch.float32:
+                if ctx.needs_input_grad[0]:
+                    grad_x = exp.mm(w).mul_(row_scale).sub_(w[safe] * hit)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = exp.t().mm(x * row_scale).index_add_(0, safe, x * -hit)
+                if ctx.needs_input_grad[2]:
+                    grad_bias = exp.t().mv(row_scale[:, 0]).index_add_(0, safe, -hit[:, 0])
+            else:
+                grad = exp.mul_(row_scale).scatter_add_(1, safe[:, None], -hit)  # in place, fp32: softmax - onehot
+                if ctx.needs_input_grad[2]:
+                    grad_bias = grad.sum(0)
+                grad = grad.to(x.dtype)  # (N, V') one cast for both matmuls
+                if ctx.needs_input_grad[0]:
+                    grad_x = grad.mm(w)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = grad.t().mm(x)
+        if grad_weight is not None:
+            grad_weight = grad_weight[:v].to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias[:v].to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None, None
 
 
-def _use_fused_cross_entropy(hidden: torch.Tensor) -> bool:
-    # On GPU the logits are cheap next to the matmuls (and autocast / torch.compile handle them); on CPU they are not.
-    return (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and hidden.shape[0] > 0
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+def _use_fused_cross_entropy(rows: torch.Tensor) -> bool:
+    # eager, CPU and GPU; under torch.compile the plain ops, which Inductor fuses itself
+    return not torch.compiler.is_compiling() and rows.shape[0] > 0
+
+
+def _masked_lm_loss(
+    head: nn.Module, rows: torch.Tensor, labels: torch.Tensor, vocab_multiple: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed MLM cross-entropy, correct predictions) of the prediction head on hidden rows (M, H) with labels (M,)
+    (IGNORE_INDEX rows count for nothing)."""
+    transformed = head.transform(rows)  # (M, H)
+    weight, bias = head.decoder.weight, head.decoder.bias  # (V, H), (V,)
+    if _use_fused_cross_entropy(rows):
+        x = transformed.to(_compute_dtype(rows.device, transformed.dtype))
+        return _MaskedLMCrossEntropy.apply(x, weight, bias, labels, vocab_multiple)
+    # torch.compile: the plain ops, which Inductor fuses (the fp32 upcast happens inside its softmax kernels)
+    pad = (-weight.shape[0]) % vocab_multiple
+    if pad:
+        weight = F.pad(weight, (0, 0, 0, pad))
+        bias = F.pad(bias, (0, pad), value=float("-inf"))
+    logits = F.linear(transformed, weight, bias).float()  # (M, V')
+    loss_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == labels).sum()
+    return loss_sum, correct
 
 
 def pretraining_loss(
-    model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True, prune_last_layer: bool = True
+    model: BertForPreTraining, batch: PretrainingBatch, has_nsp: bool = True, prune_last_layer: bool = True,
+    vocab_multiple: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLM + NSP loss of a stock BertForPreTraining, with the vocabulary projection only at masked positions.
 
     BertForPreTraining.forward projects every position onto the whole vocabulary (B·T·V logits) although only
     ~15% are scored; like Google's, NVIDIA's, MosaicBERT's and Cramming's code we gather the masked hidden states
-    first, and the last encoder layer runs only at [CLS] and the masked positions (see _encode_pruned). The
+    first, and the last encoder layer runs only at [CLS] and the masked positions (see _encode_queries). The
     modules used are the model's own, so the saved weights are a stock BertForPreTraining.
+
+    With batch.masked_index the head runs on the N real predictions (eager: shapes may change from batch to batch);
+    without it (None: what the compiled step passes) on all B·P query slots, padding slots ignored, so every shape
+    depends on (B, T) alone. Nothing here reads a device value on the host.
 
     Returns (loss, stats): loss = mean MLM cross-entropy over the masked positions + mean NSP cross-entropy;
     stats (NUM_STATS,) float64, detached: sums and counts for logging (see STAT_*).
     """
-    if prune_last_layer and _can_prune(model):
-        masked_hidden, pooled = _encode_pruned(model, batch)  # (N, H), (B, H)
+    slots, pooled = _encode_queries(model, batch, prune_last_layer)  # (B, 1 + P, H), (B, H)
+    h = slots.shape[-1]
+    rows = slots[:, 1:].reshape(-1, h)  # (B·P, H)
+    labels = batch.masked_labels.reshape(-1)  # (B·P,)
+    if batch.masked_index is not None:
+        rows = rows.index_select(0, batch.masked_index)  # (N, H)
+        labels = labels.index_select(0, batch.masked_index)  # (N,)
+        mlm_count: torch.Tensor | int = batch.masked_index.shape[0]
     else:
-        out = model.bert(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            token_type_ids=batch.token_type_ids,
-        )
-        hidden = out.last_hidden_state  # (B, T, H)
-        flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
-        masked_hidden = flat.index_select(0, batch.masked_positions)  # (N, H)
-        pooled = out.pooler_output  # (B, H)
-    head = model.cls.predictions
-    labels = batch.masked_labels
-    if _use_fused_cross_entropy(masked_hidden):
-        transformed = head.transform(masked_hidden)  # (N, H)
-        mlm_loss_sum, mlm_correct = _MaskedLMCrossEntropy.apply(
-            transformed, head.decoder.weight, head.decoder.bias, labels
-        )
+        mlm_count = (labels != IGNORE_INDEX).sum()
+    mlm_loss_sum, mlm_correct = _masked_lm_loss(model.cls.predictions, rows, labels, vocab_multiple)
+    if isinstance(mlm_count, int):
+        mlm_loss = mlm_loss_sum / max(mlm_count, 1)
     else:
-        logits = head(masked_hidden).float()  # (N, V), fp32 for a stable softmax
-        mlm_loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-        with torch.no_grad():
-            mlm_correct = (logits.argmax(-1) == labels).sum()
-    mlm_count = labels.numel()
-    mlm_loss = mlm_loss_sum / max(mlm_count, 1)
+        mlm_loss = mlm_loss_sum / mlm_count.clamp_min(1)
 
     nsp_logits = model.cls.seq_relationship(pooled).float()  # (B, 2)
-    stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=nsp_logits.device)
-    with torch.no_grad():
-        stats[STAT_MLM_LOSS_SUM] = mlm_loss_sum.detach().double()
-        stats[STAT_MLM_CORRECT] = mlm_correct.double()
-        stats[STAT_MLM_COUNT] = mlm_count
+
+    def scalar(value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.detach().double()
+        return nsp_logits.new_full((), float(value), dtype=torch.float64)
+
     if has_nsp and batch.next_sentence_label is not None:
         nsp_labels = batch.next_sentence_label
         nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
         with torch.no_grad():
-            stats[STAT_NSP_LOSS_SUM] = nsp_loss.detach().double() * nsp_labels.numel()
-            stats[STAT_NSP_CORRECT] = (nsp_logits.argmax(-1) == nsp_labels).sum().double()
-            stats[STAT_NSP_COUNT] = nsp_labels.numel()
+            nsp = [nsp_loss * nsp_labels.shape[0], (nsp_logits.argmax(-1) == nsp_labels).sum(), nsp_labels.shape[0]]
     else:
         # MLM-only data: keep the pooler and NSP head in the graph with zero gradient, so DDP sees every
         # parameter used and the saved model still has (untrained) NSP weights.
         nsp_loss = nsp_logits.sum() * 0.0
+        nsp = [0, 0, 0]
+    stats = torch.stack([scalar(x) for x in [mlm_loss_sum, mlm_correct, mlm_count, *nsp]])  # (NUM_STATS,)
     return mlm_loss + nsp_loss, stats
 
 
 class PretrainingModule(nn.Module):
-    """Wraps a BertForPreTraining so that DDP and torch.compile see the whole loss computation in forward()."""
+    """Wraps a BertForPreTraining so that DDP and torch.compile see the whole loss computation in forward().
 
-    def __init__(self, model: BertForPreTraining, has_nsp: bool = True):
+    vocab_multiple: pad the vocabulary to a multiple of this inside the MLM matmul (64 on CUDA; see
+    _MaskedLMCrossEntropy); the model's weights keep the true vocabulary size."""
+
+    def __init__(self, model: BertForPreTraining, has_nsp: bool = True, vocab_multiple: int = 1):
         super().__init__()
         self.model = model
         self.has_nsp = has_nsp
+        self.vocab_multiple = vocab_multiple
 
     def forward(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        masked_positions: torch.Tensor,
+        query_positions: torch.Tensor,
         masked_labels: torch.Tensor,
+        masked_index: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Tensors, not a PretrainingBatch, so DDP and torch.compile handle the inputs without special cases.
-        batch = PretrainingBatch(
-            input_ids, token_type_ids, attention_mask, masked_positions, masked_labels, next_sentence_label
-        )
-        return pretraining_loss(self.model, batch, self.has_nsp)
+        batch = PretrainingBatch(input_ids, token_type_ids, attention_mask, query_positions, masked_labels,
+                                 masked_index, next_sentence_label)
+        return pretraining_loss(self.model, batch, self.has_nsp, vocab_multiple=self.vocab_multiple)
 
 
 def summarize_stats(stats: torch.Tensor | list[float]) -> dict[str, float]:
@@ -391,13 +528,63 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(config: BertConfig, seq_length: int, masked_fraction: float = 0.15) -> float:
-    """Training FLOPs per token (forward + backward = 3 × forward, matmuls only), as used for MFU.
+@dataclass
+class BatchWork:
+    """What a micro-batch asks of the model, counted on the host from the sequence lengths T_i and the numbers of
+    predictions k_i (non-padding work only): the inputs of training_flops. Sums add over micro-batches and ranks."""
 
-    Encoder: 24·H²·L (QKV/output/FFN with intermediate 4H) + 4·T·H·L (attention scores and values) per token,
-    times 2 for multiply-add; the vocabulary projection counts only at the masked share of positions.
+    sequences: int = 0  # B
+    tokens: int = 0  # Σ T_i
+    squared_lengths: int = 0  # Σ T_i²
+    predictions: int = 0  # Σ k_i
+    query_keys: int = 0  # Σ (k_i + 1) · T_i: the pruned last layer's attention ([CLS] + predictions, all keys)
+
+    @classmethod
+    def of(cls, lengths: np.ndarray, predictions: np.ndarray) -> BatchWork:
+        t = np.asarray(lengths, dtype=np.int64)
+        k = np.asarray(predictions, dtype=np.int64)
+        return cls(len(t), int(t.sum()), int((t * t).sum()), int(k.sum()), int(((k + 1) * t).sum()))
+
+    def __add__(self, other: BatchWork) -> BatchWork:
+        return BatchWork(*(a + b for a, b in zip(self.__dict__.values(), other.__dict__.values())))
+
+
+def training_flops(config: BertConfig, work: BatchWork, prune_last_layer: bool = True) -> float:
+    """Model FLOPs of one training pass (forward + backward = 3 × forward) over `work`, matmuls only, counting a
+    multiply-add as 2. This is the numerator of MFU (docs/pretraining.md, "Live efficiency"):
+
+    - each encoder layer, per token: 2·(4H² + 2H·I) (Q, K, V and output projections; the feed-forward), and per
+      sequence 4·H·T² (scores QKᵀ and the weighted sum of values);
+    - the last layer when pruned (as bert pretrain runs it): K and V at every token, 2·2H²; Q, output and
+      feed-forward only at [CLS] and the k masked positions, 2·(2H² + 2H·I) each, attending to all T keys, 4·H·T;
+    - the MLM head at the k predictions: 2·(H² + H·V) (transform and decoder); pooler and NSP head: 2·(H² + 2H)
+      per sequence.
+
+    Padding tokens are not counted (they are waste, not work); embedding lookups, LayerNorms, softmax and other
+    elementwise work are left out, as in the usual MFU definition (PaLM, Chowdhery et al. 2022, appendix B).
     """
-    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    per_layer = 2 * (4 * h * h + 2 * h * inter) + 2 * 2 * seq_length * h
-    head = masked_fraction * 2 * (h * h + h * config.vocab_size)
-    return 3.0 * (layers * per_layer + head)
+    h, inter, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    layer_per_token = 2 * (4 * h * h + 2 * h * inter)
+    attention = 4 * h * work.squared_lengths
+    full_layers = config.num_hidden_layers - (1 if prune_last_layer else 0)
+    forward = full_layers * (layer_per_token * work.tokens + attention)
+    if prune_last_layer:
+        queries = work.sequences + work.predictions
+        forward += 2 * 2 * h * h * work.tokens + 2 * (2 * h * h + 2 * h * inter) * queries + 4 * h * work.query_keys
+    forward += 2 * (h * h + h * v) * work.predictions + 2 * (h * h + 2 * h) * work.sequences
+    return 3.0 * forward
+
+
+def flops_per_token(config: BertConfig, seq_length: int, masked_fraction: float = 0.15,
+                    prune_last_layer: bool = True) -> float:
+    """Training FLOPs per token (training_flops) for sequences of seq_length tokens with a masked_fraction of them
+    predicted: an estimate for planning; live MFU counts each batch's real lengths."""
+    k = masked_fraction * seq_length
+    work = BatchWork(1, seq_length, seq_length * seq_length, 0, seq_length)  # [CLS] only; predictions below
+    flops = training_flops(config, work, prune_last_layer)
+    # predictions may be fractional here: add their share by hand (training_flops takes whole counts)
+    h, inter, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    per_prediction = 2 * (h * h + h * v)
+    if prune_last_layer:
+        per_prediction += 2 * (2 * h * h + 2 * h * inter) + 4 * h * seq_length
+    return (flops + 3.0 * per_prediction * k) / seq_length

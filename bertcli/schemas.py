@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 Layout = Literal["sentence-per-line", "document-per-line"]
 CorpusFormat = Literal["auto", "text", "jsonl", "parquet", "arrow"]
@@ -312,15 +312,25 @@ class PretrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"ge": 0.0})
     """Clip the gradient's global norm to this (0: no clipping)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 autocast on a GPU that supports it, else fp32; fp16 uses a gradient scaler."""
+    """auto: bf16 autocast on a GPU that computes bf16 natively (compute capability 8.0 and above), fp16 with a
+    gradient scaler on older GPUs (V100, T4), fp32 on CPU; fp16 always uses a gradient scaler."""
     compile: bool = field(default=False, metadata={"roles": ("resumable",)})
-    """torch.compile the model (GPU; slow to start, faster to run)."""
+    """torch.compile the training step (one graph per length bucket; a minute or more at start). Off by default: not
+    yet measured faster on a GPU. Changes only float rounding, and with dropout the random stream (Inductor draws
+    its own), so a resume that switches it is not bit-identical to an uninterrupted run."""
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"roles": ("resumable",)})
-    """auto: cuda when available, else cpu."""
+    """auto: cuda when available, else cpu. cuda without a usable GPU is refused."""
+    ddp_comm: Literal["fp32", "bf16"] = field(default="fp32", metadata={"roles": ("resumable",)})
+    """Several processes: the dtype gradients are all-reduced in. bf16 sends half the bytes (DDP's bf16 compression
+    hook) and rounds each rank's gradient to bf16 before the sum."""
+    peak_tflops: Optional[float] = field(default=None, metadata={"roles": ("execution", "resumable"), "gt": 0.0})
+    """The device's dense peak in TFLOP/s for the mfu column of metrics.jsonl (null: from the GPU's name, see
+    docs/pretraining.md; none on CPU)."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
     """Dynamic masking only (pairs artifact): share of candidate tokens selected."""
     max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
-    """Dynamic masking only: cap on selected tokens per sequence."""
+    """Dynamic masking only: cap on selected tokens per sequence (about 15% of max_seq_length: 20 at 128, 80 at
+    512). Also the width of the step's prediction slots."""
     whole_word_mask: bool = False
     """Dynamic masking only: select whole words."""
     eval_fraction: float = field(default=0.01, metadata={"ge": 0.0, "lt": 1.0})
@@ -335,8 +345,9 @@ class PretrainConfig:
     """Keep the newest this many step checkpoints."""
     log_every: int = field(default=10, metadata={"roles": ("resumable",), "ge": 1})
     """Write a metrics.jsonl line every this many steps."""
-    num_workers: int = field(default=0, metadata={"roles": ("execution", "resumable"), "ge": 0})
-    """DataLoader worker processes (0: load in the training process)."""
+    num_workers: Union[Literal["auto"], int] = field(default="auto", metadata={"roles": ("execution", "resumable"),
+                                                                               "ge": 0})
+    """DataLoader worker processes (0: load in the training process). auto: 2 on CUDA, 0 on CPU."""
     on_nonfinite: Literal["rollback", "stop"] = field(default="rollback", metadata={"roles": ("resumable",)})
     """On a NaN/inf loss: roll back to the last checkpoint and skip the offending batches, or stop."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(

@@ -22,8 +22,12 @@ averages are reported too. Both models are then evaluated by the same code on th
 (never trained on by either: the pretrain stage's held-out hash, eval_fraction 0.01) with the masked artifact's
 static masks: MLM accuracy on masked positions, NSP accuracy. tokens/s counts non-padding tokens only.
 
+`--throughput-only` runs just the alternating throughput rounds of both sides and reports the best-of ratio
+(minutes, no accuracy runs): the check that a change did not slow the CPU path.
+
 `--speed-only --preset base --device cuda --precision bf16` measures our training throughput alone (sequences/s,
-tokens/s, model FLOPs utilisation against --peak-tflops) for the GPU figures.
+tokens/s, model TFLOP/s and MFU as `bert pretrain` reports them live; --peak-tflops overrides the GPU table) for
+the GPU figures (scripts/gpu_check.sh measures the same and more).
 
 `--memory-scale 10` instead measures peak anonymous memory (RssAnon) of a short `bert pretrain` run on the
 masked artifact and on one 10× its size (the shards repeated as symlinks), to show it does not grow with the data.
@@ -306,9 +310,7 @@ def run_memory_child(args) -> dict:
 def run_speed(args) -> dict:
     """Throughput of ours alone (e.g. BERT-base, bf16, one GPU), after skipping the first log intervals."""
     import torch
-    from transformers import BertConfig
 
-    from bertcli.model import flops_per_token
     from bertcli.schemas import ModelConfig, PretrainConfig
     from bertcli.stages import pretrain
 
@@ -321,24 +323,23 @@ def run_speed(args) -> dict:
         batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
         learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1, save_every=0,
         log_every=10, eval_fraction=0.01, seed=0, precision=args.precision, compile=args.compile,
-        device=args.device, num_workers=2 if args.device == "cuda" else 0,
+        device=args.device, peak_tflops=args.peak_tflops or None,
     )
     manifest = pretrain.run(cfg)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "tokens_per_s" in r][2:] or [r for r in records if "tokens_per_s" in r]
-    tokens_per_s = sum(r["tokens_per_s"] for r in train) / len(train)
-    sequences_per_s = sum(r["sequences_per_s"] for r in train) / len(train)
-    config = BertConfig.from_pretrained(out / "final")
-    flops = flops_per_token(config, manifest["max_seq_length"])
-    result = {
+
+    def mean(key: str):
+        values = [r[key] for r in train if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
         "preset": args.preset, "device": args.device, "precision": manifest["stats"]["precision"],
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "steps": manifest["stats"]["steps"], "sequences_per_s": sequences_per_s, "tokens_per_s": tokens_per_s,
-        "model_tflops_per_s": flops * tokens_per_s / 1e12,
+        "steps": manifest["stats"]["steps"], "sequences_per_s": mean("sequences_per_s"),
+        "tokens_per_s": mean("tokens_per_s"), "model_tflops_per_s": mean("model_tflops_per_s"), "mfu": mean("mfu"),
+        "peak_memory_gb": mean("peak_memory_gb"),
     }
-    if args.peak_tflops:
-        result["mfu"] = result["model_tflops_per_s"] / args.peak_tflops
-    return result
 
 
 def machine() -> dict:
@@ -378,6 +379,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/bench_pretrain")
     parser.add_argument("--memory-scale", type=int, default=0, help="measure peak memory on N× the data instead")
     parser.add_argument("--speed-only", action="store_true", help="only our throughput (GPU figures)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the alternating throughput rounds of both sides and their best-of ratio")
     parser.add_argument("--preset", default="base", help="with --speed-only: model preset")
     parser.add_argument("--device", default="cuda", help="with --speed-only: cuda or cpu")
     parser.add_argument("--precision", default="bf16", help="with --speed-only: auto, fp32, bf16 or fp16")
@@ -438,6 +441,13 @@ def main() -> None:
         for role in ("ours", "baseline"):
             rounds[role].append(child(role, budget_s=args.speed_budget_s, eval_sequences=0))
     report["throughput_rounds_tokens_per_s"] = {r: [x["steady_tokens_per_s"] for x in v] for r, v in rounds.items()}
+    if args.throughput_only:
+        best = {role: max(report["throughput_rounds_tokens_per_s"][role]) for role in rounds}
+        report["ratios"] = {"tokens_per_s_best_of_rounds": best["ours"] / best["baseline"]}
+        report["machine"]["loadavg_at_end"] = os.getloadavg()
+        report["machine"]["loadavg_1min_at_each_child_start"] = loads
+        print(json.dumps(report, indent=2))
+        return
     # Warmup: the same share of each side's own steps (a fixed count would be most of the baseline's run).
     warmup = {}
     for role, runs in rounds.items():

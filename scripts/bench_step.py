@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     b, t, v = args.batch, args.length, args.vocab
-    batch = model.PretrainingBatch(
+    batch = model.PretrainingBatch.from_flat_positions(
         input_ids=torch.randint(5, v, (b, t), generator=gen),
         token_type_ids=torch.zeros(b, t, dtype=torch.long),
         attention_mask=torch.ones(b, t, dtype=torch.long),

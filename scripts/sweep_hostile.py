@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """A reproducible sweep of hostile or mistaken inputs across every `bert` command (docs/reliability.md).
 
-    .venv/bin/python scripts/sweep_hostile.py --workdir /tmp/sweep [--jobs 1] [--only SUBSTRING] [--keep]
+    .venv/bin/python scripts/sweep_hostile.py --workdir /tmp/sweep [--jobs 2] [--only SUBSTRING] [--list]
+                                              [--reuse-fixtures]
+
+WORKDIR is deleted and rebuilt on every run (with --reuse-fixtures only WORKDIR/s and WORKDIR/logs are).
 
 It builds its own fixtures in WORKDIR/fx (a 300-line corpus, two tokenizers, pairs and masked artifacts, a
 BERT-tiny of 5 steps, a fine-tuned classifier), then runs each scenario as `python -m bertcli …` in its own
@@ -25,6 +28,10 @@ line is the summary object (also written to WORKDIR/summary.json). A scenario is
 "either" scenarios (where a clean refusal and a success are both fine) only break a promise by the above faults.
 Softer findings (a refusal without a `hint:` line, an error line that does not name what the scenario expected
 it to name) are listed under `soft_issues`.
+
+Limits of the method: the sweep runs as whatever user starts it, so as root a read-only parent directory is
+skipped (chmod does not stop root); one command-line argument can hold at most 128 KiB on Linux, so the 200k-character
+pair goes through `predict-nsp --input` and the command-line variants use ~110k characters.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-LITTER = re.compile(r"^\..+\.(tmp|old)-\d+$")
+# A stage's temporaries: .NAME.tmp-PID / .NAME.old-PID, .NAME.tmp-HOST-PID (any suffix after tmp-/old-), and the
+# .NAME.tmp.png style of single files written by plot / attention.
+LITTER = re.compile(r"^\..+\.(tmp|old)[-.].+$")
 PAYLOAD_MARK = "PAYLOAD-RAN"
 
 
@@ -592,7 +601,7 @@ def _parquet_no_column(d: Path) -> Path:
 
 
 def _gz_bomb(d: Path) -> Path:
-    return write(d / "bomb.txt.gz", gzip.compress(b"a" * 50_000_000, compresslevel=9))
+    return write(d / "bomb.txt.gz", gzip.compress(b"a" * 20_000_000, compresslevel=9))
 
 
 def _symlink_loop(d: Path) -> Path:
@@ -615,10 +624,8 @@ def _missing_newline_name(d: Path) -> str:
 
 
 _corpus_case("missing", lambda d: d / "nope.txt", "refuse", ("INP",))
-_corpus_case("missing", lambda d: d / "nope.txt", "refuse", ("INP",), command="pairs")
 _corpus_case("missing-name-with-newline", _missing_newline_name, "refuse")
 _corpus_case("empty-file", lambda d: write(d / "empty.txt", ""), "refuse", ("INP",))
-_corpus_case("empty-file", lambda d: write(d / "empty.txt", ""), "refuse", ("INP",), command="pairs")
 _corpus_case("whitespace-only", lambda d: write(d / "ws.txt", "   \n\t\n\n  \n"), "refuse", ("INP",))
 _corpus_case("empty-dir", lambda d: (d / "emptydir").mkdir() or d / "emptydir", "refuse", ("INP",))
 _corpus_case("glob-matching-nothing", lambda d: str(d / "*.nothing"), "refuse")
@@ -648,7 +655,7 @@ _corpus_case("jsonl-no-text-field", lambda d: write(d / "c.jsonl", '{"body": "x"
 _corpus_case("truncated-gz", _trunc_gz, "refuse", ("INP",))
 _corpus_case("truncated-gz", _trunc_gz, "refuse", ("INP",), command="pairs")
 _corpus_case("truncated-zst", _trunc_zst, "refuse", ("INP",), skip=_no_module("zstandard"))
-_corpus_case("gz-bomb-50MB-one-line", _gz_bomb, "either", timeout=120)
+_corpus_case("gz-bomb-20MB-one-line", _gz_bomb, "either", timeout=120)
 _corpus_case("parquet-without-column", _parquet_no_column, "refuse", ("text",), skip=_no_module("pyarrow"))
 _corpus_case("parquet-without-column", _parquet_no_column, "refuse", ("text",), command="pairs",
              skip=_no_module("pyarrow"))
@@ -829,12 +836,6 @@ def _(d: Path) -> Plan:
 def _(d: Path) -> Plan:
     f = write(d / "pairs", "i am a file")
     return Plan(args=pairs_args(FX.corpus, f, "--overwrite"), protect=[f], names=[str(f)])
-
-
-@sc("out-file-in-the-way-overwrite-pretrain", "pretrain", "refuse")
-def _(d: Path) -> Plan:
-    f = write(d / "run", "i am a file")
-    return Plan(args=pretrain_args(FX.masked, f, "--overwrite"), protect=[f], names=[str(f)])
 
 
 @sc("out-parent-is-file", "train-vocab", "refuse")
@@ -1202,12 +1203,6 @@ def _(d: Path) -> Plan:
                 names=["--resume"])
 
 
-@sc("resume-finished-run-other-vocabulary", "pretrain", "either", timeout=150)
-def _(d: Path) -> Plan:
-    run = copy_tree(FX.run, d / "run")
-    return Plan(args=run_args(FX.pairs2, run, "--resume", "--set", "max_steps=6"), protect=[run])
-
-
 @sc("resume-poisoned-rng-pt", "pretrain", "either", timeout=150,
     note="a malicious rng.pt/optimizer.pt in a checkpoint: must never be unpickled")
 def _(d: Path) -> Plan:
@@ -1225,12 +1220,6 @@ def _(d: Path) -> Plan:
     return Plan(args=run_args(FX.masked, run, "--resume", "--set", "max_steps=6"), never=[marker])
 
 
-@sc("resume-and-overwrite", "pretrain", "either", timeout=150)
-def _(d: Path) -> Plan:
-    run = copy_tree(FX.run, d / "run")
-    return Plan(args=run_args(FX.masked, run, "--resume", "--overwrite"), protect=[run])
-
-
 @sc("evaluate-other-tokenizer-data", "evaluate", "refuse", timeout=120)
 def _(d: Path) -> Plan:
     return Plan(args=["evaluate", "--model", str(FX.model), "--data", str(FX.pairs2), "--device", "cpu"],
@@ -1242,12 +1231,6 @@ def _(d: Path) -> Plan:
     m = _pickled_model(d)
     return Plan(args=pretrain_args(FX.masked, d / "out", "--set", f"init_from={m}"), never=[d / PAYLOAD_MARK],
                 output=d / "out", names=["pickled"])
-
-
-@sc("init-from-missing", "pretrain", "refuse", timeout=150)
-def _(d: Path) -> Plan:
-    return Plan(args=pretrain_args(FX.masked, d / "out", "--set", f"init_from={d / 'nope'}"), output=d / "out",
-                names=["init_from"])
 
 
 @sc("pretrain-device-cuda", "pretrain", "refuse", timeout=120)
@@ -1326,7 +1309,7 @@ def _model_variant(kind: str, d: Path) -> Path:
             p = m / name
             if p.is_file():
                 data = json.loads(p.read_text())
-                data.pop("mask_token", None)
+                data["mask_token"] = None
                 p.write_text(json.dumps(data))
     elif kind == "a-file":
         m = FX.corpus
@@ -1383,13 +1366,10 @@ _model_case("non-bert", "finetune", names=("bert",))
 _model_case("config-garbage", "embed", names=("config.json",))
 _model_case("config-list", "fill-mask", names=("config.json",))
 _model_case("config-bad-values", "fill-mask")
-_model_case("config-vocab-too-small", "fill-mask")
 for _cmd in ("fill-mask", "predict-nsp", "embed", "attention", "evaluate", "score", "finetune"):
     _model_case("pickled", _cmd, names=("pickled",))
 _model_case("truncated-safetensors", "fill-mask", names=("M",))
-_model_case("safetensors-garbage-header", "predict-nsp")
 _model_case("no-tokenizer", "fill-mask", names=("tokenizer",))
-_model_case("tokenizer-garbage", "fill-mask", names=("tokenizer",))
 _model_case("tokenizer-garbage", "tokenize", names=("tokenizer",))
 _model_case("no-mask-token", "fill-mask", names=("mask",))
 _model_case("a-file", "fill-mask", names=("M",))
@@ -1398,10 +1378,12 @@ _model_case("run-without-final", "fill-mask", names=("final",))
 _model_case("missing", "embed", names=("M",))
 _model_case("missing", "tokenize", names=("M",))
 _model_case("classifier", "score", names=("masked-LM",))
-_model_case("classifier", "fill-mask", expect="refuse")
 
 
-_L = "the hacker wrote code " * 9000  # ~200k characters
+# One argv string may hold at most 128 KiB (Linux MAX_ARG_STRLEN): long texts on the command line are ~110k
+# characters; the 200k-character case goes through --input files.
+_L = "the hacker wrote code " * 5000  # ~110k characters
+_L200K = "the hacker wrote code " * 9100  # ~200k characters
 
 
 def _quick(limit: float) -> Callable:
@@ -1431,7 +1413,7 @@ _infer("empty-first", "predict-nsp", "refuse",
        lambda d: ["predict-nsp", "--model", str(FX.model), *M, "--first", "", "--second", "It ran."], ("empty",))
 _infer("only-first", "predict-nsp", "refuse",
        lambda d: ["predict-nsp", "--model", str(FX.model), *M, "--first", "A."], ("--second",))
-_infer("2x200k-chars", "predict-nsp", "accept",
+_infer("2x110k-chars", "predict-nsp", "accept",
        lambda d: ["predict-nsp", "--model", str(FX.model), *M, "--first", _L, "--second", _L, "--json"],
        timeout=90, quick=60)
 _infer("device-cuda", "predict-nsp", "refuse",
@@ -1439,18 +1421,20 @@ _infer("device-cuda", "predict-nsp", "refuse",
        ("cuda",))
 
 
-def _nsp_file(name: str, content: str, suffix: str, expect: str = "refuse", names: tuple = ()) -> None:
+def _nsp_file(name: str, content: str, suffix: str, expect: str = "refuse", names: tuple = (),
+              quick: float | None = None) -> None:
     def setup(d: Path) -> Plan:
         f = write(d / f"pairs{suffix}", content)
         return Plan(args=["predict-nsp", "--model", str(FX.model), *M, "--input", str(f)], protect=[f],
-                    names=[n.replace("F", str(f)) if n == "F" else n for n in names])
+                    names=[n.replace("F", str(f)) if n == "F" else n for n in names],
+                    check=_quick(quick) if quick else None)
 
     SCENARIOS.append(Scenario(f"predict-nsp-input-{name}", "predict-nsp", expect, setup, 120))
 
 
 _nsp_file("empty", "", ".tsv", names=("F",))
+_nsp_file("2x200k-chars-tsv", _L200K + "\t" + _L200K + "\n", ".tsv", expect="accept", quick=60)
 _nsp_file("one-column-tsv", "just one column\n", ".tsv", names=("F",))
-_nsp_file("jsonl-missing-second", '{"first": "A."}\n', ".jsonl", names=("second",))
 
 
 
@@ -1465,16 +1449,10 @@ _infer("word-not-in-sentences", "embed", "refuse",
 _infer("layer-99", "embed", "refuse",
        lambda d: ["embed", "--model", str(FX.model), *M, "--word", "code", "--layer", "99", "code ran", "the code"],
        ("layer",))
-_infer("empty-word", "embed", "refuse",
-       lambda d: ["embed", "--model", str(FX.model), *M, "--word", "", "code ran", "the code"])
-_infer("empty-text", "attention", "refuse",
-       lambda d: ["attention", "--model", str(FX.model), *M, "--out", str(d / "a.html"), ""])
-_infer("1MB-text", "tokenize", "accept", lambda d: ["tokenize", "--tokenizer", str(FX.tok), "word " * 200_000],
+_infer("110k-text", "tokenize", "accept", lambda d: ["tokenize", "--tokenizer", str(FX.tok), "word " * 22_000],
        quick=60)
 _infer("empty-text", "tokenize", "either", lambda d: ["tokenize", "--tokenizer", str(FX.tok), ""])
 _infer("pairs-artifact-as-tokenizer", "tokenize", "either", lambda d: ["tokenize", "--tokenizer", str(FX.pairs), "hi"])
-_infer("max-sequences-and-device-cuda", "evaluate", "refuse",
-       lambda d: ["evaluate", "--model", str(FX.model), "--data", str(FX.masked), "--device", "cuda"], ("cuda",))
 
 
 # ================================================================ 6. finetune / predict / score
@@ -1561,7 +1539,6 @@ _score("blimp-missing-sentence-bad", '{"sentence_good": "The cat sat.", "UID": "
 _score("blimp-empty", "", names=("p.jsonl",))
 _score("blimp-not-object", '["The cat sat.", "Cat the sat."]\n', names=("p.jsonl:1",))
 _score("input-empty", "", kind="input", names=("s.txt",))
-_score("empty-text", None, texts=("",))
 _score("variant-bogus", None, texts=("the code ran .",), extra=("--variant", "bogus"), names=("variant",))
 
 
@@ -1588,7 +1565,9 @@ _pipe("workdir-is-file", lambda d: _base_pipe(d, workdir=write(d / "wfile", "x")
       protect=lambda d: [d / "wfile"], names=("wfile",))
 _pipe("unknown-stage", lambda d: _base_pipe(d, stages="[train-vocab, tokenise]"), names=("tokenise",))
 _pipe("stage-section-typo", lambda d: _base_pipe(d) + "pairz: {max_seq_length: 64}\n", names=("pairz",))
-_pipe("stage-key-typo", lambda d: _base_pipe(d) + "pairs: {max_seq_lenght: 64}\n", names=("max_seq_lenght",))
+_pipe("stage-key-typo", lambda d: _base_pipe(d, stages="[train-vocab, pairs]") + "pairs: {max_seq_lenght: 64}\n",
+      names=("max_seq_lenght",))
+_pipe("unused-stage-section-typo", lambda d: _base_pipe(d) + "pairs: {max_seq_lenght: 64}\n", names=("max_seq_lenght",))
 _pipe("stage-section-not-mapping", lambda d: _base_pipe(d) + "pairs: 64\n", names=("pairs",))
 _pipe("stages-out-of-order", lambda d: _base_pipe(d, stages="[pairs, train-vocab]"), names=("stages",))
 _pipe("stages-empty", lambda d: _base_pipe(d, stages="[]"), names=("stages",))
@@ -1606,7 +1585,7 @@ _pipe("workdir-holds-input", lambda d: (corpus_copy(d / "data", "a.txt"),
 _pipe("workdir-foreign-tokenizer-overwrite", lambda d: (foreign_dir(d / "work" / "tokenizer"), _base_pipe(d))[1],
       extra=("--overwrite",), protect=lambda d: [d / "work" / "tokenizer"], names=("tokenizer",))
 _pipe("dry-run-ok", lambda d: _base_pipe(d), expect="accept", extra=("--dry-run",))
-_pipe("set-unknown", lambda d: _base_pipe(d), extra=("--set", "pairs.max_seq_lenght=64"), names=("--set",))
+_pipe("set-unknown", lambda d: _base_pipe(d), extra=("--set", "train_vocab.vocab_sise=64"), names=("--set",))
 _pipe("seed-negative", lambda d: _base_pipe(d) + "seed: -3\n", names=("seed",))
 
 
@@ -1753,10 +1732,23 @@ def _run_scenario(idx: int, s: Scenario, root: Path) -> dict:
     return rec
 
 
+def tree_state() -> dict:
+    """Which bertcli was swept: the commit and how many paths differ from it (the results hold for that tree)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.splitlines()
+        return {"commit": head, "changed_paths": len(status),
+                "unmerged_paths": sum(1 for ln in status if ln[:2] in ("UU", "AA", "DU", "UD"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default="/tmp/sweep", type=Path)
-    ap.add_argument("--jobs", type=int, default=1, help="scenarios run at once (the machine's cores are shared)")
+    ap.add_argument("--jobs", type=int, default=2, help="scenarios run at once (the machine's cores are shared)")
     ap.add_argument("--only", default=None, help="run only the scenarios whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--reuse-fixtures", action="store_true", help="keep WORKDIR/fx from a previous run (development)")
@@ -1776,6 +1768,7 @@ def main() -> None:
     (root / "logs").mkdir(parents=True)
     (root / "s").mkdir()
     t0 = time.monotonic()
+    tree_before = tree_state()
     build_fixtures(root, reuse=args.reuse_fixtures)
     fx_snapshot = snapshot(FX.root)
     t_fix = time.monotonic() - t0
@@ -1815,6 +1808,7 @@ def main() -> None:
         "refusal_left_output": count("created its output"),
         "too_slow": count("took "),
         "fixtures_changed": fixtures_changed[:10],
+        "bertcli_tree": {"before": tree_before, "after": tree_state()},
         "seconds_fixtures": round(t_fix, 1),
         "seconds_total": round(time.monotonic() - t0, 1),
         "broken_promises": [

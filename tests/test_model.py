@@ -59,7 +59,9 @@ def random_batch(
     positions = torch.nonzero(flat != -100).squeeze(1)
     nsp = torch.tensor([0, 1, 0][:batch])
     return (
-        PretrainingBatch(input_ids, token_type_ids, attention_mask, positions, flat[positions], nsp),
+        PretrainingBatch.from_flat_positions(
+            input_ids, token_type_ids, attention_mask, positions, flat[positions], nsp
+        ),
         labels,
     )
 
@@ -217,9 +219,12 @@ def test_last_layer_pruning_changes_nothing_at_the_used_positions():
 def test_last_layer_pruning_with_a_row_without_masks():
     cfg = tiny_config()
     model = build_model(cfg, seed=1).eval()
-    batch, _ = random_batch(cfg.vocab_size, seed=2)
-    keep = batch.masked_positions >= batch.input_ids.shape[1]  # drop every masked position of row 0
-    batch.masked_positions, batch.masked_labels = batch.masked_positions[keep], batch.masked_labels[keep]
+    batch, labels = random_batch(cfg.vocab_size, seed=2)
+    labels[0] = -100  # drop every masked position of row 0
+    flat = labels.reshape(-1)
+    positions = torch.nonzero(flat != -100).squeeze(1)
+    batch = PretrainingBatch.from_flat_positions(batch.input_ids, batch.token_type_ids, batch.attention_mask,
+                                                 positions, flat[positions], batch.next_sentence_label, width=4)
     la, _ = pretraining_loss(model, batch, prune_last_layer=True)
     lb, _ = pretraining_loss(model, batch, prune_last_layer=False)
     assert torch.allclose(la, lb, atol=1e-5)

@@ -13,6 +13,7 @@ import yaml
 from transformers import AutoModelForPreTraining, BertForMaskedLM, BertForPreTraining, pipeline
 from typer.testing import CliRunner
 
+from bertcli import devices
 from bertcli.artifacts import load_data
 from bertcli.batching import EpochPlan, target_token_counts, unigram_log_prior
 from bertcli.checkpoints import MARKER, list_checkpoints, newest_valid_checkpoint, verify_checkpoint
@@ -213,8 +214,8 @@ def test_mixed_precision_paths_run_on_cpu(masked_data, tmp_path, precision):
 
 
 def test_precision_auto_is_fp32_on_cpu():
-    assert pretrain.resolve_precision("auto", torch.device("cpu")).name == "fp32"
-    assert pretrain.resolve_precision("bf16", torch.device("cpu")).autocast_dtype == torch.bfloat16
+    assert devices.resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    assert devices.resolve_precision("bf16", torch.device("cpu")).autocast_dtype == torch.bfloat16
 
 
 def test_time_budget_stops_and_fits_schedule(masked_data, tmp_path):
@@ -230,9 +231,9 @@ def _nan_after(monkeypatch, calls: set[int]):
     real = pretraining_loss
     counter = {"n": 0}
 
-    def fake(model, batch, has_nsp=True):
+    def fake(model, batch, has_nsp=True, **kwargs):
         counter["n"] += 1
-        loss, stats = real(model, batch, has_nsp)
+        loss, stats = real(model, batch, has_nsp, **kwargs)
         if counter["n"] in calls:
             loss = loss * float("nan")
         return loss, stats
@@ -320,10 +321,10 @@ def test_end_to_end_with_the_real_pairs_and_mask_stages(tmp_path, tiny_tokenizer
 
 def test_micro_batches_follow_batch_size_and_process_count():
     # `--set batch_size=16` with the shipped micro_batch_size 32, and torchrun's 2 processes at batch 32, just work
-    assert pretrain.micro_batching(16, 32, 1) == (16, 1)
-    assert pretrain.micro_batching(32, 32, 2) == (16, 1)
-    assert pretrain.micro_batching(256, 32, 1) == (32, 8)
-    assert pretrain.micro_batching(96, 64, 1) == (48, 2)
-    assert pretrain.micro_batching(10, 4, 1) == (2, 5)
+    assert devices.micro_batching(16, 32, 1) == (16, 1)
+    assert devices.micro_batching(32, 32, 2) == (16, 1)
+    assert devices.micro_batching(256, 32, 1) == (32, 8)
+    assert devices.micro_batching(96, 64, 1) == (48, 2)
+    assert devices.micro_batching(10, 4, 1) == (2, 5)
     with pytest.raises(ConfigError, match="batch_size.*3 processes"):
-        pretrain.micro_batching(32, 32, 3)
+        devices.micro_batching(32, 32, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,3 +110,77 @@ def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path):
     a, b = _weights(reference), _weights(run)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _two_ranks(data: Path, outputs: tuple[Path, Path], extra: list[str], nan_calls: tuple[str, str] = ("", ""),
+               flags: tuple[str, ...] = (), timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """Two `bert pretrain` processes joined as torchrun would join them, each with its own --output (a node that
+    cannot see the run directory gets another path) and its own injected faults (tests/pretrain_worker.py)."""
+    port = str(29500 + random.randrange(1000))
+    procs = []
+    for rank in (0, 1):
+        env = {**_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NAN_CALLS": nan_calls[rank]}
+        cmd = _cmd(data, outputs[rank], extra, [sys.executable, str(ROOT / "tests" / "pretrain_worker.py")]) + [*flags]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_rank_without_the_run_directory_resumes_and_rolls_back_from_rank_0(data, tmp_path):
+    """Rank 1 cannot read the checkpoints (its node does not mount the run directory: another path there). It still
+    resumes from rank 0's step 4 — not from step 0 — and the NaN it produces at step 5 rolls both ranks back to step
+    4 (read by rank 0, broadcast), skipping that batch: the same weights as an uninterrupted run with that NaN."""
+    extra = ["max_steps=8", "save_every=2", "keep_checkpoints=3"]
+    reference = tmp_path / "reference"
+    # 2 micro-batches per rank per step and 1 held-out one at the evaluation after step 4: rank 1's 10th forward is
+    # its first of step 5
+    results = _two_ranks(data, (reference, reference), extra, ("", "10"))
+    assert all(r.returncode == 0 for r in results), results[0].stderr[-3000:] + results[1].stderr[-3000:]
+    assert "rolled back to" in results[0].stderr
+    state = json.loads((reference / "final/training_state/state.json").read_text())["state"]
+    assert state["skipped_batches"] == [[0, 4]] and state["step"] == 8
+
+    run = tmp_path / "run"  # as a kill after step 5 leaves it: checkpoints up to step 4
+    shutil.copytree(reference, run)
+    for name in ("final", "step-00000006", "step-00000008"):
+        shutil.rmtree(run / name, ignore_errors=True)
+    (run / "manifest.json").unlink()
+    elsewhere = tmp_path / "node-2-local" / "run"  # what rank 1's node sees at the run's path: nothing
+    results = _two_ranks(data, (run, elsewhere), extra, ("", "1"), flags=("--resume",))
+    assert all(r.returncode == 0 for r in results), results[0].stderr[-3000:] + results[1].stderr[-3000:]
+    err = results[0].stderr
+    assert "resuming from" in err and "step-00000004" in err and "starting from step 0" not in err
+    assert "rolled back to" in err and "step 4" in err
+    assert not elsewhere.exists()  # rank 1 never looked for, or wrote, anything there
+    a, b = _weights(reference), _weights(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == [2, 4, 6, 8]
+
+
+@pytest.mark.slow
+def test_torchrun_compiled_with_accumulation_matches_one_process(data, tmp_path):
+    """torch.compile under DDP with gradient accumulation (no_sync), dropout 0: 2 ranks equal 1 process with twice
+    the accumulation, compiled too, to float rounding (Inductor on CPU: minutes of compiling)."""
+    extra = ["max_steps=3", "save_every=0", "eval_every=0", "compile=true", "model.hidden_dropout_prob=0",
+             "model.attention_probs_dropout_prob=0"]
+    single = tmp_path / "single"
+    result = subprocess.run(_cmd(data, single, extra), env=_env(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    double = tmp_path / "double"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + random.randrange(1000)), "-m", "bertcli"]
+    result = subprocess.run(_cmd(data, double, extra, torchrun), env=_env(), capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((double / "manifest.json").read_text())
+    assert manifest["stats"]["compile"] and manifest["stats"]["world_size"] == 2
+    a, b = _weights(single), _weights(double)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from bertcli import dist
-from bertcli.artifacts import DataArtifact, load_data, new_manifest, read_bertcli_manifest, write_json_atomic
+from bertcli.artifacts import DataArtifact, load_data, new_manifest, write_json_atomic
 from bertcli.batching import (
     Collator,
     EpochPlan,
@@ -22,6 +21,9 @@ from bertcli.batching import (
     derive_seed,
     held_out_micro_batches,
     iterate_micro_batches,
+    length_buckets,
+    max_predictions_of,
+    micro_batch_keys,
     target_token_counts,
     to_model_batch,
     unigram_log_prior,
@@ -33,20 +35,22 @@ from bertcli.checkpoints import (
     RUN_MANIFEST,
     STEP_PREFIX,
     TrainState,
-    load_checkpoint,
-    newest_valid_checkpoint,
+    finished_run,
     prepare_output,
     prune_checkpoints,
-    resume_from_newest,
+    restore_newest,
+    rng_state,
     save_checkpoint,
     start_run_dir,
 )
 from bertcli.config import config_hash, config_to_dict, config_to_yaml
+from bertcli.devices import Precision, micro_batching, resolve_num_workers, resolve_precision
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, InputError
 from bertcli.masking import MaskingSpec
-from bertcli.metrics import MetricsWriter, plot_run
+from bertcli.metrics import MetricsWriter, efficiency, gpu_peak_tflops, plot_run
 from bertcli.model import (
     NUM_STATS,
+    BatchWork,
     PretrainingModule,
     build_bert_config,
     build_model,
@@ -56,32 +60,11 @@ from bertcli.model import (
     lr_multiplier,
     pretraining_loss,
     summarize_stats,
+    training_flops,
 )
 from bertcli.schemas import PretrainConfig
 
 MAX_CONSECUTIVE_ROLLBACKS = 5
-
-
-# ---------------------------------------------------------------------------------------------- precision
-
-@dataclass
-class Precision:
-    name: str  # fp32 | bf16 | fp16
-    autocast_dtype: torch.dtype | None
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-
-
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on a CUDA device that supports it, else fp32. fp16 always comes with a gradient scaler."""
-    if requested == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        requested = "bf16" if use_bf16 else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
-    return Precision(requested, dtype)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -90,6 +73,10 @@ class NonFiniteLoss(Exception):
     def __init__(self, step: int, position: tuple[int, int], what: str):
         super().__init__(f"{what} at step {step + 1} (epoch {position[0]}, batch {position[1]})")
         self.step, self.position, self.what = step, position, what
+
+
+# Bits of a step's non-finite flag (a device scalar; see Trainer.train_step).
+_BAD_LOSS, _BAD_GRAD = 1.0, 2.0
 
 
 @dataclass
@@ -101,6 +88,12 @@ class Trainer:
     of the loop, and the token count, the data stream, evaluation and saving must all see the replacement. One
     object that owns them keeps every part of the loop looking at the same, current pieces; free functions would
     have to pass them in and hand the replaced ones back at every call.
+
+    The host never waits for the device inside a step (tests/test_pretrain_gpu.py counts it): the indices the
+    step needs come from the loader, a non-finite loss or gradient makes the fused optimizer skip its update on the
+    device, and the step's flag is read later, at the next check (log_every, evaluation, saving, the end) together
+    with the other steps' since the last one. A bad step found there rolls back as before: no checkpoint is written
+    before its steps are checked, so none ever holds non-finite weights, and the offending batch is skipped.
     """
 
     cfg: PretrainConfig
@@ -121,6 +114,12 @@ class Trainer:
     metrics: MetricsWriter
     initial_weights: dict | None = None  # for a rollback before the first checkpoint
     unsynced_tokens: int = 0  # this rank's tokens not yet added (over all ranks) to state.tokens
+    num_workers: int = 0  # loader processes (num_workers resolved)
+    fixed_width: bool = False  # the compiled step: every shape fixed by (B, T) (see model.pretraining_loss)
+    peak_tflops: float | None = None  # per device, for MFU
+    vocab_multiple: int = 1  # vocabulary padding inside the MLM matmul (model.PretrainingModule)
+    pending: list = field(default_factory=list)  # (step index, data position, flag) of the steps not yet checked
+    agreed_clock: tuple[int, float, float] = (0, 0.0, 0.0)  # DDP: (step, elapsed, s/step) all ranks agreed on
 
     # ------------------------------------------------------------------ schedule
 
@@ -138,46 +137,51 @@ class Trainer:
             p = max(p, elapsed_s / self.cfg.time_budget_s)
         return min(p, 1.0)
 
+    def schedule_elapsed(self, local_elapsed_s: float) -> float:
+        """The training time the schedule and the budget follow. One process: its clock. Several: the slowest
+        rank's, as agreed at the last check (checks share one all-reduce with the non-finite flags), extrapolated
+        by the agreed seconds per step since: every rank computes the same value without a collective per step."""
+        if not self.ctx.distributed:
+            return local_elapsed_s
+        step, elapsed, per_step = self.agreed_clock
+        return elapsed + (self.state.step - step) * per_step
+
     # ------------------------------------------------------------------ data
 
     def micro_batch_stream(self) -> Iterator[list[dict]]:
-        """Groups of `accum` micro-batches, one group per optimizer step, from the saved data position on."""
+        """Groups of `accum` micro-batches, one group per optimizer step, from the saved data position on, through
+        one loader whose workers live as long as the stream (epochs do not restart them)."""
         state = self.state
-        skipped = {tuple(x) for x in state.skipped_batches}
-        while True:
-            epoch, start = state.epoch, state.batch_in_epoch
-            if start >= self.plan.batches_per_epoch(epoch):
-                state.epoch, state.batch_in_epoch = epoch + 1, 0
-                continue
-            dataset = MicroBatches(self.plan, self.collate, epoch, self.micro_batch_size, self.accum,
-                                   self.ctx.rank, self.ctx.world_size, self.cfg.seed)
-            group: list[dict] = []
-            for collated in iterate_micro_batches(dataset, start, self.cfg.num_workers, self.ctx.device.type == "cuda"):
-                if (int(collated["epoch"]), int(collated["batch_index"])) in skipped:
-                    continue
-                group.append(collated)
-                if len(group) == self.accum:
-                    yield group
-                    group = []
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
+        dataset = MicroBatches(self.plan, self.collate, self.micro_batch_size, self.accum, self.ctx.rank,
+                               self.ctx.world_size, self.cfg.seed)
+        keys = micro_batch_keys(self.plan, state.epoch, state.batch_in_epoch, self.accum,
+                                {tuple(x) for x in state.skipped_batches})
+        group: list[dict] = []
+        for collated in iterate_micro_batches(dataset, keys, self.num_workers, self.ctx.device.type == "cuda"):
+            group.append(collated)
+            if len(group) == self.accum:
+                yield group
+                group = []
 
     # ------------------------------------------------------------------ one step, one evaluation
 
-    def _seed_dropout(self, micro_index: int) -> None:
-        # dropout depends only on (seed, step, micro-batch): resumption and world size do not change it
-        torch.manual_seed(derive_seed(self.cfg.seed, self.state.step, 4, micro_index))
+    def _seed_dropout(self, micro_batch: int) -> None:
+        # dropout depends only on (seed, step, micro-batch j): resumption and world size do not change it
+        torch.manual_seed(derive_seed(self.cfg.seed, self.state.step, 4, micro_batch))
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """One optimizer step over this rank's micro-batches; returns (stats, tokens, grad norm) as device
-        tensors where possible, so the host waits for the device once per step, not once per value."""
+    def train_step(self, micro_batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step over this rank's micro-batches, without the host waiting for the device.
+
+        Returns device tensors: the summed statistics, the gradient norm, and the step's non-finite flag (0 when
+        finite; _BAD_LOSS and/or _BAD_GRAD bits otherwise), which check_steps reads later. A flagged step's update is
+        skipped on the device: the fused optimizer's found_inf (what GradScaler uses), so weights stay finite.
+        """
         ctx, cfg = self.ctx, self.cfg
         stats = torch.zeros(NUM_STATS, dtype=torch.float64, device=ctx.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
-        tokens = 0
         for a, collated in enumerate(micro_batches):
-            batch = to_model_batch(collated, ctx.device)
-            tokens += collated["num_tokens"]
-            self._seed_dropout(a * ctx.world_size + ctx.rank)
+            batch = to_model_batch(collated, ctx.device, fixed_width=self.fixed_width)
+            self._seed_dropout(int(collated["micro_batch"]))
             with dist.maybe_no_sync(self.module, skip_sync=a < len(micro_batches) - 1):
                 with self.precision.autocast(ctx.device):
                     loss, s = self.module(**batch.__dict__)
@@ -188,7 +192,6 @@ class Trainer:
                     scaled.backward()
             stats += s
             loss_sum += loss.detach().float()
-        position = (int(micro_batches[0]["epoch"]), int(micro_batches[0]["batch_index"]))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -198,21 +201,40 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(
                 torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])
             )
-        # One host sync per step: the loss (each rank's own) and the gradient norm (the same on all ranks).
-        # With fp16 an overflowing gradient is normal: the scaler skips that update and lowers the scale.
-        checked = torch.stack([loss_sum, grad_norm.float() if self.scaler is None else loss_sum])
-        bad_loss, bad_grad = (~torch.isfinite(checked)).cpu().tolist()
-        if dist.any_rank(self.ctx, bad_loss or bad_grad):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(self.state.step, position, "non-finite gradient" if bad_grad and not bad_loss
-                                else "non-finite loss")
+        bad_loss = (~torch.isfinite(loss_sum)).float() * _BAD_LOSS
         if self.scaler is not None:
+            # fp16: an overflowing gradient is normal; the scaler skips that update and lowers the scale
+            flag = bad_loss
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            flag = bad_loss + (~torch.isfinite(grad_norm)).float() * _BAD_GRAD
+            self.optimizer.found_inf = (flag > 0).float()  # 1.0: the fused kernel leaves weights and state alone
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return stats, tokens, grad_norm.detach()
+        return stats, grad_norm.detach(), flag
+
+    def check_steps(self, local_elapsed_s: float) -> None:
+        """Read the flags of the steps since the last check (one host sync; under DDP one all-reduce, which also
+        agrees on the elapsed time for the schedule) and raise NonFiniteLoss for the first bad one."""
+        ctx, state = self.ctx, self.state
+        pending, self.pending = self.pending, []
+        if not pending and not ctx.distributed:
+            return
+        values = torch.stack([torch.zeros((), device=ctx.device)] + [f for _, _, f in pending]).double()
+        values[0] = local_elapsed_s
+        if ctx.distributed:
+            dist.all_reduce_max(ctx, values)  # any rank's bad step stops every rank; the slowest clock leads
+        host = values.tolist()
+        if ctx.distributed:
+            step, elapsed, per_step = self.agreed_clock
+            if state.step > step:
+                per_step = (host[0] - elapsed) / (state.step - step)
+            self.agreed_clock = (state.step, host[0], per_step)
+        for (step, position, _), flag in zip(pending, host[1:]):
+            if flag > 0:
+                what = "non-finite loss" if int(flag) & int(_BAD_LOSS) else "non-finite gradient"
+                raise NonFiniteLoss(step, position, what)
 
     def evaluate(self) -> dict[str, float]:
         """MLM loss/accuracy on masked positions and NSP accuracy over the held-out micro-batches."""
@@ -228,7 +250,7 @@ class Trainer:
                                                    ctx.rank, ctx.world_size):
                 batch = to_model_batch(collated, ctx.device)
                 with self.precision.autocast(ctx.device):
-                    _, s = pretraining_loss(self.model, batch, self.data.has_nsp)
+                    _, s = pretraining_loss(self.model, batch, self.data.has_nsp, vocab_multiple=self.vocab_multiple)
                 stats += s
         self.model.train(was_training)
         dist.all_reduce_sum(ctx, stats)
@@ -240,7 +262,7 @@ class Trainer:
     def fit(self) -> None:
         """Train until max_steps or the time budget; on a non-finite loss stop or roll back (on_nonfinite)."""
         consecutive = 0
-        last_good_step = self.state.step
+        last_bad_step = -2
         while True:
             try:
                 self._train_steps()
@@ -252,8 +274,9 @@ class Trainer:
                         hint="lower learning_rate or raise warmup_steps, use precision bf16/fp32 instead of fp16, "
                         "then --resume; or set on_nonfinite: rollback",
                     ) from None
-                consecutive = consecutive + 1 if self.state.step <= last_good_step + 1 else 1
-                last_good_step = self.state.step
+                # in a row: the run did not get past the previous bad step
+                consecutive = consecutive + 1 if err.step <= last_bad_step + 1 else 1
+                last_bad_step = err.step
                 if consecutive > MAX_CONSECUTIVE_ROLLBACKS:
                     raise BertcliError(
                         f"{err}; {MAX_CONSECUTIVE_ROLLBACKS} rollbacks in a row did not help, stopping",
@@ -267,7 +290,9 @@ class Trainer:
         """Steps from the current state on, with logging, evaluation and checkpoints; raises NonFiniteLoss."""
         cfg, ctx, state = self.cfg, self.ctx, self.state
         start_time = time.perf_counter() - state.elapsed_s
-        interval_stats = torch.zeros(NUM_STATS + 2, dtype=torch.float64)  # stats, tokens, steps
+        self.pending = []
+        self.agreed_clock = (state.step, state.elapsed_s, 0.0)
+        interval_stats = torch.zeros(NUM_STATS + 3, dtype=torch.float64)  # stats, tokens, steps, model FLOPs
         interval_device = torch.zeros(NUM_STATS, dtype=torch.float64, device=ctx.device)
         interval_start = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not ctx.is_main, desc="pretrain", unit="step",
@@ -275,58 +300,71 @@ class Trainer:
         stream = self.micro_batch_stream()
         try:
             while state.step < cfg.max_steps:
-                elapsed = time.perf_counter() - start_time
-                if cfg.time_budget_s:
-                    # ranks' clocks differ: all follow the slowest so LR and stopping stay identical
-                    elapsed = dist.max_over_ranks(ctx, elapsed)
-                    if elapsed >= cfg.time_budget_s:
-                        break
+                elapsed = self.schedule_elapsed(time.perf_counter() - start_time)
+                if cfg.time_budget_s and elapsed >= cfg.time_budget_s:
+                    break
                 progress = self.progress(elapsed)
                 lr = self.lr_at(progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 group_batches = next(stream)
-                stats, tokens, grad_norm = self.train_step(group_batches)
-                epoch, b = group_batches[0]["epoch"], group_batches[0]["batch_index"]
+                stats, grad_norm, flag = self.train_step(group_batches)
+                epoch, b = int(group_batches[0]["epoch"]), int(group_batches[0]["batch_index"])
+                self.pending.append((state.step, (epoch, b), flag))
                 state.step += 1
                 state.epoch, state.batch_in_epoch = epoch, b + 1
                 state.sequences += cfg.batch_size
                 interval_device += stats  # stays on the device until the next log step
+                tokens = sum(int(c["num_tokens"]) for c in group_batches)
+                work = sum((c["work"] for c in group_batches), BatchWork())
                 interval_stats[NUM_STATS] += tokens
-                self.unsynced_tokens += tokens
                 interval_stats[NUM_STATS + 1] += 1
+                interval_stats[NUM_STATS + 2] += training_flops(self.model.config, work)
+                self.unsynced_tokens += tokens
                 state.elapsed_s = time.perf_counter() - start_time
                 bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                last = state.step == cfg.max_steps
+                log = state.step % cfg.log_every == 0 or last
+                evaluate = bool(cfg.eval_every) and state.step % cfg.eval_every == 0 and not last
+                save = bool(cfg.save_every) and state.step % cfg.save_every == 0 and not last
+                if log or evaluate or save:
+                    self.check_steps(state.elapsed_s)  # raises NonFiniteLoss for a bad step since the last check
+                if log:
                     interval_stats[:NUM_STATS] = interval_device.cpu()
                     interval_device.zero_()
                     dist.all_reduce_sum(ctx, interval_stats)
                     now = time.perf_counter()
                     record = self._train_record(interval_stats, now - interval_start, lr, grad_norm)
                     self.metrics.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:,.0f}")
+                    postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{lr:.2e}",
+                               "tok_s": f"{record['tokens_per_s']:,.0f}", "seq_s": f"{record['sequences_per_s']:,.1f}"}
+                    if record.get("mfu") is not None:
+                        postfix["mfu"] = f"{record['mfu']:.1%}"
+                    bar.set_postfix(postfix)
                     interval_stats.zero_()
                     interval_start = time.perf_counter()
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.max_steps:
+                if evaluate:
                     result = self.evaluate()
                     if result:
                         self.metrics.write({"step": state.step, **result})
                 if state.step % cfg.log_every == 0:
                     self.sync_tokens()
-                if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
+                if save:
                     self.sync_tokens()
                     self.save_step()
+            self.check_steps(time.perf_counter() - start_time)  # the steps since the last check
         finally:
             bar.close()
+            stream.close()  # stops the loader's workers
         self.sync_tokens()
         state.elapsed_s = time.perf_counter() - start_time
 
     def _train_record(self, interval_stats: torch.Tensor, interval_s: float, lr: float,
                       grad_norm: torch.Tensor) -> dict:
-        """One metrics.jsonl line from a log interval's summed (over ranks) stats, tokens and steps."""
+        """One metrics.jsonl line from a log interval's summed (over ranks) stats, tokens, steps and model FLOPs."""
         summary = summarize_stats(interval_stats[:NUM_STATS])
         interval_s = max(interval_s, 1e-9)
+        steps = interval_stats[NUM_STATS + 1].item()
         record = {
             "step": self.state.step,
             "loss": summary["mlm_loss"] + summary.get("nsp_loss", 0.0),
@@ -337,10 +375,13 @@ class Trainer:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "tokens_per_s": int(interval_stats[NUM_STATS]) / interval_s,
-            "sequences_per_s": self.cfg.batch_size * interval_stats[NUM_STATS + 1].item() / interval_s,
+            "sequences_per_s": self.cfg.batch_size * steps / interval_s,
+            **efficiency(interval_stats[NUM_STATS + 2].item(), interval_s, self.peak_tflops, self.ctx.world_size),
             "epoch": self.state.epoch,
             "elapsed_s": self.state.elapsed_s,
         }
+        if self.ctx.device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
         if self.scaler is not None:
             record["loss_scale"] = float(self.scaler.get_scale())
         return record
@@ -351,35 +392,40 @@ class Trainer:
         self.state.tokens += int(dist.all_reduce_sum(self.ctx, pending).item())
         self.unsynced_tokens = 0
 
-    def save_step(self) -> None:
-        """Rank 0 writes step-N (never with non-finite weights) and prunes old ones; all ranks wait for it."""
+    def _save(self, name: str) -> None:
+        """Rank 0 writes checkpoint `name` with every rank's RNG states (never with non-finite weights)."""
         ctx = self.ctx
-        if ctx.is_main:
-            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-            if bad:  # never write non-finite weights into a checkpoint
-                dist.warn_main(ctx, f"weights {bad[:3]} are not finite at step {self.state.step}; "
-                                    "checkpoint not written")
-            else:
-                save_checkpoint(self.out_dir, f"{STEP_PREFIX}{self.state.step:08d}", self.model, self.optimizer,
-                                self.scaler, self.state, self.run_info, self.data.tokenizer_dir)
-                prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
-        dist.barrier(ctx)
+        rng_states = dist.gather_objects(ctx, rng_state())
+        if not ctx.is_main:
+            return
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never write non-finite weights into a checkpoint
+            dist.warn_main(ctx, f"weights {bad[:3]} are not finite at step {self.state.step}; checkpoint not written")
+            return
+        save_checkpoint(self.out_dir, name, self.model, self.optimizer, self.scaler, self.state, self.run_info,
+                        self.data.tokenizer_dir, rng_states)
+        if name.startswith(STEP_PREFIX):
+            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+
+    def save_step(self) -> None:
+        """Rank 0 writes step-N and prunes old ones; all ranks wait for it."""
+        self._save(f"{STEP_PREFIX}{self.state.step:08d}")
+        dist.barrier(self.ctx)
 
     def save_final(self) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.out_dir, FINAL, self.model, self.optimizer, self.scaler, self.state, self.run_info,
-                            self.data.tokenizer_dir)
+        self._save(FINAL)
 
     def rollback(self, err: NonFiniteLoss) -> None:
-        """Restore the last checkpoint (or the initial weights) and drop the batch that gave a non-finite value."""
+        """Restore the last checkpoint (or the initial weights) and drop the batch that gave a non-finite value.
+        Rank 0 reads the checkpoint and every rank receives it (checkpoints.restore_newest)."""
         ctx = self.ctx
         skipped = list(self.state.skipped_batches) + [list(err.position)]
         rollbacks = self.state.rollbacks + 1
-        path = newest_valid_checkpoint(self.out_dir, ctx) if ctx.is_main else None
-        path = dist.broadcast_object(ctx, str(path) if path else "")
-        if path:
-            state, _ = load_checkpoint(Path(path), self.model, self.optimizer, self.scaler)
+        restored = restore_newest(self.out_dir, self.model, self.optimizer, self.scaler, ctx)
+        if restored is not None:
+            state, path = restored
         else:
+            path = None
             self.model.load_state_dict(self.initial_weights)
             self.optimizer.state.clear()
             state = TrainState()
@@ -401,7 +447,8 @@ class Trainer:
             f"({self.plan.num_train_sequences:,} training sequences, "
             f"{'NSP+MLM' if self.data.has_nsp else 'MLM only'}), "
             f"batch {cfg.batch_size} = {self.micro_batch_size} × {self.accum} accumulation × {ctx.world_size} "
-            f"process(es), {self.precision.name} on {ctx.device}, {cfg.max_steps} steps"
+            f"process(es), {self.precision.name} on {ctx.device} ({self.precision.reason}), "
+            f"{'compiled, ' if cfg.compile else ''}{cfg.max_steps} steps"
             + (f" or {cfg.time_budget_s:.0f} s" if cfg.time_budget_s else "")
         ))
 
@@ -427,6 +474,9 @@ class Trainer:
                 "skipped_batches": len(state.skipped_batches),
                 "world_size": self.ctx.world_size,
                 "precision": self.precision.name,
+                "precision_reason": self.precision.reason,
+                "tf32": self.precision.tf32,
+                "compile": bool(self.cfg.compile),
                 "parameters": count_parameters(self.model),
                 **final_eval,
             },
@@ -509,19 +559,6 @@ def build_pretraining_model(
     return model
 
 
-def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) -> tuple[int, int]:
-    """(micro-batch size, accumulation steps) for a global batch over world_size processes: the largest divisor of
-    the per-process batch that is at most max_micro_batch_size, so any batch_size splits without a remainder."""
-    if batch_size % world_size:
-        raise ConfigError(
-            f"key 'batch_size': {batch_size} sequences cannot be split evenly over {world_size} processes",
-            hint=f"choose a batch_size that is a multiple of {world_size}",
-        )
-    per_process = batch_size // world_size
-    micro = max(d for d in range(1, min(per_process, max_micro_batch_size) + 1) if per_process % d == 0)
-    return micro, per_process // micro
-
-
 # ---------------------------------------------------------------------------------------------- the stage
 
 def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict | None:
@@ -535,14 +572,43 @@ def run(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> d
 
 def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bool) -> dict | None:
     out = Path(cfg.output)
-    finished = read_bertcli_manifest(out) if resume and (out / FINAL).is_dir() else None
-    if finished is not None and finished.get("stage") == "pretrain":
-        dist.log_main(ctx, f"'{out}' is a finished run (final/ and manifest.json exist); nothing to do")
-        return finished if ctx.is_main else None
+    # rank 0 alone looks at the run directory (another node may not see it); the others follow its decisions
+    done = dist.main_decides(ctx, lambda: finished_run(out, cfg) if resume else None)
+    if done is not None:
+        steps_done = done["stats"]["steps"]
+        dist.log_main(ctx, f"'{out}' is a finished run (final/ and manifest.json exist, step {steps_done}); "
+                           "nothing to do (raise max_steps or time_budget_s to continue it)")
+        return done if ctx.is_main else None
+    trainer = build_trainer(cfg, ctx, resume, overwrite)
+    try:
+        trainer.describe()
+        trainer.fit()
+        final_eval = trainer.evaluate()
+        if final_eval:
+            trainer.metrics.write({"step": trainer.state.step, **final_eval})
+        trainer.metrics.summarize({**final_eval, "steps": trainer.state.step, "tokens": trainer.state.tokens,
+                                   "data_content_hash": trainer.data.content_hash})
+        trainer.save_final()
+    finally:
+        trainer.metrics.close()
+    manifest = None
+    if ctx.is_main:
+        _plot(out)
+        manifest = trainer.write_manifest(final_eval)
+        dist.log_main(ctx, f"finished: {out / FINAL} (step {trainer.state.step}, "
+                           f"{trainer.state.tokens:,} tokens, {trainer.state.elapsed_s:.0f} s)")
+    dist.barrier(ctx)
+    return manifest  # None on ranks other than 0: only rank 0 reports
+
+
+def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = False,
+                  overwrite: bool = False) -> Trainer:
+    """Everything a run needs, on every rank: data, model (restored from the newest checkpoint on --resume),
+    optimizer, the module under DDP / torch.compile, and the run directory prepared by rank 0."""
+    out = Path(cfg.output)
     micro_batch_size, accum = micro_batching(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     data = load_data(cfg.data)
-    is_resume = prepare_output(cfg, resume, overwrite, ctx)
-    dist.barrier(ctx)  # every rank has looked at the output before rank 0 changes it
+    is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))
     plan = EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction)
     if plan.batches_per_epoch(0) == 0:
         raise ArtifactError(
@@ -562,20 +628,24 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     # every rank: the same weights from the seed and the data
     model = build_pretraining_model(cfg, data, plan, masking, ctx)
     device = ctx.device
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    precision = resolve_precision(cfg.precision, device)
+    if precision.tf32:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
     model.train()
-    precision = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision.name == "fp16" else None
+    # fused: one kernel over all parameters (4% of a BERT-tiny CPU step), and it can skip a step on the device
+    # (found_inf), which is what keeps the non-finite check off the host (Trainer.train_step)
     optimizer = build_optimizer(
-        model, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
-        fused=device.type in ("cuda", "cpu"),  # one kernel over all parameters; 4% of a BERT-tiny CPU step
+        model, cfg.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon, fused=True,
     )
     collate = Collator(
         pad_id=data.special_ids["pad"], has_nsp=data.has_nsp, dynamic=masking is not None, masking=masking,
         pad_to_multiple_of=8 if device.type == "cuda" else 1,
+        max_predictions=max_predictions_of(data, masking),
+        length_buckets=length_buckets(data.max_seq_length) if cfg.compile else (),
+        max_width=model.config.max_position_embeddings,
     )
     run_info = {
         "config_hash": config_hash(cfg, ignore_role="resumable"),
@@ -587,51 +657,37 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     state = TrainState()
     if ctx.is_main:
         start_run_dir(out, fresh=not is_resume)
+        if is_resume:
+            (out / RUN_MANIFEST).unlink(missing_ok=True)  # continuing a finished run: it is not finished meanwhile
     dist.barrier(ctx)
     initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     resume_step = None
     if is_resume:
-        loaded = resume_from_newest(out, model, optimizer, scaler, data, ctx)
-        if loaded is not None:
-            state, chosen = loaded
+        restored = restore_newest(out, model, optimizer, scaler, ctx, data)
+        if restored is not None:
+            state, chosen = restored
             resume_step = state.step
             dist.log_main(ctx, f"resuming from {chosen} (step {state.step}, epoch {state.epoch}, "
                                f"batch {state.batch_in_epoch})")
         else:
-            dist.log_main(ctx, f"no usable checkpoint in '{out}'; starting from step 0")
-            model.load_state_dict(initial)
-            optimizer.state.clear()
+            dist.log_main(ctx, f"'{out}' has no checkpoint yet; starting from step 0")
             resume_step = 0
     if ctx.is_main:
         (out / RUN_CONFIG).write_text(config_to_yaml(cfg), encoding="utf-8")
-    module: Any = PretrainingModule(model, has_nsp=data.has_nsp)
-    module = dist.wrap_model(ctx, module)
+    vocab_multiple = 64 if device.type == "cuda" else 1
+    module: Any = PretrainingModule(model, has_nsp=data.has_nsp, vocab_multiple=vocab_multiple)
+    module = dist.wrap_model(ctx, module, cfg.ddp_comm)
     if cfg.compile:
-        module = torch.compile(module)
+        # one graph per length bucket (the collator pads to them), none for the rest: dynamic=False
+        module = torch.compile(module, dynamic=False)
     tracked = {**config_to_dict(cfg), "data_content_hash": data.content_hash, "tokenizer_hash": data.tokenizer_hash,
                "world_size": ctx.world_size, "precision": precision.name}
     metrics = MetricsWriter(out, ctx.is_main, resume_step, cfg.report_to, tracked, cfg.wandb_project)
-    trainer = Trainer(cfg, ctx, data, plan, collate, model, module, optimizer, scaler, precision, micro_batch_size,
-                      accum, state, out, run_info, metrics, initial_weights=initial)
-    try:
-        trainer.describe()
-        trainer.fit()
-        final_eval = trainer.evaluate()
-        if final_eval:
-            metrics.write({"step": trainer.state.step, **final_eval})
-        metrics.summarize({**final_eval, "steps": trainer.state.step, "tokens": trainer.state.tokens,
-                           "data_content_hash": data.content_hash})
-        trainer.save_final()
-    finally:
-        metrics.close()
-    manifest = None
-    if ctx.is_main:
-        _plot(out)
-        manifest = trainer.write_manifest(final_eval)
-        dist.log_main(ctx, f"finished: {out / FINAL} (step {trainer.state.step}, "
-                           f"{trainer.state.tokens:,} tokens, {trainer.state.elapsed_s:.0f} s)")
-    dist.barrier(ctx)
-    return manifest  # None on ranks other than 0: only rank 0 reports
+    peak = cfg.peak_tflops or (gpu_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    return Trainer(cfg, ctx, data, plan, collate, model, module, optimizer, scaler, precision, micro_batch_size,
+                   accum, state, out,
+                   run_info, metrics, initial_weights=initial, num_workers=resolve_num_workers(cfg.num_workers, device),
+                   fixed_width=bool(cfg.compile), peak_tflops=peak, vocab_multiple=vocab_multiple)
 
 
 def _plot(out: Path) -> None:

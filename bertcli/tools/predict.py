@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bertcli.errors import ArtifactError, InputError, warn
+from bertcli.masking import IGNORE_INDEX
 from bertcli.model_dir import LoadedModel
 
 if TYPE_CHECKING:
@@ -388,16 +389,14 @@ def evaluate(
 def _unbatch_masked(batch: dict, rows: list[dict]) -> list[dict]:
     """The rows of a dynamically masked collator batch as a masked artifact's rows (input_ids after masking,
     masked_positions, masked_labels), so that the static collator can batch them again in any grouping."""
-    width = batch["input_ids"].shape[1]
-    flat = batch["masked_positions"].numpy()  # (N,) b·T + t, row-major
-    row_of, column = flat // width, flat % width
-    labels = batch["masked_labels"].numpy()
+    queries = batch["query_positions"][:, 1:].numpy()  # (B, P): the masked positions; slot 0, [CLS], left out
+    labels = batch["masked_labels"].numpy()  # (B, P): IGNORE_INDEX at the padding slots
     out = []
     for b, row in enumerate(rows):
         length = len(row["input_ids"])
-        picked = row_of == b
+        real = labels[b] != IGNORE_INDEX
         out.append({**row, "input_ids": batch["input_ids"][b, :length].numpy(),
-                    "masked_positions": column[picked], "masked_labels": labels[picked]})
+                    "masked_positions": queries[b][real], "masked_labels": labels[b][real]})
     return out
 
 

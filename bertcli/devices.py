@@ -1,0 +1,70 @@
+"""How a pretraining run computes on its device: precision by compute capability, data-loader workers, and how a
+global batch splits into micro-batches over the processes."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from bertcli.errors import ConfigError
+
+
+@dataclass
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    autocast_dtype: torch.dtype | None
+    reason: str = ""  # why this precision: recorded in the manifest
+    tf32: bool = False  # TF32 matmuls for the fp32 parts (CUDA, compute capability 8.0 and above)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 autocast on a GPU that computes bf16 natively (compute capability 8.0 and above: A100, H100, L4…);
+    fp16 with a gradient scaler on older GPUs (V100, T4), which only emulate bf16 — torch.cuda.is_bf16_supported()
+    counts emulation unless told not to, and that emulation is far slower than their fp16 tensor cores; fp32 on
+    CPU. fp16 always comes with a gradient scaler. TF32 matmuls for the fp32 parts on GPUs that have them."""
+    gpu = ""
+    tf32 = False
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        gpu = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+        tf32 = major >= 8
+    if requested != "auto":
+        reason = f"precision: {requested} as configured" + (f" on {gpu}" if gpu else "")
+        return Precision(requested, _DTYPES[requested], reason, tf32)
+    if device.type != "cuda":
+        return Precision("fp32", None, f"auto on {device.type}: fp32", False)
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return Precision("bf16", torch.bfloat16, f"auto: {gpu} computes bf16 natively", tf32)
+    return Precision("fp16", torch.float16, f"auto: {gpu} has no native bf16 (below 8.0): fp16 with a gradient "
+                                            "scaler", tf32)
+
+
+def resolve_num_workers(value: int | str, device: torch.device) -> int:
+    """num_workers auto: 2 loader processes on CUDA (batches are built while the GPU computes), 0 on CPU (the
+    collation is cheap next to a CPU step, and worker processes would take cores from it)."""
+    if value == "auto":
+        return 2 if device.type == "cuda" else 0
+    return int(value)
+
+
+def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) for a global batch over world_size processes: the largest divisor of
+    the per-process batch that is at most max_micro_batch_size, so any batch_size splits without a remainder."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"key 'batch_size': {batch_size} sequences cannot be split evenly over {world_size} processes",
+            hint=f"choose a batch_size that is a multiple of {world_size}",
+        )
+    per_process = batch_size // world_size
+    micro = max(d for d in range(1, min(per_process, max_micro_batch_size) + 1) if per_process % d == 0)
+    return micro, per_process // micro
