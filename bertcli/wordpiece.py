@@ -15,6 +15,8 @@ SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
 # The trainer rebuilds its heap and floor watches when their entries outnumber the live pairs' by this factor, so
 # stale entries never dominate memory.
 _HEAP_SLACK = 3
+# Bits of a heap version: pair_version is an int32 array, so a version never outgrows them.
+_VERSION_BITS = 31
 
 
 def merged_token(left: str, right: str, prefix: str = "##") -> str:
@@ -128,18 +130,23 @@ class _Trainer:
 
     Symbols are interned by their string (two merges that spell the same token make the same symbol, as in the
     textbook loop). Memory grows with the distinct words' characters and pairs, so everything kept per character
-    or per pair lives in flat typed arrays (4 or 8 bytes an entry) rather than one Python object each:
+    or per pair lives in flat typed arrays (1 to 8 bytes an entry) rather than one Python object each:
 
     - Words: the kept words are laid end to end, one slot per character (a *position*): word w holds positions
       word_start[w] .. word_start[w + 1] - 1. A symbol lives at the position of its first character: sym[p] is
-      its id (-1 at the other positions of a merged symbol), nxt[p] / prv[p] the position of the next / previous
-      symbol of its word (-1 at the ends). A merge keeps the left symbol's position, so positions never move:
-      their order is the scan order of the tie rule, and a pair's first occurrence is a position.
+      its id (-1 at the other positions of a merged symbol), and its length in characters is span[p] and also
+      span at its last position, so the next symbol starts at p + span[p] and the previous one at
+      p - span[p - 1]. A merge keeps the left symbol's position, so positions never move: their order is the
+      scan order of the tie rule, and a pair's first occurrence is a position.
     - Pairs: a pair (x, y) is the int key x·shift + y; pair_id maps each present pair to its index into the
       per-pair arrays: pair_count, pair_first (lower bound of its first position), pair_version (heap version),
       pair_left / pair_right (x, y) and pair_words (the words holding it: a sorted array of word indices, a
-      superset, since a word is not removed when it loses the pair). Indices are never reused: a pair that
-      disappears and comes back gets a new one.
+      superset, since a word is not removed when it loses the pair; None for a free index). The index of a pair
+      that disappears is reused by the next new pair, so the arrays are as long as the most pairs ever present
+      at once (at most one per position).
+    - Heap entries: for the count score an entry is one int packing (-count, first position, pair, version) in
+      that order of significance (about 50 bytes instead of a 4-tuple's 150); for the other scores the tuple
+      (-bound, first position, pair, version).
 
     Heap invariant: every mergeable pair has exactly one current entry (its version) whose key
     (-bound, first position) is <= the pair's true key (-score, first position): the bound is an upper bound of
@@ -165,6 +172,7 @@ class _Trainer:
         # int32 positions unless the words hold 2^31 characters or more.
         self.pos_type = "i" if sum(len(word) for word in word_counts) < 2**31 else "q"
         sym = array("i")  # (positions,) symbol ids: at most the alphabet plus one per merge
+        max_word_chars = 0
         word_start = array(self.pos_type)  # (words + 1,)
         freqs = array("q")  # (words,) corpus count of each kept word
         cont_cache: dict[str, int] = {}
@@ -190,15 +198,13 @@ class _Trainer:
                     sid = cont_cache[ch] = self._intern(prefix + ch)
                 sym.append(sid)
             freqs.append(count)
+            max_word_chars = max(max_word_chars, len(word))
         num_positions = len(sym)
         word_start.append(num_positions)
-        nxt = array(self.pos_type, range(1, num_positions + 1))  # (positions,)
-        prv = array(self.pos_type, range(-1, num_positions - 1))  # (positions,)
-        for w in range(len(freqs)):
-            prv[word_start[w]] = -1
-            nxt[word_start[w + 1] - 1] = -1
-        self.sym, self.nxt, self.prv, self.word_start, self.freqs = sym, nxt, prv, word_start, freqs
-        self.num_initial = len(self.sym_str)
+        # (positions,) symbol lengths: one byte for words up to 255 characters (train-vocab's are at most 100).
+        span_type = "B" if max_word_chars < 1 << 8 else "H" if max_word_chars < 1 << 16 else "i"
+        span = array(span_type, [1]) * num_positions
+        self.sym, self.span, self.word_start, self.freqs = sym, span, word_start, freqs
         freq = [0] * len(self.sym_str)
         for w, count in enumerate(freqs):
             for s in sym[word_start[w] : word_start[w + 1]]:
@@ -207,6 +213,12 @@ class _Trainer:
         self.total = sum(freq)
         # Every merge removes at least one symbol occurrence, so there are fewer merges than characters.
         self.shift = 1 << max(20, (2 * num_positions + 2).bit_length())
+        # Packed count-score heap entries: a field for a position and one for a pair index (fewer pairs are ever
+        # made than the initial ones plus two per merge site, each at most one per position), the count stored
+        # as count_cap - count so that a higher count sorts first.
+        self.pos_bits = num_positions.bit_length()
+        self.pair_bits = (3 * num_positions).bit_length()
+        self.count_cap = self.total
 
     def _intern(self, s: str) -> int:
         sid = self.sym_index.get(s)
@@ -223,10 +235,11 @@ class _Trainer:
         self.pair_id: dict[int, int] = {}
         self.pair_count = array("q")
         self.pair_first = array(self.pos_type)
-        self.pair_version = array("q")
+        self.pair_version = array("i")
         self.pair_left = array("i")
         self.pair_right = array("i")
         self.pair_words: list[array | None] = []
+        self.free_pairs: list[int] = []  # indices of pairs that disappeared, to reuse
         self.num_queued = 0  # pairs with a current heap entry
         self.dirty: set[int] = set()  # pairs whose pair_first may be below their true first position
         # likelihood: merges performed for a self pair (x, x) (a run of L x's merges floor(L/2) times), and
@@ -256,14 +269,23 @@ class _Trainer:
 
     def _new_pair(self, x: int, y: int, count: int, first: int, w: int) -> int:
         """Index a pair that has just appeared (count, first position, the word holding it); returns its index."""
-        i = len(self.pair_count)
+        if self.free_pairs:
+            # A reused index keeps its (negated) last version: its stale heap entries stay stale.
+            i = self.free_pairs.pop()
+            self.pair_count[i] = count
+            self.pair_first[i] = first
+            self.pair_left[i] = x
+            self.pair_right[i] = y
+            self.pair_words[i] = array("i", (w,))
+        else:
+            i = len(self.pair_count)
+            self.pair_count.append(count)
+            self.pair_first.append(first)
+            self.pair_version.append(0)
+            self.pair_left.append(x)
+            self.pair_right.append(y)
+            self.pair_words.append(array("i", (w,)))
         self.pair_id[x * self.shift + y] = i
-        self.pair_count.append(count)
-        self.pair_first.append(first)
-        self.pair_version.append(0)
-        self.pair_left.append(x)
-        self.pair_right.append(y)
-        self.pair_words.append(array("i", (w,)))
         if self.score == "likelihood":
             m = merged_token(self.sym_str[x], self.sym_str[y], self.prefix)
             self.pair_result[i] = m
@@ -321,7 +343,7 @@ class _Trainer:
         """Position of pair i's first occurrence in scan order (drops the words before it from its word array)."""
         words = self.pair_words[i]
         x, y = self.pair_left[i], self.pair_right[i]
-        sym, nxt, word_start = self.sym, self.nxt, self.word_start
+        sym, span, word_start = self.sym, self.span, self.word_start
         j = 0
         while True:
             w = words[j]
@@ -331,8 +353,8 @@ class _Trainer:
                     p = sym.index(x, p, hi)
                 except ValueError:
                     break
-                q = nxt[p]
-                if q >= 0 and sym[q] == y:
+                q = p + span[p]
+                if q < hi and sym[q] == y:
                     del words[:j]
                     return p
                 p += 1
@@ -357,7 +379,7 @@ class _Trainer:
         v = abs(v) + 1
         self.pair_version[i] = v
         if self.score == "count":
-            heapq.heappush(self.heap, (-float(c), self.pair_first[i], i, v))
+            heapq.heappush(self.heap, self._packed_entry(c, self.pair_first[i], i, v))
             return
         if exact is None:
             exact = self._score(i)
@@ -374,6 +396,23 @@ class _Trainer:
         if y != x:
             heapq.heappush(watch[y], (-fy, i, v))
         self.num_watches += 2
+
+    def _packed_entry(self, count: int, first: int, i: int, v: int) -> int:
+        """A count-score heap entry: these ints compare as the tuples (-count, first, i, v) would."""
+        return ((((self.count_cap - count) << self.pos_bits | first) << self.pair_bits | i) << _VERSION_BITS) | v
+
+    def _entry_key(self, entry: int | tuple) -> tuple[float, int]:
+        """(-bound, first position) of a heap entry."""
+        if isinstance(entry, tuple):
+            return entry[0], entry[1]
+        rest = entry >> (_VERSION_BITS + self.pair_bits)
+        return float((rest >> self.pos_bits) - self.count_cap), rest & ((1 << self.pos_bits) - 1)
+
+    def _entry_pair(self, entry: int | tuple) -> tuple[int, int]:
+        """(pair index, version) of a heap entry."""
+        if isinstance(entry, tuple):
+            return entry[2], entry[3]
+        return (entry >> _VERSION_BITS) & ((1 << self.pair_bits) - 1), entry & ((1 << _VERSION_BITS) - 1)
 
     def _crossed(self, s: int) -> list[int]:
         """Pairs whose bound assumed a floor that symbol s has now fallen below."""
@@ -420,16 +459,16 @@ class _Trainer:
         best_pos = 0
         while heap:
             if best >= 0:
-                top = heap[0]
-                if top[0] > -best_score:
+                top_bound, top_first = self._entry_key(heap[0])
+                if top_bound > -best_score:
                     break
-                if top[0] == -best_score:
+                if top_bound == -best_score:
                     if best in dirty:
                         best_pos = first[best] = self._exact_first(best)
                         dirty.discard(best)
-                    if top[1] > best_pos:
+                    if top_first > best_pos:
                         break
-            _, _, i, v = heapq.heappop(heap)
+            i, v = self._entry_pair(heapq.heappop(heap))
             if version[i] != v:
                 continue
             if count[i] < min_frequency:
@@ -472,7 +511,7 @@ class _Trainer:
         existed = m_str in self.sym_index
         m = self._intern(m_str)
         likelihood = self.score == "likelihood"
-        sym, nxt, prv, word_start, freqs = self.sym, self.nxt, self.prv, self.word_start, self.freqs
+        sym, span, word_start, freqs = self.sym, self.span, self.word_start, self.freqs
         pair_id, count, first, words, dirty = self.pair_id, self.pair_count, self.pair_first, self.pair_words, self.dirty
         up: set[int] = set()
         down: set[int] = set()
@@ -493,10 +532,10 @@ class _Trainer:
                         self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) - f * _run_merges(live, x)
             k = 0
             while True:
-                q = nxt[p]
-                if q >= 0 and sym[q] == b:
-                    pos = prv[p]
-                    if pos >= 0:
+                q = p + span[p]
+                if q < hi and sym[q] == b:
+                    if p > lo:
+                        pos = p - span[p - 1]
                         left = sym[pos]
                         i = pair_id[left * shift + a]
                         count[i] -= f
@@ -517,8 +556,8 @@ class _Trainer:
                                 first[i] = pos
                                 dirty.discard(i)
                         up.add(i)
-                    r = nxt[q]
-                    if r >= 0:
+                    r = q + span[q]
+                    if r < hi:
                         right = sym[r]
                         i = pair_id[b * shift + right]
                         count[i] -= f
@@ -539,8 +578,7 @@ class _Trainer:
                                 first[i] = p
                                 dirty.discard(i)
                         up.add(i)
-                        prv[r] = p
-                    nxt[p] = r
+                    span[p] = span[r - 1] = r - p  # m covers a and b: its length at both ends
                     sym[p] = m
                     sym[q] = -1
                     k += 1
@@ -587,6 +625,7 @@ class _Trainer:
     def _drop_pair(self, i: int) -> None:
         del self.pair_id[self.pair_left[i] * self.shift + self.pair_right[i]]
         self.pair_words[i] = None
+        self.free_pairs.append(i)
         self._dequeue(i)
         self.dirty.discard(i)
         self.self_merges.pop(i, None)
@@ -607,13 +646,14 @@ class _Trainer:
         self._build_pairs()
         self.best_score = math.inf
         self._rebuild_heap()
+        entries_per_pair = 1 if self.score == "count" else 3  # a heap entry, and two floor watches for a bound
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=vocab_size, initial=len(vocab), unit="tok", desc=f"wordpiece ({self.score})")
         while len(vocab) < vocab_size:
-            if len(self.heap) + self.num_watches > _HEAP_SLACK * 3 * self.num_queued + 4096:  # entry + 2 watches
+            if len(self.heap) + self.num_watches > _HEAP_SLACK * entries_per_pair * self.num_queued + 4096:
                 self._rebuild_heap()
             i = self._pop_best()
             if i is None:
