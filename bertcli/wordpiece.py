@@ -140,10 +140,11 @@ class _Trainer:
       scan order of the tie rule, and a pair's first occurrence is a position.
     - Pairs: a pair (x, y) is the int key x·shift + y; pair_id maps each present pair to its index into the
       per-pair arrays: pair_count, pair_first (lower bound of its first position), pair_version (heap version),
-      pair_left / pair_right (x, y) and pair_words (the words holding it: a sorted array of word indices, a
-      superset, since a word is not removed when it loses the pair; None for a free index). The index of a pair
-      that disappears is reused by the next new pair, so the arrays are as long as the most pairs ever present
-      at once (at most one per position).
+      pair_left / pair_right (x, y; pair_left -1 for a free index) and the words holding it, a superset (a word
+      is not removed when it loses the pair): pair_words[i], a sorted array of word indices, or, while it is
+      None, the one word pair_word[i] (most pairs are held by one word: an array object would cost 80 bytes
+      more). The index of a pair that disappears is reused by the next new pair, so the arrays are as long as
+      the most pairs ever present at once.
     - Heap entries: for the count score an entry is one int packing (-count, first position, pair, version) in
       that order of significance (about 50 bytes instead of a 4-tuple's 150); for the other scores the tuple
       (-bound, first position, pair, version).
@@ -238,6 +239,7 @@ class _Trainer:
         self.pair_version = array("i")
         self.pair_left = array("i")
         self.pair_right = array("i")
+        self.pair_word = array("i")
         self.pair_words: list[array | None] = []
         self.free_pairs: list[int] = []  # indices of pairs that disappeared, to reuse
         self.num_queued = 0  # pairs with a current heap entry
@@ -247,7 +249,7 @@ class _Trainer:
         self.self_merges: dict[int, int] = {}
         self.result_pairs: dict[str, set[int]] = {}
         self.pair_result: dict[int, str] = {}
-        pair_id, count, words = self.pair_id, self.pair_count, self.pair_words
+        pair_id, count, one, words = self.pair_id, self.pair_count, self.pair_word, self.pair_words
         for w, f in enumerate(freqs):
             lo, hi = word_start[w], word_start[w + 1]
             x = sym[lo]
@@ -258,8 +260,13 @@ class _Trainer:
                     self._new_pair(x, y, f, p - 1, w)
                 else:
                     count[i] += f
-                    if words[i][-1] != w:  # words are visited in order: the arrays stay sorted
-                        words[i].append(w)
+                    # Words are visited in order: the arrays stay sorted.
+                    ws = words[i]
+                    if ws is None:
+                        if one[i] != w:
+                            words[i] = array("i", (one[i], w))
+                    elif ws[-1] != w:
+                        ws.append(w)
                 x = y
         if self.score == "likelihood":
             for w, f in enumerate(freqs):
@@ -276,7 +283,7 @@ class _Trainer:
             self.pair_first[i] = first
             self.pair_left[i] = x
             self.pair_right[i] = y
-            self.pair_words[i] = array("i", (w,))
+            self.pair_word[i] = w
         else:
             i = len(self.pair_count)
             self.pair_count.append(count)
@@ -284,7 +291,8 @@ class _Trainer:
             self.pair_version.append(0)
             self.pair_left.append(x)
             self.pair_right.append(y)
-            self.pair_words.append(array("i", (w,)))
+            self.pair_word.append(w)
+            self.pair_words.append(None)
         self.pair_id[x * self.shift + y] = i
         if self.score == "likelihood":
             m = merged_token(self.sym_str[x], self.sym_str[y], self.prefix)
@@ -342,11 +350,12 @@ class _Trainer:
     def _exact_first(self, i: int) -> int:
         """Position of pair i's first occurrence in scan order (drops the words before it from its word array)."""
         words = self.pair_words[i]
+        candidates = words if words is not None else (self.pair_word[i],)
         x, y = self.pair_left[i], self.pair_right[i]
         sym, span, word_start = self.sym, self.span, self.word_start
         j = 0
         while True:
-            w = words[j]
+            w = candidates[j]
             p, hi = word_start[w], word_start[w + 1]
             while True:
                 try:
@@ -355,7 +364,8 @@ class _Trainer:
                     break
                 q = p + span[p]
                 if q < hi and sym[q] == y:
-                    del words[:j]
+                    if j:
+                        del words[:j]
                     return p
                 p += 1
             j += 1
@@ -512,13 +522,14 @@ class _Trainer:
         m = self._intern(m_str)
         likelihood = self.score == "likelihood"
         sym, span, word_start, freqs = self.sym, self.span, self.word_start, self.freqs
-        pair_id, count, first, words, dirty = self.pair_id, self.pair_count, self.pair_first, self.pair_words, self.dirty
+        pair_id, count, first, dirty = self.pair_id, self.pair_count, self.pair_first, self.dirty
+        one, words, pair_left = self.pair_word, self.pair_words, self.pair_left  # pair_left[i] < 0: i is free
         up: set[int] = set()
         down: set[int] = set()
         self_syms = (a, m) if a == b else (a, b, m)
         self_delta: dict[int, int] = {}  # self pair key → change of its merges
         merges_total = 0
-        for w in words[merged]:
+        for w in words[merged] if words[merged] is not None else (one[merged],):
             lo, hi = word_start[w], word_start[w + 1]
             try:
                 p = sym.index(a, lo, hi)
@@ -548,7 +559,10 @@ class _Trainer:
                         else:
                             count[i] += f
                             ws = words[i]
-                            if ws[-1] < w:
+                            if ws is None:
+                                if one[i] != w:
+                                    words[i] = array("i", sorted((one[i], w)))
+                            elif ws[-1] < w:
                                 ws.append(w)
                             elif ws[-1] != w:
                                 _insert_word(ws, w)
@@ -570,7 +584,10 @@ class _Trainer:
                         else:
                             count[i] += f
                             ws = words[i]
-                            if ws[-1] < w:
+                            if ws is None:
+                                if one[i] != w:
+                                    words[i] = array("i", sorted((one[i], w)))
+                            elif ws[-1] < w:
                                 ws.append(w)
                             elif ws[-1] != w:
                                 _insert_word(ws, w)
@@ -601,7 +618,7 @@ class _Trainer:
             self.watch.append([])
         self._drop_pair(merged)
         for i in down:
-            if words[i] is not None and count[i] == 0:
+            if pair_left[i] >= 0 and count[i] == 0:
                 self._drop_pair(i)
         if likelihood:
             for pk, d in self_delta.items():
@@ -611,20 +628,21 @@ class _Trainer:
                     up.add(i)
         if self.score != "count":
             # Bounds hold only for fixed counts: pairs whose count moved either way get a fresh one.
-            up.update(i for i in down if words[i] is not None)
+            up.update(i for i in down if pair_left[i] >= 0)
             up.update(self._crossed(a))
             if b != a:
                 up.update(self._crossed(b))
             if likelihood:  # pairs that also spell m gain from its higher frequency
                 up.update(self.result_pairs.get(m_str, ()))
         for i in up:
-            if words[i] is not None:
+            if pair_left[i] >= 0:
                 self._push(i)
         return m_str, merges_total
 
     def _drop_pair(self, i: int) -> None:
         del self.pair_id[self.pair_left[i] * self.shift + self.pair_right[i]]
         self.pair_words[i] = None
+        self.pair_left[i] = -1
         self.free_pairs.append(i)
         self._dequeue(i)
         self.dirty.discard(i)
