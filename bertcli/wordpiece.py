@@ -146,8 +146,8 @@ class _Trainer:
       more). The index of a pair that disappears is reused by the next new pair, so the arrays are as long as
       the most pairs ever present at once.
     - Heap entries: for the count score an entry is one int packing (-count, first position, pair, version) in
-      that order of significance (about 50 bytes instead of a 4-tuple's 150); for the other scores the tuple
-      (-bound, first position, pair, version).
+      that order of significance (40 bytes on en-dev, against 152 for a tuple and its items); for the other
+      scores the tuple (-bound, first position, pair, version).
 
     Heap invariant: every mergeable pair has exactly one current entry (its version) whose key
     (-bound, first position) is <= the pair's true key (-score, first position): the bound is an upper bound of
@@ -173,9 +173,9 @@ class _Trainer:
         # int32 positions unless the words hold 2^31 characters or more.
         self.pos_type = "i" if sum(len(word) for word in word_counts) < 2**31 else "q"
         sym = array("i")  # (positions,) symbol ids: at most the alphabet plus one per merge
-        max_word_chars = 0
         word_start = array(self.pos_type)  # (words + 1,)
         freqs = array("q")  # (words,) corpus count of each kept word
+        max_word_chars = 0
         cont_cache: dict[str, int] = {}
         first_cache: dict[str, int] = {}
         for word, count in word_counts.items():
@@ -364,7 +364,7 @@ class _Trainer:
                     break
                 q = p + span[p]
                 if q < hi and sym[q] == y:
-                    if j:
+                    if j:  # (only an array holds more than one word)
                         del words[:j]
                     return p
                 p += 1

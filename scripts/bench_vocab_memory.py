@@ -1,4 +1,4 @@
-"""Peak memory of `bert train-vocab` (algorithm wordpiece) against the bare `tokenizers` trainer, as distinct words grow.
+"""Peak memory of `bert train-vocab` (wordpiece) against the bare `tokenizers` trainer, as distinct words grow.
 
 Three corpora built from --corpus (en-dev) in --work-dir, kept there for later runs:
   0.5x  the corpus's first lines, up to the first line where the distinct words reach half of the corpus's;
@@ -85,7 +85,11 @@ def build_corpora(corpus: Path, work_dir: Path) -> dict[str, dict]:
         for line in src:
             out.write(line.translate(ROT))
     corpora = {
-        "0.5": {"path": str(half), "how": f"first {half_lines:,} lines of {corpus.name}", "distinct_words": half_distinct},
+        "0.5": {
+            "path": str(half),
+            "how": f"first {half_lines:,} lines of {corpus.name}",
+            "distinct_words": half_distinct,
+        },
         "1": {"path": str(corpus), "how": corpus.name, "distinct_words": len(words)},
         "2": {
             "path": str(doubled),
@@ -128,8 +132,8 @@ def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int
     result = {**corpus, "runs": sides, "best": best}
     for side in sides:
         if side != "bare":
-            result[f"{side}_tree_peak_ratio"] = round(best[side]["tree_peak_rss_mb"] / best["bare"]["tree_peak_rss_mb"], 2)
-            result[f"{side}_wall_ratio"] = round(best[side]["wall_s"] / best["bare"]["wall_s"], 2)
+            for key, name in (("tree_peak_rss_mb", "tree_peak_ratio"), ("wall_s", "wall_ratio")):
+                result[f"{side}_{name}"] = round(best[side][key] / best["bare"][key], 2)
     if before_tree:
         same = all((out_dir / f"ours-{name}-{r}" / "vocab.txt").read_bytes()
                    == (out_dir / f"before-{name}-{r}" / "vocab.txt").read_bytes() for r in range(repeats))
