@@ -132,8 +132,8 @@ def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int
     result = {**corpus, "runs": sides, "best": best}
     for side in sides:
         if side != "bare":
-            for key, name in (("tree_peak_rss_mb", "tree_peak_ratio"), ("wall_s", "wall_ratio")):
-                result[f"{side}_{name}"] = round(best[side][key] / best["bare"][key], 2)
+            for key, ratio in (("tree_peak_rss_mb", "tree_peak_ratio"), ("wall_s", "wall_ratio")):
+                result[f"{side}_{ratio}"] = round(best[side][key] / best["bare"][key], 2)
     if before_tree:
         same = all((out_dir / f"ours-{name}-{r}" / "vocab.txt").read_bytes()
                    == (out_dir / f"before-{name}-{r}" / "vocab.txt").read_bytes() for r in range(repeats))
