@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+from array import array
 from collections import Counter
-from typing import Iterable, Literal, Sequence
+from typing import Collection, Iterable, Literal, Sequence
 
 ScoreName = Literal["textbook", "likelihood", "count"]
 SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
@@ -13,6 +15,8 @@ SCORES: tuple[str, ...] = ("textbook", "likelihood", "count")
 # The trainer rebuilds its heap and floor watches when their entries outnumber the live pairs' by this factor, so
 # stale entries never dominate memory.
 _HEAP_SLACK = 3
+# Bits of a heap version: pair_version is an int32 array, so a version never outgrows them.
+_VERSION_BITS = 31
 
 
 def merged_token(left: str, right: str, prefix: str = "##") -> str:
@@ -53,7 +57,7 @@ def likelihood_gain(merges: int, count_left: int, count_right: int, count_merged
     return (gain + _xlogx_increase(count_merged, merges)) - _xlogx_decrease(total, merges)
 
 
-def select_alphabet(word_counts: Sequence[tuple[str, int]], limit_alphabet: int) -> set[str] | None:
+def select_alphabet(word_counts: Collection[tuple[str, int]], limit_alphabet: int) -> set[str] | None:
     """The characters kept when the alphabet is limited: the `limit_alphabet` most frequent (ties: lower code
     point first); None when there is no limit (0) or the corpus has no more distinct characters than that."""
     if limit_alphabet <= 0:
@@ -69,11 +73,6 @@ def select_alphabet(word_counts: Sequence[tuple[str, int]], limit_alphabet: int)
             char_counts[ch] += n * count
     ranked = sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return {ch for ch, _ in ranked[:limit_alphabet]}
-
-
-def initial_split(word: str, prefix: str = "##") -> list[str]:
-    """A word as characters, every character but the first carrying the continuation prefix."""
-    return [word[0]] + [prefix + ch for ch in word[1:]]
 
 
 def train_wordpiece(
@@ -108,17 +107,42 @@ def train_wordpiece(
         raise ValueError("vocab_size, min_frequency and limit_alphabet must be >= 0")
     if not continuing_subword_prefix:
         raise ValueError("continuing_subword_prefix must not be empty")
-    trainer = _Trainer(list(word_counts), score, min_frequency, limit_alphabet, continuing_subword_prefix)
+    # The summed counts live only while the trainer is built: it keeps the words as symbol arrays, not strings.
+    trainer = _Trainer(_summed(word_counts), score, min_frequency, limit_alphabet, continuing_subword_prefix)
     return trainer.train(vocab_size, list(special_tokens), progress)
+
+
+def _summed(word_counts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Word → total count, in order of first appearance (a word listed twice is counted at its first place)."""
+    summed: dict[str, int] = {}
+    for word, count in word_counts:
+        summed[word] = summed.get(word, 0) + count
+    return summed
 
 
 class _Trainer:
     """Incremental pair statistics over the distinct words, with a lazily invalidated max-heap of pair scores.
 
     Symbols are interned by their string (two merges that spell the same token make the same symbol, as in the
-    textbook loop). A pair (x, y) is the int key x·shift + y. The tie rule needs, for every pair, the position
-    of its first occurrence in scan order; a symbol's start character offset inside its word never changes under
-    merges, so (word offset + start offset) is a global, merge-stable position whose order is the scan order.
+    textbook loop). Memory grows with the distinct words' characters and pairs, so everything kept per character
+    or per pair lives in flat typed arrays (1 to 8 bytes an entry) rather than one Python object each:
+
+    - Words: the kept words are laid end to end, one slot per character (a *position*): word w holds positions
+      word_start[w] .. word_start[w + 1] - 1. A symbol lives at the position of its first character: sym[p] is
+      its id (-1 at the other positions of a merged symbol), and its length in characters is span[p] and also
+      span at its last position, so the next symbol starts at p + span[p] and the previous one at
+      p - span[p - 1]. A merge keeps the left symbol's position, so positions never move: their order is the
+      scan order of the tie rule, and a pair's first occurrence is a position.
+    - Pairs: a pair (x, y) is the int key x·shift + y; pair_id maps each present pair to its index into the
+      per-pair arrays: pair_count, pair_first (lower bound of its first position), pair_version (heap version),
+      pair_left / pair_right (x, y; pair_left -1 for a free index) and the words holding it, a superset (a word
+      is not removed when it loses the pair): pair_words[i], a sorted array of word indices, or, while it is
+      None, the one word pair_word[i] (most pairs are held by one word: an array object would cost 80 bytes
+      more). The index of a pair that disappears is reused by the next new pair, so the arrays are as long as
+      the most pairs ever present at once.
+    - Heap entries: for the count score an entry is one int packing (-count, first position, pair, version) in
+      that order of significance (40 bytes on en-dev, against 152 for a tuple and its items); for the other
+      scores the tuple (-bound, first position, pair, version).
 
     Heap invariant: every mergeable pair has exactly one current entry (its version) whose key
     (-bound, first position) is <= the pair's true key (-score, first position): the bound is an upper bound of
@@ -127,30 +151,29 @@ class _Trainer:
     occurrence being merged away) are left lazy and repaired when the entry surfaces; everything else pushes a
     new entry: a changed count (textbook, likelihood), a symbol falling below a floor that a bound assumed
     (watched per symbol), a merged token becoming more frequent (likelihood), an earlier first occurrence.
+    pair_version[i] > 0 is the version of pair i's current entry; <= 0 (minus the last version) means it has
+    none; versions only grow, so an older entry never passes for the current one.
     """
 
     def __init__(
-        self, word_counts: list[tuple[str, int]], score: str, min_frequency: int, limit_alphabet: int, prefix: str
+        self, word_counts: dict[str, int], score: str, min_frequency: int, limit_alphabet: int, prefix: str
     ) -> None:
-        merged: dict[str, int] = {}
-        for word, count in word_counts:
-            merged[word] = merged.get(word, 0) + count
-        word_counts = list(merged.items())
         self.score = score
         self.min_frequency = max(min_frequency, 1)
         self.prefix = prefix
-        keep = select_alphabet(word_counts, limit_alphabet)
+        keep = select_alphabet(word_counts.items(), limit_alphabet)
         self.sym_str: list[str] = []
         self.sym_index: dict[str, int] = {}
         self.sym_freq: list[int] = []
-        self.words: list[list[int]] = []
-        self.starts: list[list[int]] = []
-        self.freqs: list[int] = []
-        self.offsets: list[int] = []
+        # int32 positions unless the words hold 2^31 characters or more.
+        self.pos_type = "i" if sum(len(word) for word in word_counts) < 2**31 else "q"
+        sym = array("i")  # (positions,) symbol ids: at most the alphabet plus one per merge
+        word_start = array(self.pos_type)  # (words + 1,)
+        freqs = array("q")  # (words,) corpus count of each kept word
+        max_word_chars = 0
         cont_cache: dict[str, int] = {}
         first_cache: dict[str, int] = {}
-        offset = 0
-        for word, count in word_counts:
+        for word, count in word_counts.items():
             if count <= 0 or not word:
                 continue
             if keep is not None and not keep.issuperset(word):
@@ -160,29 +183,38 @@ class _Trainer:
                     if ch in keep:
                         self._intern(ch if i == 0 else prefix + ch)
                 continue
+            word_start.append(len(sym))
             sid = first_cache.get(word[0])
             if sid is None:
                 sid = first_cache[word[0]] = self._intern(word[0])
-            syms = [sid]
+            sym.append(sid)
             for ch in word[1:]:
                 sid = cont_cache.get(ch)
                 if sid is None:
                     sid = cont_cache[ch] = self._intern(prefix + ch)
-                syms.append(sid)
-            self.words.append(syms)
-            self.starts.append(list(range(len(word))))
-            self.freqs.append(count)
-            self.offsets.append(offset)
-            offset += len(word)
-        self.num_initial = len(self.sym_str)
+                sym.append(sid)
+            freqs.append(count)
+            max_word_chars = max(max_word_chars, len(word))
+        num_positions = len(sym)
+        word_start.append(num_positions)
+        # (positions,) symbol lengths: one byte for words up to 255 characters (train-vocab's are at most 100).
+        span_type = "B" if max_word_chars < 1 << 8 else "H" if max_word_chars < 1 << 16 else "i"
+        span = array(span_type, [1]) * num_positions
+        self.sym, self.span, self.word_start, self.freqs = sym, span, word_start, freqs
         freq = [0] * len(self.sym_str)
-        for syms, count in zip(self.words, self.freqs):
-            for s in syms:
+        for w, count in enumerate(freqs):
+            for s in sym[word_start[w] : word_start[w + 1]]:
                 freq[s] += count
         self.sym_freq = freq
         self.total = sum(freq)
         # Every merge removes at least one symbol occurrence, so there are fewer merges than characters.
-        self.shift = 1 << max(20, (2 * offset + 2).bit_length())
+        self.shift = 1 << max(20, (2 * num_positions + 2).bit_length())
+        # Packed count-score heap entries: a field for a position and one for a pair index (fewer pairs are ever
+        # made than the initial ones plus two per merge site, each at most one per position), the count stored
+        # as count_cap - count so that a higher count sorts first.
+        self.pos_bits = num_positions.bit_length()
+        self.pair_bits = (3 * num_positions).bit_length()
+        self.count_cap = self.total
 
     def _intern(self, s: str) -> int:
         sid = self.sym_index.get(s)
@@ -195,70 +227,90 @@ class _Trainer:
     # ---------------------------------------------------------------- pair statistics
     def _build_pairs(self) -> None:
         shift = self.shift
-        count: dict[int, int] = {}
-        where: dict[int, set[int]] = {}
-        first: dict[int, int] = {}
-        for w, syms in enumerate(self.words):
-            if len(syms) < 2:
-                continue
-            f = self.freqs[w]
-            off = self.offsets[w]
-            st = self.starts[w]
-            for i in range(len(syms) - 1):
-                pk = syms[i] * shift + syms[i + 1]
-                c = count.get(pk)
-                if c is None:
-                    count[pk] = f
-                    where[pk] = {w}
-                    first[pk] = off + st[i]
-                else:
-                    count[pk] = c + f
-                    where[pk].add(w)
-        self.count = count
-        self.where = where
-        self.first = first
-        self.dirty: set[int] = set()
-        # Symbol → pairs it is part of: their scores move when its frequency does.
-        sym_pairs: dict[int, set[int]] = {}
-        for pk in count:
-            x, y = divmod(pk, shift)
-            sym_pairs.setdefault(x, set()).add(pk)
-            sym_pairs.setdefault(y, set()).add(pk)
-        self.sym_pairs = sym_pairs
+        sym, word_start, freqs = self.sym, self.word_start, self.freqs
+        self.pair_id: dict[int, int] = {}
+        self.pair_count = array("q")
+        self.pair_first = array(self.pos_type)
+        self.pair_version = array("i")
+        self.pair_left = array("i")
+        self.pair_right = array("i")
+        self.pair_word = array("i")
+        self.pair_words: list[array | None] = []
+        self.free_pairs: list[int] = []  # indices of pairs that disappeared, to reuse
+        self.num_queued = 0  # pairs with a current heap entry
+        self.dirty: set[int] = set()  # pairs whose pair_first may be below their true first position
         # likelihood: merges performed for a self pair (x, x) (a run of L x's merges floor(L/2) times), and
         # the pairs whose merged token already exists (its frequency enters the gain).
         self.self_merges: dict[int, int] = {}
         self.result_pairs: dict[str, set[int]] = {}
         self.pair_result: dict[int, str] = {}
+        pair_id, count, one, words = self.pair_id, self.pair_count, self.pair_word, self.pair_words
+        for w, f in enumerate(freqs):
+            lo, hi = word_start[w], word_start[w + 1]
+            x = sym[lo]
+            for p in range(lo + 1, hi):
+                y = sym[p]
+                i = pair_id.get(x * shift + y)
+                if i is None:
+                    self._new_pair(x, y, f, p - 1, w)
+                else:
+                    count[i] += f
+                    # Words are visited in order: the arrays stay sorted.
+                    ws = words[i]
+                    if ws is None:
+                        if one[i] != w:
+                            words[i] = array("i", (one[i], w))
+                    elif ws[-1] != w:
+                        ws.append(w)
+                x = y
         if self.score == "likelihood":
-            for w, syms in enumerate(self.words):
-                for pk, k in _self_pair_merges(syms, shift).items():
-                    self.self_merges[pk] = self.self_merges.get(pk, 0) + k * self.freqs[w]
-            for pk in count:
-                self._register_result(pk)
+            for w, f in enumerate(freqs):
+                for pk, k in _self_pair_merges(sym[word_start[w] : word_start[w + 1]], shift).items():
+                    i = pair_id[pk]
+                    self.self_merges[i] = self.self_merges.get(i, 0) + k * f
 
-    def _register_result(self, pk: int) -> None:
-        x, y = divmod(pk, self.shift)
-        m = merged_token(self.sym_str[x], self.sym_str[y], self.prefix)
-        self.pair_result[pk] = m
-        self.result_pairs.setdefault(m, set()).add(pk)
+    def _new_pair(self, x: int, y: int, count: int, first: int, w: int) -> int:
+        """Index a pair that has just appeared (count, first position, the word holding it); returns its index."""
+        if self.free_pairs:
+            # A reused index keeps its (negated) last version: its stale heap entries stay stale.
+            i = self.free_pairs.pop()
+            self.pair_count[i] = count
+            self.pair_first[i] = first
+            self.pair_left[i] = x
+            self.pair_right[i] = y
+            self.pair_word[i] = w
+        else:
+            i = len(self.pair_count)
+            self.pair_count.append(count)
+            self.pair_first.append(first)
+            self.pair_version.append(0)
+            self.pair_left.append(x)
+            self.pair_right.append(y)
+            self.pair_word.append(w)
+            self.pair_words.append(None)
+        self.pair_id[x * self.shift + y] = i
+        if self.score == "likelihood":
+            m = merged_token(self.sym_str[x], self.sym_str[y], self.prefix)
+            self.pair_result[i] = m
+            self.result_pairs.setdefault(m, set()).add(i)
+        return i
 
-    def _score(self, pk: int) -> float:
-        """The pair's score now."""
-        c = self.count[pk]
+    def _score(self, i: int) -> float:
+        """Pair i's score now."""
+        c = self.pair_count[i]
         if self.score == "count":
             return float(c)
-        x, y = divmod(pk, self.shift)
+        x, y = self.pair_left[i], self.pair_right[i]
         fr = self.sym_freq
         if self.score == "textbook":
             return c / (fr[x] * fr[y])
         same = x == y
-        m = self.sym_index.get(self.pair_result[pk])
-        k = self.self_merges[pk] if same else c
+        m = self.sym_index.get(self.pair_result[i])
+        k = self.self_merges[i] if same else c
         return likelihood_gain(k, fr[x], fr[y], fr[m] if m is not None else 0, self.total, same)
 
-    def _bound(self, pk: int, exact: float, slack: float) -> tuple[float, int, int]:
-        """An upper bound of the pair's score, about `exact + slack`, and the floors (Fx, Fy) it assumes.
+    def _bound(self, i: int, exact: float, slack: float) -> tuple[float, int, int]:
+        """An upper bound of pair i's score, about `exact + slack`, and the floors (Fx, Fy) it assumes.
 
         Every score grows as the frequency of a part of the pair falls (likelihood also shrinks as N falls), so
         the score computed with the parts' frequencies lowered to floors bounds it from above for as long as
@@ -266,8 +318,8 @@ class _Trainer:
         unchanged: the trainer watches the floors and pushes the pair again when one is crossed. A part's
         frequency is never below the pair's count (twice its merges, for a self pair), so floors go no lower.
         """
-        c = self.count[pk]
-        x, y = divmod(pk, self.shift)
+        c = self.pair_count[i]
+        x, y = self.pair_left[i], self.pair_right[i]
         fr = self.sym_freq
         same = x == y
         if self.score == "textbook":
@@ -276,8 +328,8 @@ class _Trainer:
             fx = min(fr[x], max(c, math.ceil(fr[x] * r)))
             fy = fx if same else min(fr[y], max(c, math.ceil(fr[y] * r)))
             return c / (fx * fy), fx, fy
-        m = self.sym_index.get(self.pair_result[pk])
-        k = self.self_merges[pk] if same else c
+        m = self.sym_index.get(self.pair_result[i])
+        k = self.self_merges[i] if same else c
         cm = fr[m] if m is not None else 0
         # (Floors are clamped to the current frequency: rounding must never put one above it.)
         # d/dF [f(F-k) - f(F)] = ln(1 - k/F) >= -k/(F-k), so lowering F from c to k(c+d)/(k+d) adds at most d.
@@ -290,68 +342,108 @@ class _Trainer:
         fy = fr[y] if d <= 0 else min(fr[y], max(k, math.ceil(k * (fr[y] + d) / (k + d))))
         return likelihood_gain(k, fx, fy, cm, self.total, False), fx, fy
 
-    def _exact_first(self, pk: int) -> int:
-        """Position of the pair's first occurrence in scan order (drops stale words from its `where` set)."""
-        ws = self.where[pk]
-        x, y = divmod(pk, self.shift)
+    def _exact_first(self, i: int) -> int:
+        """Position of pair i's first occurrence in scan order (drops the words before it from its word array)."""
+        words = self.pair_words[i]
+        candidates = words if words is not None else (self.pair_word[i],)
+        x, y = self.pair_left[i], self.pair_right[i]
+        sym, span, word_start = self.sym, self.span, self.word_start
+        j = 0
         while True:
-            w = min(ws)
-            syms = self.words[w]
-            for i in range(len(syms) - 1):
-                if syms[i] == x and syms[i + 1] == y:
-                    return self.offsets[w] + self.starts[w][i]
-            ws.discard(w)
+            w = candidates[j]
+            p, hi = word_start[w], word_start[w + 1]
+            while True:
+                try:
+                    p = sym.index(x, p, hi)
+                except ValueError:
+                    break
+                q = p + span[p]
+                if q < hi and sym[q] == y:
+                    if j:  # (only an array holds more than one word)
+                        del words[:j]
+                    return p
+                p += 1
+            j += 1
 
     # ---------------------------------------------------------------- heap
-    def _push(self, pk: int, exact: float | None = None) -> None:
-        """Give the pair a fresh heap entry (a new version; older entries and watches become stale)."""
-        if self.count[pk] < self.min_frequency:
-            self.version.pop(pk, None)
+    def _dequeue(self, i: int) -> None:
+        """Pair i has no current heap entry any more (its entries and watches become stale)."""
+        if self.pair_version[i] > 0:
+            self.pair_version[i] = -self.pair_version[i]
+            self.num_queued -= 1
+
+    def _push(self, i: int, exact: float | None = None) -> None:
+        """Give pair i a fresh heap entry (a new version; older entries and watches become stale)."""
+        c = self.pair_count[i]
+        if c < self.min_frequency:
+            self._dequeue(i)
             return
-        v = self.version.get(pk, 0) + 1
-        self.version[pk] = v
+        v = self.pair_version[i]
+        if v <= 0:
+            self.num_queued += 1
+        v = abs(v) + 1
+        self.pair_version[i] = v
         if self.score == "count":
-            heapq.heappush(self.heap, (-float(self.count[pk]), self.first[pk], pk, v))
+            heapq.heappush(self.heap, self._packed_entry(c, self.pair_first[i], i, v))
             return
         if exact is None:
-            exact = self._score(pk)
+            exact = self._score(i)
         # A pair far below the current best can take a loose bound: it is looked at again only when the best
         # comes down to it or a floor is crossed.
         slack = (self.best_score - exact) / 2 if self.best_score > exact else 0.0
         if slack == math.inf:
             slack = 0.0
-        ub, fx, fy = self._bound(pk, exact, slack)
-        heapq.heappush(self.heap, (-ub, self.first[pk], pk, v))
-        x, y = divmod(pk, self.shift)
+        ub, fx, fy = self._bound(i, exact, slack)
+        heapq.heappush(self.heap, (-ub, self.pair_first[i], i, v))
+        x, y = self.pair_left[i], self.pair_right[i]
         watch = self.watch
-        heapq.heappush(watch[x], (-fx, pk, v))
+        heapq.heappush(watch[x], (-fx, i, v))
         if y != x:
-            heapq.heappush(watch[y], (-fy, pk, v))
+            heapq.heappush(watch[y], (-fy, i, v))
         self.num_watches += 2
+
+    def _packed_entry(self, count: int, first: int, i: int, v: int) -> int:
+        """A count-score heap entry: these ints compare as the tuples (-count, first, i, v) would."""
+        return ((((self.count_cap - count) << self.pos_bits | first) << self.pair_bits | i) << _VERSION_BITS) | v
+
+    def _entry_key(self, entry: int | tuple) -> tuple[float, int]:
+        """(-bound, first position) of a heap entry."""
+        if isinstance(entry, tuple):
+            return entry[0], entry[1]
+        rest = entry >> (_VERSION_BITS + self.pair_bits)
+        return float((rest >> self.pos_bits) - self.count_cap), rest & ((1 << self.pos_bits) - 1)
+
+    def _entry_pair(self, entry: int | tuple) -> tuple[int, int]:
+        """(pair index, version) of a heap entry."""
+        if isinstance(entry, tuple):
+            return entry[2], entry[3]
+        return (entry >> _VERSION_BITS) & ((1 << self.pair_bits) - 1), entry & ((1 << _VERSION_BITS) - 1)
 
     def _crossed(self, s: int) -> list[int]:
         """Pairs whose bound assumed a floor that symbol s has now fallen below."""
         out = []
         watch = self.watch[s]
         f = self.sym_freq[s]
-        version = self.version
+        version = self.pair_version
         while watch and -watch[0][0] > f:
-            _, pk, v = heapq.heappop(watch)
-            if version.get(pk) == v:
-                out.append(pk)
+            _, i, v = heapq.heappop(watch)
+            if version[i] == v:
+                out.append(i)
         return out
 
     def _rebuild_heap(self) -> None:
         """All entries afresh (start, and whenever stale entries pile up)."""
-        self.version = {}
         self.heap = []
         self.watch = [[] for _ in self.sym_str]
         self.num_watches = 0
-        exact = {pk: self._score(pk) for pk, c in self.count.items() if c >= self.min_frequency}
-        if self.best_score == math.inf and exact:
-            self.best_score = max(exact.values())
-        for pk, e in exact.items():
-            self._push(pk, e)
+        for i in self.pair_id.values():
+            self._dequeue(i)
+        count, min_frequency = self.pair_count, self.min_frequency
+        mergeable = [i for i in self.pair_id.values() if count[i] >= min_frequency]
+        if self.best_score == math.inf and mergeable:
+            self.best_score = max(self._score(i) for i in mergeable)
+        for i in mergeable:
+            self._push(i)
 
     def _pop_best(self) -> int | None:
         """The mergeable pair with the highest score, ties to the first met; None when none is left.
@@ -361,150 +453,157 @@ class _Trainer:
         seen. First positions are made exact only where a tie needs them.
         """
         heap = self.heap
-        version = self.version
-        count = self.count
-        first = self.first
+        version = self.pair_version
+        count = self.pair_count
+        first = self.pair_first
         dirty = self.dirty
         min_frequency = self.min_frequency
         seen: list[tuple[int, float]] = []
-        best_pk = -1
+        best = -1
         best_score = -math.inf
         best_pos = 0
         while heap:
-            if best_pk >= 0:
-                top = heap[0]
-                if top[0] > -best_score:
+            if best >= 0:
+                top_bound, top_first = self._entry_key(heap[0])
+                if top_bound > -best_score:
                     break
-                if top[0] == -best_score:
-                    if best_pk in dirty:
-                        best_pos = first[best_pk] = self._exact_first(best_pk)
-                        dirty.discard(best_pk)
-                    if top[1] > best_pos:
+                if top_bound == -best_score:
+                    if best in dirty:
+                        best_pos = first[best] = self._exact_first(best)
+                        dirty.discard(best)
+                    if top_first > best_pos:
                         break
-            _, _, pk, v = heapq.heappop(heap)
-            if version.get(pk) != v:
+            i, v = self._entry_pair(heapq.heappop(heap))
+            if version[i] != v:
                 continue
-            if count[pk] < min_frequency:
-                del version[pk]
+            if count[i] < min_frequency:
+                self._dequeue(i)
                 continue
-            e = self._score(pk)
-            seen.append((pk, e))
+            e = self._score(i)
+            seen.append((i, e))
             if e > best_score:
-                best_pk, best_score, best_pos = pk, e, first[pk]
+                best, best_score, best_pos = i, e, first[i]
             elif e == best_score:
-                if best_pk in dirty:
-                    best_pos = first[best_pk] = self._exact_first(best_pk)
-                    dirty.discard(best_pk)
-                if pk in dirty:
-                    first[pk] = self._exact_first(pk)
-                    dirty.discard(pk)
-                if first[pk] < best_pos:
-                    best_pk, best_pos = pk, first[pk]
-        if best_pk < 0:
+                if best in dirty:
+                    best_pos = first[best] = self._exact_first(best)
+                    dirty.discard(best)
+                if i in dirty:
+                    first[i] = self._exact_first(i)
+                    dirty.discard(i)
+                if first[i] < best_pos:
+                    best, best_pos = i, first[i]
+        if best < 0:
             return None
         self.best_score = best_score
-        for pk, e in seen:
-            if pk != best_pk:
-                self._push(pk, e)  # a fresh bound: N and the floors have moved
-        del version[best_pk]
-        return best_pk
+        for i, e in seen:
+            if i != best:
+                self._push(i, e)  # a fresh bound: N and the floors have moved
+        self._dequeue(best)
+        return best
 
     # ---------------------------------------------------------------- merging
-    def _merge(self, pk: int) -> tuple[str, int]:
-        """Merge pair pk in every word containing it; returns (merged token, times merged).
+    def _merge(self, merged: int) -> tuple[str, int]:
+        """Merge pair `merged` in every word holding it; returns (merged token, times merged).
 
-        Only the pairs next to each merge site change: (L, a) → (L, m) and (b, R) → (m, R). The word lists are
-        edited in place. `where` sets are supersets (a word is not removed when it loses a pair; it is skipped
-        when visited), which saves a scan of the word after each edit.
+        Only the pairs next to each merge site change: (L, a) → (L, m) and (b, R) → (m, R). The words are
+        edited in place: m takes a's position, b's position is emptied. Word arrays are supersets (a word is
+        not removed when it loses a pair; it is skipped when visited), which saves a scan of the word after
+        each edit.
         """
         shift = self.shift
-        a, b = divmod(pk, shift)
+        a, b = self.pair_left[merged], self.pair_right[merged]
         m_str = merged_token(self.sym_str[a], self.sym_str[b], self.prefix)
         existed = m_str in self.sym_index
         m = self._intern(m_str)
         likelihood = self.score == "likelihood"
-        count, where, first, dirty = self.count, self.where, self.first, self.dirty
-        words, starts, freqs, offsets = self.words, self.starts, self.freqs, self.offsets
+        sym, span, word_start, freqs = self.sym, self.span, self.word_start, self.freqs
+        pair_id, count, first, dirty = self.pair_id, self.pair_count, self.pair_first, self.dirty
+        one, words, pair_left = self.pair_word, self.pair_words, self.pair_left  # pair_left[i] < 0: i is free
         up: set[int] = set()
         down: set[int] = set()
         self_syms = (a, m) if a == b else (a, b, m)
-        self_delta: dict[int, int] = {}
+        self_delta: dict[int, int] = {}  # self pair key → change of its merges
         merges_total = 0
-        for w in where[pk]:
-            syms = words[w]
+        for w in words[merged] if words[merged] is not None else (one[merged],):
+            lo, hi = word_start[w], word_start[w + 1]
             try:
-                i = syms.index(a)
+                p = sym.index(a, lo, hi)
             except ValueError:
                 continue
-            st = starts[w]
             f = freqs[w]
-            off = offsets[w]
             if likelihood:
+                live = [s for s in sym[lo:hi] if s >= 0]
                 for x in self_syms:
-                    if syms.count(x) > 1:
-                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) - f * _run_merges(syms, x)
+                    if live.count(x) > 1:
+                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) - f * _run_merges(live, x)
             k = 0
             while True:
-                n = len(syms)
-                if i + 1 < n and syms[i + 1] == b:
-                    if i > 0:
-                        left = syms[i - 1]
-                        pos = off + st[i - 1]
-                        p = left * shift + a
-                        count[p] -= f
-                        down.add(p)
-                        if first.get(p) == pos:
-                            dirty.add(p)
-                        p = left * shift + m
-                        c = count.get(p)
-                        if c is None:
-                            count[p] = f
-                            where[p] = {w}
-                            first[p] = pos
-                            self._register(p)
+                q = p + span[p]
+                if q < hi and sym[q] == b:
+                    if p > lo:
+                        pos = p - span[p - 1]
+                        left = sym[pos]
+                        i = pair_id[left * shift + a]
+                        count[i] -= f
+                        down.add(i)
+                        if first[i] == pos:
+                            dirty.add(i)
+                        i = pair_id.get(left * shift + m)
+                        if i is None:
+                            i = self._new_pair(left, m, f, pos, w)
                         else:
-                            count[p] = c + f
-                            where[p].add(w)
-                            if pos < first[p]:
-                                first[p] = pos
-                                dirty.discard(p)
-                        up.add(p)
-                    if i + 2 < n:
-                        right = syms[i + 2]
-                        p = b * shift + right
-                        count[p] -= f
-                        down.add(p)
-                        if first.get(p) == off + st[i + 1]:
-                            dirty.add(p)
-                        p = m * shift + right
-                        pos = off + st[i]
-                        c = count.get(p)
-                        if c is None:
-                            count[p] = f
-                            where[p] = {w}
-                            first[p] = pos
-                            self._register(p)
+                            count[i] += f
+                            ws = words[i]
+                            if ws is None:
+                                if one[i] != w:
+                                    words[i] = array("i", sorted((one[i], w)))
+                            elif ws[-1] < w:
+                                ws.append(w)
+                            elif ws[-1] != w:
+                                _insert_word(ws, w)
+                            if pos < first[i]:
+                                first[i] = pos
+                                dirty.discard(i)
+                        up.add(i)
+                    r = q + span[q]
+                    if r < hi:
+                        right = sym[r]
+                        i = pair_id[b * shift + right]
+                        count[i] -= f
+                        down.add(i)
+                        if first[i] == q:
+                            dirty.add(i)
+                        i = pair_id.get(m * shift + right)
+                        if i is None:
+                            i = self._new_pair(m, right, f, p, w)
                         else:
-                            count[p] = c + f
-                            where[p].add(w)
-                            if pos < first[p]:
-                                first[p] = pos
-                                dirty.discard(p)
-                        up.add(p)
-                    syms[i] = m
-                    del syms[i + 1]
-                    del st[i + 1]
+                            count[i] += f
+                            ws = words[i]
+                            if ws is None:
+                                if one[i] != w:
+                                    words[i] = array("i", sorted((one[i], w)))
+                            elif ws[-1] < w:
+                                ws.append(w)
+                            elif ws[-1] != w:
+                                _insert_word(ws, w)
+                            if p < first[i]:
+                                first[i] = p
+                                dirty.discard(i)
+                        up.add(i)
+                    span[p] = span[r - 1] = r - p  # m covers a and b: its length at both ends
+                    sym[p] = m
+                    sym[q] = -1
                     k += 1
-                i += 1
                 try:
-                    i = syms.index(a, i)
+                    p = sym.index(a, p + 1, hi)
                 except ValueError:
                     break
             merges_total += k * f
             if likelihood:
+                live = [s for s in sym[lo:hi] if s >= 0]
                 for x in self_syms:
-                    if syms.count(x) > 1:
-                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) + f * _run_merges(syms, x)
+                    if live.count(x) > 1:
+                        self_delta[x * shift + x] = self_delta.get(x * shift + x, 0) + f * _run_merges(live, x)
         fr = self.sym_freq
         fr[a] -= merges_total
         fr[b] -= merges_total
@@ -512,57 +611,40 @@ class _Trainer:
         self.total -= merges_total
         if not existed:
             self.watch.append([])
-        self._drop_pair(pk)
-        for p in down:
-            if p in count and count[p] == 0:
-                self._drop_pair(p)
+        self._drop_pair(merged)
+        for i in down:
+            if pair_left[i] >= 0 and count[i] == 0:
+                self._drop_pair(i)
         if likelihood:
-            for p, d in self_delta.items():
-                if d and p in count:
-                    self.self_merges[p] = self.self_merges.get(p, 0) + d
-                    up.add(p)
+            for pk, d in self_delta.items():
+                i = pair_id.get(pk)
+                if d and i is not None:
+                    self.self_merges[i] = self.self_merges.get(i, 0) + d
+                    up.add(i)
         if self.score != "count":
             # Bounds hold only for fixed counts: pairs whose count moved either way get a fresh one.
-            up.update(p for p in down if p in count)
+            up.update(i for i in down if pair_left[i] >= 0)
             up.update(self._crossed(a))
             if b != a:
                 up.update(self._crossed(b))
             if likelihood:  # pairs that also spell m gain from its higher frequency
                 up.update(self.result_pairs.get(m_str, ()))
-        for p in up:
-            if p in count:
-                self._push(p)
+        for i in up:
+            if pair_left[i] >= 0:
+                self._push(i)
         return m_str, merges_total
 
-    def _register(self, p: int) -> None:
-        """Index a pair that has just appeared."""
-        x, y = divmod(p, self.shift)
-        sp = self.sym_pairs
-        if x in sp:
-            sp[x].add(p)
-        else:
-            sp[x] = {p}
-        if y in sp:
-            sp[y].add(p)
-        else:
-            sp[y] = {p}
-        if self.score == "likelihood":
-            self._register_result(p)
-
-    def _drop_pair(self, p: int) -> None:
-        shift = self.shift
-        del self.count[p]
-        self.where.pop(p, None)
-        self.first.pop(p, None)
-        self.dirty.discard(p)
-        self.version.pop(p, None)
-        x, y = divmod(p, shift)
-        self.sym_pairs[x].discard(p)
-        self.sym_pairs[y].discard(p)
-        self.self_merges.pop(p, None)
-        m = self.pair_result.pop(p, None)
+    def _drop_pair(self, i: int) -> None:
+        del self.pair_id[self.pair_left[i] * self.shift + self.pair_right[i]]
+        self.pair_words[i] = None
+        self.pair_left[i] = -1
+        self.free_pairs.append(i)
+        self._dequeue(i)
+        self.dirty.discard(i)
+        self.self_merges.pop(i, None)
+        m = self.pair_result.pop(i, None)
         if m is not None:
-            self.result_pairs[m].discard(p)
+            self.result_pairs[m].discard(i)
 
     # ---------------------------------------------------------------- main loop
     def train(self, vocab_size: int, special_tokens: list[str], progress: bool) -> list[str]:
@@ -577,18 +659,19 @@ class _Trainer:
         self._build_pairs()
         self.best_score = math.inf
         self._rebuild_heap()
+        entries_per_pair = 1 if self.score == "count" else 3  # a heap entry, and two floor watches for a bound
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=vocab_size, initial=len(vocab), unit="tok", desc=f"wordpiece ({self.score})")
         while len(vocab) < vocab_size:
-            if len(self.heap) + self.num_watches > _HEAP_SLACK * 3 * len(self.version) + 4096:  # entry + 2 watches
+            if len(self.heap) + self.num_watches > _HEAP_SLACK * entries_per_pair * self.num_queued + 4096:
                 self._rebuild_heap()
-            pk = self._pop_best()
-            if pk is None:
+            i = self._pop_best()
+            if i is None:
                 break
-            token, _ = self._merge(pk)
+            token, _ = self._merge(i)
             if token not in present:
                 present.add(token)
                 vocab.append(token)
@@ -597,6 +680,17 @@ class _Trainer:
         if bar is not None:
             bar.close()
         return vocab
+
+
+def _insert_word(words: array, w: int) -> None:
+    """Insert word index w into a sorted array of word indices that holds a later one, unless w is there.
+
+    (A pair meets an earlier word than its last only when it was there before the merge at hand: an earlier merge
+    spelled the same token.)
+    """
+    j = bisect.bisect_left(words, w)
+    if words[j] != w:
+        words.insert(j, w)
 
 
 def _run_merges(syms: list[int], x: int) -> int:

@@ -121,9 +121,9 @@ class _TreePeak:
         return self.peak_mb
 
 
-def _child(cmd: list[str], env: dict) -> dict:
+def _child(cmd: list[str], env: dict, cwd: str | None = None) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tree = _TreePeak(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
