@@ -374,9 +374,16 @@ VERIFY_HASH_MAX_BYTES = 4 << 30
 def verify_files(path: Path, manifest: dict) -> None:
     """Every file the manifest lists exists with its recorded size, and (below VERIFY_HASH_MAX_BYTES) its sha256."""
     listed = manifest.get("files")
-    if not isinstance(listed, dict):
+    if listed is None:
         return  # written before manifests listed their files
-    limit = int(os.environ.get("BERTCLI_VERIFY_MAX_BYTES", VERIFY_HASH_MAX_BYTES))
+    if not isinstance(listed, dict) or not all(isinstance(m, dict) for m in listed.values()):
+        raise ArtifactError(f"{path / MANIFEST}: 'files' is not a mapping of file names to sizes and hashes",
+                            hint=f"the manifest is damaged; rebuild the artifact ({_hint_for((manifest['stage'],))})")
+    limit_text = os.environ.get("BERTCLI_VERIFY_MAX_BYTES", str(VERIFY_HASH_MAX_BYTES))
+    if not limit_text.isdigit():
+        raise ArtifactError(f"BERTCLI_VERIFY_MAX_BYTES={limit_text!r} is not a number of bytes",
+                            hint="set it to a whole number (0: check sizes only), or unset it")
+    limit = int(limit_text)
     total = sum(int(meta.get("bytes", 0)) for meta in listed.values())
     remedy = _hint_for((manifest["stage"],))
     rebuild = f"the artifact was changed or damaged after it was written; rebuild it ({remedy})"

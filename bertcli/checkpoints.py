@@ -366,6 +366,12 @@ def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist
     Returns True when an existing run is to be continued.
     """
     out = Path(cfg.output)
+    data, real = Path(cfg.data).resolve(), out.resolve()
+    if real == data or data in real.parents or real in data.parents:
+        raise OutputExistsError(
+            f"output '{out}' is the data '{cfg.data}', lies inside it or holds it",
+            hint="choose an --output outside the data: bertcli never writes into its inputs",
+        )
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output '{out}' is a file", hint="choose another --output")
     has_run = is_run_dir(out)

@@ -73,6 +73,14 @@ def _interrupted_note(kwargs: dict) -> str:
     return "no finished output was written for this run"
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar still drawn, so that the error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def report_errors(func: Callable) -> Callable:
     """Typed errors become `error: …` + a hint and exit code 2; anything else exit code 1, one line."""
 
@@ -83,6 +91,7 @@ def report_errors(func: Callable) -> Callable:
         except BertcliError as exc:
             if _debug():
                 traceback.print_exc()
+            _close_progress_bars()
             typer.echo(f"error: {exc.message}", err=True)
             if exc.hint:
                 typer.echo(f"hint: {exc.hint}", err=True)

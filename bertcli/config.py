@@ -262,7 +262,10 @@ def _read_yaml(path: str | Path) -> dict:
         kind = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
         raise ConfigError(f"{p}{line}: {kind}{exc.problem or exc}", hint="fix the YAML at that line") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read YAML: {exc}") from exc
+        raise ConfigError(f"{p}: cannot read YAML: {quote(str(exc))[1:-1]}") from exc
+    except (RecursionError, ValueError) as exc:  # brackets nested thousands deep; an integer of 5,000 digits
+        raise ConfigError(f"{p}: a value is nested too deeply or is too long a number to read",
+                          hint="a config holds plain keys and short values") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bertcli.errors import ArtifactError, ConfigError
+from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -245,7 +245,11 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
 
 def run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """`bert plot RUN [--output FILE]`: plot_run, with a clear error when matplotlib is missing."""
+    """`bert plot RUN [--output FILE]`: plot_run, with a clear error when matplotlib is missing. An existing file is
+    replaced only when it is the run's own plot: bert plot has no --overwrite, and never writes over anything else."""
+    target = Path(output) if output is not None else Path(run_dir) / PLOT_FILE
+    if target.exists() and target.resolve() != (Path(run_dir) / PLOT_FILE).resolve():
+        raise OutputExistsError(f"'{target}' already exists", hint="choose another --output (a new .png file)")
     try:
         return plot_run(run_dir, output)
     except ImportError as exc:

@@ -433,3 +433,23 @@ def test_pretraining_refuses_data_without_targets_and_metrics_stay_json(tmp_path
 def test_a_damaged_metrics_file_is_named_by_bert_plot(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": "x", "loss": 1.0}\n{"step": 3}\n')
     _refused(["plot", str(tmp_path)], "metrics.jsonl:2", "step")
+
+
+def test_sweep_findings_stay_fixed(tmp_path, masked_data, pairs_copy, tiny_bert, monkeypatch):
+    # found by scripts/sweep_hostile.py: each was an exit 1, a silent acceptance or a lost file
+    digits = tmp_path / "digits.yaml"
+    digits.write_text("vocab_size: " + "9" * 5000 + "\n")
+    _refused(["train-vocab", "--input", "x", "--output", str(tmp_path / "o"), "--config", str(digits)], str(digits))
+    _refused(["pretrain", "--data", str(masked_data), "--output", str(masked_data), "--overwrite"], "data")
+    _refused(["pretrain", "--data", str(masked_data), "--output", str(masked_data / "run")], "inside")
+    report = tmp_path / "report.pdf"
+    report.write_text("mine")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    _refused(["plot", str(tmp_path / "run"), "--output", str(report)], "already exists")
+    assert report.read_text() == "mine"
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    _refused(["predict-nsp", "--model", str(tiny_bert), "--input", str(empty)], "no pairs")
+    monkeypatch.setenv("BERTCLI_VERIFY_MAX_BYTES", "lots")
+    _refused(["mask", "--input", str(pairs_copy), "--output", str(tmp_path / "m")], "BERTCLI_VERIFY_MAX_BYTES")

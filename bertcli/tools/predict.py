@@ -203,8 +203,8 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
 
 def _checked_lines(path: Path) -> None:
     """Read the whole pairs file once so a malformed line fails before any output is written."""
-    for _ in read_pairs_file(path):
-        pass
+    if not any(True for _ in read_pairs_file(path)):
+        raise InputError(f"pairs file '{path}' holds no pairs", hint="one pair a line: first<TAB>second, or JSONL")
 
 
 def predict_nsp_file(loaded: LoadedModel, path: str | Path, batch_size: int = 32) -> Iterator[dict]:
