@@ -278,6 +278,7 @@ class Trainer:
             if state.step > step:
                 per_step = (host[0] - elapsed) / (state.step - step)
             self.agreed_clock = (state.step, host[0], per_step)
+            state.elapsed_s = host[0]  # the same on every rank, so a rollback restarts every clock alike
         for (step, position, _), flag in zip(pending, host[1:]):
             if flag > 0:
                 what = "non-finite loss" if int(flag) & int(_BAD_LOSS) else "non-finite gradient"
