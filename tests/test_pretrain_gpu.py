@@ -118,6 +118,16 @@ def test_more_processes_on_a_node_than_gpus_is_refused(monkeypatch):
         dist.init_distributed("auto")
 
 
+def test_ddp_comm_bf16_needs_nccl():
+    gloo = dist.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    nccl = dist.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0), backend="nccl")
+    cfg = tiny_cfg("data", "out", ddp_comm="bf16")
+    with pytest.raises(ConfigError, match="ddp_comm"):
+        pretrain.check_ddp_comm(cfg, gloo)
+    pretrain.check_ddp_comm(cfg, nccl)
+    pretrain.check_ddp_comm(tiny_cfg("data", "out"), gloo)
+
+
 def test_num_workers_auto():
     assert pretrain.resolve_num_workers("auto", torch.device("cuda", 0)) == 2
     assert pretrain.resolve_num_workers("auto", torch.device("cpu")) == 0

@@ -604,6 +604,16 @@ def build_pretraining_model(
     return model
 
 
+def check_ddp_comm(cfg: PretrainConfig, ctx: dist.DistContext) -> None:
+    """ddp_comm bf16 compresses through NCCL (DDP's bf16_compress_hook); gloo (CPU processes) cannot."""
+    if cfg.ddp_comm == "bf16" and ctx.distributed and ctx.backend != "nccl":
+        raise ConfigError(
+            f"key 'ddp_comm': bf16 needs NCCL (processes on GPUs); these {ctx.world_size} processes use "
+            f"{ctx.backend}",
+            hint="set ddp_comm: fp32 (on CPU the gradients are all-reduced in fp32)",
+        )
+
+
 def _accumulation_steps(cfg: PretrainConfig, ctx: dist.DistContext) -> int:
     per_step = cfg.micro_batch_size * ctx.world_size
     if cfg.batch_size % per_step:
@@ -660,6 +670,7 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
     optimizer, the module under DDP / torch.compile, and the run directory prepared by rank 0."""
     out = Path(cfg.output)
     accum = _accumulation_steps(cfg, ctx)
+    check_ddp_comm(cfg, ctx)
     data = load_data(cfg.data)
     is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))
     plan = EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction)
