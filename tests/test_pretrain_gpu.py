@@ -142,7 +142,8 @@ def _trainer(data, out, **overrides) -> pretrain.Trainer:
 
 
 @pytest.mark.parametrize("kind,fixed_width,precision", [("masked", False, "fp32"), ("pairs", False, "fp32"),
-                                                       ("masked", True, "fp32"), ("masked", False, "bf16")])
+                                                       ("masked", True, "fp32"), ("masked", False, "bf16"),
+                                                       ("masked", False, "fp16")])
 def test_train_step_makes_no_host_sync(kind, fixed_width, precision, masked_data, pairs_data, tmp_path):
     """One optimizer step over 2 micro-batches, with clipping and the non-finite flag: no op that would make the
     host wait for a GPU (0 per micro-batch, 0 per step); the flags are read at the next check, 1 read per check."""
