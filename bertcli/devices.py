@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,3 +69,13 @@ def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) 
     per_process = batch_size // world_size
     micro = max(d for d in range(1, min(per_process, max_micro_batch_size) + 1) if per_process % d == 0)
     return micro, per_process // micro
+
+
+def check_ddp_comm(cfg: Any, ctx: Any) -> None:
+    """ddp_comm bf16 compresses through NCCL (DDP's bf16_compress_hook); gloo (CPU processes) cannot."""
+    if cfg.ddp_comm == "bf16" and ctx.distributed and ctx.backend != "nccl":
+        raise ConfigError(
+            f"key 'ddp_comm': bf16 needs NCCL (processes on GPUs); these {ctx.world_size} processes use "
+            f"{ctx.backend}",
+            hint="set ddp_comm: fp32 (on CPU the gradients are all-reduced in fp32)",
+        )

@@ -118,6 +118,16 @@ def test_more_processes_on_a_node_than_gpus_is_refused(monkeypatch):
         dist.init_distributed("auto")
 
 
+def test_ddp_comm_bf16_needs_nccl():
+    gloo = dist.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    nccl = dist.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0), backend="nccl")
+    cfg = tiny_cfg("data", "out", ddp_comm="bf16")
+    with pytest.raises(ConfigError, match="ddp_comm"):
+        pretrain.check_ddp_comm(cfg, gloo)
+    pretrain.check_ddp_comm(cfg, nccl)
+    pretrain.check_ddp_comm(tiny_cfg("data", "out"), gloo)
+
+
 def test_num_workers_auto():
     assert devices.resolve_num_workers("auto", torch.device("cuda", 0)) == 2
     assert devices.resolve_num_workers("auto", torch.device("cpu")) == 0
@@ -132,7 +142,8 @@ def _trainer(data, out, **overrides) -> pretrain.Trainer:
 
 
 @pytest.mark.parametrize("kind,fixed_width,precision", [("masked", False, "fp32"), ("pairs", False, "fp32"),
-                                                       ("masked", True, "fp32"), ("masked", False, "bf16")])
+                                                       ("masked", True, "fp32"), ("masked", False, "bf16"),
+                                                       ("masked", False, "fp16")])
 def test_train_step_makes_no_host_sync(kind, fixed_width, precision, masked_data, pairs_data, tmp_path):
     """One optimizer step over 2 micro-batches, with clipping and the non-finite flag: no op that would make the
     host wait for a GPU (0 per micro-batch, 0 per step); the flags are read at the next check, 1 read per check."""

@@ -44,7 +44,7 @@ from bertcli.checkpoints import (
     start_run_dir,
 )
 from bertcli.config import config_hash, config_to_dict, config_to_yaml
-from bertcli.devices import Precision, micro_batching, resolve_num_workers, resolve_precision
+from bertcli.devices import Precision, check_ddp_comm, micro_batching, resolve_num_workers, resolve_precision
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, InputError
 from bertcli.masking import MaskingSpec
 from bertcli.metrics import MetricsWriter, efficiency, gpu_peak_tflops, plot_run
@@ -231,6 +231,7 @@ class Trainer:
             if state.step > step:
                 per_step = (host[0] - elapsed) / (state.step - step)
             self.agreed_clock = (state.step, host[0], per_step)
+            state.elapsed_s = host[0]  # the same on every rank, so a rollback restarts every clock alike
         for (step, position, _), flag in zip(pending, host[1:]):
             if flag > 0:
                 what = "non-finite loss" if int(flag) & int(_BAD_LOSS) else "non-finite gradient"
@@ -607,6 +608,7 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
     optimizer, the module under DDP / torch.compile, and the run directory prepared by rank 0."""
     out = Path(cfg.output)
     micro_batch_size, accum = micro_batching(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
+    check_ddp_comm(cfg, ctx)
     data = load_data(cfg.data)
     is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))
     plan = EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction)
