@@ -24,7 +24,7 @@ from bertcli.checkpoints import (
     start_run_dir,
     verify_checkpoint,
 )
-from bertcli.errors import ConfigError, OutputExistsError
+from bertcli.errors import BertcliError, ConfigError, OutputExistsError
 from bertcli.stages import pretrain
 from pretrain_fixtures import assert_same_weights, interrupted_copy, run_data_path, tiny_cfg, weights
 
@@ -161,3 +161,21 @@ def test_a_folder_with_a_config_yaml_or_manifest_is_not_taken_for_a_run(masked_d
         with pytest.raises(OutputExistsError, match="not a bertcli run"):
             pretrain.run(tiny_cfg(masked_data, project), resume=resume, overwrite=overwrite)
     assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_data_of_another_vocabulary_refuses_and_keeps_the_run(reference_run, tmp_path, tiny_corpus):
+    # it once took every checkpoint for corrupt and trained from step 0 over the old run, exit 0
+    from typer.testing import CliRunner
+
+    from bertcli.cli import app
+    from pretrain_fixtures import make_artifact
+
+    other_tok = tmp_path / "tok300"
+    assert CliRunner().invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(other_tok),
+                                    "--set", "vocab_size=300"]).exit_code == 0
+    other_data = make_artifact(tmp_path / "masked300", other_tok, tiny_corpus, kind="masked", num_sequences=64)
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(BertcliError, match="tokenizer|vocab|data"):  # exit 2, one line
+        pretrain.run(tiny_cfg(other_data, run), resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
