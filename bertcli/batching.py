@@ -228,16 +228,17 @@ def max_predictions_of(data: DataArtifact, masking: MaskingSpec | None) -> int:
 
 @dataclass
 class Collator:
-    """Turns artifact rows into a padded micro-batch (dynamic masking applied for pairs artifacts), with the
-    fixed-width query layout of model.PretrainingBatch computed here, on the host (in the loader workers), so that a
-    training step never has to ask the device where the masked positions are."""
+    """Turns artifact rows into a padded micro-batch (dynamic masking applied for pairs artifacts), with the query
+    layout of model.PretrainingBatch computed here, on the host (in the loader workers), so that a training step
+    never has to ask the device where the masked positions are."""
 
     pad_id: int
     has_nsp: bool
     dynamic: bool
     masking: MaskingSpec | None = None  # for dynamic masking
     pad_to_multiple_of: int = 1
-    max_predictions: int | None = None  # query width P (None: the most of this micro-batch; for tools and tests)
+    max_predictions: int | None = None  # P: the most predictions a sequence may have (None: no limit)
+    fixed_width: bool = False  # query width P for every micro-batch (torch.compile); else the micro-batch's most
     length_buckets: tuple[int, ...] = ()  # pad the width up to the smallest bucket that fits (torch.compile)
     max_width: int | None = None  # never pad beyond this (the model's max_position_embeddings)
 
@@ -276,7 +277,14 @@ class Collator:
             rows_of = np.repeat(np.arange(n), counts)
             cols = np.concatenate([np.asarray(r["masked_positions"], dtype=np.int64) for r in rows])
             labels = np.concatenate([np.asarray(r["masked_labels"], dtype=np.int64) for r in rows])
-        query, masked_labels, masked_index = query_layout(n, rows_of, cols, labels, self.max_predictions)
+        # eager steps take the micro-batch's own width (no slot wasted on padding; shapes may vary freely there),
+        # compiled ones the fixed width P, so their shapes depend on (B, T) alone
+        most = int(np.bincount(rows_of, minlength=n).max()) if n else 0
+        if self.max_predictions is not None and most > self.max_predictions:
+            raise ValueError(f"a sequence has {most} masked positions, more than max_predictions "
+                             f"{self.max_predictions}")
+        width = self.max_predictions if self.fixed_width else most
+        query, masked_labels, masked_index = query_layout(n, rows_of, cols, labels, width)
         return {
             "input_ids": torch.from_numpy(input_ids),
             "token_type_ids": torch.from_numpy(token_type_ids),

@@ -120,7 +120,8 @@ class PretrainingBatch:
     input_ids, token_type_ids, attention_mask: (B, T) int64.
     query_positions: (B, 1 + P) int64: the positions the last layer and the heads read in each row: slot 0 is [CLS]
         (position 0), slots 1… the row's masked positions in ascending order, then 0 (padding slots read [CLS];
-        their outputs are never scored). P is the query width: max_predictions_per_seq.
+        their outputs are never scored). P is the query width: max_predictions_per_seq for a compiled step (shapes
+        fixed by (B, T)), the micro-batch's most predictions otherwise.
     masked_labels: (B, P) int64: the original ids at the masked positions, IGNORE_INDEX at padding slots.
     masked_index: (N,) int64: flat indices b·P + s of the N real predictions in masked_labels, ascending.
     next_sentence_label: (B,) or None (no NSP).
@@ -157,7 +158,7 @@ class PretrainingBatch:
 def query_layout(
     batch_size: int, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray, width: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The fixed-width layout of a micro-batch's predictions, in numpy (host side).
+    """The query layout of a micro-batch's predictions at `width` slots per row, in numpy (host side).
 
     rows, cols, labels: (N,) the row, position and original id of each prediction, row-major and ascending.
     Returns query_positions (B, 1 + P), masked_labels (B, P) and masked_index (N,) as PretrainingBatch describes.

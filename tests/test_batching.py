@@ -81,7 +81,7 @@ def test_collator_pads_and_lays_out_the_predictions(masked_data):
     arrays = ShardedArrays(masked_data)
     pad = load_tokenizer(masked_data / "tokenizer").special_ids["pad"]
     rows = [arrays[i] for i in range(3)]
-    batch = Collator(pad_id=pad, has_nsp=True, dynamic=False, max_predictions=20)(rows)
+    batch = Collator(pad_id=pad, has_nsp=True, dynamic=False, max_predictions=20, fixed_width=True)(rows)
     width = max(len(r["input_ids"]) for r in rows)
     assert batch["input_ids"].shape == (3, width)
     for i, r in enumerate(rows):
@@ -103,8 +103,13 @@ def test_collator_pads_and_lays_out_the_predictions(masked_data):
     assert batch["num_tokens"] == sum(len(r["input_ids"]) for r in rows)
     work = batch["work"]
     assert work.predictions == len(flat_labels) and work.squared_lengths == sum(len(r["input_ids"]) ** 2 for r in rows)
-    with pytest.raises(ValueError, match="query width"):
+    with pytest.raises(ValueError, match="more than max_predictions"):
         Collator(pad_id=pad, has_nsp=True, dynamic=False, max_predictions=1)(rows)
+    # eager micro-batches take their own width: the most predictions of a row
+    trimmed = Collator(pad_id=pad, has_nsp=True, dynamic=False, max_predictions=20)(rows)
+    most = max(len(r["masked_positions"]) for r in rows)
+    assert trimmed["query_positions"].shape == (3, most + 1) and trimmed["masked_labels"].shape == (3, most)
+    assert torch.equal(trimmed["masked_labels"].reshape(-1)[trimmed["masked_index"]], flat_labels)
 
 
 def test_collator_pads_to_length_buckets_and_caps_at_max_width(masked_data):
@@ -124,7 +129,8 @@ def test_dynamic_masking_collator(pairs_data):
     assert data.kind == "pairs" and data.has_nsp
     spec = data.tokenizer.masking_spec(masked_lm_prob=0.15, max_predictions_per_seq=20)
     tok = load_tokenizer(pairs_data / "tokenizer")
-    collate = Collator(pad_id=tok.special_ids["pad"], has_nsp=True, dynamic=True, masking=spec, max_predictions=20)
+    collate = Collator(pad_id=tok.special_ids["pad"], has_nsp=True, dynamic=True, masking=spec, max_predictions=20,
+                       fixed_width=True)
     arrays = ShardedArrays(pairs_data)
     rows = [arrays[i] for i in range(16)]
     a, b, c = collate(rows, 7), collate(rows, 7), collate(rows, 8)
@@ -141,7 +147,7 @@ def test_dynamic_masking_collator(pairs_data):
     assert not torch.isin(labels[real], specials).any()
     # padding (buckets, multiples of 8) does not change the masks: they are drawn at the longest row's width
     padded = Collator(pad_id=tok.special_ids["pad"], has_nsp=True, dynamic=True, masking=spec,
-                      max_predictions=20, pad_to_multiple_of=64)(rows, 7)
+                      max_predictions=20, fixed_width=True, pad_to_multiple_of=64)(rows, 7)
     assert padded["input_ids"].shape[1] == 64
     assert torch.equal(padded["query_positions"], a["query_positions"])
     assert torch.equal(padded["input_ids"][:, :width], a["input_ids"])

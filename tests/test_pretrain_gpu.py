@@ -148,7 +148,7 @@ def test_train_step_makes_no_host_sync(kind, fixed_width, precision, masked_data
     """One optimizer step over 2 micro-batches, with clipping and the non-finite flag: no op that would make the
     host wait for a GPU (0 per micro-batch, 0 per step); the flags are read at the next check, 1 read per check."""
     trainer = _trainer(masked_data if kind == "masked" else pairs_data, tmp_path / "run", precision=precision)
-    trainer.fixed_width = fixed_width
+    trainer.fixed_width = trainer.collate.fixed_width = fixed_width  # the compiled step's layout, uncompiled
     stream = trainer.micro_batch_stream()
     trainer.train_step(next(stream))  # warm-up: the optimizer creates its state
     group = next(stream)
@@ -278,7 +278,8 @@ def _compile_batch(collate: Collator, masked_data, start: int) -> dict:
 def test_compiled_step_has_no_graph_break(masked_data, precision):
     torch._dynamo.reset()
     module = PretrainingModule(tiny_bert(vocab_size=1000, dropout=0.1).train())
-    collate = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, length_buckets=length_buckets(32))
+    collate = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, fixed_width=True,
+                       length_buckets=length_buckets(32))
     batch = to_model_batch(_compile_batch(collate, masked_data, 0), torch.device("cpu"), fixed_width=True)
     with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
         explained = torch._dynamo.explain(module)(**batch.__dict__)
@@ -300,13 +301,15 @@ def test_compile_builds_one_graph_per_length_bucket(masked_data):
     short, longer = rows[:4], rows[-4:]
     natural = {len(r["input_ids"]) for r in short} | {len(r["input_ids"]) for r in longer}
     assert max(len(r["input_ids"]) for r in short) < max(len(r["input_ids"]) for r in longer)  # two lengths
-    collate = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, length_buckets=(32,))
+    collate = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, fixed_width=True,
+                       length_buckets=(32,))
     for group in (short, longer, short[:2] + longer[:2]):
         batch = to_model_batch(collate(group), torch.device("cpu"), fixed_width=True)
         loss, _ = compiled(**batch.__dict__)
         loss.backward()
     assert counter.frame_count == 1 and len(natural) > 1  # different lengths and predictions, one graph
-    two_buckets = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, length_buckets=(16, 32))
+    two_buckets = Collator(pad_id=0, has_nsp=True, dynamic=False, max_predictions=20, fixed_width=True,
+                           length_buckets=(16, 32))
     for group in (rows[:4], rows[-4:]):
         compiled(**to_model_batch(two_buckets(group), torch.device("cpu"), fixed_width=True).__dict__)
     assert counter.frame_count == 2  # the new bucket (16) adds one graph, the known one (32) none

@@ -645,7 +645,7 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
     collate = Collator(
         pad_id=data.special_ids["pad"], has_nsp=data.has_nsp, dynamic=masking is not None, masking=masking,
         pad_to_multiple_of=8 if device.type == "cuda" else 1,
-        max_predictions=max_predictions_of(data, masking),
+        max_predictions=max_predictions_of(data, masking), fixed_width=bool(cfg.compile),
         length_buckets=length_buckets(data.max_seq_length) if cfg.compile else (),
         max_width=model.config.max_position_embeddings,
     )
