@@ -187,6 +187,8 @@ def train_vocab(
     typer.echo(
         f"wrote {cfg.output}: {stats['vocab_size']} tokens ({manifest['algorithm']}), "
         f"{stats['sentences']:,} sentences in {stats['documents']:,} documents read"
+        + (f"; {manifest['added_tokens']:,} appended to the {manifest['extended_from']['vocab_size']:,} of "
+           f"{cfg.extend_from}" if cfg.extend_from else "")
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +109,56 @@ def load_pretrained_model(path: str, attn_implementation: str = "sdpa") -> tuple
         )
     missing = sorted(set(info.get("missing_keys", [])))
     return model, missing
+
+
+def mean_of_rows(matrix: torch.Tensor, pieces: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(len(pieces), *matrix.shape[1:]): row j is the mean of matrix's rows pieces[j] (accumulated in fp32, then
+    cast back); an empty list gives the mean of all of matrix's rows."""
+    source = matrix.detach().float()
+    out = torch.empty((len(pieces), *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
+    everything = source.mean(0)
+    for j, ids in enumerate(pieces):
+        out[j] = source[list(ids)].mean(0) if ids else everything
+    return out.to(matrix.dtype)
+
+
+def grow_vocabulary(model: BertForPreTraining, num_old: int, pieces: Sequence[Sequence[int]]) -> int:
+    """Resize the model to num_old + len(pieces) tokens, the new token j initialised from the old ids pieces[j]
+    (the pieces the old tokenizer splits it into): its input embedding, its decoder row (the same tensor when the
+    model ties them, as BERT does) and its decoder bias are the means of those pieces' rows; a token the old
+    vocabulary cannot spell gets the mean of all old rows. Rows num_old.. of the model (padding some checkpoints
+    carry) are replaced. Returns the number of rows added.
+
+    Why the mean of the pieces: a new token's embedding then starts where the old model already represents its
+    spelling (exBERT, Tai et al. 2020; Gee et al. 2022, "Fast Vocabulary Transfer"), and a token nothing spells
+    starts at the mean of all embeddings, which keeps its initial probability close to the old distribution (Hewitt
+    2021, "Initializing new word embeddings for pretrained language models"). Bias: the decoder is affine in (W, b),
+    so with the mean of the pieces' biases the new token's initial logit is exactly the mean of its pieces' logits.
+    """
+    embeddings = model.get_input_embeddings()
+    head = model.cls.predictions
+    old_weight = embeddings.weight  # (V, H)
+    tied = head.decoder.weight is old_weight
+    num_new = num_old + len(pieces)
+    hidden = old_weight.shape[1]
+    with torch.no_grad():
+        grown = nn.Embedding(num_new, hidden, padding_idx=embeddings.padding_idx,
+                             device=old_weight.device, dtype=old_weight.dtype)
+        grown.weight[:num_old] = old_weight[:num_old]
+        grown.weight[num_old:] = mean_of_rows(old_weight[:num_old], pieces)
+        decoder = nn.Linear(hidden, num_new, device=old_weight.device, dtype=head.decoder.weight.dtype)
+        if tied:
+            decoder.weight = grown.weight
+        else:
+            decoder.weight[:num_old] = head.decoder.weight[:num_old]
+            decoder.weight[num_old:] = mean_of_rows(head.decoder.weight[:num_old], pieces)
+        bias = torch.cat([head.bias[:num_old], mean_of_rows(head.bias[:num_old], pieces)])
+    model.set_input_embeddings(grown)
+    decoder.bias = nn.Parameter(bias)
+    head.decoder = decoder
+    head.bias = decoder.bias  # one parameter, as BertLMPredictionHead ties them
+    model.config.vocab_size = num_new
+    return len(pieces)
 
 
 @dataclass

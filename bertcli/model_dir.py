@@ -163,3 +163,52 @@ def load_model(
     if isinstance(tok_max, int) and 0 < tok_max < max_length:
         max_length = tok_max
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)
+
+
+def load_init_model(src: Path, tokenizer_dir: Path, data_path: Path, seed: int) -> tuple[Any, list[str], int]:
+    """`bert pretrain`'s init_from: the BertForPreTraining in `src`, for data tokenized by `tokenizer_dir`.
+
+    The model's vocabulary (vocab.txt or tokenizer.json) must be the data's, or a prefix of it: a tokenizer that
+    `bert train-vocab --set extend_from=SRC` extended keeps every old id and appends. Then the model grows to the
+    data's vocabulary, each new row the mean of the old rows of the pieces the model's own tokenizer splits the new
+    token into (model.grow_vocabulary, vocab_extension.spell_new_tokens). The seed fixes weights the directory
+    lacks (e.g. the NSP head of a BertForMaskedLM). Returns the model, the names of those missing weights and the
+    rows added.
+    """
+    from bertcli.vocab import read_base_tokenizer, read_vocab
+    from bertcli.vocab_extension import is_vocab_prefix, spell_new_tokens
+
+    if not (src / "config.json").is_file():
+        raise ArtifactError(
+            f"init_from '{src}' is not a Hugging Face model directory (no config.json)",
+            hint="point init_from at a directory written by save_pretrained (e.g. a run's final/)",
+        )
+    if not any((src / name).is_file() for name in WEIGHT_FILES):
+        raise ArtifactError(
+            f"init_from '{src}' has no model.safetensors: weights are only read from safetensors",
+            hint="convert the checkpoint to safetensors (save_pretrained writes it by default)",
+        )
+    old_vocab, new_vocab = read_vocab(src), read_vocab(tokenizer_dir)
+    if old_vocab is not None and new_vocab is not None:
+        if not is_vocab_prefix(old_vocab, new_vocab):
+            raise ArtifactError(
+                f"init_from '{src}' ({len(old_vocab):,} tokens) has a vocabulary that is neither the one of the "
+                f"data '{data_path}' ({len(new_vocab):,} tokens) nor a prefix of it",
+                hint=f"build the data with that model's tokenizer (bert pairs --tokenizer {src}), or with one "
+                f"extended from it (bert train-vocab --set extend_from={src})",
+            )
+    import torch
+
+    from bertcli.model import grow_vocabulary, load_pretrained_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, missing = load_pretrained_model(str(src))
+    if old_vocab is None or new_vocab is None or len(new_vocab) == len(old_vocab):
+        return model, missing, 0
+    if model.config.vocab_size < len(old_vocab):
+        raise ArtifactError(f"init_from '{src}': the model has {model.config.vocab_size:,} token rows but its "
+                            f"tokenizer {len(old_vocab):,} tokens", hint="the tokenizer files do not belong to it")
+    base = read_base_tokenizer(src)
+    pieces = spell_new_tokens(old_vocab, new_vocab, base.continuing_subword_prefix, base.max_input_chars_per_word)
+    return model, missing, grow_vocabulary(model, len(old_vocab), pieces)

@@ -97,11 +97,26 @@ class TrainVocabConfig:
     """executor ray: times a failed task is retried (a worker or node that died, an OSError); bad input is not."""
     seed: int = field(default=0, metadata={"ge": 0, "le": MAX_SEED})
     """Recorded in the manifest; the trainers themselves use no randomness."""
+    extend_from: Optional[str] = None
+    """Domain adaptation: an existing BERT tokenizer directory (ours, or a Hugging Face one with vocab.txt) whose
+    every token keeps its id; up to extra_tokens WordPiece tokens learned from the corpus are appended (see
+    docs/domain-adaptation.md). Its normalization, prefix and special tokens are kept: those keys must stay at their
+    defaults or agree with it, and vocab_size is not used. algorithm wordpiece only."""
+    extra_tokens: int = field(default=0, metadata={"ge": 0, "le": MAX_VOCAB_SIZE})
+    """With extend_from: the most tokens to append (new characters of the corpus first, most frequent first, then
+    the trainer's merges in the order its score chose them; none the old vocabulary already has)."""
 
     def validate(self) -> list[str]:
         problems = []
         if not self.input:
             problems.append("key 'input': no corpus given; pass --input PATH or set input in the config")
+        if self.extend_from is not None and self.extra_tokens == 0:
+            problems.append("key 'extra_tokens': extend_from needs the number of tokens to append, e.g. "
+                            "--set extra_tokens=2000")
+        if self.extend_from is None and self.extra_tokens:
+            problems.append("key 'extra_tokens': only used with extend_from (the tokenizer directory to extend)")
+        if self.extend_from is not None and self.algorithm != "wordpiece":
+            problems.append("key 'algorithm': extend_from ranks candidates with our trainer's score; use wordpiece")
         missing = [t for t in DEFAULT_SPECIAL_TOKENS if t not in self.special_tokens]
         if missing:
             problems.append(f"key 'special_tokens': {self.special_tokens} lacks {', '.join(missing)}")
@@ -279,7 +294,10 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model's size and shape."""
     init_from: Optional[str] = None
-    """Start from an existing Hugging Face BERT directory instead of random weights (missing heads are initialised)."""
+    """Start from an existing Hugging Face BERT directory instead of random weights (missing heads are initialised).
+    Its vocabulary must be the data's or a prefix of it (a tokenizer extended with train-vocab's extend_from): the
+    model then grows to the data's vocabulary, each new row the mean of its old pieces' rows
+    (docs/domain-adaptation.md)."""
     mlm_bias_init: Literal["unigram", "zero"] = "unigram"
     """Initial MLM output bias of a new model. unigram: the log frequency of each token among the training data's
     prediction targets (counted on up to 50M tokens), so training starts from the frequency guess a model otherwise

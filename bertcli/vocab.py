@@ -256,3 +256,149 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             (dst / name).write_bytes((src / name).read_bytes())
+
+
+@dataclass
+class BaseTokenizer:
+    """An existing BERT tokenizer directory read for extension: its vocabulary in id order and the settings a
+    tokenizer extending it must keep (the train-vocab keys of the same names)."""
+
+    path: Path
+    vocab: list[str]
+    lowercase: bool
+    strip_accents: str  # none, latin or all, as TrainVocabConfig.strip_accents
+    clean_text: bool
+    handle_chinese_chars: bool
+    continuing_subword_prefix: str
+    max_input_chars_per_word: int
+    special_tokens: list[str]  # the five roles' tokens in SPECIAL_ROLES order, then any additional ones
+    model_max_length: int
+
+    @property
+    def vocab_sha256(self) -> str:
+        """sha256 of the vocabulary as vocab.txt holds it: one token a line, in id order."""
+        return hashlib.sha256("".join(t + "\n" for t in self.vocab).encode("utf-8")).hexdigest()
+
+
+def read_vocab_file(path: Path) -> list[str]:
+    """The tokens of a vocab.txt in id order (one a line, split at \\n only, as transformers reads it)."""
+    vocab = path.read_text(encoding="utf-8").split("\n")
+    if vocab and vocab[-1] == "":
+        vocab.pop()
+    return vocab
+
+
+def read_vocab(directory: Path) -> list[str] | None:
+    """A tokenizer directory's vocabulary in id order: vocab.txt, else the WordPiece vocabulary of tokenizer.json
+    (transformers 5 saves only that); None when it has neither (or ids with gaps)."""
+    if (directory / "vocab.txt").is_file():
+        return read_vocab_file(directory / "vocab.txt")
+    try:
+        model = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    vocab = model.get("vocab") if model.get("type") == "WordPiece" else None
+    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+        return None
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+def _normalizer_settings(normalizer: dict | None, where: Path) -> dict:
+    """lowercase, strip_accents, clean_text, handle_chinese_chars of a tokenizer.json normalizer that
+    build_normalizer makes (a BertNormalizer, or our Latin-only accent stripping)."""
+    hint = "extend a BERT WordPiece tokenizer (its normalizer a BertNormalizer)"
+    if not isinstance(normalizer, dict):
+        raise ArtifactError(f"{where}: the tokenizer has no normalizer, so it is not a BERT one", hint=hint)
+    if normalizer.get("type") == "BertNormalizer":
+        lowercase = bool(normalizer.get("lowercase", True))
+        strip = normalizer.get("strip_accents")
+        strip = lowercase if strip is None else bool(strip)  # None: BERT's "strip whenever lowercasing"
+        return {
+            "lowercase": lowercase,
+            "strip_accents": "all" if strip else "none",
+            "clean_text": bool(normalizer.get("clean_text", True)),
+            "handle_chinese_chars": bool(normalizer.get("handle_chinese_chars", True)),
+        }
+    steps = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else None
+    types = [s.get("type") for s in steps or []]
+    if types[:4] == ["BertNormalizer", "NFD", "Replace", "NFC"] and types[4:] in ([], ["Lowercase"]):
+        return {  # build_normalizer's strip_accents "latin"
+            "lowercase": types[4:] == ["Lowercase"],
+            "strip_accents": "latin",
+            "clean_text": bool(steps[0].get("clean_text", True)),
+            "handle_chinese_chars": bool(steps[0].get("handle_chinese_chars", True)),
+        }
+    raise ArtifactError(f"{where}: normalizer {types or normalizer.get('type')} is not one bertcli can rebuild",
+                        hint=hint)
+
+
+def read_base_tokenizer(directory: str | Path) -> BaseTokenizer:
+    """Read a tokenizer directory to extend: ours, or a Hugging Face BERT one as BertTokenizer(Fast).save_pretrained
+    writes it (tokenizer.json, or vocab.txt with tokenizer_config.json). Ids: vocab.txt's lines, else
+    tokenizer.json's."""
+    d = Path(directory)
+    hint = "point extend_from at a directory written by `bert train-vocab` or a BERT tokenizer's save_pretrained"
+    if not d.is_dir():
+        raise ArtifactError(f"extend_from '{d}' does not exist or is not a directory", hint=hint)
+    vocab = read_vocab(d)
+    if vocab is None:
+        raise ArtifactError(f"extend_from '{d}' has no vocab.txt or WordPiece tokenizer.json, so its ids are unknown",
+                            hint=hint)
+    if len(set(vocab)) != len(vocab) or "" in vocab:
+        raise ArtifactError(f"'{d}': a token of its vocabulary is empty or listed twice", hint=hint)
+    config: dict = {}
+    if (d / "tokenizer_config.json").is_file():
+        try:
+            config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{d / 'tokenizer_config.json'}: not valid JSON ({exc})", hint=hint) from exc
+    model: dict = {}
+    if (d / "tokenizer.json").is_file():
+        try:
+            data = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{d / 'tokenizer.json'}: not valid JSON ({exc})", hint=hint) from exc
+        model = data.get("model") or {}
+        if model.get("type") != "WordPiece":
+            raise ArtifactError(f"{d / 'tokenizer.json'}: a {model.get('type')} model, not WordPiece", hint=hint)
+        if model.get("vocab") != {t: i for i, t in enumerate(vocab)}:
+            raise ArtifactError(f"'{d}': tokenizer.json and vocab.txt disagree on the vocabulary", hint=hint)
+        beyond = [a.get("content") for a in data.get("added_tokens") or [] if a.get("id", 0) >= len(vocab)]
+        if beyond:
+            raise ArtifactError(
+                f"'{d}': {len(beyond)} added token(s) beyond the vocabulary ({', '.join(map(str, beyond[:3]))}) would "
+                "collide with the appended ids", hint="save the tokenizer without added tokens",
+            )
+        settings = _normalizer_settings(data.get("normalizer"), d / "tokenizer.json")
+    elif config:
+        lowercase = bool(config.get("do_lower_case", True))  # BertTokenizer's defaults
+        strip = config.get("strip_accents")
+        settings = {
+            "lowercase": lowercase,
+            "strip_accents": "all" if (lowercase if strip is None else strip) else "none",
+            "clean_text": True,
+            "handle_chinese_chars": bool(config.get("tokenize_chinese_chars", True)),
+        }
+    else:
+        raise ArtifactError(f"'{d}': neither tokenizer.json nor tokenizer_config.json says how it normalizes text",
+                            hint=hint)
+    specials = []
+    for role, default in SPECIAL_ROLES.items():
+        token = config.get(f"{role}_token", default)
+        token = token.get("content", default) if isinstance(token, dict) else token
+        if token != default or token not in vocab:  # train-vocab's tokenizers use BERT's names for the roles
+            raise ArtifactError(f"'{d}': its {role} token is {token!r}, not {default} in vocab.txt", hint=hint)
+        specials.append(token)
+    extra = [t.get("content") if isinstance(t, dict) else t for t in config.get("additional_special_tokens") or []]
+    max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
+    if not isinstance(max_length, int) or max_length > 1_000_000:  # transformers' "no limit" sentinel
+        max_length = DEFAULT_MODEL_MAX_LENGTH
+    return BaseTokenizer(
+        path=d,
+        vocab=vocab,
+        continuing_subword_prefix=model.get("continuing_subword_prefix") or "##",
+        max_input_chars_per_word=int(model.get("max_input_chars_per_word") or 100),
+        special_tokens=specials + [t for t in extra if t in vocab and t not in specials],
+        model_max_length=max_length,
+        **settings,
+    )

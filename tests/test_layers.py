@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertcli"
-LOGIC = ("vocab", "wordpiece", "pairing", "masking", "model", "batching")
+LOGIC = ("vocab", "vocab_extension", "wordpiece", "pairing", "masking", "model", "batching")
 MAX_LINES = 700
 LONG_ALLOWED = {"bertcli.wordpiece"}  # the trainer, its heap and its proofs: one algorithm, read in one place
 

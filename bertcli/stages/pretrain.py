@@ -56,12 +56,12 @@ from bertcli.model import (
     build_model,
     build_optimizer,
     count_parameters,
-    load_pretrained_model,
     lr_multiplier,
     pretraining_loss,
     summarize_stats,
     training_flops,
 )
+from bertcli.model_dir import load_init_model
 from bertcli.schemas import PretrainConfig
 
 MAX_CONSECUTIVE_ROLLBACKS = 5
@@ -508,28 +508,12 @@ def build_pretraining_model(
     cfg.model and the seed, its MLM output bias set to the training targets' log unigram frequencies when
     mlm_bias_init is unigram. Every rank builds the same weights."""
     if cfg.init_from:
-        src = Path(cfg.init_from)
-        if not (src / "config.json").is_file():
-            raise ArtifactError(
-                f"init_from '{src}' is not a Hugging Face model directory (no config.json)",
-                hint="point init_from at a directory written by save_pretrained (e.g. a run's final/)",
-            )
-        if not (src / "model.safetensors").is_file() and not (src / "model.safetensors.index.json").is_file():
-            raise ArtifactError(
-                f"init_from '{src}' has no model.safetensors: weights are only read from safetensors",
-                hint="convert the checkpoint to safetensors (save_pretrained writes it by default)",
-            )
-        if (src / "vocab.txt").is_file() and (data.tokenizer_dir / "vocab.txt").is_file():
-            if (src / "vocab.txt").read_bytes() != (data.tokenizer_dir / "vocab.txt").read_bytes():
-                raise ArtifactError(
-                    f"init_from '{src}' has another vocabulary than the data '{data.path}'",
-                    hint="build the data with that model's tokenizer (bert pairs --tokenizer " f"{src})",
-                )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model, missing = load_pretrained_model(str(src))
+        model, missing, grown = load_init_model(Path(cfg.init_from), data.tokenizer_dir, data.path, cfg.seed)
         if missing:
-            dist.log_main(ctx, f"init_from: initialised weights not in '{src}': {', '.join(missing)}")
+            dist.log_main(ctx, f"init_from: initialised weights not in '{cfg.init_from}': {', '.join(missing)}")
+        if grown:
+            dist.log_main(ctx, f"init_from: grew the vocabulary by {grown:,} rows to {model.config.vocab_size:,} "
+                               "(each new row the mean of its pieces' old rows)")
         config = model.config
     else:
         try:

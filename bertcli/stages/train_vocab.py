@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Iterator
@@ -10,7 +11,15 @@ from bertcli.artifacts import atomic_output_dir, check_output, file_fingerprints
 from bertcli.corpus import CorpusStats, detect_format, iter_texts, require_text, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError
 from bertcli.schemas import TrainVocabConfig
-from bertcli.vocab import build_normalizer, build_pre_tokenizer, build_tokenizer, canonical_order, save_tokenizer
+from bertcli.vocab import (
+    BaseTokenizer,
+    build_normalizer,
+    build_pre_tokenizer,
+    build_tokenizer,
+    canonical_order,
+    read_base_tokenizer,
+    save_tokenizer,
+)
 
 BATCH_SENTENCES = 2048
 
@@ -100,8 +109,72 @@ def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
     )
 
 
+# The keys a tokenizer extending another takes from it (TrainVocabConfig name → BaseTokenizer attribute).
+KEPT_FROM_BASE = ("lowercase", "strip_accents", "clean_text", "handle_chinese_chars", "continuing_subword_prefix",
+                  "max_input_chars_per_word", "special_tokens")
+
+
+def settings_from_base(cfg: TrainVocabConfig, base: BaseTokenizer) -> TrainVocabConfig:
+    """cfg with the base tokenizer's normalization, prefix and special tokens. A key left at its default takes the
+    base's value; a key set to anything else must agree with it (a config cannot tell a default written out from
+    one left out, so `lowercase: true` over a cased base is taken as the default, and the base wins)."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+                for f in dataclasses.fields(TrainVocabConfig)}
+    if cfg.vocab_size != defaults["vocab_size"]:
+        raise ConfigError(
+            f"key 'vocab_size': {cfg.vocab_size} is not used with extend_from: the new vocabulary is the "
+            f"{len(base.vocab):,} tokens of '{base.path}' plus at most extra_tokens",
+            hint="leave vocab_size out and set extra_tokens",
+        )
+    changes = {}
+    for key in KEPT_FROM_BASE:
+        given, kept = getattr(cfg, key), getattr(base, key)
+        if given != kept and given != defaults[key]:
+            raise ConfigError(
+                f"key '{key}': {given!r} conflicts with the tokenizer extended, '{base.path}' ({key} {kept!r})",
+                hint=f"leave {key} out to keep the extended tokenizer's, or train a new vocabulary without extend_from",
+            )
+        changes[key] = kept
+    return dataclasses.replace(cfg, **changes)
+
+
+def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats: CorpusStats) -> list[str]:
+    """The tokens to append to base.vocab: our WordPiece trainer on the corpus, ranked by
+    vocab_extension.select_extension_tokens (new characters, then merges in the order the score chose them)."""
+    from bertcli.vocab_extension import character_counts, select_extension_tokens
+    from bertcli.word_counts import count_words
+    from bertcli.wordpiece import train_wordpiece
+
+    word_counts = count_words(paths, cfg, stats)
+    chars = character_counts(word_counts, cfg.continuing_subword_prefix)
+    # Merge order does not depend on where training stops, so a short run whose first extra_tokens new tokens are
+    # all there gives the same answer as a long one. The long one (every old token learned again, plus
+    # extra_tokens) always finds enough when the corpus has them.
+    first = len(cfg.special_tokens) + len(chars) + 2 * cfg.extra_tokens
+    for budget in (first, first + len(base.vocab)):
+        learned = train_wordpiece(
+            word_counts,
+            vocab_size=budget,
+            special_tokens=list(cfg.special_tokens),
+            score=cfg.score,
+            min_frequency=cfg.min_frequency,
+            limit_alphabet=cfg.limit_alphabet,
+            continuing_subword_prefix=cfg.continuing_subword_prefix,
+            progress=True,
+        )
+        appended = select_extension_tokens(base.vocab, learned, chars, cfg.extra_tokens,
+                                           cfg.continuing_subword_prefix)
+        if len(appended) == cfg.extra_tokens or len(learned) < budget:  # enough, or the corpus has no more pairs
+            break
+    return appended
+
+
 def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
-    """Train the vocabulary and write the tokenizer directory; returns the manifest."""
+    """Train the vocabulary (or extend one, extend_from) and write the tokenizer directory; returns the manifest."""
+    given = cfg
+    base = read_base_tokenizer(cfg.extend_from) if cfg.extend_from else None
+    if base is not None:
+        cfg = settings_from_base(cfg, base)
     stats = CorpusStats()
     paths = resolve_inputs(cfg.input, stats)  # stats records what expanding a directory skipped
     inputs = (*cfg.input, *paths)
@@ -110,7 +183,11 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
     with atomic_output_dir(cfg.output, overwrite, inputs) as tmp:
-        if cfg.algorithm == "bpe":
+        appended: list[str] = []
+        if base is not None:
+            appended = _extend(cfg, base, paths, stats)
+            learned = base.vocab + appended
+        elif cfg.algorithm == "bpe":
             learned = _train_bpe(cfg, paths, stats)
         else:
             learned = _train_wordpiece(cfg, paths, stats)
@@ -118,7 +195,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
         prefix = cfg.continuing_subword_prefix
         alphabet = {t[len(prefix) :] if t.startswith(prefix) and len(t) > len(prefix) else t for t in learned}
         alphabet = {t for t in alphabet if len(t) == 1} - set(cfg.special_tokens)
-        if len(learned) > cfg.vocab_size:
+        if base is None and len(learned) > cfg.vocab_size:
             raise ConfigError(
                 f"key 'vocab_size': {cfg.vocab_size} is smaller than the {len(cfg.special_tokens)} special tokens "
                 f"plus the corpus's alphabet ({len(learned) - len(cfg.special_tokens)} character pieces)",
@@ -141,21 +218,30 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             strip_accents=cfg.strip_accents,
             handle_chinese_chars=cfg.handle_chinese_chars,
             special_tokens=list(cfg.special_tokens),
+            **({"model_max_length": base.model_max_length} if base is not None else {}),
         )
         special_ids = {t: tok.token_to_id(t) for t in cfg.special_tokens}
         reproducible = cfg.algorithm != "bpe"
+        extension = {} if base is None else {
+            "extended_from": {"path": str(base.path), "vocab_sha256": base.vocab_sha256, "vocab_size": len(base.vocab)},
+            "added_tokens": len(appended),
+            "requested_extra_tokens": cfg.extra_tokens,
+            "kept_from_base": {key: getattr(cfg, key) for key in KEPT_FROM_BASE},
+        }
         manifest = write_manifest(
             tmp,
             "train-vocab",
-            cfg,
+            given,
             stats={
                 "vocab_size": len(vocab),
                 "alphabet_size": len(alphabet),
-                "requested_vocab_size": cfg.vocab_size,
+                "requested_vocab_size": cfg.vocab_size if base is None else len(base.vocab) + cfg.extra_tokens,
                 **stats.as_dict(),
             },
-            inputs={"corpus": file_fingerprints(paths)},
+            inputs={"corpus": file_fingerprints(paths),
+                    **({"extend_from": extension["extended_from"]} if base is not None else {})},
             extra={
+                **extension,
                 "algorithm": cfg.algorithm,
                 "score": cfg.score if cfg.algorithm == "wordpiece" else None,
                 "special_token_ids": special_ids,
