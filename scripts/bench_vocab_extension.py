@@ -105,8 +105,9 @@ def segmentation(tok_dir: Path, text_file: Path) -> dict:
     for enc in loaded.tokenizer.encode_batch(lines, add_special_tokens=False):
         pieces += len(enc.ids)
         words += len({w for w in enc.word_ids if w is not None})
-        unks += sum(1 for i in enc.ids if i == unk)
-    return {"pieces_per_word": round(pieces / words, 4), "unk_share_of_pieces": round(unks / pieces, 4),
+        unks += sum(1 for i in enc.ids if i == unk)  # an [UNK] is always a whole word in WordPiece
+    return {"pieces_per_word": round(pieces / words, 4), "unk_share_of_words": round(unks / words, 4),
+            "pieces_per_known_word": round((pieces - unks) / max(words - unks, 1), 4),
             "words": words, "vocab_size": loaded.vocab_size}
 
 
