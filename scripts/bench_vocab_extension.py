@@ -15,8 +15,9 @@ continued pretraining with and without `train-vocab --set extend_from=… --set 
 
 Each command runs as a subprocess of the CLI, one thread (OMP_NUM_THREADS=1, num_workers 1 or 0).
 Note: MLM accuracy is per predicted piece, so the two tokenizations do not ask the same questions: the extended
-tokenizer's pieces are longer (harder to guess one), and the base tokenizer turns words with unknown characters into
-[UNK] targets (easy to guess). Read the accuracy with the pieces-per-word and [UNK] figures beside it.
+tokenizer's pieces are longer (harder to guess one), and a word the base tokenizer turns into [UNK] is never a
+target at all (special tokens are never masked). So the accuracy is also split by target (base-vocabulary tokens,
+appended tokens), and the pieces-per-word and [UNK] figures stand beside it.
 """
 
 from __future__ import annotations
@@ -120,6 +121,50 @@ def evaluate(model: Path, data: Path) -> dict:
     return {k: metrics[k] for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy") if k in metrics}
 
 
+def accuracy_by_target(model_dir: Path, masked_dir: Path, old_vocab_size: int) -> dict:
+    """MLM accuracy on the held-out masked positions, split by target: tokens of the base vocabulary (id < its
+    size) and appended tokens. [UNK] is never a target (special tokens are never masked), so with the base tokenizer
+    a word it cannot spell is never asked for. Plain transformers forward passes over the artifact `bert evaluate`
+    reads; the overall figure equals its mlm_accuracy (a check of this code)."""
+    import numpy as np
+    import torch
+    from transformers import BertForMaskedLM
+
+    from bertcli.artifacts import load_data
+
+    torch.set_num_threads(1)
+    data = load_data(masked_dir)
+    pad = data.special_ids["pad"]
+    model = BertForMaskedLM.from_pretrained(str(model_dir)).eval()
+    right = {"all": 0, "base_vocabulary": 0, "appended": 0}
+    total = dict.fromkeys(right, 0)
+    n = len(data.arrays)
+    for start in range(0, n, 64):
+        rows = [data.arrays[i] for i in range(start, min(start + 64, n))]
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            length = len(r["input_ids"])
+            ids[b, :length] = torch.from_numpy(r["input_ids"].astype(np.int64))
+            mask[b, :length] = 1
+            types[b, int(r["type_boundary"]) : length] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits  # (B, T, V)
+        for b, r in enumerate(rows):
+            positions = torch.from_numpy(r["masked_positions"].astype(np.int64))
+            labels = r["masked_labels"].astype(np.int64)
+            hits = logits[b, positions].argmax(-1).numpy() == labels
+            for group, chosen in (("all", labels >= 0), ("base_vocabulary", labels < old_vocab_size),
+                                  ("appended", labels >= old_vocab_size)):
+                right[group] += int(hits[chosen].sum())
+                total[group] += int(chosen.sum())
+    out = {f"accuracy_{g}_targets": round(right[g] / total[g], 4) if total[g] else None for g in right}
+    out.update({f"{g}_targets": total[g] for g in right})
+    return out
+
+
 def heldout_data(tok: Path, heldout: Path, out: Path) -> Path:
     bert("pairs", "--input", str(heldout), "--tokenizer", str(tok), "--output", str(out / "pairs"),
          *sets(f"max_seq_length={SEQ}", "num_workers=1", "seed=0"))
@@ -200,11 +245,14 @@ def main() -> None:
         }}
         held_base = heldout_data(base_tok, heldout, d / "heldout-base")
         held_ext = heldout_data(ext_tok, heldout, d / "heldout-extended")
+        old_size = len(old_vocab)
         row["base_model_no_continued_training"] = {**segmentation(base_tok, heldout),
-                                                   **evaluate(base_model, held_base)}
+                                                   **evaluate(base_model, held_base),
+                                                   **accuracy_by_target(base_model, held_base, old_size)}
         for name, tok, held in (("without_extension", base_tok, held_base), ("with_extension", ext_tok, held_ext)):
             run = continued(tok, train, base_model, d / name, args)
-            row[name] = {**segmentation(tok, heldout), **run, **evaluate(d / name / "run", held)}
+            row[name] = {**segmentation(tok, heldout), **run, **evaluate(d / name / "run", held),
+                         **accuracy_by_target(d / name / "run" / "final", held, old_size)}
         report["domains"][corpus.name] = row
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2, ensure_ascii=False))
