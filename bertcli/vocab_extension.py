@@ -12,6 +12,11 @@ def is_continuation(token: str, prefix: str = "##") -> bool:
     return token.startswith(prefix) and len(token) > len(prefix)
 
 
+def is_character(token: str, prefix: str = "##") -> bool:
+    """True for a single-character piece, word-initial (`a`) or continuing (`##a`)."""
+    return len(token[len(prefix) :] if is_continuation(token, prefix) else token) == 1
+
+
 def character_counts(word_counts: Iterable[tuple[str, int]], prefix: str = "##") -> Counter[str]:
     """How often each single-character piece occurs in the words: the first character as itself, every other one
     with the prefix (`cat` counts `c`, `##a`, `##t`), weighted by the word's count."""
@@ -25,14 +30,10 @@ def character_counts(word_counts: Iterable[tuple[str, int]], prefix: str = "##")
     return counts
 
 
-def select_extension_tokens(
-    old_vocab: Sequence[str],
-    learned: Sequence[str],
-    char_counts: Mapping[str, int],
-    extra_tokens: int,
-    prefix: str = "##",
+def rank_extension_candidates(
+    old_vocab: Sequence[str], learned: Sequence[str], char_counts: Mapping[str, int], prefix: str = "##"
 ) -> list[str]:
-    """The tokens to append to `old_vocab`, best first, at most `extra_tokens` of them.
+    """Every token worth appending to `old_vocab`, best first.
 
     `learned` is our WordPiece trainer's output on the new corpus (special tokens, then the alphabet, then one token
     per merge in merge order). The trainer takes, at each step, the pair with the highest score (count, likelihood
@@ -45,10 +46,8 @@ def select_extension_tokens(
        costs more than any merge can save, and a merged token holding it helps no other word;
     2. then merged tokens in the trainer's merge order.
 
-    Nothing is returned twice; special tokens are never candidates (the old vocabulary has its own).
+    Nothing is listed twice; special tokens are never candidates (the old vocabulary has its own).
     """
-    if extra_tokens <= 0:
-        return []
     old = set(old_vocab)
     chars: list[str] = []
     merges: list[str] = []
@@ -57,13 +56,66 @@ def select_extension_tokens(
         if token in old or token in seen:
             continue
         seen.add(token)
-        core = token[len(prefix) :] if is_continuation(token, prefix) else token
-        if len(core) == 1:
+        if is_character(token, prefix):
             chars.append(token)
         else:
             merges.append(token)
     chars.sort(key=lambda t: (-char_counts.get(t, 0), t))
-    return (chars + merges)[:extra_tokens]
+    return chars + merges
+
+
+def token_uses(
+    vocab: Mapping[str, int], word_counts: Iterable[tuple[str, int]], prefix: str = "##",
+    max_input_chars_per_word: int = 100,
+) -> Counter[int]:
+    """How often the greedy WordPiece encoding of the words (weighted by their counts) uses each id of `vocab`."""
+    uses: Counter[int] = Counter()
+    for word, count in word_counts:
+        ids = wordpiece_split(word, vocab, prefix, max_input_chars_per_word)
+        for i in ids or ():
+            uses[i] += count
+    return uses
+
+
+MAX_PRUNING_ROUNDS = 20
+
+
+def select_extension_tokens(
+    old_vocab: Sequence[str],
+    candidates: Sequence[str],
+    extra_tokens: int,
+    word_counts: Sequence[tuple[str, int]],
+    prefix: str = "##",
+    min_uses: int = 1,
+    max_input_chars_per_word: int = 100,
+) -> tuple[list[str], bool]:
+    """The tokens to append, at most `extra_tokens`, in the candidates' rank order (rank_extension_candidates):
+    every single character among them, and each merged token that the extended vocabulary actually uses at least
+    `min_uses` times on the corpus's words; and whether the candidates ran out before `extra_tokens` were found.
+
+    The trainer's vocabulary holds every intermediate merge on the way to a word (`peop` before `people`), and
+    greedy longest-match never uses one whose longer form is in the vocabulary too, old or new. So: take the best
+    `extra_tokens` candidates, encode the corpus's distinct words with the old vocabulary plus them, drop the
+    merged tokens used fewer than `min_uses` times (dropping a token that is never chosen changes no encoding),
+    fill the gap with the next candidates, and repeat until nothing is dropped (at most MAX_PRUNING_ROUNDS rounds;
+    then the unused ones are dropped without refilling). Characters are kept whatever their use: a word is [UNK]
+    until all its characters are in, so a character's use depends on which other characters the cap let in.
+    """
+    if extra_tokens <= 0:
+        return [], False
+    selected = list(candidates[:extra_tokens])
+    next_index = len(selected)
+    ids = {t: i for i, t in enumerate(old_vocab)}
+    for round_ in range(MAX_PRUNING_ROUNDS + 1):
+        vocab = {**ids, **{t: len(old_vocab) + j for j, t in enumerate(selected)}}
+        uses = token_uses(vocab, word_counts, prefix, max_input_chars_per_word)
+        kept = [t for t in selected if uses[vocab[t]] >= min_uses or is_character(t, prefix)]
+        if len(kept) == len(selected) or round_ == MAX_PRUNING_ROUNDS:
+            return kept, next_index >= len(candidates) and len(kept) < extra_tokens
+        refill = list(candidates[next_index : next_index + extra_tokens - len(kept)])
+        next_index += len(refill)
+        selected = kept + refill
+    raise AssertionError("unreachable")
 
 
 def wordpiece_split(

@@ -15,6 +15,7 @@ from bertcli.vocab import load_tokenizer
 from bertcli.vocab_extension import (
     character_counts,
     is_vocab_prefix,
+    rank_extension_candidates,
     select_extension_tokens,
     spell_new_tokens,
     wordpiece_split,
@@ -86,15 +87,27 @@ def extended(tmp_path_factory, base_tok, domain) -> Path:
 
 # ---------------------------------------------------------------------------------------------- pure logic
 
-def test_selection_ranks_new_characters_then_merge_order_and_never_an_old_piece():
+def test_ranking_puts_new_characters_first_then_merge_order_and_never_an_old_piece():
     old = ["[PAD]", "[UNK]", "a", "b", "##b", "ab"]
     learned = ["[PAD]", "[UNK]", "a", "b", "c", "##b", "##c", "##d", "ab", "##cd", "abc", "ab", "cab"]
     chars = character_counts([("abcd", 3), ("c", 5), ("cab", 1)])
     assert chars["c"] == 6 and chars["##c"] == 3 and chars["##d"] == 3 and chars["a"] == 3
     # characters by frequency (ties by code point), then merges in merge order; old tokens and repeats dropped
-    assert select_extension_tokens(old, learned, chars, 10) == ["c", "##c", "##d", "##cd", "abc", "cab"]
-    assert select_extension_tokens(old, learned, chars, 4) == ["c", "##c", "##d", "##cd"]
-    assert select_extension_tokens(old, learned, chars, 0) == []
+    assert rank_extension_candidates(old, learned, chars) == ["c", "##c", "##d", "##cd", "abc", "cab"]
+
+
+def test_selection_keeps_only_tokens_the_extended_vocabulary_uses_and_refills():
+    old = ["[UNK]", "p", "##e", "##o", "##l", "##p", "##s", "x"]
+    words = [("people", 5), ("peoples", 2), ("xp", 1)]
+    # trainer order: an intermediate merge (peop) first, then the whole word, then a rarer merge
+    candidates = ["peop", "people", "##ples", "xp", "##le"]
+    chosen, ran_out = select_extension_tokens(old, candidates, 2, words)
+    # peop is never used once people is in: dropped; the next candidate, ##ples, is not used either (peoples is
+    # people ##s), so xp takes the place
+    assert chosen == ["people", "xp"] and not ran_out
+    chosen, ran_out = select_extension_tokens(old, candidates, 3, words, min_uses=2)
+    assert chosen == ["people"] and ran_out  # xp is used once only, ##le never
+    assert select_extension_tokens(old, candidates, 0, words) == ([], False)
 
 
 def test_wordpiece_split_matches_the_tokenizers_model_and_spells_continuations():
@@ -182,12 +195,23 @@ def test_extension_is_deterministic(tmp_path, base_tok, extended, domain):
         assert (again / name).read_bytes() == (extended / name).read_bytes(), name
 
 
-def test_extra_tokens_caps_the_count(tmp_path, base_tok, domain, extended):
+def test_extra_tokens_caps_the_count_and_every_appended_merge_is_used(tmp_path, base_tok, extended, domain):
+    from bertcli.vocab_extension import token_uses
+
     out = tmp_path / "few"
     train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={base_tok}",
                  "--set", "extra_tokens=7"])
     n = len(vocab_of(base_tok))
-    assert vocab_of(out)[n:] == vocab_of(extended)[n : n + 7]  # the best 7 of the same ranking
+    assert len(vocab_of(out)) - n == 7
+    tok = load_tokenizer(extended).tokenizer
+    words = [w for line in domain.read_text(encoding="utf-8").splitlines()
+             for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line))]
+    uses = token_uses(tok.get_vocab(), [(w, 1) for w in words])
+    vocab = vocab_of(extended)
+    merges = [i for i in range(n, len(vocab)) if len(vocab[i].removeprefix("##")) > 1]
+    assert len(merges) >= 10
+    # min_frequency 2: each appended merged token is used at least twice (characters are kept regardless)
+    assert all(uses[i] >= 2 for i in merges), [vocab[i] for i in merges if uses[i] < 2]
 
 
 @pytest.mark.parametrize("files", ["tokenizer.json", "vocab.txt", "both"])

@@ -139,18 +139,20 @@ def settings_from_base(cfg: TrainVocabConfig, base: BaseTokenizer) -> TrainVocab
 
 
 def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats: CorpusStats) -> list[str]:
-    """The tokens to append to base.vocab: our WordPiece trainer on the corpus, ranked by
-    vocab_extension.select_extension_tokens (new characters, then merges in the order the score chose them)."""
-    from bertcli.vocab_extension import character_counts, select_extension_tokens
+    """The tokens to append to base.vocab: our WordPiece trainer on the corpus ranks the candidates
+    (vocab_extension.rank_extension_candidates: new characters, then merges in the order the score chose them), and
+    the best that the extended vocabulary would use at least min_frequency times (at least once) are kept
+    (vocab_extension.select_extension_tokens)."""
+    from bertcli.vocab_extension import character_counts, rank_extension_candidates, select_extension_tokens
     from bertcli.word_counts import count_words
     from bertcli.wordpiece import train_wordpiece
 
     word_counts = count_words(paths, cfg, stats)
     chars = character_counts(word_counts, cfg.continuing_subword_prefix)
-    # Merge order does not depend on where training stops, so a short run whose first extra_tokens new tokens are
-    # all there gives the same answer as a long one. The long one (every old token learned again, plus
-    # extra_tokens) always finds enough when the corpus has them.
-    first = len(cfg.special_tokens) + len(chars) + 2 * cfg.extra_tokens
+    # Merge order does not depend on where training stops, so a short run that yields enough candidates gives the
+    # same answer as a long one. The long one (every old token learned again, plus 2 × extra_tokens) is taken when
+    # the short one's candidates run out and the corpus has more pairs.
+    first = len(cfg.special_tokens) + len(chars) + 3 * cfg.extra_tokens
     for budget in (first, first + len(base.vocab)):
         learned = train_wordpiece(
             word_counts,
@@ -162,9 +164,12 @@ def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats
             continuing_subword_prefix=cfg.continuing_subword_prefix,
             progress=True,
         )
-        appended = select_extension_tokens(base.vocab, learned, chars, cfg.extra_tokens,
-                                           cfg.continuing_subword_prefix)
-        if len(appended) == cfg.extra_tokens or len(learned) < budget:  # enough, or the corpus has no more pairs
+        candidates = rank_extension_candidates(base.vocab, learned, chars, cfg.continuing_subword_prefix)
+        appended, ran_out = select_extension_tokens(
+            base.vocab, candidates, cfg.extra_tokens, word_counts, cfg.continuing_subword_prefix,
+            min_uses=max(cfg.min_frequency, 1), max_input_chars_per_word=cfg.max_input_chars_per_word,
+        )
+        if not ran_out or len(learned) < budget:  # enough, or the corpus has no more pairs to merge
             break
     return appended
 
