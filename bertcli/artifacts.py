@@ -323,6 +323,11 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
         raise ArtifactError(f"{path}: unreadable manifest ({exc})", hint="rerun the stage that wrote it") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: the manifest is not a JSON object", hint="rerun the stage that wrote it")
+    if read_bertcli_manifest(directory) is None:
+        raise ArtifactError(
+            f"{path} was not written by bertcli (it lacks 'format_version', 'stage' and 'bertcli_version')",
+            hint=_hint_for(stages) if stages else "point at a directory a bert stage wrote",
+        )
     if stages and manifest.get("stage") not in stages:
         raise ArtifactError(
             f"'{directory}' is a {manifest.get('stage')!r} artifact, expected {' or '.join(map(repr, stages))}",

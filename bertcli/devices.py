@@ -41,6 +41,8 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         tf32 = major >= 8
     if requested != "auto":
         reason = f"precision: {requested} as configured" + (f" on {gpu}" if gpu else "")
+        if requested == "bf16" and gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+            reason += ", which only emulates bf16 (slow): fp16 or auto is faster there"
         return Precision(requested, _DTYPES[requested], reason, tf32)
     if device.type != "cuda":
         return Precision("fp32", None, f"auto on {device.type}: fp32", False)

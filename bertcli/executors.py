@@ -122,11 +122,14 @@ def _connect(ray: Any, address: str | None, num_workers: int) -> None:
 Executor = Union[WorkerPool, RayExecutor]
 
 
-def open_executor(cfg: Any, threads: bool = False, num_workers: int | None = None) -> Executor:
+def open_executor(
+    cfg: Any, threads: bool = False, num_workers: int | None = None, caller_works: bool = False
+) -> Executor:
     """The executor a stage's config asks for: `executor` (local or ray), `num_workers`, and for ray `ray_address`
     and `max_retries`. threads: the local executor uses threads (numpy work that releases the GIL).
-    num_workers overrides the config's (word counting uses one worker for a small corpus)."""
+    num_workers overrides the config's (word counting uses one worker for a small corpus); caller_works: the local
+    executor counts the calling process as one of its workers (WorkerPool)."""
     workers = cfg.num_workers if num_workers is None else num_workers
     if getattr(cfg, "executor", "local") == "ray":
         return RayExecutor(workers, cfg.ray_address, cfg.max_retries)
-    return WorkerPool(workers, threads=threads)
+    return WorkerPool(workers, threads=threads, caller_works=caller_works)

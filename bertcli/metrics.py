@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
+from bertcli.errors import ArtifactError, ConfigError, InputError, OutputExistsError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -238,9 +238,12 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     fig.suptitle(f"{Path(run_dir).name}: {len(records)} records")
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)  # a failed save or rename leaves nothing behind
     return out
 
 
@@ -250,6 +253,9 @@ def run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     target = Path(output) if output is not None else Path(run_dir) / PLOT_FILE
     if target.exists() and target.resolve() != (Path(run_dir) / PLOT_FILE).resolve():
         raise OutputExistsError(f"'{target}' already exists", hint="choose another --output (a new .png file)")
+    if not target.parent.is_dir():
+        raise InputError(f"--output '{target}': its folder '{target.parent}' does not exist",
+                                hint="create the folder first, or choose a .png file in an existing one")
     try:
         return plot_run(run_dir, output)
     except ImportError as exc:

@@ -122,7 +122,10 @@ def count_words(
     if total_bytes < 4 * chunk_chars and getattr(cfg, "executor", "local") == "local":
         workers = 1  # starting processes would cost more than they save (executor ray was asked for: use it)
     # The executor first: a missing Ray is one line, not one line after a progress bar.
-    with open_executor(cfg, num_workers=workers) as pool:  # bounded read-ahead: memory stays flat
+    # The main process counts too (one spawned worker fewer): it would otherwise only merge, and every spawned
+    # worker is an interpreter with its own imports (docs/benchmarks.md, "Memory against the number of distinct
+    # words").
+    with open_executor(cfg, num_workers=workers, caller_works=True) as pool:  # bounded read-ahead: flat memory
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", dynamic_ncols=True)
         seen_bytes = 0
         try:

@@ -98,3 +98,23 @@ def one_thread_no_plot(monkeypatch):
     monkeypatch.setattr(pretrain, "plot_run", lambda run_dir: None)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine two busy-waiting threads run tiny models many times
+    slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def plain_mlm(tmp_path_factory) -> Path:
+    """A BertForMaskedLM saved by plain transformers code (not ours), with its tokenizer."""
+    from plain_bert import save_plain
+
+    return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")

@@ -7,13 +7,13 @@ import statistics
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from bertcli.classification import classification_metrics, label_order
-from bertcli.cli import app
-from plain_bert import save_plain
+from cli_helpers import fails, json_lines, last_json, ok
 
-runner = CliRunner()
+# One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data"
 TRAIN = DATA / "topic-train.tsv"  # sentence<TAB>label, animal / thing
 DEV = DATA / "topic-dev.csv"  # id,sentence,label
@@ -22,54 +22,13 @@ PAIRS = DATA / "same-subject.jsonl"  # text, hypothesis, label 0/1
 FAST = ["--set", "learning_rate=2e-3", "--set", "batch_size=8", "--set", "warmup_fraction=0"]
 
 
-def _ok(args: list[str]):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _fails(args: list[str], *needles: str) -> str:
-    """Exit code 2 and one `error:` line containing every needle; no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-def _last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
-
-
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-@pytest.fixture(scope="module")
-def plain_mlm(tmp_path_factory) -> Path:
-    return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")
-
-
 def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, pipeline
 
     out = tmp_path / "clf"
     args = ["finetune", "--model", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "--output", str(out),
             "--seeds", "3", "--set", "max_epochs=6", *FAST, "--json"]
-    summary = _last_json(_ok(args).stdout)
+    summary = last_json(ok(args).stdout)
     seeds = summary["seeds"]
     assert [s["seed"] for s in seeds] == [42, 43, 44]
     for key in ("dev_accuracy", "dev_macro_f1", "dev_mcc"):
@@ -90,15 +49,15 @@ def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> Non
     texts = ["the big dog ran in the park .", "the green tea is on the mat ."]
     classify = pipeline("text-classification", model=str(out), device="cpu")
     expected = classify(texts)
-    rows = _json_lines(_ok(["predict", "--model", str(out), "--json", *texts]).stdout)
+    rows = json_lines(ok(["predict", "--model", str(out), "--json", *texts]).stdout)
     assert [r["label"] for r in rows] == [e["label"] for e in expected]
     for row, e in zip(rows, expected):
         assert row["probability"] == pytest.approx(e["score"], abs=1e-5)
         assert sum(row["probabilities"].values()) == pytest.approx(1.0)
     # The dev file through --input: its id and label columns are ignored, its sentence column read.
-    file_rows = _json_lines(_ok(["predict", "--model", str(out), "--input", str(DEV), "--json"]).stdout)
+    file_rows = json_lines(ok(["predict", "--model", str(out), "--input", str(DEV), "--json"]).stdout)
     assert len(file_rows) == 16
-    human = _ok(["predict", "--model", str(out), texts[0]]).stdout
+    human = ok(["predict", "--model", str(out), texts[0]]).stdout
     assert human.startswith(rows[0]["label"] + "\t") and texts[0] in human
 
 
@@ -115,11 +74,11 @@ def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_c
     pretrain.run(PretrainConfig(data=str(data), output=str(run), model=model, max_steps=2, batch_size=8,
                                 micro_batch_size=8, warmup_steps=0, eval_every=0, save_every=0, seed=1))
     out = tmp_path / "clf"
-    summary = _last_json(_ok(["finetune", "--model", str(run), "--train", str(TRAIN), "--dev", str(DEV), "--output",
+    summary = last_json(ok(["finetune", "--model", str(run), "--train", str(TRAIN), "--dev", str(DEV), "--output",
                               str(out), "--set", "max_epochs=1", *FAST, "--json"]).stdout)
     assert summary["labels"] == ["animal", "thing"]
     assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(run / "final")
-    (row,) = _json_lines(_ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
+    (row,) = json_lines(ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
     assert row["pll"] < 0 and row["tokens"] > 0
 
 
@@ -127,7 +86,7 @@ def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> 
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        _ok(["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--output", str(out), "--set", "max_epochs=2",
+        ok(["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--output", str(out), "--set", "max_epochs=2",
              *FAST, "--set", "classifier_dropout=0.3"])
         metrics = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
                    for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -137,7 +96,7 @@ def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> 
 
 def test_finetune_pairs_integer_labels_held_out_dev_plain_bert(plain_mlm: Path, tmp_path: Path) -> None:
     out = tmp_path / "pairs"
-    summary = _last_json(_ok([
+    summary = last_json(ok([
         "finetune", "--model", str(plain_mlm), "--train", str(PAIRS), "--output", str(out), "--json",
         "--set", "text_pair_field=hypothesis", "--set", "dev_fraction=0.25", "--set", "max_epochs=1", *FAST,
     ]).stdout)
@@ -145,21 +104,21 @@ def test_finetune_pairs_integer_labels_held_out_dev_plain_bert(plain_mlm: Path, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stats"]["dev_examples"] == 10 and manifest["stats"]["train_examples"] == 30
     assert "dev" not in manifest["inputs"] and manifest["text_pair_field"] == "hypothesis"
-    rows = _json_lines(_ok(["predict", "--model", str(out), "--input", str(PAIRS), "--json"]).stdout)
+    rows = json_lines(ok(["predict", "--model", str(out), "--input", str(PAIRS), "--json"]).stdout)
     first = json.loads(PAIRS.read_text().splitlines()[0])
     assert len(rows) == 40 and rows[0]["text"] == first["text"] and rows[0]["text_pair"] == first["hypothesis"]
     assert {r["label"] for r in rows} <= {"0", "1"}
-    _fails(["predict", "--model", str(out), "the cat ."], "sentence pairs", "hypothesis")
+    fails(["predict", "--model", str(out), "the cat ."], "sentence pairs", "hypothesis")
 
 
 def test_early_stopping_and_time_budget(tiny_bert: Path, tmp_path: Path) -> None:
     base = ["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "--json", "--set",
             "batch_size=8"]
     # A learning rate too small to change a prediction: no epoch beats the first, patience 1 stops at epoch 2.
-    (run,) = _last_json(_ok([*base, "-o", str(tmp_path / "p"), "--set", "learning_rate=1e-12", "--set",
+    (run,) = last_json(ok([*base, "-o", str(tmp_path / "p"), "--set", "learning_rate=1e-12", "--set",
                              "max_epochs=5", "--set", "patience=1"]).stdout)["seeds"]
     assert run["stopped"] == "patience" and run["epochs"] == 2 and run["best_epoch"] == 1
-    (run,) = _last_json(_ok([*base, "-o", str(tmp_path / "t"), "--set", "time_budget_s=1e-6",
+    (run,) = last_json(ok([*base, "-o", str(tmp_path / "t"), "--set", "time_budget_s=1e-6",
                              "--set", "max_epochs=50"]).stdout)["seeds"]
     assert run["stopped"] == "time_budget" and run["epochs"] == 1 and run["steps"] == 0
 
@@ -180,32 +139,32 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
         return path
 
     dev = bad("dev.tsv", "sentence\tlabel\nthe cat .\tanimal\nthe sun .\tmaybe\n")
-    _fails([*base, "--train", str(TRAIN), "--dev", str(dev)], f"{dev}:3", "'maybe'", "'label'")
+    fails([*base, "--train", str(TRAIN), "--dev", str(dev)], f"{dev}:3", "'maybe'", "'label'")
     _nothing_left(work, set())
-    _fails([*base, "--train", str(bad("empty.csv", ""))], "empty.csv", "no examples")
-    _fails([*base, "--train", str(bad("header.tsv", "sentence\tlabel\n"))], "header.tsv", "no examples")
-    _fails([*base, "--train", str(bad("nolabel.tsv", "sentence\ttopic\nthe cat .\tanimal\n"))],
+    fails([*base, "--train", str(bad("empty.csv", ""))], "empty.csv", "no examples")
+    fails([*base, "--train", str(bad("header.tsv", "sentence\tlabel\n"))], "header.tsv", "no examples")
+    fails([*base, "--train", str(bad("nolabel.tsv", "sentence\ttopic\nthe cat .\tanimal\n"))],
            "nolabel.tsv:2", "no field 'label'")
-    _fails([*base, "--train", str(bad("num.jsonl", '{"text": "the cat .", "label": 1}\n{"text": 7, "label": 0}\n'))],
+    fails([*base, "--train", str(bad("num.jsonl", '{"text": "the cat .", "label": 1}\n{"text": 7, "label": 0}\n'))],
            "num.jsonl:2", "'text'", "not a string")
-    _fails([*base, "--train", str(bad("one.jsonl", '{"text": "the cat .", "label": "a"}\n' * 5))], "two or more")
-    _fails([*base, "--train", str(bad("float.jsonl", '{"text": "a .", "label": 1.5}\n'))], "float.jsonl:1", "1.5")
-    _fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
-    _fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
-    _fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")
-    _fails(["finetune", "--model", str(tmp_path / "nomodel"), "--train", str(TRAIN), "-o", str(out)], "does not exist")
+    fails([*base, "--train", str(bad("one.jsonl", '{"text": "the cat .", "label": "a"}\n' * 5))], "two or more")
+    fails([*base, "--train", str(bad("float.jsonl", '{"text": "a .", "label": 1.5}\n'))], "float.jsonl:1", "1.5")
+    fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
+    fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
+    fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")
+    fails(["finetune", "--model", str(tmp_path / "nomodel"), "--train", str(TRAIN), "-o", str(out)], "does not exist")
     _nothing_left(work, set())
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _fails([*base, "--train", str(TRAIN)], "not a bertcli artifact")
-    _fails([*base, "--train", str(TRAIN), "--overwrite"], "not a bertcli artifact")
+    fails([*base, "--train", str(TRAIN)], "not a bertcli artifact")
+    fails([*base, "--train", str(TRAIN), "--overwrite"], "not a bertcli artifact")
     assert (out / "keep.txt").read_text() == "mine"
     _nothing_left(work, {"out"})
 
 
 def test_predict_refuses_a_model_that_is_not_a_classifier(tiny_bert: Path) -> None:
-    _fails(["predict", "--model", str(tiny_bert), "the cat ."], "not a sequence classifier")
-    _fails(["predict", "--model", str(tiny_bert)], "give texts")
+    fails(["predict", "--model", str(tiny_bert), "the cat ."], "not a sequence classifier")
+    fails(["predict", "--model", str(tiny_bert)], "give texts")
 
 
 def test_classification_metrics() -> None:

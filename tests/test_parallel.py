@@ -25,9 +25,10 @@ def _sigint_ignored(_: int) -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
-@pytest.mark.parametrize("workers, threads", [(1, False), (2, False), (2, True)])
-def test_results_come_in_task_order_and_each_phase_has_its_own_state(workers, threads):
-    with parallel.WorkerPool(workers, threads=threads) as pool:
+@pytest.mark.parametrize("workers, threads, caller", [(1, False, False), (2, False, False), (2, True, False),
+                                                     (3, False, True)])
+def test_results_come_in_task_order_and_each_phase_has_its_own_state(workers, threads, caller):
+    with parallel.WorkerPool(workers, threads=threads, caller_works=caller) as pool:
         first = [r for r, _ in pool.map(_shifted, range(50), _set_offset, (100,))]
         second = [r for r, _ in pool.map(_shifted, range(50), _set_offset, (1000,))]  # a new phase, new state
     assert first == [100 + t for t in range(50)]
@@ -55,3 +56,11 @@ def test_tasks_are_read_lazily_a_bounded_number_ahead():
         next(results)
         assert len(pulled) <= 2 * 2 + 1  # never the whole iterator: memory stays bounded
         assert [r for r, _ in results] == list(range(1, 100))
+
+
+def test_a_working_caller_takes_its_share_and_spawns_one_process_fewer():
+    with parallel.WorkerPool(3, caller_works=True) as pool:
+        pids = [pid for _, pid in pool.map(_shifted, range(30), _set_offset, (0,))]
+    # every third task ran in this process, the others in the two spawned workers
+    assert [i for i, pid in enumerate(pids) if pid == os.getpid()] == list(range(2, 30, 3))
+    assert len(set(pids) - {os.getpid()}) <= 2

@@ -12,30 +12,9 @@ from typer.testing import CliRunner
 
 from bert_tiny import STORY, make_tiny_bert
 from bertcli.cli import app
+from cli_helpers import fails, json_lines, ok
 
 runner = CliRunner()
-
-
-def _ok(args: list[str]):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _fails(args: list[str], *needles: str) -> str:
-    """The command exits with code 2 and one `error:` line that contains every needle; no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1, result.output
-    for needle in needles:
-        assert needle in error[0], error[0]
-    return error[0]
-
-
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 # ---------------------------------------------------------------- predict-nsp
@@ -48,7 +27,7 @@ def test_predict_nsp_knows_the_story_order(tiny_bert: Path, tmp_path: Path) -> N
     pairs = [(STORY[a], STORY[b]) for a in range(n) for b in range(n)]
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
-    rows = _json_lines(_ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(tsv)]).stdout)
+    rows = json_lines(ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(tsv)]).stdout)
     assert [(r["first"], r["second"]) for r in rows] == pairs
     truth = [b == (a + 1) % n for a in range(n) for b in range(n)]
     correct = sum((r["label"] == "IsNext") == t for r, t in zip(rows, truth))
@@ -59,21 +38,21 @@ def test_predict_nsp_knows_the_story_order(tiny_bert: Path, tmp_path: Path) -> N
 
 
 def test_predict_nsp_single_pair_and_batch_agree(tiny_bert: Path, tmp_path: Path) -> None:
-    single = _ok(
+    single = ok(
         ["predict-nsp", "--model", str(tiny_bert), "--first", STORY[0], "--second", STORY[1], "--json"]
     ).stdout
-    (row,) = _json_lines(single)
+    (row,) = json_lines(single)
     assert set(row) == {"first", "second", "is_next_probability", "label"}
     assert row["label"] == "IsNext"
-    human = _ok(["predict-nsp", "--model", str(tiny_bert), "--first", STORY[0], "--second", STORY[1]]).stdout
+    human = ok(["predict-nsp", "--model", str(tiny_bert), "--first", STORY[0], "--second", STORY[1]]).stdout
     assert human.startswith("IsNext") and f"{row['is_next_probability']:.4f}" in human
 
     # The same pair inside a JSONL batch of mixed lengths (padding) gets the same probability.
     jsonl = tmp_path / "pairs.jsonl"
     lines = [{"first": STORY[2], "second": STORY[3] + " " + STORY[4]}, {"first": STORY[0], "second": STORY[1]}]
     jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
-    rows = _json_lines(
-        _ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(jsonl), "--batch-size", "2"]).stdout
+    rows = json_lines(
+        ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(jsonl), "--batch-size", "2"]).stdout
     )
     assert len(rows) == 2
     assert rows[1]["is_next_probability"] == pytest.approx(row["is_next_probability"], abs=1e-5)
@@ -102,23 +81,23 @@ def test_predict_nsp_malformed_pairs_file_names_the_line(
 
 
 def test_predict_nsp_needs_a_pair_or_a_file(tiny_bert: Path) -> None:
-    _fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a"], "--second")
-    _fails(["predict-nsp", "--model", str(tiny_bert), "--input", "x.tsv", "--first", "a"], "not both")
+    fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a"], "--second")
+    fails(["predict-nsp", "--model", str(tiny_bert), "--input", "x.tsv", "--first", "a"], "not both")
 
 
 def test_text_longer_than_positions_is_truncated_with_a_warning(tiny_bert: Path) -> None:
     long_text = " ".join(STORY * 3)  # ~50 tokens, the model has 40 positions
-    result = _ok(["predict-nsp", "--model", str(tiny_bert), "--first", long_text, "--second", STORY[0], "--json"])
+    result = ok(["predict-nsp", "--model", str(tiny_bert), "--first", long_text, "--second", STORY[0], "--json"])
     assert "warning:" in result.stderr and "truncated to 40" in result.stderr
-    assert len(_json_lines(result.stdout)) == 1
+    assert len(json_lines(result.stdout)) == 1
 
 
 # ---------------------------------------------------------------- fill-mask
 
 
 def test_fill_mask_predicts_the_trained_words(tiny_bert: Path) -> None:
-    out = _ok(["fill-mask", "--model", str(tiny_bert), "--top-k", "3", "--json", "the cat [MASK] on the mat ."]).stdout
-    (obj,) = _json_lines(out)
+    out = ok(["fill-mask", "--model", str(tiny_bert), "--top-k", "3", "--json", "the cat [MASK] on the mat ."]).stdout
+    (obj,) = json_lines(out)
     (mask,) = obj["masks"]
     preds = mask["predictions"]
     assert len(preds) == 3
@@ -128,13 +107,13 @@ def test_fill_mask_predicts_the_trained_words(tiny_bert: Path) -> None:
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
     assert not {p["token"] for p in preds} & {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"}
 
-    human = _ok(["fill-mask", "--model", str(tiny_bert), "the cat [MASK] on the mat ."]).stdout
+    human = ok(["fill-mask", "--model", str(tiny_bert), "the cat [MASK] on the mat ."]).stdout
     assert human.splitlines()[0].split()[1] == "sat"
 
 
 def test_fill_mask_two_masks(tiny_bert: Path) -> None:
-    out = _ok(["fill-mask", "--model", str(tiny_bert), "--json", "the cat [MASK] on the [MASK] ."]).stdout
-    masks = _json_lines(out)[0]["masks"]
+    out = ok(["fill-mask", "--model", str(tiny_bert), "--json", "the cat [MASK] on the [MASK] ."]).stdout
+    masks = json_lines(out)[0]["masks"]
     assert [m["mask_index"] for m in masks] == [0, 1]
     assert [m["predictions"][0]["token"] for m in masks] == ["sat", "mat"]
     assert "[MASK]" in masks[1]["predictions"][0]["sequence"]  # the other mask stays masked
@@ -142,13 +121,13 @@ def test_fill_mask_two_masks(tiny_bert: Path) -> None:
 
 def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:
     model = make_tiny_bert(tmp_path / "angle", train=False, mask_token="<mask>")
-    _fails(["fill-mask", "--model", str(model), "the cat [MASK] on the mat ."], "no <mask> token")
-    out = _ok(["fill-mask", "--model", str(model), "--json", "the cat <mask> on the mat ."]).stdout
-    assert len(_json_lines(out)[0]["masks"]) == 1
+    fails(["fill-mask", "--model", str(model), "the cat [MASK] on the mat ."], "no <mask> token")
+    out = ok(["fill-mask", "--model", str(model), "--json", "the cat <mask> on the mat ."]).stdout
+    assert len(json_lines(out)[0]["masks"]) == 1
 
 
 def test_fill_mask_without_mask_is_refused(tiny_bert: Path) -> None:
-    _fails(["fill-mask", "--model", str(tiny_bert), "the cat sat on the mat ."], "no [MASK] token")
+    fails(["fill-mask", "--model", str(tiny_bert), "the cat sat on the mat ."], "no [MASK] token")
 
 
 # ---------------------------------------------------------------- embed
@@ -158,7 +137,7 @@ def test_embed_static_versus_contextual(tiny_bert: Path) -> None:
     sentences = ["He got bit by a Python .", "Python is my favorite programming language .", "the cat sat on the mat ."]
     result = runner.invoke(app, ["embed", "--model", str(tiny_bert), "--word", "python", "--json", *sentences[:2]])
     assert result.exit_code == 0, result.output
-    obj = _json_lines(result.stdout)[0]
+    obj = json_lines(result.stdout)[0]
     assert obj["pieces"] == [["python"], ["python"]]
     static = np.array(obj["static_similarity"])
     contextual = np.array(obj["contextual_similarity"])
@@ -172,10 +151,10 @@ def test_embed_static_versus_contextual(tiny_bert: Path) -> None:
     a, b = vectors
     assert contextual[0, 1] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
 
-    human = _ok(["embed", "--model", str(tiny_bert), "--word", "python", *sentences[:2]]).stdout
+    human = ok(["embed", "--model", str(tiny_bert), "--word", "python", *sentences[:2]]).stdout
     assert "contextual" in human and "static" in human and "pieces: python" in human
 
-    _fails(["embed", "--model", str(tiny_bert), "--word", "python", *sentences], "sentence 3", "'python'")
+    fails(["embed", "--model", str(tiny_bert), "--word", "python", *sentences], "sentence 3", "'python'")
 
 
 def test_find_word_prefers_whole_words() -> None:
@@ -246,7 +225,7 @@ def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path)
     n = len(STORY)
     rows = [(STORY[k], STORY[(k + 1) % n], 0) for k in range(n)] + [(STORY[k], STORY[(k + 3) % n], 1) for k in range(n)]
     data = _masked_artifact(tmp_path / "masked", tiny_bert, rows)
-    metrics = _json_lines(_ok(["evaluate", "--model", str(tiny_bert), "--data", str(data), "--json",
+    metrics = json_lines(ok(["evaluate", "--model", str(tiny_bert), "--data", str(data), "--json",
                                "--batch-size", "5"]).stdout)[0]
     assert set(metrics) >= {"mlm_loss", "mlm_accuracy", "perplexity", "nsp_accuracy"}
 
@@ -278,7 +257,7 @@ def test_evaluate_matches_transformers_own_loss(tiny_bert: Path, tmp_path: Path)
     assert metrics["nsp_accuracy"] == pytest.approx(nsp_correct / len(rows))
     assert metrics["nsp_accuracy"] >= 0.75 and metrics["mlm_accuracy"] >= 0.5  # the model did learn the story
 
-    human = _ok(["evaluate", "--model", str(tiny_bert), "--data", str(data)]).stdout
+    human = ok(["evaluate", "--model", str(tiny_bert), "--data", str(data)]).stdout
     assert "mlm_accuracy" in human and "perplexity" in human
 
 
@@ -292,33 +271,33 @@ def test_evaluate_refuses_data_of_another_tokenizer(tiny_bert: Path, tmp_path: P
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (other / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     data = _masked_artifact(tmp_path / "masked", other, [(STORY[0], STORY[1], 0)])
-    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "made with another tokenizer")
-    _fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
+    fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "made with another tokenizer")
+    fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
 
 
 # ---------------------------------------------------------------- model directories
 
 
 def test_bad_model_directories(tiny_bert: Path, tmp_path: Path) -> None:
-    _fails(["fill-mask", "--model", str(tmp_path / "missing"), "a [MASK]"], "does not exist")
+    fails(["fill-mask", "--model", str(tmp_path / "missing"), "a [MASK]"], "does not exist")
 
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_bert, no_weights)
     (no_weights / "model.safetensors").unlink()
-    _fails(["fill-mask", "--model", str(no_weights), "a [MASK]"], "has no weights")
+    fails(["fill-mask", "--model", str(no_weights), "a [MASK]"], "has no weights")
 
     not_bert = tmp_path / "gpt2"
     shutil.copytree(tiny_bert, not_bert)
     config = json.loads((not_bert / "config.json").read_text())
     config["model_type"] = "gpt2"
     (not_bert / "config.json").write_text(json.dumps(config))
-    _fails(["predict-nsp", "--model", str(not_bert), "--first", "a", "--second", "b"], "gpt2 model, not BERT")
+    fails(["predict-nsp", "--model", str(not_bert), "--first", "a", "--second", "b"], "gpt2 model, not BERT")
 
     no_config = tmp_path / "empty"
     no_config.mkdir()
-    _fails(["embed", "--model", str(no_config), "--word", "a", "a"], "no config.json")
+    fails(["embed", "--model", str(no_config), "--word", "a", "a"], "no config.json")
 
-    _fails(["fill-mask", "--model", str(tiny_bert), "--device", "cuda:7", "a [MASK]"], "cuda")
+    fails(["fill-mask", "--model", str(tiny_bert), "--device", "cuda:7", "a [MASK]"], "cuda")
 
 
 def test_a_model_without_the_nsp_head_is_refused_for_nsp(tiny_bert: Path, tmp_path: Path) -> None:
@@ -327,16 +306,16 @@ def test_a_model_without_the_nsp_head_is_refused_for_nsp(tiny_bert: Path, tmp_pa
     mlm_only = tmp_path / "mlm-only"
     BertForMaskedLM.from_pretrained(tiny_bert).save_pretrained(mlm_only)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(mlm_only)
-    _fails(["predict-nsp", "--model", str(mlm_only), "--first", "a", "--second", "b"], "no next-sentence")
-    out = _ok(["fill-mask", "--model", str(mlm_only), "--json", "the cat [MASK] on the mat ."]).stdout
-    assert _json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
+    fails(["predict-nsp", "--model", str(mlm_only), "--first", "a", "--second", "b"], "no next-sentence")
+    out = ok(["fill-mask", "--model", str(mlm_only), "--json", "the cat [MASK] on the mat ."]).stdout
+    assert json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
 
 
 def test_a_run_directory_means_its_final_checkpoint(tiny_bert: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text("{}")
-    _fails(["fill-mask", "--model", str(run), "a [MASK]"], "no final/ checkpoint")
+    fails(["fill-mask", "--model", str(run), "a [MASK]"], "no final/ checkpoint")
     shutil.copytree(tiny_bert, run / "final")
-    out = _ok(["fill-mask", "--model", str(run), "--json", "the cat [MASK] on the mat ."]).stdout
-    assert _json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
+    out = ok(["fill-mask", "--model", str(run), "--json", "the cat [MASK] on the mat ."]).stdout
+    assert json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"

@@ -290,6 +290,8 @@ def test_shipped_configs_load_and_list_every_key(name):
         assert cfg.init_from == f"{phase1.output}/final"
         assert phase1.max_steps == 9 * cfg.max_steps  # 90% / 10%
         assert phase1.model.max_position_embeddings >= 512
+        # dynamic masking at 512: ~15% of the tokens, as Google's phase 2 (80), not phase 1's 20
+        assert cfg.max_predictions_per_seq >= 0.15 * 512 and phase1.max_predictions_per_seq == 20
 
 
 def test_two_phase_recipe_in_miniature(tmp_path, tiny_tokenizer, tiny_corpus):

@@ -77,6 +77,7 @@ def test_precision_auto_is_fp16_with_a_scaler_before_ampere(monkeypatch, major, 
     p = devices.resolve_precision("auto", torch.device("cuda", 0))
     assert p.name == "fp16" and p.autocast_dtype == torch.float16
     assert not p.tf32 and "no native bf16" in p.reason and name in p.reason
+    assert "emulates bf16" in devices.resolve_precision("bf16", torch.device("cuda", 0)).reason
 
 
 @pytest.mark.parametrize("major,minor,name", [(8, 0, "NVIDIA A100-SXM4-80GB"), (9, 0, "NVIDIA H100 80GB HBM3")])

@@ -453,3 +453,54 @@ def test_sweep_findings_stay_fixed(tmp_path, masked_data, pairs_copy, tiny_bert,
     _refused(["predict-nsp", "--model", str(tiny_bert), "--input", str(empty)], "no pairs")
     monkeypatch.setenv("BERTCLI_VERIFY_MAX_BYTES", "lots")
     _refused(["mask", "--input", str(pairs_copy), "--output", str(tmp_path / "m")], "BERTCLI_VERIFY_MAX_BYTES")
+
+
+def test_second_sweep_findings_stay_fixed(tmp_path, masked_data, tiny_bert, tiny_corpus):
+    # the sweep's open findings of 2026-12-03 (docs/reliability.md)
+    # bert inspect: a deleted shard file is named (was exit 1), someone else's manifest.json is refused (was "None
+    # artifact")
+    damaged = tmp_path / "masked"
+    damaged.mkdir()
+    for p in masked_data.rglob("*"):
+        if p.is_file():
+            (damaged / p.relative_to(masked_data)).parent.mkdir(parents=True, exist_ok=True)
+            (damaged / p.relative_to(masked_data)).write_bytes(p.read_bytes())
+    shard = sorted(damaged.glob("shard-*.npy"))[0]
+    shard.unlink()
+    _refused(["inspect", str(damaged)], shard.name, "missing")
+    foreign = tmp_path / "extension"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"name": "my extension", "version": "1.0"}')
+    _refused(["inspect", str(foreign)], "manifest.json", "not written by bertcli")
+
+    # bert plot --output in a folder that does not exist: refused, and no temporary left anywhere
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _refused(["plot", str(run), "--output", str(tmp_path / "nowhere" / "plot.png")], "nowhere", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not list(run.glob(".*"))
+
+    # bert finetune from a checkpoint whose weights do not fit its config: refused, not trained from random weights
+    odd = tmp_path / "odd-model"
+    odd.mkdir()
+    for p in tiny_bert.iterdir():
+        if p.is_file():
+            (odd / p.name).write_bytes(p.read_bytes())
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(odd / "model.safetensors"))
+    renamed = {k.replace("bert.", "encoder_of_mine.", 1): v for k, v in weights.items()}
+    save_file(renamed, str(odd / "model.safetensors"), metadata={"format": "pt"})
+    train = Path(__file__).parent / "data" / "topic-train.tsv"
+    out = tmp_path / "ft"
+    _refused(["finetune", "--model", str(odd), "--train", str(train), "--output", str(out)], "encoder weights",
+             "random")
+    assert not out.exists() and not list(tmp_path.glob(".ft*"))
+
+    # bert run: a misspelt key in the section of a stage it does not run is reported all the same
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"workdir: {tmp_path / 'work'}\ninput: [{tiny_corpus}]\nstages: [train-vocab]\n"
+                        "pretrain:\n  learning_rat: 0.001\n")
+    _refused(["run", str(pipeline)], "learning_rat")
+    assert not (tmp_path / "work").exists()

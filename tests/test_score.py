@@ -7,14 +7,15 @@ import math
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from bert_tiny import STORY
-from bertcli.cli import app
 from bertcli.pll import masking_plan, minimal_pair_accuracy
+from cli_helpers import fails, json_lines, ok
 from plain_bert import save_plain
 
-runner = CliRunner()
+# One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data"
 PAIRS = DATA / "minimal-pairs.jsonl"
 # Out-of-vocabulary words become [UNK], "mats" two pieces (mat ##s): both must be scored like any other piece.
@@ -43,43 +44,6 @@ def reference_pll(model, tokenizer, text: str, variant: str = "original") -> flo
     return sum(float(log_probs[k, t, ids[t]]) for k, t in enumerate(positions))
 
 
-def _ok(args: list[str]):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _fails(args: list[str], *needles: str) -> str:
-    """Exit code 2 and one `error:` line containing every needle; no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-@pytest.fixture(scope="module")
-def plain_mlm(tmp_path_factory) -> Path:
-    return save_plain(tmp_path_factory.mktemp("plain") / "mlm", "masked-lm")
-
-
 @pytest.mark.parametrize("variant", ["original", "word_l2r"])
 def test_score_equals_straightforward_pll(tiny_bert: Path, variant: str) -> None:
     from transformers import AutoTokenizer, BertForPreTraining
@@ -88,8 +52,8 @@ def test_score_equals_straightforward_pll(tiny_bert: Path, variant: str) -> None
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     # Batches of 3 copies cut sentences apart and mix lengths: the sums must not depend on it.
     for batch_size in ("3", "256"):
-        rows = _json_lines(
-            _ok(["score", "--model", str(tiny_bert), "--json", "--variant", variant, "--batch-size", batch_size,
+        rows = json_lines(
+            ok(["score", "--model", str(tiny_bert), "--json", "--variant", variant, "--batch-size", batch_size,
                  *TEXTS]).stdout
         )
         assert [r["text"] for r in rows] == TEXTS
@@ -103,7 +67,7 @@ def test_score_equals_straightforward_pll(tiny_bert: Path, variant: str) -> None
 
 def test_word_l2r_differs_only_on_multi_piece_words(tiny_bert: Path) -> None:
     def pll(variant: str, text: str) -> float:
-        (row,) = _json_lines(_ok(["score", "-m", str(tiny_bert), "--json", "--variant", variant, text]).stdout)
+        (row,) = json_lines(ok(["score", "-m", str(tiny_bert), "--json", "--variant", variant, text]).stdout)
         return row["pll"]
 
     assert pll("original", STORY[0]) == pytest.approx(pll("word_l2r", STORY[0]), abs=1e-6)
@@ -117,11 +81,11 @@ def test_score_plain_transformers_masked_lm_and_input_file(plain_mlm: Path, tmp_
     tokenizer = AutoTokenizer.from_pretrained(plain_mlm)
     text_file = tmp_path / "sentences.txt"
     text_file.write_text("\n".join(TEXTS[:2]) + "\n\n" + TEXTS[3] + "\n", encoding="utf-8")
-    rows = _json_lines(_ok(["score", "--model", str(plain_mlm), "--input", str(text_file), "--json"]).stdout)
+    rows = json_lines(ok(["score", "--model", str(plain_mlm), "--input", str(text_file), "--json"]).stdout)
     assert [r["text"] for r in rows] == [TEXTS[0], TEXTS[1], TEXTS[3]]
     for row in rows:
         assert row["pll"] == pytest.approx(reference_pll(model, tokenizer, row["text"]), abs=1e-5)
-    human = _ok(["score", "--model", str(plain_mlm), TEXTS[0]]).stdout.strip()
+    human = ok(["score", "--model", str(plain_mlm), TEXTS[0]]).stdout.strip()
     assert human.endswith(TEXTS[0]) and f"{rows[0]['pll']:.3f}" in human
 
 
@@ -160,7 +124,7 @@ def test_minimal_pair_accuracy_tie_counts_half_and_mean_over_groups() -> None:
 
 
 def test_score_pairs_groups_and_summary(tiny_bert: Path) -> None:
-    out = _json_lines(_ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS), "--json"]).stdout)
+    out = json_lines(ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS), "--json"]).stdout)
     *rows, summary = out
     assert len(rows) == summary["pairs"] == 9
     assert summary["group_by"] == "UID" and summary["groups"] == 3
@@ -171,11 +135,11 @@ def test_score_pairs_groups_and_summary(tiny_bert: Path) -> None:
         assert result == {"accuracy": pytest.approx(wins / len(mine)), "pairs": len(mine)}
     groups = summary["per_group"].values()
     assert summary["accuracy"] == pytest.approx(sum(g["accuracy"] for g in groups) / 3)
-    by_field = _json_lines(
-        _ok(["score", "-m", str(tiny_bert), "--pairs", str(PAIRS), "--json", "--group-by", "field"]).stdout
+    by_field = json_lines(
+        ok(["score", "-m", str(tiny_bert), "--pairs", str(PAIRS), "--json", "--group-by", "field"]).stdout
     )
     assert set(by_field[-1]["per_group"]) == {"semantics", "syntax"}
-    human = _ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS)]).stdout
+    human = ok(["score", "--model", str(tiny_bert), "--pairs", str(PAIRS)]).stdout
     assert "mean over 3 group(s)" in human and "verb_position" in human
 
 
@@ -185,8 +149,8 @@ def test_identical_sentences_tie(tiny_bert: Path, tmp_path: Path) -> None:
     lines = [{"sentence_good": STORY[2], "sentence_bad": STORY[2]},
              {"sentence_good": STORY[0], "sentence_bad": STORY[4]}]
     pairs.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-    *rows, summary = _json_lines(
-        _ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json", "--batch-size", "5"]).stdout
+    *rows, summary = json_lines(
+        ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json", "--batch-size", "5"]).stdout
     )
     assert rows[0]["pll_good"] == rows[0]["pll_bad"]
     assert summary["group_by"] is None and list(summary["per_group"]) == ["all"]
@@ -198,27 +162,27 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     model = ["score", "--model", str(tiny_bert)]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the ."}\n{"sentence_good": "the dog ."}\n')
-    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "sentence_bad")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "sentence_bad")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "  "}\n')
-    _fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "empty")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "empty")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": 3}\n')
-    _fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "not a string")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "not a string")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\nnot json\n')
-    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "not a JSON object")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "not a JSON object")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\n'
                      '{"sentence_good": "the cat .", "sentence_bad": "cat the ."}\n')
-    _fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "'UID'")
-    _fails([*model, "--pairs", str(tmp_path / "missing.jsonl")], "does not exist")
-    _fails([*model, "   "], "text 1 is empty")
-    _fails([*model, " ".join(["the cat"] * 30)], "text 1", "positions")
-    _fails(model, "give sentences")
-    _fails([*model, "the cat", "--input", str(pairs)], "not TEXT and --input")
-    _fails([*model, "the cat", "--variant", "l2r"], "--variant")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "'UID'")
+    fails([*model, "--pairs", str(tmp_path / "missing.jsonl")], "does not exist")
+    fails([*model, "   "], "text 1 is empty")
+    fails([*model, " ".join(["the cat"] * 30)], "text 1", "positions")
+    fails(model, "give sentences")
+    fails([*model, "the cat", "--input", str(pairs)], "not TEXT and --input")
+    fails([*model, "the cat", "--variant", "l2r"], "--variant")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    _fails([*model, "--input", str(empty)], str(empty), "empty")
+    fails([*model, "--input", str(empty)], str(empty), "empty")
 
 
 def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:
     classifier = save_plain(tmp_path / "classifier", "classifier")
-    _fails(["score", "--model", str(classifier), "the cat ."], "masked-LM head")
+    fails(["score", "--model", str(classifier), "the cat ."], "masked-LM head")

@@ -167,7 +167,7 @@ def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfi
 
     torch.manual_seed(seed)  # the new head's initial weights (and a pooler the checkpoint lacks)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -175,9 +175,27 @@ def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfi
             problem_type="single_label_classification",
             classifier_dropout=cfg.classifier_dropout,
             ignore_mismatched_sizes=True,  # starting from another classifier: its head is replaced
+            output_loading_info=True,
         )
     except Exception as exc:  # the library raises many types for an unusable directory
         raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {exc}") from exc
+    # Only the head may start new. A checkpoint whose names do not fit this architecture (another model type
+    # behind a config.json that says bert, a renamed state dict) loads without error as a random encoder, and
+    # fine-tuning that would report a random model's accuracy as the pretrained one's.
+    mismatched = [entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys", [])]
+    fresh = [k for k in [*info.get("missing_keys", []), *mismatched] if not _is_head_weight(k)]
+    if fresh:
+        raise ArtifactError(
+            f"'{model_dir}': {len(fresh)} encoder weights are not in its checkpoint (first: {sorted(fresh)[0]}), so "
+            "fine-tuning would start from random weights",
+            hint="pass a BERT model directory whose weights match its config.json (e.g. a `bert pretrain` run)",
+        )
+    return model
+
+
+def _is_head_weight(name: str) -> bool:
+    """The classifier and the pooler: a pretraining checkpoint need not have them."""
+    return name.startswith("classifier.") or ".pooler." in f".{name}"
 
 
 def train_seed(

@@ -85,6 +85,14 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
         output = Path(stage_cfg.output)
         previous[name] = str(output)
         plans.append(StagePlan(name=name, cfg=stage_cfg, output=output))
+    # A section of a stage left out of `stages` is not run now, but a misspelt key in it is a mistake all the same
+    # (it would surface only on the run that includes the stage, perhaps hours later).
+    for name, spec in STAGES.items():
+        section = getattr(cfg, spec.section, None) if name not in cfg.stages else None
+        if section:
+            prefix = spec.section + "."
+            _, stage_problems = build_config(spec.schema, dict(section), prefix, _origins(section, prefix, where))
+            problems.extend(p for p in stage_problems if p.startswith("unknown key"))
     return plans, problems
 
 

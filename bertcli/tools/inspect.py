@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bertcli.artifacts import load_manifest
+from bertcli.artifacts import load_manifest, verify_files
 from bertcli.shards import ShardedArrays
 from bertcli.vocab import load_tokenizer
 
@@ -63,6 +63,7 @@ def render(directory: str | Path, examples: int = 3) -> str:
         out.append(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
     tokenizer_dir = directory / "tokenizer"
     if examples and tokenizer_dir.is_dir() and any(directory.glob("shard-*.npy")):
+        verify_files(directory, manifest)  # a deleted or changed shard: one line naming it, not a traceback
         tokenizer = load_tokenizer(tokenizer_dir).tokenizer
         arrays = ShardedArrays(directory)
         for i in range(min(examples, arrays.num_sequences)):

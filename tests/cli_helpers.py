@@ -1,0 +1,37 @@
+"""Running `bert` commands in tests: success, a clean refusal (exit 2, one line, no traceback), JSON output."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from bertcli.cli import app
+
+runner = CliRunner()
+
+
+def ok(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(args: list[str], *needles: str) -> str:
+    """Exit code 2 and one `error:` line on stderr containing every needle; no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
