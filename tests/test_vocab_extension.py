@@ -243,6 +243,21 @@ def test_extends_a_plain_hugging_face_tokenizer_and_keeps_its_settings(tmp_path,
     assert manifest["kept_from_base"]["lowercase"] is False
 
 
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, "none"), (False, "latin"), (True, "latin"),
+                                                      (True, "all"), (False, "none")])
+def test_read_base_tokenizer_recovers_our_settings(tmp_path, tiny_corpus, lowercase, strip_accents):
+    from bertcli.vocab import read_base_tokenizer
+
+    out = tmp_path / "tok"
+    train_vocab(["--input", str(tiny_corpus), "--output", str(out), "--set", "vocab_size=300",
+                 "--set", f"lowercase={str(lowercase).lower()}", "--set", f"strip_accents={strip_accents}",
+                 "--set", "handle_chinese_chars=false", "--set", "max_input_chars_per_word=50"])
+    base = read_base_tokenizer(out)
+    assert (base.lowercase, base.strip_accents) == (lowercase, strip_accents)
+    assert (base.clean_text, base.handle_chinese_chars, base.max_input_chars_per_word) == (True, False, 50)
+    assert base.vocab == vocab_of(out) and base.continuing_subword_prefix == "##"
+
+
 def _refused(tmp_path: Path, args: list[str], expect: str) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["train-vocab", "--output", str(out), *args])
@@ -328,3 +343,9 @@ def test_init_from_a_vocabulary_that_is_not_a_prefix_is_refused(tmp_path, tiny_b
         pretrain.run(tiny_cfg(data_dir, tmp_path / "run", init_from=str(tiny_bert), max_steps=1))
     assert str(tiny_bert) in str(err.value) and str(data_dir) in str(err.value)
     assert "extend_from" in err.value.hint
+    result = runner.invoke(app, ["pretrain", "--data", str(data_dir), "--output", str(tmp_path / "cli"),
+                                 "--set", f"init_from={tiny_bert}", "--set", "batch_size=8",
+                                 "--set", "micro_batch_size=4", "--set", "device=cpu"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nor a prefix of it" in errors[0] and "Traceback" not in result.output
