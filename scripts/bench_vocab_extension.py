@@ -183,6 +183,29 @@ def continued(tok: Path, train: Path, base_model: Path, out: Path, args: argpars
             "pretrain_wall_s": wall, "tokens": manifest["stats"]["tokens"], "vocab_size": manifest["vocab_size"]}
 
 
+def random_rows_model(base_model: Path, ext_tok: Path, out: Path, seed: int = 0) -> Path:
+    """The ablation arm's starting point: the base model grown to the extended vocabulary with its new rows drawn
+    as BertForPreTraining initialises any embedding (normal, std initializer_range) and a zero bias, instead of the
+    mean of their pieces; saved with the extended tokenizer, so `init_from` loads it without growing it again."""
+    import torch
+    from transformers import BertForPreTraining
+
+    from bertcli.model import grow_vocabulary
+    from bertcli.vocab import copy_tokenizer_files, read_vocab
+
+    old_size = len(read_vocab(base_model))
+    model = BertForPreTraining.from_pretrained(str(base_model))
+    grow_vocabulary(model, old_size, [[] for _ in range(len(read_vocab(ext_tok)) - old_size)])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight  # tied to the decoder: one tensor
+        weight[old_size:] = torch.randn(weight[old_size:].shape, generator=generator) * model.config.initializer_range
+        model.cls.predictions.bias[old_size:] = 0.0
+    model.save_pretrained(str(out))
+    copy_tokenizer_files(ext_tok, out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-corpus", type=Path, required=True)
@@ -197,6 +220,8 @@ def main() -> None:
     parser.add_argument("--dupe-factor", type=int, default=2)
     parser.add_argument("--heldout-every", type=int, default=10)
     parser.add_argument("--limit-alphabet", type=int, default=3000)
+    parser.add_argument("--random-rows-arm", action="store_true",
+                        help="also continue from the base grown with random new rows (ablation of the init)")
     args = parser.parse_args()
     domains = []
     for spec in args.domain:
@@ -249,8 +274,13 @@ def main() -> None:
         row["base_model_no_continued_training"] = {**segmentation(base_tok, heldout),
                                                    **evaluate(base_model, held_base),
                                                    **accuracy_by_target(base_model, held_base, old_size)}
-        for name, tok, held in (("without_extension", base_tok, held_base), ("with_extension", ext_tok, held_ext)):
-            run = continued(tok, train, base_model, d / name, args)
+        arms = [("without_extension", base_tok, held_base, base_model),
+                ("with_extension", ext_tok, held_ext, base_model)]
+        if args.random_rows_arm:
+            arms.append(("with_extension_random_new_rows", ext_tok, held_ext,
+                         random_rows_model(base_model, ext_tok, d / "random-rows-model")))
+        for name, tok, held, start in arms:
+            run = continued(tok, train, start, d / name, args)
             row[name] = {**segmentation(tok, heldout), **run, **evaluate(d / name / "run", held),
                          **accuracy_by_target(d / name / "run" / "final", held, old_size)}
         report["domains"][corpus.name] = row
