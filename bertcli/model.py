@@ -122,18 +122,36 @@ def mean_of_rows(matrix: torch.Tensor, pieces: Sequence[Sequence[int]]) -> torch
     return out.to(matrix.dtype)
 
 
-def grow_vocabulary(model: BertForPreTraining, num_old: int, pieces: Sequence[Sequence[int]]) -> int:
+def sample_like_rows(matrix: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, H) draws from the Gaussian with the mean and covariance of matrix's (n, H) rows (computed in fp64, a
+    little jitter on the diagonal so the Cholesky factor exists), cast to matrix's dtype: rows that look like a
+    random row of `matrix` in position and spread."""
+    source = matrix.detach().to(torch.float64).cpu()
+    mean = source.mean(0)
+    centred = source - mean
+    covariance = centred.T @ centred / max(len(source), 1)  # (H, H)
+    jitter = 1e-6 * float(covariance.diagonal().mean()) + 1e-12
+    factor = torch.linalg.cholesky(covariance + jitter * torch.eye(len(mean), dtype=torch.float64))
+    z = torch.randn((count, len(mean)), generator=generator, dtype=torch.float64)
+    return (mean + z @ factor.T).to(device=matrix.device, dtype=matrix.dtype)
+
+
+def grow_vocabulary(model: BertForPreTraining, num_old: int, pieces: Sequence[Sequence[int]], seed: int = 0) -> int:
     """Resize the model to num_old + len(pieces) tokens, the new token j initialised from the old ids pieces[j]
     (the pieces the old tokenizer splits it into): its input embedding, its decoder row (the same tensor when the
-    model ties them, as BERT does) and its decoder bias are the means of those pieces' rows; a token the old
-    vocabulary cannot spell gets the mean of all old rows. Rows num_old.. of the model (padding some checkpoints
-    carry) are replaced. Returns the number of rows added.
+    model ties them, as BERT does) and its decoder bias are the means of those pieces' rows. A token the old
+    vocabulary cannot spell (pieces[j] empty) gets a draw from the Gaussian of the old rows' mean and covariance
+    (sample_like_rows, seeded by `seed`) and the mean old bias. Rows num_old.. of the model (padding some
+    checkpoints carry) are replaced. Returns the number of rows added.
 
-    Why the mean of the pieces: a new token's embedding then starts where the old model already represents its
-    spelling (exBERT, Tai et al. 2020; Gee et al. 2022, "Fast Vocabulary Transfer"), and a token nothing spells
-    starts at the mean of all embeddings, which keeps its initial probability close to the old distribution (Hewitt
-    2021, "Initializing new word embeddings for pretrained language models"). Bias: the decoder is affine in (W, b),
-    so with the mean of the pieces' biases the new token's initial logit is exactly the mean of its pieces' logits.
+    Why: a new token's embedding starts where the old model already represents its spelling (exBERT, Tai et al.
+    2020; Gee et al. 2022, "Fast Vocabulary Transfer"). A token nothing spells starts inside the old embeddings'
+    distribution, so its initial probability stays in the old words' range (Hewitt 2021, "Initializing new word
+    embeddings for pretrained language models", who samples around the mean with a shrunken covariance); the full
+    covariance keeps such tokens apart from each other: measured on Korean, thousands of rows all at the mean learn
+    much more slowly than random ones (docs/benchmarks.md, "Vocabulary extension"). Bias: the decoder is affine in
+    (W, b), so with the mean of the pieces' biases a spelled token's initial logit is exactly the mean of its
+    pieces' logits.
     """
     embeddings = model.get_input_embeddings()
     head = model.cls.predictions
@@ -141,17 +159,23 @@ def grow_vocabulary(model: BertForPreTraining, num_old: int, pieces: Sequence[Se
     tied = head.decoder.weight is old_weight
     num_new = num_old + len(pieces)
     hidden = old_weight.shape[1]
+    unspelled = [num_old + j for j, ids in enumerate(pieces) if not ids]
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         grown = nn.Embedding(num_new, hidden, padding_idx=embeddings.padding_idx,
                              device=old_weight.device, dtype=old_weight.dtype)
         grown.weight[:num_old] = old_weight[:num_old]
         grown.weight[num_old:] = mean_of_rows(old_weight[:num_old], pieces)
+        if unspelled:
+            grown.weight[unspelled] = sample_like_rows(old_weight[:num_old], len(unspelled), generator)
         decoder = nn.Linear(hidden, num_new, device=old_weight.device, dtype=head.decoder.weight.dtype)
         if tied:
             decoder.weight = grown.weight
         else:
             decoder.weight[:num_old] = head.decoder.weight[:num_old]
             decoder.weight[num_old:] = mean_of_rows(head.decoder.weight[:num_old], pieces)
+            if unspelled:
+                decoder.weight[unspelled] = sample_like_rows(head.decoder.weight[:num_old], len(unspelled), generator)
         bias = torch.cat([head.bias[:num_old], mean_of_rows(head.bias[:num_old], pieces)])
     model.set_input_embeddings(grown)
     decoder.bias = nn.Parameter(bias)

@@ -147,13 +147,37 @@ def test_grow_vocabulary_mean_of_pieces_exact_and_tied():
     assert torch.equal(emb[:10], old)
     assert torch.equal(emb[10], torch.stack([old[1], old[2], old[3]]).mean(0))
     assert torch.equal(emb[11], old[7])
-    assert torch.equal(emb[12], old.mean(0))  # nothing spells it: the mean of all old rows (Hewitt 2021)
     head = model.cls.predictions
     assert head.decoder.weight is emb and head.decoder.bias is head.bias  # the tying survives
     assert head.bias.tolist() == [*range(10), 2.0, 7.0, 4.5]
     assert torch.equal(mean_of_rows(old, [[0, 0, 9]]), ((old[0] + old[0] + old[9]) / 3)[None])
     out = model(input_ids=torch.tensor([[2, 10, 12, 3]]))
     assert out.prediction_logits.shape == (1, 4, 13)
+
+
+def test_tokens_nothing_spells_are_drawn_like_old_rows_apart_and_seeded():
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    from bertcli.model import grow_vocabulary, sample_like_rows
+
+    torch.manual_seed(0)
+    old = torch.randn(400, 4) * torch.tensor([1.0, 2.0, 0.5, 3.0]) + torch.tensor([5.0, -1.0, 0.0, 2.0])
+    drawn = sample_like_rows(old, 20000, torch.Generator().manual_seed(1))
+    assert torch.allclose(drawn.mean(0), old.mean(0), atol=0.06)
+    assert torch.allclose(torch.cov(drawn.T), torch.cov(old.T), rtol=0.05, atol=0.06)
+
+    def grown(seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = BertForPreTraining(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=2, intermediate_size=16))
+        grow_vocabulary(model, 10, [[], [], [1]], seed=seed)
+        assert model.cls.predictions.bias[10] == model.cls.predictions.bias[:10].mean()  # the mean old bias
+        return model.get_input_embeddings().weight.detach().clone()
+
+    a, b = grown(0), grown(0)
+    assert torch.equal(a, b) and not torch.equal(a[10], a[11])  # seeded; two unspelled tokens stay apart
+    assert not torch.equal(grown(1)[10], a[10]) and torch.equal(a[12], a[1])
 
 
 # ---------------------------------------------------------------------------------------------- train-vocab
@@ -315,11 +339,15 @@ def test_init_from_grows_the_model_with_the_mean_of_old_pieces(tmp_path, referen
     old_emb, old_bias = src["bert.embeddings.word_embeddings.weight"], src["cls.predictions.bias"]
     assert emb.shape[0] == len(new)
     assert torch.equal(emb[: len(old)], old_emb) and torch.equal(bias[: len(old)], old_bias)
+    spelled = 0
     for j, token in enumerate(new[len(old) :]):
         ids = wordpiece_split(token, old_ids)
         rows = list(ids) if ids else list(range(len(old)))
-        assert torch.equal(emb[len(old) + j], old_emb[rows].mean(0)), token
+        if ids:  # a token nothing spells is drawn at random (test above); its bias is the mean of all
+            assert torch.equal(emb[len(old) + j], old_emb[rows].mean(0)), token
+            spelled += 1
         assert torch.equal(bias[len(old) + j], old_bias[rows].mean(0)), token
+    assert spelled > 0
     assert model.cls.predictions.decoder.weight is model.get_input_embeddings().weight
     assert "kubectl" in new or "namespace" in new  # whole domain words that the old pieces spell
     capsys.readouterr()
