@@ -296,8 +296,8 @@ class PretrainConfig:
     init_from: Optional[str] = None
     """Start from an existing Hugging Face BERT directory instead of random weights (missing heads are initialised).
     Its vocabulary must be the data's or a prefix of it (a tokenizer extended with train-vocab's extend_from): the
-    model then grows to the data's vocabulary, each new row the mean of its old pieces' rows
-    (docs/domain-adaptation.md)."""
+    model then grows to the data's vocabulary, each new row the mean of its old pieces' rows, a token no old piece
+    spells drawn like an old row (docs/domain-adaptation.md)."""
     mlm_bias_init: Literal["unigram", "zero"] = "unigram"
     """Initial MLM output bias of a new model. unigram: the log frequency of each token among the training data's
     prediction targets (counted on up to 50M tokens), so training starts from the frequency guess a model otherwise
