@@ -150,7 +150,7 @@ def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats
     word_counts = count_words(paths, cfg, stats)
     chars = character_counts(word_counts, cfg.continuing_subword_prefix)
     # Merge order does not depend on where training stops, so a short run that yields enough candidates gives the
-    # same answer as a long one. The long one (every old token learned again, plus 2 × extra_tokens) is taken when
+    # same answer as a long one. The long one (room for every old token to be learned again on top) is taken when
     # the short one's candidates run out and the corpus has more pairs.
     first = len(cfg.special_tokens) + len(chars) + 3 * cfg.extra_tokens
     for budget in (first, first + len(base.vocab)):
