@@ -157,7 +157,7 @@ def run_ours(args) -> dict:
     from bertcli.stages import pretrain
 
     torch.set_num_threads(args.threads)
-    out = Path(args.workdir) / "ours-run"
+    out = Path(args.workdir) / args.run_name
     shutil.rmtree(out, ignore_errors=True)
     sets = parse_sets(args.ours_set)
     model_sets = {k.split(".", 1)[1]: sets.pop(k) for k in list(sets) if k.startswith("model.")}
@@ -487,6 +487,7 @@ def main() -> None:
                         help="NAME:key=value;key=value: a further run of ours with these PretrainConfig keys")
     parser.add_argument("--ours-set", action="append", default=[], help="children: PretrainConfig key=value of ours")
     parser.add_argument("--save-every", type=int, default=0, help="children: ours' save_every (the curve)")
+    parser.add_argument("--run-name", default="ours-run", help="children: ours' run directory under --workdir")
     parser.add_argument("--curve-every-s", type=float, default=0.0, help="children: the baseline's save interval")
     parser.add_argument("--role", choices=["parent", "ours", "baseline", "memory-child"], default="parent")
     args = parser.parse_args()
@@ -523,7 +524,7 @@ def main() -> None:
         wait_for_quiet()
         loads.append((role, round(os.getloadavg()[0], 2)))
         keep = ("masked", "pairs", "budget_s", "batch_size", "lr", "warmup_steps", "threads", "eval_sequences",
-                "workdir", "mlm_bias_init", "score_pairs", "save_every", "curve_every_s")
+                "workdir", "mlm_bias_init", "score_pairs", "save_every", "curve_every_s", "run_name")
         values = {k: changes.get(k, getattr(args, k)) for k in keep}
         cmd = [sys.executable, __file__, "--role", role] + [
             a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))
@@ -563,7 +564,8 @@ def main() -> None:
     grid: dict[str, list[dict]] = {"ours": [], "baseline": []}
     for lr in [float(x) for x in args.lrs.split(",")]:
         for role in ("ours", "baseline"):
-            grid[role].append(child(role, lr=lr, warmup_steps=warmup[role], **curve[role]))
+            grid[role].append(child(role, lr=lr, warmup_steps=warmup[role], **curve[role],
+                                    **({"run_name": f"ours-lr{lr:g}"} if role == "ours" else {})))
     report["grid"] = grid
     for role in ("ours", "baseline"):
         report[role] = max(grid[role], key=lambda r: r["eval"]["mlm_accuracy"])
@@ -574,7 +576,8 @@ def main() -> None:
     for spec in args.suspect:
         name, _, sets = spec.partition(":")
         report["suspects"][name] = child("ours", lr=report["ours"]["lr"], warmup_steps=warmup["ours"],
-                                         ours_set=[x for x in sets.split(";") if x])  # t = 0 and the end
+                                         ours_set=[x for x in sets.split(";") if x],  # scored at t = 0 and the end
+                                         run_name=f"suspect-{name}")  # its own directory: every model is kept
     ours, base = report["ours"], report["baseline"]
     best = {role: max(report["throughput_rounds_tokens_per_s"][role]) for role in rounds}
 
