@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 8 minutes on 2 CPU cores; a rerun
+# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 7 minutes on 2 CPU cores; a rerun
 # skips every stage that is up to date, --overwrite rebuilds a stale one), then questions to its model: two NSP
 # pairs, gaps in phrases the Jargon File uses often, and BLiMP-style minimal pairs (data/sample/minimal-pairs.jsonl).
 DEMO_MODEL := runs/demo/pretrain
