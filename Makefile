@@ -26,14 +26,15 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 8 minutes on 2 CPU cores; a rerun
+# The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 7 minutes on 2 CPU cores; a rerun
 # skips every stage that is up to date, --overwrite rebuilds a stale one), then questions to its model: two NSP
 # pairs, gaps in phrases the Jargon File uses often, and BLiMP-style minimal pairs (data/sample/minimal-pairs.jsonl).
 DEMO_MODEL := runs/demo/pretrain
 DEMO_FIRST := Hacker folklore has been shaped primarily by the Unix, ITS, TOPS-10, TOPS-20/TWENEX, WAITS, CP/M, MS-DOS, and Multics operating systems (most importantly by ITS and Unix).
 DEMO_PAIRS := data/sample/minimal-pairs.jsonl
-# On a machine whose cores other jobs share, `make demo DEMO_THREADS=1` trains 3-4x faster (one torch thread
-# instead of two fighting for the cores: docs/benchmarks.md, "The demo"); empty: torch's default (all cores).
+# Torch threads of the demo's run. Empty: the pretrain key num_threads: auto, which uses every core when they are
+# idle and only the idle ones when other jobs keep them busy (one thread instead of two fighting for 2 busy cores
+# trained 3-4x faster: docs/benchmarks.md, "The demo"); `make demo DEMO_THREADS=1` forces one.
 DEMO_THREADS ?=
 DEMO_ENV := $(if $(DEMO_THREADS),OMP_NUM_THREADS=$(DEMO_THREADS),)
 demo: install
@@ -44,7 +45,7 @@ demo: install
 	@echo; echo "== bert fill-mask: which words fit the gap?"
 	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "See [MASK] hack."
 	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "This is one of [MASK] most famous hacks."
-	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "Unix is an [MASK] system."
+	$(BIN)/bert fill-mask --model $(DEMO_MODEL) --top-k 3 "See [MASK], sense 2."
 	@echo; echo "== bert score: does the model give the grammatical sentence of each minimal pair the higher score?"
 	$(BIN)/bert score --model $(DEMO_MODEL) --pairs $(DEMO_PAIRS)
 	@echo; echo "Fine-tune it on your labelled text: bert finetune --model $(DEMO_MODEL) --train train.tsv --output runs/demo/classifier (docs/finetuning.md)"

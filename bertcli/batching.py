@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -165,6 +165,10 @@ class EpochPlan:
 
 
 # ---------------------------------------------------------------------------------------------- unigram prior
+
+# Tokens a run looks at to tell that some prediction target exists (the first of each shard: a quick, bounded probe).
+NO_TARGETS_PROBE_TOKENS = 1 << 20
+
 
 def target_token_counts(
     data: DataArtifact, plan: EpochPlan, masking: MaskingSpec | None = None, max_tokens: int = UNIGRAM_MAX_TOKENS
@@ -374,13 +378,20 @@ def iterate_micro_batches(dataset: MicroBatches, keys: Iterator[tuple[int, int, 
     yield from loader
 
 
+# Held-out sequences of pairs data are masked at this rate whatever rate the run trains at (Wettig et al. 2023 evaluate
+# every training rate at 15%): runs that train at different rates compare, and eval_* agree with `bert evaluate`.
+EVAL_MASKED_LM_PROB = 0.15
+
+
 def held_out_micro_batches(
     plan: EpochPlan, collate: Collator, indices: np.ndarray, micro_batch_size: int, rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[dict]:
     """This rank's micro-batches of the held-out sequences `indices` (EpochPlan.held_out_indices), sorted by length
     so they carry little padding; micro-batch i goes to rank i % world_size and its dynamic masks are seeded by i
-    alone, so every evaluation of every run sees the same masks."""
+    alone and drawn at EVAL_MASKED_LM_PROB, so every evaluation of every run sees the same masks."""
+    if collate.masking is not None and collate.masking.masked_lm_prob != EVAL_MASKED_LM_PROB:
+        collate = replace(collate, masking=replace(collate.masking, masked_lm_prob=EVAL_MASKED_LM_PROB))
     rows = [plan.arrays[int(k)] for k in indices]
     order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")
     for i, start in enumerate(range(0, len(indices), micro_batch_size)):

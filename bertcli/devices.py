@@ -4,6 +4,7 @@ global batch splits into micro-batches over the processes."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,23 @@ def resolve_num_workers(value: int | str, device: torch.device) -> int:
     if value == "auto":
         return 2 if device.type == "cuda" else 0
     return int(value)
+
+
+def resolve_num_threads(value: int | str, device: torch.device, cores: int | None = None,
+                        load: float | None = None, default: int | None = None) -> int:
+    """CPU threads of torch in a pretraining process. auto: torch's own choice (OMP_NUM_THREADS, else every core)
+    on CUDA, when OMP_NUM_THREADS is set (torchrun sets it) or when the cores are idle; on a CPU whose cores other
+    jobs keep busy (the 1-minute load average), only the cores they leave idle, at least 1: threads that meet at
+    every operation lose most of their time waiting for a busy core (one thread trained 3-4x faster than two on a
+    shared 2-core machine, docs/benchmarks.md, "The demo")."""
+    if value != "auto":
+        return int(value)
+    default = torch.get_num_threads() if default is None else default
+    if device.type == "cuda" or os.environ.get("OMP_NUM_THREADS"):
+        return default
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    load = os.getloadavg()[0] if load is None else load
+    return max(1, min(default, int(cores - load + 0.5)))
 
 
 def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) -> tuple[int, int]:

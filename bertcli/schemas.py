@@ -345,7 +345,8 @@ class PretrainConfig:
     """The device's dense peak in TFLOP/s for the mfu column of metrics.jsonl (null: from the GPU's name, see
     docs/pretraining.md; none on CPU)."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
-    """Dynamic masking only (pairs artifact): share of candidate tokens selected."""
+    """Dynamic masking only (pairs artifact): share of candidate tokens selected. The held-out evaluation always
+    masks 15%, so runs at different rates compare."""
     max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
     """Dynamic masking only: cap on selected tokens per sequence (about 15% of max_seq_length: 20 at 128, 80 at
     512). Also the width of the step's prediction slots."""
@@ -366,6 +367,10 @@ class PretrainConfig:
     num_workers: Union[Literal["auto"], int] = field(default="auto", metadata={"roles": ("execution", "resumable"),
                                                                                "ge": 0})
     """DataLoader worker processes (0: load in the training process). auto: 2 on CUDA, 0 on CPU."""
+    num_threads: Union[Literal["auto"], int] = field(default="auto", metadata={"roles": ("execution", "resumable"),
+                                                                               "ge": 1})
+    """CPU threads of torch in each process. auto: torch's default (OMP_NUM_THREADS, else every core), except on a CPU
+    whose cores other jobs keep busy (1-minute load average at the start): the cores they leave idle, at least 1."""
     on_nonfinite: Literal["rollback", "stop"] = field(default="rollback", metadata={"roles": ("resumable",)})
     """On a NaN/inf loss: roll back to the last checkpoint and skip the offending batches, or stop."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(

@@ -101,7 +101,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--corpus", type=Path, default=ROOT / "data" / "sample" / "jargon.txt")
     parser.add_argument("--masked", type=Path, default=ROOT / "runs" / "demo" / "masked",
-                        help="a masked artifact (make demo writes one)")
+                        help="a masked artifact (after make demo: bert mask --input runs/demo/pairs "
+                        "--output runs/demo/masked)")
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--sequences", type=int, default=2000)
     parser.add_argument("--hidden", type=int, default=256)

@@ -29,6 +29,15 @@ static masks: MLM accuracy on masked positions, NSP accuracy. tokens/s counts no
 tokens/s, model TFLOP/s and MFU as `bert pretrain` reports them live; --peak-tflops overrides the GPU table) for
 the GPU figures (scripts/gpu_check.sh measures the same and more).
 
+`--score-pairs blimp-dev.jsonl --curve-points 5` adds the quality curve: each side saves its model at 5 evenly
+spaced moments of its budget (ours by steps, from its throughput rounds; the baseline by its clock, the saving
+not counted), and after training every saved model, and the initial weights (t = 0), is scored by the project's
+code on the same held-out sequences (MLM and NSP accuracy) and on the minimal pairs (`bert score --pairs`'s
+accuracy: the mean over paradigms). `--suspect NAME:key=value;key=value` adds a run of ours with those
+PretrainConfig keys changed (`model.hidden_dropout_prob=0`, `mlm_bias_init=zero`, `data=PAIRS` for dynamic
+masking or for an MLM-only pairs artifact, `masked_lm_prob=0.4`, `learning_rate=0.001`), at the best learning
+rate of ours, scored at t = 0 and at the end: the ablations of "why does more MLM accuracy not buy grammar".
+
 `--memory-scale 10` instead measures peak anonymous memory (RssAnon) of a short `bert pretrain` run on the
 masked artifact and on one 10× its size (the shards repeated as symlinks), to show it does not grow with the data.
 """
@@ -114,6 +123,30 @@ def evaluate(model, masked: Path, count: int, batch_size: int = 64) -> dict:
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def score_model(model_dir: Path, args, elapsed_s: float, step: int) -> dict:
+    """One point of the quality curve: held-out MLM/NSP accuracy and minimal-pair accuracy of a saved model."""
+    from transformers import BertForPreTraining
+
+    from bertcli.model_dir import load_model
+    from bertcli.tools.score import score_pairs
+
+    model = BertForPreTraining.from_pretrained(model_dir)
+    ev = evaluate(model, Path(args.masked), args.eval_sequences)
+    _, pairs = score_pairs(load_model(model_dir, device="cpu", need_mlm=True), args.score_pairs, progress=False)
+    return {"elapsed_s": round(elapsed_s, 1), "step": step, "mlm_accuracy": ev["mlm_accuracy"],
+            "nsp_accuracy": ev.get("nsp_accuracy"), "pairs_accuracy": round(pairs["accuracy"], 4)}
+
+
+def parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def run_ours(args) -> dict:
     import torch
     from transformers import BertForPreTraining
@@ -124,14 +157,19 @@ def run_ours(args) -> dict:
     from bertcli.stages import pretrain
 
     torch.set_num_threads(args.threads)
-    out = Path(args.workdir) / "ours-run"
+    out = Path(args.workdir) / args.run_name
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PretrainConfig(
-        data=str(args.masked), output=str(out), model=ModelConfig(preset="tiny"), max_steps=10**9,
+    sets = parse_sets(args.ours_set)
+    model_sets = {k.split(".", 1)[1]: sets.pop(k) for k in list(sets) if k.startswith("model.")}
+    values = dict(
+        data=str(args.masked), output=str(out), model=ModelConfig(preset="tiny", **model_sets), max_steps=10**9,
         time_budget_s=args.budget_s, batch_size=args.batch_size, micro_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1, save_every=0,
-        log_every=5, eval_fraction=0.01, seed=0, precision="fp32", mlm_bias_init=args.mlm_bias_init,
+        learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_every=0, eval_batches=1,
+        save_every=args.save_every, keep_checkpoints=1000, log_every=5, eval_fraction=0.01, seed=0, precision="fp32",
+        mlm_bias_init=args.mlm_bias_init, num_threads=args.threads,
     )
+    values.update(sets)
+    cfg = PretrainConfig(**values)
     with PeakAnon() as mem:
         manifest = pretrain.run(cfg)
     stats = manifest["stats"]
@@ -146,6 +184,7 @@ def run_ours(args) -> dict:
                 "steady_tokens_per_s": steady, "steps_per_s": stats["steps"] / stats["elapsed_s"]}
     model = BertForPreTraining.from_pretrained(out / "final")
     steps = stats["steps"]
+    curve = ours_curve(cfg, out, args) if args.score_pairs else None
     plan = EpochPlan(ShardedArrays(args.masked), 0, args.batch_size, 0.01)
     padded = real = 0
     for b in range(min(steps, plan.batches_per_epoch(0))):
@@ -166,7 +205,33 @@ def run_ours(args) -> dict:
         "peak_rss_anon_mb": mem.peak_kb / 1024,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "eval": evaluate(model, Path(args.masked), args.eval_sequences),
+        "sets": args.ours_set,
+        **({"curve": curve} if curve else {}),
     }
+
+
+def ours_curve(cfg, out: Path, args) -> list[dict]:
+    """Score the initial weights (rebuilt from the seed, unigram bias included), every step checkpoint and final/."""
+    from bertcli.artifacts import load_data
+    from bertcli.batching import EpochPlan
+    from bertcli.stages.pretrain import build_pretraining_model
+    from bertcli.vocab import copy_tokenizer_files
+
+    data = load_data(cfg.data)
+    masking = data.tokenizer.masking_spec(
+        masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
+        whole_word_mask=cfg.whole_word_mask,
+    ) if data.kind == "pairs" else None
+    initial = build_pretraining_model(cfg, data, EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction),
+                                      masking, None)
+    init_dir = out / "initial"
+    initial.save_pretrained(init_dir)
+    copy_tokenizer_files(data.tokenizer_dir, init_dir)
+    points = [score_model(init_dir, args, 0.0, 0)]
+    for d in sorted(out.glob("step-*")) + [out / "final"]:
+        state = json.loads((d / "training_state" / "state.json").read_text())["state"]
+        points.append(score_model(d, args, state["elapsed_s"], state["step"]))
+    return points
 
 
 def run_baseline(args) -> dict:
@@ -203,9 +268,23 @@ def run_baseline(args) -> dict:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, pad_token_id=tokenizer.pad_token_id)
     model = BertForPreTraining(config)
+    saves = []  # (dir, elapsed, step) of the curve's points
+    curve_dir = Path(args.workdir) / "baseline-curve"
+    shutil.rmtree(curve_dir, ignore_errors=True)
+
+    def save_point(elapsed: float) -> None:
+        d = curve_dir / f"t{len(saves):02d}"
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        saves.append((d, elapsed, steps))
+
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = tokens = positions = 0
+    next_save = float("inf")
+    if args.score_pairs and args.curve_every_s:
+        save_point(0.0)
+        next_save = args.curve_every_s
     warmup_progress = 0.0
     steady_start = steady_tokens = None
     with PeakAnon() as mem:
@@ -214,6 +293,11 @@ def run_baseline(args) -> dict:
         while not done:
             for batch in loader:
                 elapsed = time.perf_counter() - start
+                if elapsed >= next_save and elapsed < args.budget_s:
+                    t0 = time.perf_counter()
+                    save_point(elapsed)
+                    start += time.perf_counter() - t0  # saving is not training time
+                    next_save += args.curve_every_s
                 if elapsed >= args.budget_s:
                     done = True
                     break
@@ -253,7 +337,15 @@ def run_baseline(args) -> dict:
         "peak_rss_anon_mb": mem.peak_kb / 1024,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "eval": evaluate(model, Path(args.masked), args.eval_sequences),
+        **({"curve": baseline_curve(model, tokenizer, saves, steps, train_s, args)} if args.score_pairs else {}),
     }
+
+
+def baseline_curve(model, tokenizer, saves: list, steps: int, train_s: float, args) -> list[dict]:
+    final = Path(args.workdir) / "baseline-curve" / "final"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return [score_model(d, args, elapsed, step) for d, elapsed, step in [*saves, (final, train_s, steps)]]
 
 
 def run_memory(args) -> dict:
@@ -389,6 +481,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="with --speed-only: torch.compile")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="with --speed-only: the device's dense peak for MFU (H100 SXM bf16: 989)")
+    parser.add_argument("--score-pairs", default="", help="minimal pairs (BLiMP's JSON lines) to score the models on")
+    parser.add_argument("--curve-points", type=int, default=0, help="with --score-pairs: saved models per run")
+    parser.add_argument("--suspect", action="append", default=[],
+                        help="NAME:key=value;key=value: a further run of ours with these PretrainConfig keys")
+    parser.add_argument("--ours-set", action="append", default=[], help="children: PretrainConfig key=value of ours")
+    parser.add_argument("--save-every", type=int, default=0, help="children: ours' save_every (the curve)")
+    parser.add_argument("--run-name", default="ours-run", help="children: ours' run directory under --workdir")
+    parser.add_argument("--curve-every-s", type=float, default=0.0, help="children: the baseline's save interval")
     parser.add_argument("--role", choices=["parent", "ours", "baseline", "memory-child"], default="parent")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -424,11 +524,11 @@ def main() -> None:
         wait_for_quiet()
         loads.append((role, round(os.getloadavg()[0], 2)))
         keep = ("masked", "pairs", "budget_s", "batch_size", "lr", "warmup_steps", "threads", "eval_sequences",
-                "workdir", "mlm_bias_init")
+                "workdir", "mlm_bias_init", "score_pairs", "save_every", "curve_every_s", "run_name")
         values = {k: changes.get(k, getattr(args, k)) for k in keep}
         cmd = [sys.executable, __file__, "--role", role] + [
             a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))
-        ]
+        ] + [a for item in changes.get("ours_set", []) for a in ("--ours-set", item)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.stderr.write(out.stderr[-5000:])
@@ -454,17 +554,30 @@ def main() -> None:
         steps_per_s = sorted(x["steps_per_s"] for x in runs)[len(runs) // 2]
         warmup[role] = max(1, round(args.warmup_fraction * steps_per_s * args.budget_s))
     report["warmup_steps"] = warmup
+    # The quality curve: ours saves every k steps (k from its throughput), the baseline every budget/points seconds.
+    curve: dict[str, dict] = {"ours": {}, "baseline": {}}
+    if args.score_pairs and args.curve_points:
+        ours_steps_per_s = sorted(x["steps_per_s"] for x in rounds["ours"])[len(rounds["ours"]) // 2]
+        curve["ours"] = {"save_every": max(1, round(ours_steps_per_s * args.budget_s / args.curve_points))}
+        curve["baseline"] = {"curve_every_s": args.budget_s / args.curve_points}
     # Accuracy: each side once per learning rate for the full budget, evaluated on the same held-out sequences.
     grid: dict[str, list[dict]] = {"ours": [], "baseline": []}
     for lr in [float(x) for x in args.lrs.split(",")]:
         for role in ("ours", "baseline"):
-            grid[role].append(child(role, lr=lr, warmup_steps=warmup[role]))
+            grid[role].append(child(role, lr=lr, warmup_steps=warmup[role], **curve[role],
+                                    **({"run_name": f"ours-lr{lr:g}"} if role == "ours" else {})))
     report["grid"] = grid
     for role in ("ours", "baseline"):
         report[role] = max(grid[role], key=lambda r: r["eval"]["mlm_accuracy"])
     if args.ablate_bias:
         report["ours_zero_bias"] = child("ours", lr=report["ours"]["lr"], warmup_steps=warmup["ours"],
                                          mlm_bias_init="zero")
+    report["suspects"] = {}
+    for spec in args.suspect:
+        name, _, sets = spec.partition(":")
+        report["suspects"][name] = child("ours", lr=report["ours"]["lr"], warmup_steps=warmup["ours"],
+                                         ours_set=[x for x in sets.split(";") if x],  # scored at t = 0 and the end
+                                         run_name=f"suspect-{name}")  # its own directory: every model is kept
     ours, base = report["ours"], report["baseline"]
     best = {role: max(report["throughput_rounds_tokens_per_s"][role]) for role in rounds}
 

@@ -184,6 +184,23 @@ def test_held_out_micro_batches_are_split_over_ranks_and_the_same_every_time(pai
         assert torch.equal(x["input_ids"], z["input_ids"])
 
 
+def test_held_out_masks_are_drawn_at_15_percent_whatever_the_training_rate(pairs_data):
+    data = load_data(pairs_data)
+    plan = EpochPlan(data.arrays, seed=0, batch_size=8, eval_fraction=0.2)
+    indices = plan.held_out_indices(12)
+
+    def batches(rate: float) -> list[dict]:
+        spec = data.tokenizer.masking_spec(masked_lm_prob=rate, max_predictions_per_seq=60)
+        collate = Collator(pad_id=data.special_ids["pad"], has_nsp=True, dynamic=True, masking=spec)
+        return list(held_out_micro_batches(plan, collate, indices, 4))
+
+    for a, b in zip(batches(0.4), batches(0.15)):  # a run training at 40% is evaluated on the 15% run's masks
+        assert torch.equal(a["query_positions"], b["query_positions"]) and torch.equal(a["input_ids"], b["input_ids"])
+    predictions = sum(int((b["masked_labels"] >= 0).sum()) for b in batches(0.4))
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches(0.4))
+    assert 0.08 < predictions / tokens < 0.16  # ~15% of the tokens ([CLS]/[SEP] are never selected)
+
+
 @pytest.mark.parametrize("kind", ["masked", "pairs"])
 def test_unigram_bias_counts_training_targets_only(kind, masked_data, pairs_data):
     data = load_data(masked_data if kind == "masked" else pairs_data)

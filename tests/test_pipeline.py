@@ -196,10 +196,11 @@ def test_shipped_demo_pipeline_is_valid() -> None:
     from bertcli.stages.pipeline import load_pipeline
 
     cfg, plans = load_pipeline(ROOT / "configs" / "pipeline" / "demo.yaml")
-    assert [p.name for p in plans] == ["train-vocab", "pairs", "mask", "pretrain"]
-    tokenizer, pairs, masked, pretrain = (p.cfg for p in plans)
-    assert pairs.tokenizer == tokenizer.output and masked.input == pairs.output and pretrain.data == masked.output
+    assert [p.name for p in plans] == ["train-vocab", "pairs", "pretrain"]  # dynamic masking: no mask stage
+    tokenizer, pairs, pretrain = (p.cfg for p in plans)
+    assert pairs.tokenizer == tokenizer.output and pretrain.data == pairs.output
     assert pretrain.model.max_position_embeddings >= pairs.max_seq_length
+    assert pretrain.max_predictions_per_seq >= round(pretrain.masked_lm_prob * pairs.max_seq_length)
     assert pretrain.time_budget_s and pretrain.time_budget_s <= 420  # `make demo` stays under 10 minutes
     assert all(Path(ROOT, p).exists() for p in cfg.input)
 

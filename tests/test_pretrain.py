@@ -163,6 +163,16 @@ def test_dynamic_masking_from_pairs(pairs_data, tmp_path):
     assert manifest["inputs"]["data"]["kind"] == "pairs" and manifest["stats"]["steps"] == 3
 
 
+def test_num_threads_is_applied_and_recorded(masked_data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        manifest = pretrain.run(tiny_cfg(masked_data, tmp_path / "run", max_steps=1, save_every=0, eval_every=0,
+                                         num_threads=1))
+        assert manifest["stats"]["num_threads"] == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_mlm_only_data_trains_without_nsp(tmp_path, tiny_tokenizer, tiny_corpus):
     data = make_artifact(tmp_path / "mlm", tiny_tokenizer, tiny_corpus, kind="masked", num_sequences=60, nsp=False)
     manifest = pretrain.run(tiny_cfg(data, tmp_path / "run", max_steps=2, save_every=0, eval_every=0,

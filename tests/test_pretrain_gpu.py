@@ -135,6 +135,21 @@ def test_num_workers_auto():
     assert devices.resolve_num_workers(3, torch.device("cpu")) == 3
 
 
+def test_num_threads_auto(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # idle cores: torch's default; busy ones: the cores the load leaves idle, never fewer than one
+    assert devices.resolve_num_threads("auto", cpu, cores=2, load=0.3, default=2) == 2
+    assert devices.resolve_num_threads("auto", cpu, cores=2, load=1.2, default=2) == 1
+    assert devices.resolve_num_threads("auto", cpu, cores=2, load=6.0, default=2) == 1
+    assert devices.resolve_num_threads("auto", cpu, cores=16, load=4.0, default=16) == 12
+    assert devices.resolve_num_threads("auto", cpu, cores=16, load=0.0, default=4) == 4  # never above the default
+    assert devices.resolve_num_threads(3, cpu, cores=2, load=6.0, default=2) == 3  # a number is taken as given
+    assert devices.resolve_num_threads("auto", torch.device("cuda", 0), cores=2, load=6.0, default=2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's (or torchrun's) choice wins
+    assert devices.resolve_num_threads("auto", cpu, cores=2, load=6.0, default=2) == 2
+
+
 # ------------------------------------------------------------------------------------------ the step's host syncs
 
 def _trainer(data, out, **overrides) -> pretrain.Trainer:

@@ -12,9 +12,10 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from bertcli import dist
+from bertcli import devices, dist
 from bertcli.artifacts import DataArtifact, load_data, new_manifest, write_json_atomic
 from bertcli.batching import (
+    NO_TARGETS_PROBE_TOKENS,
     Collator,
     EpochPlan,
     MicroBatches,
@@ -449,7 +450,7 @@ class Trainer:
             f"{'NSP+MLM' if self.data.has_nsp else 'MLM only'}), "
             f"batch {cfg.batch_size} = {self.micro_batch_size} × {self.accum} accumulation × {ctx.world_size} "
             f"process(es), {self.precision.name} on {ctx.device} ({self.precision.reason}), "
-            f"{'compiled, ' if cfg.compile else ''}{cfg.max_steps} steps"
+            f"{torch.get_num_threads()} CPU threads, {'compiled, ' if cfg.compile else ''}{cfg.max_steps} steps"
             + (f" or {cfg.time_budget_s:.0f} s" if cfg.time_budget_s else "")
         ))
 
@@ -473,7 +474,7 @@ class Trainer:
                 "elapsed_s": round(state.elapsed_s, 3),
                 "rollbacks": state.rollbacks,
                 "skipped_batches": len(state.skipped_batches),
-                "world_size": self.ctx.world_size,
+                "world_size": self.ctx.world_size, "num_threads": torch.get_num_threads(),
                 "precision": self.precision.name,
                 "precision_reason": self.precision.reason,
                 "tf32": self.precision.tf32,
@@ -495,9 +496,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------- building
-
-# Tokens looked at to tell that some prediction target exists (the first of each shard: a quick, bounded probe).
-NO_TARGETS_PROBE_TOKENS = 1 << 20
 
 
 def build_pretraining_model(
@@ -592,6 +590,7 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
     optimizer, the module under DDP / torch.compile, and the run directory prepared by rank 0."""
     out = Path(cfg.output)
     micro_batch_size, accum = micro_batching(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
+    torch.set_num_threads(devices.resolve_num_threads(cfg.num_threads, ctx.device))
     check_ddp_comm(cfg, ctx)
     data = load_data(cfg.data)
     is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))
