@@ -253,7 +253,7 @@ def run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     target = Path(output) if output is not None else Path(run_dir) / PLOT_FILE
     if target.exists() and target.resolve() != (Path(run_dir) / PLOT_FILE).resolve():
         raise OutputExistsError(f"'{target}' already exists", hint="choose another --output (a new .png file)")
-    if not target.parent.is_dir():
+    if output is not None and not target.parent.is_dir():
         raise InputError(f"--output '{target}': its folder '{target.parent}' does not exist",
                                 hint="create the folder first, or choose a .png file in an existing one")
     try:
