@@ -346,18 +346,17 @@ def read_base_tokenizer(directory: str | Path) -> BaseTokenizer:
                             hint=hint)
     if len(set(vocab)) != len(vocab) or "" in vocab:
         raise ArtifactError(f"'{d}': a token of its vocabulary is empty or listed twice", hint=hint)
-    config: dict = {}
-    if (d / "tokenizer_config.json").is_file():
+
+    def read_json(name: str) -> dict:
         try:
-            config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+            return json.loads((d / name).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{d / 'tokenizer_config.json'}: not valid JSON ({exc})", hint=hint) from exc
+            raise ArtifactError(f"{d / name}: not valid JSON ({exc})", hint=hint) from exc
+
+    config: dict = read_json("tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
     model: dict = {}
     if (d / "tokenizer.json").is_file():
-        try:
-            data = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{d / 'tokenizer.json'}: not valid JSON ({exc})", hint=hint) from exc
+        data = read_json("tokenizer.json")
         model = data.get("model") or {}
         if model.get("type") != "WordPiece":
             raise ArtifactError(f"{d / 'tokenizer.json'}: a {model.get('type')} model, not WordPiece", hint=hint)

@@ -94,12 +94,17 @@ def _native_readable(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStat
 
 def _train_wordpiece(cfg: TrainVocabConfig, paths: list[Path], stats: CorpusStats) -> list[str]:
     from bertcli.word_counts import count_words
+
+    return _wordpiece_from_counts(cfg, count_words(paths, cfg, stats), cfg.vocab_size)
+
+
+def _wordpiece_from_counts(cfg: TrainVocabConfig, word_counts: list[tuple[str, int]], vocab_size: int) -> list[str]:
+    """Our WordPiece trainer with the config's settings, stopping at vocab_size tokens."""
     from bertcli.wordpiece import train_wordpiece
 
-    word_counts = count_words(paths, cfg, stats)
     return train_wordpiece(
         word_counts,
-        vocab_size=cfg.vocab_size,
+        vocab_size=vocab_size,
         special_tokens=list(cfg.special_tokens),
         score=cfg.score,
         min_frequency=cfg.min_frequency,
@@ -145,7 +150,6 @@ def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats
     (vocab_extension.select_extension_tokens)."""
     from bertcli.vocab_extension import character_counts, rank_extension_candidates, select_extension_tokens
     from bertcli.word_counts import count_words
-    from bertcli.wordpiece import train_wordpiece
 
     word_counts = count_words(paths, cfg, stats)
     chars = character_counts(word_counts, cfg.continuing_subword_prefix)
@@ -154,16 +158,7 @@ def _extend(cfg: TrainVocabConfig, base: BaseTokenizer, paths: list[Path], stats
     # the short one's candidates run out and the corpus has more pairs.
     first = len(cfg.special_tokens) + len(chars) + 3 * cfg.extra_tokens
     for budget in (first, first + len(base.vocab)):
-        learned = train_wordpiece(
-            word_counts,
-            vocab_size=budget,
-            special_tokens=list(cfg.special_tokens),
-            score=cfg.score,
-            min_frequency=cfg.min_frequency,
-            limit_alphabet=cfg.limit_alphabet,
-            continuing_subword_prefix=cfg.continuing_subword_prefix,
-            progress=True,
-        )
+        learned = _wordpiece_from_counts(cfg, word_counts, budget)
         candidates = rank_extension_candidates(base.vocab, learned, chars, cfg.continuing_subword_prefix)
         appended, ran_out = select_extension_tokens(
             base.vocab, candidates, cfg.extra_tokens, word_counts, cfg.continuing_subword_prefix,
