@@ -450,8 +450,9 @@ def _merge_long_line_pieces(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[
         if lineno == carry_no and carry:
             text = carry + text
             carry = ""
-        # Pieces that are not the last of their line come exactly MAX_LINE_BYTES long (before decoding).
-        if len(text.encode("utf-8", "surrogatepass")) >= MAX_LINE_BYTES - 4:
+        # Pieces that are not the last of their line come exactly MAX_LINE_BYTES long (before decoding). A character
+        # is at most 4 bytes: a shorter text needs no encoding to rule that out.
+        if 4 * len(text) >= MAX_LINE_BYTES - 4 and len(text.encode("utf-8", "surrogatepass")) >= MAX_LINE_BYTES - 4:
             cut = max(text.rfind(" "), text.rfind("\t"))
             if cut > 0:
                 yield lineno, text[:cut]

@@ -12,6 +12,13 @@ from bertcli.executors import open_executor
 
 # Sentences are sent to the workers in chunks of about this many characters.
 CHUNK_CHARS = 1 << 20
+# A counting process costs about 45 MB that no word needs (its interpreter and imports, ~27 MB, and
+# multiprocessing's resource tracker, 12 MB, which then lives for the whole run) and half a second to start. Since
+# ASCII text is normalized by table (ascii_translation) counting runs at ~10 MB/s per process, so a worker is
+# spawned only for each CHUNKS_PER_WORKER chunks (16 MB, about 1.5 s of counting) of the corpus: on 12 MB of
+# English one process peaks at 1.06x the bare tokenizers trainer, two at 1.35x (docs/benchmarks.md, "Memory
+# against the number of distinct words").
+CHUNKS_PER_WORKER = 16
 # A worker splits and counts a chunk this many sentences at a time: the word list of a whole 1 MB chunk would hold
 # about 220,000 strings (13 MB per worker); at 256 sentences it stays under 1 MB, at the same speed.
 SPLIT_SENTENCES = 256
@@ -24,10 +31,12 @@ _ASCII_WORD = re.compile(r"[^\t\n\x0b\x0c\r " + _ASCII_PUNCT + r"]+|[" + _ASCII_
 _PROBE = "".join(chr(i) for i in range(128)) + " a.b,c  d\te\nf-g_h(i)j\x1cK\x1dl\x1f m\x7fn 1.5 x'y"
 
 # Per-process state, set by init_word_splitter (in each worker, or in the caller): the tokenizer's normalizer and
-# pre-tokenizer, and whether the regex split may stand in for the pre-tokenizer on ASCII text.
+# pre-tokenizer, whether the regex split may stand in for the pre-tokenizer on ASCII text, and the bytes.translate
+# table (and bytes to delete) that stands in for the normalizer on ASCII text, or None.
 _normalizer: Any = None
 _pre_tokenizer: Any = None
 _fast_ascii_split = False
+_ascii_table: tuple[bytes, bytes] | None = None
 
 
 def normalizer_args(cfg: Any) -> tuple:
@@ -39,10 +48,33 @@ def init_word_splitter(normalizer_args: tuple) -> None:
 
     from bertcli.vocab import build_normalizer, build_pre_tokenizer
 
-    global _normalizer, _pre_tokenizer, _fast_ascii_split
+    global _normalizer, _pre_tokenizer, _fast_ascii_split, _ascii_table
     _pre_tokenizer = build_pre_tokenizer()
     _normalizer = build_normalizer(*normalizer_args)
     _fast_ascii_split = isinstance(_pre_tokenizer, pre_tokenizers.BertPreTokenizer) and _fast_split_ok(_pre_tokenizer)
+    _ascii_table = ascii_translation(_normalizer) if _fast_ascii_split else None
+
+
+def ascii_translation(normalizer: Any) -> tuple[bytes, bytes] | None:
+    """A bytes.translate table and the bytes it deletes that do to ASCII text what `normalizer` does, or None.
+
+    The library's normalizer tracks an alignment for every character and costs about 8 µs per 1,000 characters,
+    a quarter of the counting time on English; bytes.translate does the same in a memcpy. The table is read from
+    the normalizer itself, one ASCII character at a time, and kept only if each maps to at most one ASCII character
+    and the whole probe string normalizes to the same as the table makes of it (the normalizer works character by
+    character on ASCII: BERT's cleaning, lowercasing, accent stripping and NFD/NFC all do).
+    """
+    mapped = [normalizer.normalize_str(chr(i)) for i in range(128)]
+    if any(len(m) > 1 or not m.isascii() for m in mapped):
+        return None
+    table = bytes(ord(m) if m else i for i, m in enumerate(mapped)) + bytes(range(128, 256))
+    deleted = bytes(i for i, m in enumerate(mapped) if not m)
+    translation = (table, deleted)
+    return translation if _translate(_PROBE, translation) == normalizer.normalize_str(_PROBE) else None
+
+
+def _translate(ascii_text: str, translation: tuple[bytes, bytes]) -> str:
+    return ascii_text.encode("ascii").translate(*translation).decode("ascii")
 
 
 def _fast_split_ok(pre_tokenizer: Any) -> bool:
@@ -51,23 +83,30 @@ def _fast_split_ok(pre_tokenizer: Any) -> bool:
 
 
 def split_words(sentences: Sequence[str]) -> list[str]:
-    """Normalize each sentence and split it into words, as the tokenizer does (the worker state must be set)."""
+    """Normalize each sentence and split it into words, as the tokenizer does (the worker state must be set).
+
+    Runs of ASCII sentences are joined and normalized and split in one C pass each (the table and the regex that
+    init_word_splitter checked against the library); other sentences go through the library one by one.
+    """
     normalize = _normalizer.normalize_str
     pre_tokenize = _pre_tokenizer.pre_tokenize_str
-    fast = _fast_ascii_split
+    table = _ascii_table
     words: list[str] = []
-    ascii_run: list[str] = []
+    raw_run: list[str] = []  # ASCII sentences not yet normalized (with the table)
     for sentence in sentences:
-        text = normalize(sentence)
-        if fast and text.isascii():
-            ascii_run.append(text)
+        if table is not None and sentence.isascii():
+            raw_run.append(sentence)
             continue
-        if ascii_run:  # keep corpus order: words of earlier sentences first
-            words.extend(_ASCII_WORD.findall("\n".join(ascii_run)))
-            ascii_run = []
-        words.extend(w for w, _ in pre_tokenize(text))
-    if ascii_run:
-        words.extend(_ASCII_WORD.findall("\n".join(ascii_run)))
+        if raw_run:  # keep corpus order: words of earlier sentences first
+            words.extend(_ASCII_WORD.findall(_translate("\n".join(raw_run), table)))
+            raw_run = []
+        text = normalize(sentence)
+        if _fast_ascii_split and text.isascii():
+            words.extend(_ASCII_WORD.findall(text))
+        else:
+            words.extend(w for w, _ in pre_tokenize(text))
+    if raw_run:
+        words.extend(_ASCII_WORD.findall(_translate("\n".join(raw_run), table)))
     return words
 
 
@@ -99,6 +138,12 @@ def _chunks(sentences_iter, chunk_chars: int):
         yield chunk
 
 
+def counting_processes(total_bytes: int, num_workers: int, chunk_chars: int = CHUNK_CHARS) -> int:
+    """How many of num_workers processes count a corpus of total_bytes on this machine: one per CHUNKS_PER_WORKER
+    chunks, at least one (the caller itself)."""
+    return max(1, min(num_workers, total_bytes // (CHUNKS_PER_WORKER * chunk_chars)))
+
+
 def count_words(
     paths: Sequence[str | Path], cfg: Any, stats: CorpusStats | None = None, chunk_chars: int = CHUNK_CHARS
 ) -> list[tuple[str, int]]:
@@ -107,9 +152,9 @@ def count_words(
     The corpus is streamed; `cfg` gives the reading options (layout, format, text_field, errors, language), the
     normalization (lowercase, strip_accents, clean_text, handle_chinese_chars), max_input_chars_per_word (longer
     words are left out and counted in stats.long_words_skipped), num_workers and the executor keys. Chunks of
-    sentences are counted by num_workers processes (or as Ray tasks, executor ray) and merged in corpus order, so
-    the result is identical for any number of workers and either executor. Memory: the distinct words plus a few
-    chunks in flight.
+    sentences are counted by up to num_workers processes (counting_processes), or as Ray tasks (executor ray), and
+    merged in corpus order, so the result is identical for any number of workers and either executor. Memory: the
+    distinct words plus a few chunks in flight.
     """
     from tqdm.auto import tqdm
 
@@ -119,8 +164,8 @@ def count_words(
     counts: Counter[str] = Counter()
     args = normalizer_args(cfg)
     workers = max(1, int(getattr(cfg, "num_workers", 1) or 1))
-    if total_bytes < 4 * chunk_chars and getattr(cfg, "executor", "local") == "local":
-        workers = 1  # starting processes would cost more than they save (executor ray was asked for: use it)
+    if getattr(cfg, "executor", "local") == "local":  # executor ray was asked for: use it as asked
+        workers = counting_processes(total_bytes, workers, chunk_chars)
     # The executor first: a missing Ray is one line, not one line after a progress bar.
     # The main process counts too (one spawned worker fewer): it would otherwise only merge, and every spawned
     # worker is an interpreter with its own imports (docs/benchmarks.md, "Memory against the number of distinct

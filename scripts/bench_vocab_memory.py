@@ -10,9 +10,9 @@ pre-tokenizer; words over 100 characters left out).
 
 For each corpus, each run a fresh child process, alternating: the bare `tokenizers` WordPieceTrainer (same
 normalizer, min_frequency 2, limit_alphabet 1000, vocab --vocab-size, reading the file itself) and ours, `python -m
-bertcli train-vocab` with the defaults (algorithm wordpiece, score count, 2 counting workers); with --before-tree,
-also ours from another checkout (e.g. `git archive <rev> | tar -x -C DIR`). Peak RSS is the whole process tree
-(the counting workers included), polled every 50 ms, and the main process's ru_maxrss.
+bertcli train-vocab` with the defaults (algorithm wordpiece, score count, num_workers 2; --num-workers N sets it);
+with --before-tree, also ours from another checkout (e.g. `git archive <rev> | tar -x -C DIR`). Peak RSS is the
+whole process tree (the counting workers included), polled every 50 ms, and the main process's ru_maxrss.
 
     python scripts/bench_vocab_memory.py --corpus ../shared/data/en-dev.txt --sizes 0.5 1 2
 Prints one JSON object.
@@ -103,12 +103,14 @@ def build_corpora(corpus: Path, work_dir: Path) -> dict[str, dict]:
     return corpora
 
 
-def _ours(corpus: str, out: Path, vocab_size: int) -> list[str]:
+def _ours(corpus: str, out: Path, vocab_size: int, num_workers: int | None) -> list[str]:
+    workers = [] if num_workers is None else ["--set", f"num_workers={num_workers}"]  # None: the config's default
     return [sys.executable, "-m", "bertcli", "train-vocab", "--input", corpus, "--output", str(out),
-            "--set", f"vocab_size={vocab_size}", "--set", "num_workers=2", "--overwrite"]
+            "--set", f"vocab_size={vocab_size}", *workers, "--overwrite"]
 
 
-def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int, before_tree: str | None) -> dict:
+def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int, before_tree: str | None,
+          num_workers: int | None) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1")
     ours_env = dict(env, PYTHONPATH=str(ROOT))
     sides = {"bare": [], "ours": []}
@@ -121,11 +123,12 @@ def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int
     for r in range(repeats):
         sides["bare"].append(_child([sys.executable, "-c", BARE, corpus["path"], str(vocab_size),
                                      str(out_dir / f"bare-{name}-{r}.json")], env, cwd))
-        sides["ours"].append(_child(_ours(corpus["path"], out_dir / f"ours-{name}-{r}", vocab_size), ours_env, cwd))
+        ours = _ours(corpus["path"], out_dir / f"ours-{name}-{r}", vocab_size, num_workers)
+        sides["ours"].append(_child(ours, ours_env, cwd))
         if before_tree:
             before_env = dict(env, PYTHONPATH=before_tree)
             sides["ours_before"].append(
-                _child(_ours(corpus["path"], out_dir / f"before-{name}-{r}", vocab_size), before_env, cwd)
+                _child(_ours(corpus["path"], out_dir / f"before-{name}-{r}", vocab_size, num_workers), before_env, cwd)
             )
     best = {side: {key: min(run[key] for run in runs) for key in ("wall_s", "tree_peak_rss_mb", "peak_rss_mb")}
             for side, runs in sides.items()}
@@ -148,6 +151,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["0.5", "1", "2"], choices=["0.5", "1", "2"])
     ap.add_argument("--vocab-size", type=int, default=30522)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--num-workers", type=int, help="train-vocab's num_workers (default: the config's default)")
     ap.add_argument("--before-tree", help="also run ours from this checkout (PYTHONPATH), alternating")
     args = ap.parse_args()
     work_dir = Path(args.work_dir)
@@ -157,10 +161,12 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
         "load_average_at_start": os.getloadavg()[0],
         "vocab_size": args.vocab_size,
+        "num_workers": args.num_workers if args.num_workers is not None else "config default",
         "corpora": {},
     }
     for size in args.sizes:
-        result["corpora"][size] = bench(corpora[size], size, work_dir, args.vocab_size, args.repeats, args.before_tree)
+        result["corpora"][size] = bench(corpora[size], size, work_dir, args.vocab_size, args.repeats, args.before_tree,
+                                          args.num_workers)
     result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 

@@ -44,7 +44,7 @@ CHARS = st.one_of(
 @given(sentences=st.lists(st.text(CHARS, max_size=30), max_size=6))
 def test_split_words_equals_the_tokenizers_library(norm, sentences):
     word_counts.init_word_splitter(tuple(norm.values()))
-    assert word_counts._fast_ascii_split
+    assert word_counts._fast_ascii_split and word_counts._ascii_table is not None  # both fast paths are tested
     assert split_words(sentences) == library_words(sentences, norm)
 
 
@@ -52,6 +52,15 @@ def test_fast_path_self_check_rejects_a_different_pre_tokenizer():
     from tokenizers import pre_tokenizers
 
     assert not word_counts._fast_split_ok(pre_tokenizers.Whitespace())
+
+
+def test_ascii_table_refuses_a_normalizer_that_is_not_one_character_to_one():
+    from tokenizers import normalizers
+
+    assert word_counts.ascii_translation(normalizers.Replace("a", "aa")) is None  # one to two
+    assert word_counts.ascii_translation(normalizers.Replace("ab", "x")) is None  # depends on the neighbour
+    assert word_counts.ascii_translation(normalizers.Replace("a", "\u00e4")) is None  # leaves ASCII
+    assert word_counts.ascii_translation(normalizers.Lowercase()) is not None
 
 
 def _cfg(paths, workers, **norm):
@@ -66,7 +75,16 @@ def test_counts_are_the_same_for_any_worker_count_and_chunking(tiny_corpus, mult
     expected = list(Counter(library_words(sentences, NORMALIZATIONS[0])).items())
     assert one == expected  # counts and first-appearance order
     assert count_words(paths, cfg1, chunk_chars=500) == expected
-    assert count_words(paths, _cfg(paths, 2), chunk_chars=4000) == expected
+    assert word_counts.counting_processes(tiny_corpus.stat().st_size, 2, chunk_chars=1000) == 2
+    assert count_words(paths, _cfg(paths, 2), chunk_chars=1000) == expected
+
+
+def test_a_counting_process_is_started_only_for_enough_text():
+    mb = 1 << 20
+    assert word_counts.counting_processes(12 * mb, 2) == 1  # its fixed memory would outweigh the words
+    assert word_counts.counting_processes(48 * mb, 2) == 2
+    assert word_counts.counting_processes(48 * mb, 8) == 3
+    assert word_counts.counting_processes(0, 4) == 1
 
 
 def test_counting_records_corpus_stats(tiny_corpus):
