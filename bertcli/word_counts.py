@@ -140,7 +140,8 @@ def _chunks(sentences_iter, chunk_chars: int):
 
 def counting_processes(total_bytes: int, num_workers: int, chunk_chars: int = CHUNK_CHARS) -> int:
     """How many of num_workers processes count a corpus of total_bytes on this machine: one per CHUNKS_PER_WORKER
-    chunks, at least one (the caller itself)."""
+    chunks, at least one (the caller itself). total_bytes is the files' size, so a compressed corpus (.gz, .zst,
+    Parquet) gets fewer processes than its text would: slower to count, never more memory."""
     return max(1, min(num_workers, total_bytes // (CHUNKS_PER_WORKER * chunk_chars)))
 
 
