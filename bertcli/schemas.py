@@ -85,7 +85,7 @@ class TrainVocabConfig:
     """For algorithm wordpiece: count = the pair count (BPE's criterion; measured best, see docs/benchmarks.md);
     likelihood = exact gain in the corpus's unigram log-likelihood; textbook = freq(ab)/(freq(a)·freq(b))."""
     num_workers: int = field(default=2, metadata={"roles": ("execution",), "ge": 1})
-    """Most processes that count words (algorithm wordpiece; this one included): one per 16 MB of input, since a
+    """Most processes that count words (algorithm wordpiece; this one included): one per 12 MB of input, since a
     process costs ~45 MB of memory and half a second to start (docs/benchmarks.md)."""
     executor: Literal["local", "ray"] = field(default="local", metadata={"roles": ("execution",)})
     """Where algorithm wordpiece counts words: local (num_workers processes here) or ray (chunks of the corpus as

@@ -13,12 +13,12 @@ from bertcli.executors import open_executor
 # Sentences are sent to the workers in chunks of about this many characters.
 CHUNK_CHARS = 1 << 20
 # A counting process costs about 45 MB that no word needs (its interpreter and imports, ~27 MB, and
-# multiprocessing's resource tracker, 12 MB, which then lives for the whole run) and half a second to start. Since
-# ASCII text is normalized by table (ascii_translation) counting runs at ~10 MB/s per process, so a worker is
-# spawned only for each CHUNKS_PER_WORKER chunks (16 MB, about 1.5 s of counting) of the corpus: on 12 MB of
-# English one process peaks at 1.06x the bare tokenizers trainer, two at 1.35x (docs/benchmarks.md, "Memory
-# against the number of distinct words").
-CHUNKS_PER_WORKER = 16
+# multiprocessing's resource tracker, 12 MB, which then lives for the whole run) and half a second to start, so
+# one is started for each CHUNKS_PER_WORKER chunks (12 MB) of the corpus. Measured against the bare tokenizers
+# trainer on English (docs/benchmarks.md, "Counting in one process when the corpus is small"): on 12 MB one
+# process peaks at 1.05x its memory, two at 1.35x; on 25 MB one at 0.95x but 1.35x its time, two at 1.13x and
+# 1.13x.
+CHUNKS_PER_WORKER = 12
 # A worker splits and counts a chunk this many sentences at a time: the word list of a whole 1 MB chunk would hold
 # about 220,000 strings (13 MB per worker); at 256 sentences it stays under 1 MB, at the same speed.
 SPLIT_SENTENCES = 256

@@ -13,6 +13,8 @@ normalizer, min_frequency 2, limit_alphabet 1000, vocab --vocab-size, reading th
 bertcli train-vocab` with the defaults (algorithm wordpiece, score count, num_workers 2; --num-workers N sets it);
 with --before-tree, also ours from another checkout (e.g. `git archive <rev> | tar -x -C DIR`). Peak RSS is the
 whole process tree (the counting workers included), polled every 50 ms, and the main process's ru_maxrss.
+--slice-mb adds corpora of the first N MB; --all-processes adds ours with every one of num_workers counting processes
+started whatever the corpus's size (train-vocab starts one per 12 MB).
 
     python scripts/bench_vocab_memory.py --corpus ../shared/data/en-dev.txt --sizes 0.5 1 2
 Prints one JSON object.
@@ -103,19 +105,37 @@ def build_corpora(corpus: Path, work_dir: Path) -> dict[str, dict]:
     return corpora
 
 
-def _ours(corpus: str, out: Path, vocab_size: int, num_workers: int | None) -> list[str]:
+# `bert train-vocab` with every one of num_workers counting processes, whatever the corpus's size.
+ALL_PROCESSES = ("import runpy, sys; import bertcli.word_counts as w; w.CHUNKS_PER_WORKER = 1; "
+                 "sys.argv = ['bert'] + sys.argv[1:]; runpy.run_module('bertcli', run_name='__main__')")
+
+
+def _ours(corpus: str, out: Path, vocab_size: int, num_workers: int | None, all_processes: bool = False) -> list[str]:
     workers = [] if num_workers is None else ["--set", f"num_workers={num_workers}"]  # None: the config's default
-    return [sys.executable, "-m", "bertcli", "train-vocab", "--input", corpus, "--output", str(out),
+    start = ["-c", ALL_PROCESSES] if all_processes else ["-m", "bertcli"]
+    return [sys.executable, *start, "train-vocab", "--input", corpus, "--output", str(out),
             "--set", f"vocab_size={vocab_size}", *workers, "--overwrite"]
 
 
+def slice_corpus(corpus: Path, work_dir: Path, mb: float) -> dict:
+    """The corpus's first `mb` MB, cut after a line."""
+    path = work_dir / f"slice-{mb:g}mb.txt"
+    if not path.exists():
+        with corpus.open("rb") as src:
+            head = src.read(int(mb * (1 << 20)))
+        path.write_bytes(head[: head.rfind(b"\n") + 1])
+    return {"path": str(path), "how": f"first {mb:g} MB of {corpus.name}", "bytes": path.stat().st_size}
+
+
 def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int, before_tree: str | None,
-          num_workers: int | None) -> dict:
+          num_workers: int | None, all_processes: bool) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1")
     ours_env = dict(env, PYTHONPATH=str(ROOT))
     sides = {"bare": [], "ours": []}
     if before_tree:
         sides["ours_before"] = []
+    if all_processes:
+        sides["ours_all_processes"] = []
     out_dir = work_dir / "out"
     out_dir.mkdir(exist_ok=True)
     # Run from work_dir: `python -m` puts the current directory first on sys.path, which would shadow PYTHONPATH.
@@ -125,6 +145,9 @@ def bench(corpus: dict, name: str, work_dir: Path, vocab_size: int, repeats: int
                                      str(out_dir / f"bare-{name}-{r}.json")], env, cwd))
         ours = _ours(corpus["path"], out_dir / f"ours-{name}-{r}", vocab_size, num_workers)
         sides["ours"].append(_child(ours, ours_env, cwd))
+        if all_processes:
+            forced = _ours(corpus["path"], out_dir / f"all-{name}-{r}", vocab_size, num_workers, all_processes=True)
+            sides["ours_all_processes"].append(_child(forced, ours_env, cwd))
         if before_tree:
             before_env = dict(env, PYTHONPATH=before_tree)
             sides["ours_before"].append(
@@ -148,10 +171,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "en-dev.txt"))
     ap.add_argument("--work-dir", default="/tmp/bench_vocab_memory", help="built corpora and outputs")
-    ap.add_argument("--sizes", nargs="+", default=["0.5", "1", "2"], choices=["0.5", "1", "2"])
+    ap.add_argument("--sizes", nargs="*", default=["0.5", "1", "2"], choices=["0.5", "1", "2"])
     ap.add_argument("--vocab-size", type=int, default=30522)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--num-workers", type=int, help="train-vocab's num_workers (default: the config's default)")
+    ap.add_argument("--slice-mb", type=float, nargs="+", default=[], help="also the corpus's first N MB")
+    ap.add_argument("--all-processes", action="store_true",
+                    help="also ours with all num_workers counting processes, whatever the corpus's size")
     ap.add_argument("--before-tree", help="also run ours from this checkout (PYTHONPATH), alternating")
     args = ap.parse_args()
     work_dir = Path(args.work_dir)
@@ -164,9 +190,11 @@ def main() -> None:
         "num_workers": args.num_workers if args.num_workers is not None else "config default",
         "corpora": {},
     }
-    for size in args.sizes:
+    for mb in args.slice_mb:
+        corpora[f"{mb:g}mb"] = slice_corpus(Path(args.corpus), work_dir, mb)
+    for size in [*args.sizes, *(f"{mb:g}mb" for mb in args.slice_mb)]:
         result["corpora"][size] = bench(corpora[size], size, work_dir, args.vocab_size, args.repeats, args.before_tree,
-                                          args.num_workers)
+                                        args.num_workers, args.all_processes)
     result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 

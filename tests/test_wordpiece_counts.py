@@ -81,9 +81,10 @@ def test_counts_are_the_same_for_any_worker_count_and_chunking(tiny_corpus, mult
 
 def test_a_counting_process_is_started_only_for_enough_text():
     mb = 1 << 20
-    assert word_counts.counting_processes(12 * mb, 2) == 1  # its fixed memory would outweigh the words
+    assert word_counts.counting_processes(12 * mb - 1, 2) == 1  # its fixed memory would outweigh the words
     assert word_counts.counting_processes(48 * mb, 2) == 2
-    assert word_counts.counting_processes(48 * mb, 8) == 3
+    assert word_counts.counting_processes(48 * mb, 8) == 4
+    assert word_counts.counting_processes(25 * mb, 2) == 2
     assert word_counts.counting_processes(0, 4) == 1
 
 
