@@ -61,8 +61,10 @@ def ascii_translation(normalizer: Any) -> tuple[bytes, bytes] | None:
     The library's normalizer tracks an alignment for every character and costs about 8 µs per 1,000 characters,
     a quarter of the counting time on English; bytes.translate does the same in a memcpy. The table is read from
     the normalizer itself, one ASCII character at a time, and kept only if each maps to at most one ASCII character
-    and the whole probe string normalizes to the same as the table makes of it (the normalizer works character by
-    character on ASCII: BERT's cleaning, lowercasing, accent stripping and NFD/NFC all do).
+    and the whole probe string normalizes to the same as the table makes of it. That check catches a rule that
+    looks at neighbours only if the probe holds its pattern: the table is for normalizers that work character by
+    character on ASCII, as every one vocab.build_normalizer makes does (BERT's cleaning, lowercasing, accent
+    stripping, NFD/NFC); the property test in tests/test_wordpiece_counts.py holds them to it.
     """
     mapped = [normalizer.normalize_str(chr(i)) for i in range(128)]
     if any(len(m) > 1 or not m.isascii() for m in mapped):
