@@ -293,6 +293,17 @@ def _record_origins(data: dict, prefix: str, origin: str, origins: dict[str, str
             _record_origins(value, dotted + ".", origin, origins)
 
 
+def override_origins(overrides: typing.Sequence[str]) -> dict[str, str]:
+    """Where each key given by `--set` came from, for error lines: the key and every key above it (`--set
+    max_steps.x=1` is the override's fault, not the file's)."""
+    origins: dict[str, str] = {}
+    for text in overrides:
+        parts = parse_override(text)[0].split(".")
+        for depth in range(1, len(parts) + 1):
+            origins[".".join(parts[:depth])] = f" (from --set {quote(text)[1:-1]})"
+    return origins
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` → ("a.b", value parsed as a YAML scalar or list)."""
     if "=" not in text:
@@ -327,9 +338,7 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-        parts = key.split(".")
-        for depth in range(1, len(parts) + 1):  # `--set max_steps.x=1` is the override's fault, not the file's
-            origins[".".join(parts[:depth])] = f" (from --set {quote(text)[1:-1]})"
+    origins.update(override_origins(overrides))
     for key, value in (cli_values or {}).items():
         if value is None or value == [] or value == ():
             continue

@@ -191,6 +191,13 @@ def test_bad_pipeline_configs(tmp_path: Path, tiny_corpus: Path) -> None:
     result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
+    # A misspelt key given by --set is blamed on the --set, not on the file (the sweep's run-set-unknown).
+    path = _pipeline_yaml(tmp_path, tiny_corpus)
+    result = runner.invoke(app, ["run", str(path), "--set", "pairs.dupe_factr=3"])
+    assert result.exit_code == 2
+    assert "'pairs.dupe_factr' (from --set pairs.dupe_factr=3)" in result.stderr
+    assert "fix that --set" in result.stderr and f"fix {path}" not in result.stderr
+
 
 def test_shipped_demo_pipeline_is_valid() -> None:
     from bertcli.stages.pipeline import load_pipeline

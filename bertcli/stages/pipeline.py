@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bertcli.config import build_config, config_hash, load_config
+from bertcli.config import build_config, config_hash, load_config, override_origins
 from bertcli.errors import ConfigError, OutputExistsError
 from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
@@ -36,10 +36,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     """The pipeline YAML (with `--set a.b=v` overrides) and every stage's resolved config; all problems of the
     stage sections at once."""
     cfg = load_config(PipelineConfig, path, overrides)
-    plans, problems = _stage_configs(cfg, f" in {path}")
+    plans, problems = _stage_configs(cfg, f" in {path}", override_origins(overrides))
     if problems:
         if len(problems) == 1:
-            raise ConfigError(problems[0], hint=f"fix {path}; `bert config show STAGE` lists each stage's keys")
+            fix = "that --set" if "(from --set " in problems[0] else path
+            raise ConfigError(problems[0], hint=f"fix {fix}; `bert config show STAGE` lists each stage's keys")
         raise ConfigError(
             f"{len(problems)} problems with the pipeline {path}:\n  - " + "\n  - ".join(problems),
             hint="fix them all, then run again",
@@ -56,8 +57,11 @@ def _origins(data: dict, prefix: str, where: str) -> dict[str, str]:
     return out
 
 
-def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], list[str]]:
-    """Each stage's config: its section's keys over what the pipeline fills in (paths chained stage to stage)."""
+def _stage_configs(
+    cfg: PipelineConfig, where: str, set_origins: dict[str, str]
+) -> tuple[list[StagePlan], list[str]]:
+    """Each stage's config: its section's keys over what the pipeline fills in (paths chained stage to stage).
+    where: the file the sections came from; set_origins: the keys `--set` gave (override_origins)."""
     workdir = Path(cfg.workdir)
     problems: list[str] = []
     plans: list[StagePlan] = []
@@ -76,7 +80,8 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
             filled["seed"] = cfg.seed
         data = {**filled, **section}
         prefix = spec.section + "."
-        stage_cfg, stage_problems = build_config(spec.schema, data, prefix, _origins(section, prefix, where))
+        origins = {**_origins(section, prefix, where), **set_origins}
+        stage_cfg, stage_problems = build_config(spec.schema, data, prefix, origins)
         # Cross-field checks name bare keys ("key 'input': …"): say which section they belong to.
         problems.extend(p if p.startswith(("unknown key", f"key '{prefix}")) else f"{spec.section}: {p}"
                         for p in stage_problems)
@@ -91,7 +96,8 @@ def _stage_configs(cfg: PipelineConfig, where: str) -> tuple[list[StagePlan], li
         section = getattr(cfg, spec.section, None) if name not in cfg.stages else None
         if section:
             prefix = spec.section + "."
-            _, stage_problems = build_config(spec.schema, dict(section), prefix, _origins(section, prefix, where))
+            origins = {**_origins(section, prefix, where), **set_origins}
+            _, stage_problems = build_config(spec.schema, dict(section), prefix, origins)
             problems.extend(p for p in stage_problems if p.startswith("unknown key"))
     return plans, problems
 
