@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	@touch $@
 
+# The demo draws its metrics.png with matplotlib (the `plot` extra).
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[plot]"
+	@touch $@
+
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
@@ -37,7 +42,7 @@ DEMO_PAIRS := data/sample/minimal-pairs.jsonl
 # trained 3-4x faster: docs/benchmarks.md, "The demo"); `make demo DEMO_THREADS=1` forces one.
 DEMO_THREADS ?=
 DEMO_ENV := $(if $(DEMO_THREADS),OMP_NUM_THREADS=$(DEMO_THREADS),)
-demo: install
+demo: $(VENV)/.installed-demo
 	$(DEMO_ENV) $(BIN)/bert run configs/pipeline/demo.yaml --overwrite
 	@echo; echo "== bert predict-nsp: does the second sentence follow the first? (the real next sentence, then a random one)"
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "See also timesharing."

@@ -228,13 +228,16 @@ def test_precision_auto_is_fp32_on_cpu():
     assert devices.resolve_precision("bf16", torch.device("cpu")).autocast_dtype == torch.bfloat16
 
 
-def test_time_budget_stops_and_fits_schedule(masked_data, tmp_path):
+def test_time_budget_stops_and_fits_schedule(masked_data, tmp_path, capsys):
     manifest = pretrain.run(tiny_cfg(masked_data, tmp_path / "run", max_steps=100000, time_budget_s=2.0, save_every=0,
                                      eval_every=0, log_every=1, warmup_steps=1))
     steps = manifest["stats"]["steps"]
     assert 1 < steps < 100000
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
     assert records[-1]["lr"] < 0.5 * 2e-3  # the decay followed the clock, not max_steps
+    # The progress bar ends where the budget does, not at max_steps ("2%, 3:47:44 left" in a 6-minute demo).
+    last_bar = capsys.readouterr().err.rsplit("pretrain:", 1)[-1]
+    assert "/100000" not in last_bar and f"{steps}/" in last_bar
 
 
 def _nan_after(monkeypatch, calls: set[int]):

@@ -342,6 +342,8 @@ class Trainer:
                                "tok_s": f"{record['tokens_per_s']:,.0f}", "seq_s": f"{record['sequences_per_s']:,.1f}"}
                     if record.get("mfu") is not None:
                         postfix["mfu"] = f"{record['mfu']:.1%}"
+                    if cfg.time_budget_s and progress > 0:  # end the bar where the budget will: not at max_steps
+                        bar.total = max(state.step, min(cfg.max_steps, round(state.step / progress)))
                     bar.set_postfix(postfix)
                     interval_stats.zero_()
                     interval_start = time.perf_counter()
