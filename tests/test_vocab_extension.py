@@ -77,12 +77,16 @@ def base_tok(tmp_path_factory, tiny_corpus) -> Path:
     return out
 
 
+def extend(base: Path, domain: Path, out: Path, extra_tokens: int) -> Path:
+    """`bert train-vocab` extending the tokenizer `base` with up to extra_tokens learnt on `domain`."""
+    train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={base}",
+                 "--set", f"extra_tokens={extra_tokens}"])
+    return out
+
+
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory, base_tok, domain) -> Path:
-    out = tmp_path_factory.mktemp("ext") / "tok"
-    train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={base_tok}",
-                 "--set", "extra_tokens=300"])
-    return out
+    return extend(base_tok, domain, tmp_path_factory.mktemp("ext") / "tok", 300)
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
@@ -212,9 +216,7 @@ def test_extended_tokenizer_loads_with_autotokenizer(extended):
 
 
 def test_extension_is_deterministic(tmp_path, base_tok, extended, domain):
-    again = tmp_path / "again"
-    train_vocab(["--input", str(domain), "--output", str(again), "--set", f"extend_from={base_tok}",
-                 "--set", "extra_tokens=300"])
+    again = extend(base_tok, domain, tmp_path / "again", 300)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         assert (again / name).read_bytes() == (extended / name).read_bytes(), name
 
@@ -222,9 +224,7 @@ def test_extension_is_deterministic(tmp_path, base_tok, extended, domain):
 def test_extra_tokens_caps_the_count_and_every_appended_merge_is_used(tmp_path, base_tok, extended, domain):
     from bertcli.vocab_extension import token_uses
 
-    out = tmp_path / "few"
-    train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={base_tok}",
-                 "--set", "extra_tokens=7"])
+    out = extend(base_tok, domain, tmp_path / "few", 7)
     n = len(vocab_of(base_tok))
     assert len(vocab_of(out)) - n == 7
     tok = load_tokenizer(extended).tokenizer
@@ -252,9 +252,7 @@ def test_extends_a_plain_hugging_face_tokenizer_and_keeps_its_settings(tmp_path,
         (base / "vocab.txt").write_text("".join(t + "\n" for t in old), encoding="utf-8")
     if files == "vocab.txt":
         (base / "tokenizer.json").unlink()
-    out = tmp_path / "ext"
-    train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={base}",
-                 "--set", "extra_tokens=60"])
+    out = extend(base, domain, tmp_path / "ext", 60)
     new = vocab_of(out)
     assert new[: len(old)] == old and 0 < len(new) - len(old) <= 60
     hf = AutoTokenizer.from_pretrained(str(out))
@@ -311,10 +309,7 @@ def test_bad_extension_inputs_exit_2_with_one_line(tmp_path, base_tok, domain):
 @pytest.fixture(scope="module")
 def extended_run_tok(tmp_path_factory, tiny_tokenizer, domain) -> Path:
     """The session's tiny_tokenizer (that of reference_run) extended on the domain corpus."""
-    out = tmp_path_factory.mktemp("ext-run") / "tok"
-    train_vocab(["--input", str(domain), "--output", str(out), "--set", f"extend_from={tiny_tokenizer}",
-                 "--set", "extra_tokens=80"])
-    return out
+    return extend(tiny_tokenizer, domain, tmp_path_factory.mktemp("ext-run") / "tok", 80)
 
 
 def test_init_from_grows_the_model_with_the_mean_of_old_pieces(tmp_path, reference_run, extended_run_tok, domain,
