@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,20 +63,69 @@ def resolve_num_workers(value: int | str, device: torch.device) -> int:
     return int(value)
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask on Linux; every CPU where the OS has no such call, as on
+    macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
+def cpu_times(stat_text: str, cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """{cpu: (busy ticks, total ticks)} of the listed CPUs from the text of /proc/stat. Idle is idle + iowait; busy
+    is everything else, steal included (time the hypervisor gave to another machine is a core we do not have);
+    guest time is already inside user and nice, so it is not added twice."""
+    times = {}
+    for line in stat_text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        ticks = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+        total = sum(ticks)
+        times[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+    return times
+
+
+def busy_cores(window_s: float = 0.3, stat_path: str = "/proc/stat") -> float | None:
+    """How many of this process's cores other work keeps busy right now: the busy share of each CPU we may run on
+    over window_s, summed (Linux). None where /proc/stat cannot tell (another OS, CPUs it does not list). Measured
+    now, not averaged over the last minute as the load average is: a job that just ended (the pip install before
+    `make demo`'s pretraining) still holds the 1-minute load average near 1 for a minute after."""
+    cpus = usable_cpus()
+    try:
+        before = cpu_times(Path(stat_path).read_text(), cpus)
+        time.sleep(window_s)
+        after = cpu_times(Path(stat_path).read_text(), cpus)
+    except (OSError, ValueError):
+        return None
+    if not before or set(before) != set(after) or set(before) != cpus:
+        return None
+    busy = 0.0
+    for cpu, (busy_after, total_after) in after.items():
+        busy_before, total_before = before[cpu]
+        if total_after > total_before:
+            busy += (busy_after - busy_before) / (total_after - total_before)
+    return busy
+
+
 def resolve_num_threads(value: int | str, device: torch.device, cores: int | None = None,
                         load: float | None = None, default: int | None = None) -> int:
     """CPU threads of torch in a pretraining process. auto: torch's own choice (OMP_NUM_THREADS, else every core)
     on CUDA, when OMP_NUM_THREADS is set (torchrun sets it) or when the cores are idle; on a CPU whose cores other
-    jobs keep busy (the 1-minute load average), only the cores they leave idle, at least 1: threads that meet at
-    every operation lose most of their time waiting for a busy core (one thread trained 3-4x faster than two on a
-    shared 2-core machine, docs/benchmarks.md, "The demo")."""
+    jobs keep busy, only the cores they leave idle, at least 1: threads that meet at every operation lose most of
+    their time waiting for a busy core (one thread trained 3-4x faster than two on a shared 2-core machine,
+    docs/benchmarks.md, "The demo"). How busy: measured over a short window at the start (busy_cores), else the
+    1-minute load average."""
     if value != "auto":
         return int(value)
     default = torch.get_num_threads() if default is None else default
-    if device.type == "cuda" or os.environ.get("OMP_NUM_THREADS"):
+    if device.type == "cuda" or os.environ.get("OMP_NUM_THREADS") or default <= 1:
         return default
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    load = os.getloadavg()[0] if load is None else load
+    cores = len(usable_cpus()) if cores is None else cores
+    if load is None:
+        load = busy_cores()
+    if load is None:
+        load = os.getloadavg()[0]
     return max(1, min(default, int(cores - load + 0.5)))
 
 

@@ -371,7 +371,8 @@ class PretrainConfig:
     num_threads: Union[Literal["auto"], int] = field(default="auto", metadata={"roles": ("execution", "resumable"),
                                                                                "ge": 1})
     """CPU threads of torch in each process. auto: torch's default (OMP_NUM_THREADS, else every core), except on a CPU
-    whose cores other jobs keep busy (1-minute load average at the start): the cores they leave idle, at least 1."""
+    whose cores other jobs keep busy (measured over 0.3 s at the start; the 1-minute load average where the OS cannot
+    tell): the cores they leave idle, at least 1."""
     on_nonfinite: Literal["rollback", "stop"] = field(default="rollback", metadata={"roles": ("resumable",)})
     """On a NaN/inf loss: roll back to the last checkpoint and skip the offending batches, or stop."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,65 @@ def test_num_threads_auto(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's (or torchrun's) choice wins
     assert devices.resolve_num_threads("auto", cpu, cores=2, load=6.0, default=2) == 2
 
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    # with one thread already (the tests' own setting) there is nothing to choose, and nothing is measured
+    monkeypatch.setattr(devices, "busy_cores", lambda: pytest.fail("measured for a one-thread default"))
+    assert devices.resolve_num_threads("auto", cpu, cores=2, default=1) == 1
+
+
+def test_num_threads_auto_measures_the_cores_now(monkeypatch):
+    """auto asks how busy the cores are now, not the 1-minute load average, which a job that just ended (the
+    pip install before make demo's pretraining) still holds near 1."""
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices.os, "getloadavg", lambda: (1.3, 0.8, 0.5))
+    monkeypatch.setattr(devices, "busy_cores", lambda: 0.1)
+    assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 2
+    monkeypatch.setattr(devices, "busy_cores", lambda: 1.0)  # another job's thread holds a core
+    assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 1
+    monkeypatch.setattr(devices, "busy_cores", lambda: None)  # cannot tell: the load average decides
+    assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 1
+
+
+_STAT = """cpu  {u0} 0 {s0} {i0} 5 0 0 {st0} 7 0
+cpu0 {u0} 0 {s0} {i0} 5 0 0 {st0} 7 0
+cpu1 100 0 50 {i1} 0 0 0 0 0 0
+intr 12345 6 7
+ctxt 999
+"""
+
+
+def test_cpu_times_counts_steal_as_busy_and_guest_once():
+    times = devices.cpu_times(_STAT.format(u0=300, s0=100, i0=1000, st0=20, i1=400), {0, 1})
+    # cpu0: user 300 (guest 7 already inside it) + system 100 + steal 20 busy; idle 1000 + iowait 5
+    assert times == {0: (420, 1425), 1: (150, 550)}
+    assert devices.cpu_times(_STAT.format(u0=1, s0=1, i0=1, st0=0, i1=1), {1}) == {1: (150, 151)}  # affinity only
+
+
+def test_busy_cores_sums_each_cores_busy_share(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    texts = iter([_STAT.format(u0=300, s0=100, i0=1000, st0=0, i1=400),
+                  # over the window cpu0 runs 90 busy ticks of 100, cpu1 is idle for its 100
+                  _STAT.format(u0=380, s0=110, i0=1010, st0=0, i1=500)])
+
+    def sleep(_seconds):
+        stat.write_text(next(texts))
+
+    sleep(0)
+    monkeypatch.setattr(devices.time, "sleep", sleep)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: {0, 1})
+    assert devices.busy_cores(stat_path=str(stat)) == pytest.approx(0.9)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: {0, 1, 2})  # a CPU /proc/stat does not list
+    texts = iter([_STAT.format(u0=300, s0=100, i0=1000, st0=0, i1=400)] * 2)
+    sleep(0)
+    assert devices.busy_cores(stat_path=str(stat)) is None
+    assert devices.busy_cores(stat_path=str(tmp_path / "missing")) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux only")
+def test_busy_cores_on_this_machine():
+    busy = devices.busy_cores(window_s=0.05)
+    assert busy is not None and 0.0 <= busy <= len(devices.usable_cpus()) + 1e-9
 
 # ------------------------------------------------------------------------------------------ the step's host syncs
 
