@@ -240,6 +240,17 @@ def test_time_budget_stops_and_fits_schedule(masked_data, tmp_path, capsys):
     assert "/100000" not in last_bar and f"{steps}/" in last_bar
 
 
+def test_run_ending_on_an_evaluation_step_is_evaluated_once(masked_data, tmp_path):
+    """A time budget often runs out during an evaluation step's evaluation: the final weights are the ones just
+    evaluated, so the run reports those figures and metrics.jsonl holds one line for them, not two."""
+    manifest = pretrain.run(tiny_cfg(masked_data, tmp_path / "run", max_steps=100000, time_budget_s=1.0, save_every=0,
+                                     eval_every=1, eval_batches=1, warmup_steps=1))
+    steps = manifest["stats"]["steps"]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval_' in x]
+    assert [r["step"] for r in evals] == list(range(1, steps + 1))  # every step once, the last one included
+    assert manifest["stats"]["eval_mlm_accuracy"] == evals[-1]["eval_mlm_accuracy"]
+
+
 def _nan_after(monkeypatch, calls: set[int]):
     real = pretraining_loss
     counter = {"n": 0}

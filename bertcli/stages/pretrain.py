@@ -121,6 +121,7 @@ class Trainer:
     vocab_multiple: int = 1  # vocabulary padding inside the MLM matmul (model.PretrainingModule)
     pending: list = field(default_factory=list)  # (step index, data position, flag) of the steps not yet checked
     agreed_clock: tuple[int, float, float] = (0, 0.0, 0.0)  # DDP: (step, elapsed, s/step) all ranks agreed on
+    last_eval: tuple[int, dict] | None = None  # (step, figures) of the loop's latest evaluation
 
     # ------------------------------------------------------------------ schedule
 
@@ -349,6 +350,7 @@ class Trainer:
                     interval_start = time.perf_counter()
                 if evaluate:
                     result = self.evaluate()
+                    self.last_eval = (state.step, result)
                     if result:
                         self.metrics.write({"step": state.step, **result})
                 if state.step % cfg.log_every == 0:
@@ -362,6 +364,16 @@ class Trainer:
             stream.close()  # stops the loader's workers
         self.sync_tokens()
         state.elapsed_s = time.perf_counter() - start_time
+
+    def final_evaluation(self) -> dict[str, float]:
+        """The final weights' evaluation, written to metrics.jsonl; the loop's own when the run ended on an evaluation
+        step (the time budget often runs out during one): the same weights, the same figures, not a second line."""
+        if self.last_eval is not None and self.last_eval[0] == self.state.step:
+            return self.last_eval[1]
+        result = self.evaluate()
+        if result:
+            self.metrics.write({"step": self.state.step, **result})
+        return result
 
     def _train_record(self, interval_stats: torch.Tensor, interval_s: float, lr: float,
                       grad_norm: torch.Tensor) -> dict:
@@ -568,9 +580,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     try:
         trainer.describe()
         trainer.fit()
-        final_eval = trainer.evaluate()
-        if final_eval:
-            trainer.metrics.write({"step": trainer.state.step, **final_eval})
+        final_eval = trainer.final_evaluation()
         trainer.metrics.summarize({**final_eval, "steps": trainer.state.step, "tokens": trainer.state.tokens,
                                    "data_content_hash": trainer.data.content_hash})
         trainer.save_final()
