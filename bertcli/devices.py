@@ -124,8 +124,8 @@ def resolve_num_threads(value: int | str, device: torch.device, cores: int | Non
     cores = len(usable_cpus()) if cores is None else cores
     if load is None:
         load = busy_cores()
-    if load is None:
-        load = os.getloadavg()[0]
+    if load is None:  # no /proc/stat: the load average (macOS), else nothing to go by (Windows): take the default
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(default, int(cores - load + 0.5)))
 
 

@@ -168,6 +168,8 @@ def test_num_threads_auto_measures_the_cores_now(monkeypatch):
     assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 1
     monkeypatch.setattr(devices, "busy_cores", lambda: None)  # cannot tell: the load average decides
     assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 1
+    monkeypatch.delattr(devices.os, "getloadavg")  # nor that (Windows): torch's default
+    assert devices.resolve_num_threads("auto", cpu, cores=2, default=2) == 2
 
 
 _STAT = """cpu  {u0} 0 {s0} {i0} 5 0 0 {st0} 7 0
