@@ -450,6 +450,7 @@ class Trainer:
         state.skipped_batches, state.rollbacks = skipped, rollbacks
         state.elapsed_s = self.state.elapsed_s  # the time budget counts wall time, rolled-back steps included
         self.state = state
+        self.last_eval = None  # figures of weights the run no longer has
         dist.warn_main(ctx, f"{err}; rolled back to {path or 'the initial weights'} (step {state.step}) and "
                             "skipping that batch")
 
