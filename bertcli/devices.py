@@ -98,7 +98,7 @@ def busy_cores(window_s: float = 0.3, stat_path: str = "/proc/stat") -> float | 
         after = cpu_times(Path(stat_path).read_text(), cpus)
     except (OSError, ValueError):
         return None
-    if not before or set(before) != set(after) or set(before) != cpus:
+    if set(before) != cpus or set(after) != cpus:  # a CPU we may use that the file does not list
         return None
     busy = 0.0
     for cpu, (busy_after, total_after) in after.items():
