@@ -7,8 +7,12 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
+import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator
 
+# How long leaving a WorkerPool waits for its pool to stop (see WorkerPool.__exit__); it takes milliseconds when it
+# does not hang.
+STOP_TIMEOUT_S = 5.0
 # The phase whose initializer last ran in this worker process: a pool outlives the phases of a stage, and each
 # phase (tokenizing, building, …) sets up its own worker state once per process.
 _phase_in_worker: Hashable | None = None
@@ -77,9 +81,19 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+        if self._pool is None:
+            return
+        # CPython's Pool.terminate can wait forever for its task thread when the pool is stopped while that thread
+        # feeds the workers (python/cpython#78178, #73945): about one Ctrl-C in seven during `bert pairs` hung there,
+        # after the workers had been stopped. So the pool is stopped from a daemon thread that this process waits
+        # for a while, not for ever; a stuck one ends with the process.
+        stopper = threading.Thread(target=self._stop_pool, name="stop-worker-pool", daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+
+    def _stop_pool(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
 
     def map(
         self, func: Callable, tasks: Iterable, initializer: Callable | None = None, initargs: tuple = ()

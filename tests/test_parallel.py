@@ -64,3 +64,22 @@ def test_a_working_caller_takes_its_share_and_spawns_one_process_fewer():
     # every third task ran in this process, the others in the two spawned workers
     assert [i for i, pid in enumerate(pids) if pid == os.getpid()] == list(range(2, 30, 3))
     assert len(set(pids) - {os.getpid()}) <= 2
+
+
+def test_leaving_a_pool_whose_stop_hangs_does_not_hang(monkeypatch):
+    """CPython's Pool.terminate can wait forever (python/cpython#78178): leaving the pool waits STOP_TIMEOUT_S for
+    it, then goes on (to report the Ctrl-C and remove temporaries) while the stuck stopper stays behind."""
+    import threading
+
+    monkeypatch.setattr(parallel, "STOP_TIMEOUT_S", 0.05)
+    pool = parallel.WorkerPool(2, threads=True)
+    release = threading.Event()
+    terminate = pool._pool.terminate
+    pool._pool.terminate = lambda: (release.wait(), terminate())  # the hang, stood in for
+    with pool:
+        assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
+    stoppers = [t for t in threading.enumerate() if t.name == "stop-worker-pool"]
+    assert stoppers and all(t.is_alive() for t in stoppers)  # left without waiting for it
+    release.set()
+    for t in stoppers:
+        t.join()  # then it stops the pool as before

@@ -398,9 +398,11 @@ def test_ctrl_c_during_a_parallel_stage_is_one_line(tmp_path, tiny_tokenizer):
 
     corpus = tmp_path / "big.txt"
     sample = Path(__file__).resolve().parents[1] / "data" / "sample" / "jargon.txt"
-    corpus.write_bytes(sample.read_bytes() * 40)  # 45 MB: tens of seconds of work, interrupted after a few
+    corpus.write_bytes(sample.read_bytes() * 40)  # 45 MB
+    # ten pairings of it: ~19 s of work on two idle cores (with the default two, ~5 s: it could end before the
+    # interrupt), interrupted after five
     cmd = [sys.executable, "-m", "bertcli", "pairs", "--input", str(corpus), "--tokenizer", str(tiny_tokenizer),
-           "--output", str(tmp_path / "pairs"), "--set", "num_workers=2"]
+           "--output", str(tmp_path / "pairs"), "--set", "num_workers=2", "--set", "dupe_factor=10"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     time.sleep(5)  # the workers have started
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: to every process of the group, workers included
