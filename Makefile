@@ -32,9 +32,13 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # The whole pipeline on the bundled sample (configs/pipeline/demo.yaml: about 7 minutes on 2 CPU cores; a rerun
-# skips every stage that is up to date, --overwrite rebuilds a stale one), then questions to its model: two NSP
-# pairs, gaps in phrases the Jargon File uses often, and BLiMP-style minimal pairs (data/sample/minimal-pairs.jsonl).
+# skips every stage that is up to date, --overwrite rebuilds a stale one), its model's accuracy on the 98 Jargon
+# File entries it never trained on (data/sample/jargon-heldout.txt, in pairs of the demo's length, 64), then
+# questions to it: two NSP pairs, gaps in phrases the Jargon File uses often, and BLiMP-style minimal pairs
+# (data/sample/minimal-pairs.jsonl).
 DEMO_MODEL := runs/demo/pretrain
+DEMO_HELDOUT := data/sample/jargon-heldout.txt
+DEMO_LENGTH := 64
 DEMO_FIRST := Hacker folklore has been shaped primarily by the Unix, ITS, TOPS-10, TOPS-20/TWENEX, WAITS, CP/M, MS-DOS, and Multics operating systems (most importantly by ITS and Unix).
 DEMO_PAIRS := data/sample/minimal-pairs.jsonl
 # Torch threads of the demo's run. Empty: the pretrain key num_threads: auto, which uses every core when they are
@@ -44,6 +48,10 @@ DEMO_THREADS ?=
 DEMO_ENV := $(if $(DEMO_THREADS),OMP_NUM_THREADS=$(DEMO_THREADS),)
 demo: $(VENV)/.installed-demo
 	$(DEMO_ENV) $(BIN)/bert run configs/pipeline/demo.yaml --overwrite
+	@echo; echo "== bert evaluate: MLM and NSP accuracy on entries the model never saw ($(DEMO_HELDOUT), 15% masked)"
+	$(BIN)/bert pairs --input $(DEMO_HELDOUT) --tokenizer runs/demo/tokenizer --output runs/demo/heldout-pairs \
+		--overwrite --set max_seq_length=$(DEMO_LENGTH) --set dupe_factor=3
+	$(BIN)/bert evaluate --model $(DEMO_MODEL) --data runs/demo/heldout-pairs
 	@echo; echo "== bert predict-nsp: does the second sentence follow the first? (the real next sentence, then a random one)"
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "See also timesharing."
 	$(BIN)/bert predict-nsp --model $(DEMO_MODEL) --first "$(DEMO_FIRST)" --second "2. Badly written, possibly buggy code."

@@ -210,6 +210,18 @@ def test_shipped_demo_pipeline_is_valid() -> None:
     assert pretrain.max_predictions_per_seq >= round(pretrain.masked_lm_prob * pairs.max_seq_length)
     assert pretrain.time_budget_s and pretrain.time_budget_s <= 420  # `make demo` stays under 10 minutes
     assert all(Path(ROOT, p).exists() for p in cfg.input)
+    # `make demo` evaluates on held-out entries at the demo's own length, and they are not in its training text
+    make_vars = dict(
+        line.split(" := ", 1) for line in (ROOT / "Makefile").read_text().splitlines() if " := " in line
+    )
+    assert int(make_vars["DEMO_LENGTH"]) == pairs.max_seq_length
+
+    def documents(path: Path) -> set[str]:
+        return {d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()}
+
+    held_out = documents(ROOT / make_vars["DEMO_HELDOUT"])
+    training = set().union(*(documents(ROOT / p) for p in cfg.input))
+    assert held_out and training and not held_out & training
 
 
 def test_stages_left_out_are_read_from_the_workdir(tmp_path: Path) -> None:
