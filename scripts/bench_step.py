@@ -8,7 +8,8 @@ each, so other jobs on the machine hurt every variant alike):
 
 - stock: F.cross_entropy on the masked positions' logits, foreach AdamW (what the stage did before);
 - fused_loss: the fused masked-LM cross-entropy (`model._MaskedLMCrossEntropy`), foreach AdamW;
-- fused_loss_and_adamw: the fused cross-entropy and fused AdamW (what `bert pretrain` runs on CPU).
+- fused_loss_and_adamw: the fused cross-entropy and fused AdamW (what `bert pretrain` runs on CPU);
+- bf16_autocast: that step under bf16 autocast on the CPU (`precision: bf16`; `auto` stays fp32 on a CPU).
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 instruction sets as Linux lists them (empty elsewhere): without one, bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def main() -> None:
@@ -52,10 +62,12 @@ def main() -> None:
     optimizers = {False: model.build_optimizer(bert, 1e-4, 0.01),
                   True: model.build_optimizer(bert, 1e-4, 0.01, fused=True)}
     fused_loss = model._use_fused_cross_entropy
-    variants = {"stock": (False, False), "fused_loss": (True, False), "fused_loss_and_adamw": (True, True)}
+    variants = {"stock": (False, False, False), "fused_loss": (True, False, False),
+                "fused_loss_and_adamw": (True, True, False), "bf16_autocast": (True, True, True)}
 
-    def step(optimizer) -> None:
-        loss, _ = model.pretraining_loss(bert, batch)
+    def step(optimizer, bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = model.pretraining_loss(bert, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(bert.parameters(), 1.0)
         optimizer.step()
@@ -63,19 +75,20 @@ def main() -> None:
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, (loss_fused, adamw_fused) in variants.items():
+        for name, (loss_fused, adamw_fused, bf16) in variants.items():
             model._use_fused_cross_entropy = fused_loss if loss_fused else (lambda hidden: False)
             optimizer = optimizers[adamw_fused]
-            step(optimizer)  # warm-up: allocator, first-call costs
+            step(optimizer, bf16)  # warm-up: allocator, first-call costs
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(optimizer)
+                step(optimizer, bf16)
             seconds[name].append((time.perf_counter() - start) / args.steps)
     model._use_fused_cross_entropy = fused_loss
     best = {name: min(v) for name, v in seconds.items()}
     print(json.dumps({
         "settings": vars(args),
         "torch": torch.__version__,
+        "cpu_bf16_units": cpu_bf16_units(),
         "s_per_step_best": best,
         "speedup_over_stock": {name: best["stock"] / s for name, s in best.items()},
         "s_per_step_rounds": seconds,
