@@ -55,6 +55,12 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not p.is_dir():
         raise ArtifactError(f"--model '{p}' is a file, expected a model directory")
     if not (p / "config.json").is_file() and (p / "manifest.json").is_file():
+        from bertcli.artifacts import read_bertcli_manifest
+
+        stage = (read_bertcli_manifest(p) or {}).get("stage")
+        if stage and stage != "pretrain":  # a tokenizer or data artifact given where a model belongs
+            raise ArtifactError(f"'{p}' is a {stage!r} artifact, not a model",
+                                hint="pass a `bert pretrain` run (or its final/) or a Hugging Face BERT directory")
         # A run directory: use its final checkpoint, which is what a user means by "the model".
         if (p / "final" / "config.json").is_file():
             return p / "final"
@@ -80,6 +86,20 @@ def read_model_config(model_dir: Path) -> dict:
     return data
 
 
+def check_is_bert(model_dir: Path) -> dict:
+    """The directory's config.json, if it describes a BERT (model_type 'bert'): what these commands and `bert
+    finetune` are built for (another architecture would fail later, deep inside transformers)."""
+    config = read_model_config(model_dir)
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise ArtifactError(
+            f"'{model_dir}' holds a {model_type or 'model of unknown type'} model, not BERT "
+            f"(config.json model_type={model_type!r})",
+            hint="these commands take a BERT model (model_type 'bert'), e.g. the final/ directory of `bert pretrain`",
+        )
+    return config
+
+
 def load_model(
     path: str | Path,
     device: str = "auto",
@@ -89,14 +109,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a BertForPreTraining directory (ours or any Hugging Face one) and its tokenizer, checking both."""
     model_dir = resolve_model_dir(path)
-    config = read_model_config(model_dir)
-    model_type = config.get("model_type")
-    if model_type != "bert":
-        raise ArtifactError(
-            f"'{model_dir}' holds a {model_type or 'model of unknown type'} model, not BERT "
-            f"(config.json model_type={model_type!r})",
-            hint="these commands take a BERT model (model_type 'bert'), e.g. the final/ directory of `bert pretrain`",
-        )
+    check_is_bert(model_dir)
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         pickled = any((model_dir / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
         if pickled:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 
 from bertcli.classification import classification_metrics, label_order
-from cli_helpers import fails, json_lines, last_json, ok
+from cli_helpers import app, fails, json_lines, last_json, ok, runner
 
 # One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -18,6 +19,7 @@ DATA = Path(__file__).parent / "data"
 TRAIN = DATA / "topic-train.tsv"  # sentence<TAB>label, animal / thing
 DEV = DATA / "topic-dev.csv"  # id,sentence,label
 PAIRS = DATA / "same-subject.jsonl"  # text, hypothesis, label 0/1
+TRAIN_TEXT = DATA / "en_tiny.txt"  # corpus text, for a tokenizer artifact
 # A small model learns fast with a large learning rate; few examples make small batches.
 FAST = ["--set", "learning_rate=2e-3", "--set", "batch_size=8", "--set", "warmup_fraction=0"]
 
@@ -164,7 +166,33 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
 
 def test_predict_refuses_a_model_that_is_not_a_classifier(tiny_bert: Path) -> None:
     fails(["predict", "--model", str(tiny_bert), "the cat ."], "not a sequence classifier")
+    hint = runner.invoke(app, ["predict", "-m", str(tiny_bert), "a"]).stderr
+    assert "hint: fine-tune it first: bert finetune" in hint
     fails(["predict", "--model", str(tiny_bert)], "give texts")
+
+
+def test_another_architecture_is_named_not_fed_to_bert_code(tiny_bert: Path, tmp_path: Path) -> None:
+    # finetune builds BERT's classifier head and options: a GPT-2 directory failed deep inside transformers
+    # ("unexpected keyword argument 'classifier_dropout'"); predict told the user to fine-tune it, which fails so.
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(tiny_bert, gpt2)
+    config = json.loads((gpt2 / "config.json").read_text())
+    (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": []}))
+    out = tmp_path / "out"
+    fails(["finetune", "--model", str(gpt2), "--train", str(TRAIN), "-o", str(out)], "gpt2 model, not BERT")
+    assert not out.exists()
+    fails(["predict", "--model", str(gpt2), "the cat ."], "not a sequence classifier", "'gpt2'")
+    hint = runner.invoke(app, ["predict", "--model", str(gpt2), "the cat ."]).stderr.splitlines()[-1]
+    assert hint.startswith("hint: pass a directory written by `bert finetune`"), hint
+
+
+def test_a_stage_artifact_given_as_the_model_is_named(tmp_path: Path) -> None:
+    tokenizer = tmp_path / "tok"
+    ok(["train-vocab", "--input", str(TRAIN_TEXT), "--output", str(tokenizer), "--set", "vocab_size=200"])
+    for command in (["predict", "the cat ."], ["fill-mask", "the [MASK] ."], ["score", "the cat ."]):
+        fails([command[0], "--model", str(tokenizer), *command[1:]], "'train-vocab' artifact, not a model")
+    fails(["finetune", "--model", str(tokenizer), "--train", str(TRAIN), "-o", str(tmp_path / "out")],
+          "'train-vocab' artifact, not a model")
 
 
 def test_classification_metrics() -> None:

@@ -29,15 +29,17 @@ def _log(message: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def check_model_dir(path: str | Path) -> Path:
+def check_model_dir(path: str | Path, bert_only: bool = True) -> Path:
     """The directory to start from: a Hugging Face model directory with weights and a tokenizer, or a `bert
-    pretrain` run (its final/)."""
-    from bertcli.model_dir import TOKENIZER_FILES, WEIGHT_FILES, resolve_model_dir
+    pretrain` run (its final/). bert_only: a BERT (fine-tuning builds BertForSequenceClassification's head and
+    options); `bert predict` also takes another architecture's fine-tuned classifier."""
+    from bertcli.model_dir import TOKENIZER_FILES, WEIGHT_FILES, check_is_bert, read_model_config, resolve_model_dir
 
     model_dir = resolve_model_dir(path)
-    if not (model_dir / "config.json").is_file():
-        raise ArtifactError(f"'{model_dir}' has no config.json: not a Hugging Face model directory",
-                            hint="pass --model DIR written by save_pretrained, or a `bert pretrain` run")
+    if bert_only:
+        check_is_bert(model_dir)
+    else:
+        read_model_config(model_dir)  # a Hugging Face directory: config.json, readable
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         raise ArtifactError(f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):

@@ -27,13 +27,16 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     from bertcli.model_dir import read_model_config, resolve_device
     from bertcli.stages.finetune import check_model_dir
 
-    model_dir = check_model_dir(path)
-    architectures = read_model_config(model_dir).get("architectures") or []
+    model_dir = check_model_dir(path, bert_only=False)
+    config = read_model_config(model_dir)
+    architectures = config.get("architectures") or []
     if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        is_bert = config.get("model_type") == "bert"
         raise ArtifactError(
-            f"'{model_dir}' is not a sequence classifier "
-            f"(config.json architectures: {', '.join(architectures) or 'none'})",
-            hint="fine-tune it first: bert finetune --model DIR --train FILE --output OUT",
+            f"'{model_dir}' is not a sequence classifier (config.json model_type: {config.get('model_type')!r}, "
+            f"architectures: {', '.join(architectures) or 'none'})",
+            hint="fine-tune it first: bert finetune --model DIR --train FILE --output OUT" if is_bert else
+            "pass a directory written by `bert finetune`, or a Hugging Face *ForSequenceClassification model",
         )
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
