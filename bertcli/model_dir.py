@@ -53,7 +53,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not p.exists():
         raise ArtifactError(f"model directory '{p}' does not exist", hint="pass --model DIR of a trained BERT")
     if not p.is_dir():
-        raise ArtifactError(f"--model '{p}' is a file, expected a model directory")
+        raise ArtifactError(f"--model '{p}' is a file, expected a model directory",
+                            hint="pass the directory that holds config.json, the weights and the tokenizer")
     if not (p / "config.json").is_file() and (p / "manifest.json").is_file():
         from bertcli.artifacts import read_bertcli_manifest
 
@@ -80,7 +81,8 @@ def read_model_config(model_dir: Path) -> dict:
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{config_path}: not valid JSON ({exc})") from exc
+        raise ArtifactError(f"{config_path}: not valid JSON ({exc})",
+                            hint="restore the file from where the model came from (save_pretrained writes it)") from exc
     if not isinstance(data, dict):
         raise ArtifactError(f"{config_path}: expected a JSON object")
     return data

@@ -297,6 +297,15 @@ def test_bad_model_directories(tiny_bert: Path, tmp_path: Path) -> None:
     no_config.mkdir()
     fails(["embed", "--model", str(no_config), "--word", "a", "a"], "no config.json")
 
+    weights_file = no_weights / "config.json"
+    fails(["fill-mask", "--model", str(weights_file), "a [MASK]"], "is a file, expected a model directory")
+    bad_json = tmp_path / "bad-json"
+    shutil.copytree(tiny_bert, bad_json)
+    (bad_json / "config.json").write_text("{not json")
+    fails(["fill-mask", "--model", str(bad_json), "a [MASK]"], "config.json: not valid JSON")
+    for model in (weights_file, bad_json):  # each refusal says what to do
+        assert "\nhint: " in runner.invoke(app, ["fill-mask", "--model", str(model), "a [MASK]"]).stderr
+
     fails(["fill-mask", "--model", str(tiny_bert), "--device", "cuda:7", "a [MASK]"], "cuda")
 
 

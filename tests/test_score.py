@@ -179,8 +179,11 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     fails([*model, "the cat", "--input", str(pairs)], "not TEXT and --input")
     fails([*model, "the cat", "--variant", "l2r"], "--variant")
     empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    fails([*model, "--input", str(empty)], str(empty), "empty")
+    empty.write_text("")
+    fails([*model, "--input", str(empty)], str(empty), "no sentences")
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n\t\n\n")  # not empty, but no sentence on any line
+    fails([*model, "--input", str(blank)], str(blank), "every line is blank")
 
 
 def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ def check_model_dir(path: str | Path, bert_only: bool = True) -> Path:
     else:
         read_model_config(model_dir)  # a Hugging Face directory: config.json, readable
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
-        raise ArtifactError(f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})")
+        raise ArtifactError(f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})",
+                            hint="the checkpoint was not finished or not saved with save_pretrained; use another one")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         raise ArtifactError(f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
                             hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
@@ -313,6 +314,9 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     max_length = min(cfg.max_seq_length, max_positions or cfg.max_seq_length)
+    if max_length < cfg.max_seq_length:  # config.yaml keeps what was asked; the manifest's stats what was used
+        _log(f"note: max_seq_length {cfg.max_seq_length} is more than the model's {max_length} positions; "
+             f"using {max_length}")
     label_ids = {label: i for i, label in enumerate(splits.labels)}
     train = encode(tokenizer, splits.train, label_ids, max_length)
     dev = encode(tokenizer, splits.dev, label_ids, max_length)

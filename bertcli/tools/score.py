@@ -38,7 +38,7 @@ def read_sentences(path: str | Path) -> list[tuple[int, str]]:
     p = Path(path)
     rows = list(_text_lines(p, "input file"))
     if not rows:
-        raise InputError(f"{p}: no sentences (the file is empty)", hint="write one sentence a line")
+        raise InputError(f"{p}: no sentences (every line is blank)", hint="write one sentence a line")
     return rows
 
 
@@ -81,7 +81,7 @@ def read_minimal_pairs(
             group = str(obj[group_by])
         rows.append((line_no, texts[0], texts[1], group))
     if not rows:
-        raise InputError(f"{p}: no pairs (the file is empty)", hint=hint)
+        raise InputError(f"{p}: no pairs (every line is blank)", hint=hint)
     return rows, group_by
 
 
