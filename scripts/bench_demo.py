@@ -113,7 +113,11 @@ def main() -> None:
         cfg.setdefault("pretrain", {})["time_budget_s"] = args.budget_s
     for s in args.sets:
         apply_set(cfg, s)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():
+        # `bert run` skips every stage that is up to date: a row run again under its name would only re-score the
+        # old model, with the old row's figures and none of the training.
+        raise SystemExit(f"{run_dir} exists: choose another --name, or remove it to measure the row again")
+    run_dir.mkdir(parents=True)
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()[0]
