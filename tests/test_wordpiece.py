@@ -205,10 +205,24 @@ LIST_AND_SET_TRAINER_JARGON_8000 = {
 }
 
 
+def whole_jargon_file_sentences() -> list[str]:
+    """The bundled Jargon File in its original order: jargon-heldout.txt holds every 20th entry (SOURCE.md)."""
+
+    def entries(path: Path) -> list[list[str]]:
+        blocks = path.read_text(encoding="utf-8").split("\n\n")
+        return [[line.strip() for line in b.splitlines() if line.strip()] for b in blocks if b.strip()]
+
+    kept, held = entries(SAMPLE), entries(SAMPLE.with_name("jargon-heldout.txt"))
+    kept.reverse(), held.reverse()
+    sentences: list[str] = []
+    for number in range(1, len(kept) + len(held) + 1):  # the 20th, 40th, ... entry was held out
+        sentences += (held if number % 20 == 0 else kept).pop()
+    return sentences
+
+
 @pytest.mark.parametrize("score", ["count", "textbook", "likelihood"])
 def test_same_vocabulary_as_the_list_and_set_trainer(score):
-    lines = [line.strip() for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    wc = bert_word_counts(lines, lowercase=True)
+    wc = bert_word_counts(whole_jargon_file_sentences(), lowercase=True)
     vocab = train_wordpiece(wc, 8000, SPECIALS, score=score, min_frequency=2, limit_alphabet=60)
     assert len(vocab) == 8000
     assert hashlib.sha256("\n".join(vocab).encode()).hexdigest() == LIST_AND_SET_TRAINER_JARGON_8000[score]
