@@ -354,11 +354,16 @@ def predict_nsp(
     from bertcli.tools import predict as tool
 
     if input_ is not None and (first is not None or second is not None):
-        raise InputError("give either --first and --second, or --input FILE, not both")
+        raise InputError("give either --first and --second, or --input FILE, not both",
+                         hint="one pair on the command line, or many in a file: drop the one you do not mean")
     if input_ is None and (first is None or second is None):
-        raise InputError("predict-nsp needs --first TEXT and --second TEXT, or --input FILE")
+        missing = " and ".join(name for name, value in (("--first", first), ("--second", second)) if value is None)
+        raise InputError(f"predict-nsp needs --first TEXT and --second TEXT, or --input FILE ({missing} not given)",
+                         hint='e.g. bert predict-nsp -m RUN --first "It rained." --second "The streets were wet."')
     if input_ is None and not (first.strip() and second.strip()):
-        raise InputError("--first and --second need text (one is empty)", hint="both sentences of a pair need text")
+        empty = " and ".join(name for name, value in (("--first", first), ("--second", second)) if not value.strip())
+        raise InputError(f"{empty} {'is' if ' and ' not in empty else 'are'} empty",
+                         hint="both sentences of a pair need text")
     loaded = load_model(model, device=device, need_nsp=True)
     if input_ is not None:  # JSON lines, streamed
         for row in tool.predict_nsp_file(loaded, input_, batch_size=batch_size):

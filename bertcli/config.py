@@ -307,7 +307,8 @@ def override_origins(overrides: typing.Sequence[str]) -> dict[str, str]:
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` → ("a.b", value parsed as a YAML scalar or list)."""
     if "=" not in text:
-        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set vocab_size=8000")
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set vocab_size=8000",
+                          hint=f"give the key a value: --set {text.strip() or 'KEY'}=VALUE")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:

@@ -74,7 +74,8 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise InputError(f"{path}:{line_no}: not a JSON object ({exc.msg})",
                                  hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}') from exc
             if not isinstance(obj, dict):
-                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}",
+                                 hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}')
             yield line_no, obj
         return
     if fmt == "tsv":
@@ -132,7 +133,8 @@ def _label(path: Path, line_no: int, row: dict[str, Any], field: str) -> str:
     value = row[field]
     # A label is a name or an integer class id; 1.0 or true would silently become a different class than 1.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InputError(f"{path}:{line_no}: label '{field}' is {json.dumps(value)}, expected a string or an integer")
+        raise InputError(f"{path}:{line_no}: label '{field}' is {json.dumps(value)}, expected a string or an integer",
+                         hint="one label per example, as a name (\"positive\") or a class id (1)")
     label = str(value).strip()
     if not label:
         raise InputError(f"{path}:{line_no}: label '{field}' is empty", hint="every training example needs a label")

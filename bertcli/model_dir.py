@@ -14,6 +14,9 @@ from bertcli.errors import ArtifactError, InputError, one_line
 # pytorch_model.bin can run code when it is loaded, and a model shared with you must never do that.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# What to do when the library cannot read a model directory whose files are all there: a truncated copy, a
+# download cut short, files from two different models.
+LOAD_FAILED_HINT = "the files are damaged or do not belong together: copy or download the model directory again"
 
 
 @dataclass
@@ -140,14 +143,16 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as exc:  # the library raises many types for a broken tokenizer directory
-        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {one_line(exc)[:300]}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load the tokenizer: {one_line(exc)[:300]}",
+                            hint=LOAD_FAILED_HINT) from exc
     try:
         model, info = BertForPreTraining.from_pretrained(
             str(model_dir), output_loading_info=True, attn_implementation="eager" if attentions else "sdpa",
             use_safetensors=True,
         )
     except Exception as exc:
-        raise ArtifactError(f"'{model_dir}': cannot load the weights: {one_line(exc)[:300]}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load the weights: {one_line(exc)[:300]}",
+                            hint=LOAD_FAILED_HINT) from exc
     missing = set(info.get("missing_keys", ()))
     if need_mlm and any(k.startswith("cls.predictions") for k in missing):
         raise ArtifactError(

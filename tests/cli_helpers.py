@@ -29,6 +29,18 @@ def fails(args: list[str], *needles: str) -> str:
     return errors[0]
 
 
+def refused_with_hint(args: list[str], *needles: str) -> tuple[str, str]:
+    """A refusal whose stderr is exactly the `error:` line (with every needle) and a `hint:` line: no warning
+    about the input printed first, nothing else."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0], lines[1]
+
+
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 

@@ -60,8 +60,9 @@ def test_set_overrides_are_type_checked_and_nested():
         load_config(PretrainConfig, None, ["model.hidden_size=big"])
     with pytest.raises(ConfigError, match="did you mean 'model.preset'"):
         load_config(PretrainConfig, None, ["model.presett=tiny"])
-    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE") as refused:
         load_config(PretrainConfig, None, ["learning_rate"])
+    assert refused.value.hint == "give the key a value: --set learning_rate=VALUE"
 
 
 def test_precedence_file_then_set_then_flags(tmp_path):

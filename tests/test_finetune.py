@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bertcli.classification import classification_metrics, label_order
-from cli_helpers import app, fails, json_lines, last_json, ok, runner
+from cli_helpers import app, fails, json_lines, last_json, ok, refused_with_hint, runner
 
 # One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -151,6 +151,8 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
            "num.jsonl:2", "'text'", "not a string")
     fails([*base, "--train", str(bad("one.jsonl", '{"text": "the cat .", "label": "a"}\n' * 5))], "two or more")
     fails([*base, "--train", str(bad("float.jsonl", '{"text": "a .", "label": 1.5}\n'))], "float.jsonl:1", "1.5")
+    refused_with_hint([*base, "--train", str(bad("list.jsonl", '{"text": "a .", "label": ["a"]}\n'))], "list.jsonl:1")
+    refused_with_hint([*base, "--train", str(bad("array.jsonl", '["a .", 1]\n'))], "array.jsonl:1", "got list")
     fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
     fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
     fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bert_tiny import STORY, make_tiny_bert
 from bertcli.cli import app
-from cli_helpers import fails, json_lines, ok
+from cli_helpers import fails, json_lines, ok, refused_with_hint
 
 runner = CliRunner()
 
@@ -81,8 +81,13 @@ def test_predict_nsp_malformed_pairs_file_names_the_line(
 
 
 def test_predict_nsp_needs_a_pair_or_a_file(tiny_bert: Path) -> None:
-    fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a"], "--second")
-    fails(["predict-nsp", "--model", str(tiny_bert), "--input", "x.tsv", "--first", "a"], "not both")
+    model = ["predict-nsp", "--model", str(tiny_bert)]
+    refused_with_hint([*model, "--first", "a"], "(--second not given)")
+    refused_with_hint(model, "(--first and --second not given)")
+    refused_with_hint([*model, "--input", "x.tsv", "--first", "a"], "not both")
+    # the refusal names the empty one
+    assert refused_with_hint([*model, "--first", " ", "--second", "b"])[0] == "error: --first is empty"
+    assert refused_with_hint([*model, "--first", "", "--second", ""])[0] == "error: --first and --second are empty"
 
 
 def test_text_longer_than_positions_is_truncated_with_a_warning(tiny_bert: Path) -> None:
@@ -128,6 +133,20 @@ def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:
 
 def test_fill_mask_without_mask_is_refused(tiny_bert: Path) -> None:
     fails(["fill-mask", "--model", str(tiny_bert), "the cat sat on the mat ."], "no [MASK] token")
+
+
+def test_a_refused_long_text_is_not_first_warned_about(tiny_bert: Path) -> None:
+    # ~50 tokens before the mask on a 40-position model: truncation would drop the mask, so it is refused, and
+    # the truncation warning that an accepted text gets would only bury the error.
+    long_text = " ".join(STORY * 3)
+    refused_with_hint(["fill-mask", "--model", str(tiny_bert), f"{long_text} [MASK]"], "beyond the model's 40")
+    accepted = ok(["fill-mask", "--model", str(tiny_bert), f"the [MASK] {long_text}"])
+    assert "warning: the text has" in accepted.stderr and "truncated to 40" in accepted.stderr
+
+    embed = ["embed", "--model", str(tiny_bert), "--word", "python"]
+    no_python = " ".join(s for s in STORY * 3 if "python" not in s)  # ~75 tokens
+    refused_with_hint([*embed, f"{no_python} python", "python is fun ."], "sentence 1 lies beyond")
+    refused_with_hint([*embed, "--layer", "99", "python is fun ."], "--layer 99", "layers 0 (embeddings) to 2")
 
 
 # ---------------------------------------------------------------- embed
@@ -305,6 +324,12 @@ def test_bad_model_directories(tiny_bert: Path, tmp_path: Path) -> None:
     fails(["fill-mask", "--model", str(bad_json), "a [MASK]"], "config.json: not valid JSON")
     for model in (weights_file, bad_json):  # each refusal says what to do
         assert "\nhint: " in runner.invoke(app, ["fill-mask", "--model", str(model), "a [MASK]"]).stderr
+
+    cut_short = tmp_path / "cut-short"  # a copy or download that stopped part-way
+    shutil.copytree(tiny_bert, cut_short)
+    (cut_short / "model.safetensors").write_bytes((tiny_bert / "model.safetensors").read_bytes()[:1000])
+    _, hint = refused_with_hint(["fill-mask", "--model", str(cut_short), "a [MASK]"], "cannot load the weights")
+    assert "copy or download the model directory again" in hint
 
     fails(["fill-mask", "--model", str(tiny_bert), "--device", "cuda:7", "a [MASK]"], "cuda")
 

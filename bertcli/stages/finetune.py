@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bertcli import classification as C
-from bertcli.errors import ArtifactError, InputError
+from bertcli.errors import ArtifactError, InputError, one_line
 from bertcli.labelled import Example, LabelledFile, load_examples
 from bertcli.schemas import FinetuneConfig
 
@@ -168,6 +168,8 @@ def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfi
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from bertcli.model_dir import LOAD_FAILED_HINT
+
     torch.manual_seed(seed)  # the new head's initial weights (and a pooler the checkpoint lacks)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -181,7 +183,8 @@ def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfi
             output_loading_info=True,
         )
     except Exception as exc:  # the library raises many types for an unusable directory
-        raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {exc}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {one_line(exc)}",
+                            hint=LOAD_FAILED_HINT) from exc
     # Only the head may start new. A checkpoint whose names do not fit this architecture (another model type
     # behind a config.json that says bert, a renamed state dict) loads without error as a random encoder, and
     # fine-tuning that would report a random model's accuracy as the pretrained one's.

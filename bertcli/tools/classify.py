@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bertcli.errors import ArtifactError, InputError
+from bertcli.errors import ArtifactError, InputError, one_line
 from bertcli.labelled import load_examples
 
 
@@ -24,7 +24,7 @@ class Classifier:
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     """A sequence-classification model directory and its tokenizer; the text fields from its manifest, if any."""
-    from bertcli.model_dir import read_model_config, resolve_device
+    from bertcli.model_dir import LOAD_FAILED_HINT, read_model_config, resolve_device
     from bertcli.stages.finetune import check_model_dir
 
     model_dir = check_model_dir(path, bert_only=False)
@@ -47,7 +47,8 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
     except Exception as exc:  # the library raises many types for a broken directory
-        raise ArtifactError(f"'{model_dir}': cannot load the classifier: {exc}") from exc
+        raise ArtifactError(f"'{model_dir}': cannot load the classifier: {one_line(exc)[:300]}",
+                            hint=LOAD_FAILED_HINT) from exc
     dev = resolve_device(device)
     model.to(dev)
     model.eval()

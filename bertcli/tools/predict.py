@@ -29,8 +29,10 @@ def encode_texts(
     seconds: Sequence[str] | None = None,
     what: Callable[[int], str] = lambda i: f"text {i + 1}",
     offsets: bool = False,
+    report: Callable[[str], None] = warn,
 ) -> dict:
-    """Tokenize a batch, truncating (with a warning naming the item) what exceeds the model's positions.
+    """Tokenize a batch, truncating (with a warning naming the item, given to `report`) what exceeds the model's
+    positions.
 
     Pairs are encoded one text at a time and cut here (longest first), not by the tokenizer: its pair truncation
     takes time and memory quadratic in the length (2 × 100k characters took 45 s and 6.5 GB).
@@ -42,27 +44,32 @@ def encode_texts(
         out = []
         for i, text in enumerate(items):
             if len(text) > limit:
-                warn(f"{what(i)}{which} has {len(text):,} characters; only the first {limit:,} are read")
+                report(f"{what(i)}{which} has {len(text):,} characters; only the first {limit:,} are read")
                 text = text[:limit]
             out.append(text)
         return out
 
     firsts = cut(texts, "")
     if seconds is not None:
-        return _encode_pairs(loaded, firsts, cut(seconds, " (second text)"), what, offsets)
+        return _encode_pairs(loaded, firsts, cut(seconds, " (second text)"), what, offsets, report)
     kwargs: dict[str, Any] = {"add_special_tokens": True, "return_offsets_mapping": offsets}
     full = tok(firsts, **kwargs)
     too_long = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > loaded.max_length]
     if not too_long:
         return full
     for i in too_long:
-        warn(f"{what(i)} has {len(full['input_ids'][i])} tokens, more than the model's {loaded.max_length} "
-             f"positions; truncated to {loaded.max_length}")
+        report(f"{what(i)} has {len(full['input_ids'][i])} tokens, more than the model's {loaded.max_length} "
+               f"positions; truncated to {loaded.max_length}")
     return tok(firsts, truncation=True, max_length=loaded.max_length, **kwargs)
 
 
 def _encode_pairs(
-    loaded: LoadedModel, firsts: list[str], seconds: list[str], what: Callable[[int], str], offsets: bool
+    loaded: LoadedModel,
+    firsts: list[str],
+    seconds: list[str],
+    what: Callable[[int], str],
+    offsets: bool,
+    report: Callable[[str], None],
 ) -> dict:
     """[CLS] A [SEP] B [SEP] with token types 0 then 1, the longer segment cut first to fit the positions."""
     tok = loaded.tokenizer
@@ -76,8 +83,8 @@ def _encode_pairs(
     for i, (ids_a, ids_b) in enumerate(zip(a["input_ids"], b["input_ids"])):
         keep_a, keep_b = len(ids_a), len(ids_b)
         if keep_a + keep_b > budget:
-            warn(f"{what(i)} has {keep_a + keep_b + 3} tokens, more than the model's {loaded.max_length} "
-                 f"positions; truncated to {loaded.max_length}, the longer text first")
+            report(f"{what(i)} has {keep_a + keep_b + 3} tokens, more than the model's {loaded.max_length} "
+                   f"positions; truncated to {loaded.max_length}, the longer text first")
             # longest first: the longer text down to the shorter one's length, then both alike (B the odd piece)
             excess = keep_a + keep_b - budget
             level = min(excess, abs(keep_a - keep_b))
@@ -240,7 +247,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
         raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: expected a value >= 1")
-    enc = encode_texts(loaded, [text], what=lambda i: "the text")
+    truncated: list[str] = []  # warned about only once the text is accepted: a refusal is one error, no warning
+    enc = encode_texts(loaded, [text], what=lambda i: "the text", report=truncated.append)
     ids = enc["input_ids"][0]
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
@@ -254,6 +262,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
             hint=f"write {mask_token} (exactly so) where a word should be predicted, "
             f"e.g. \"The {mask_token} sat on the mat.\"",
         )
+    for message in truncated:
+        warn(message)
     batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)
@@ -425,7 +435,8 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
         raise InputError("no sentences given", hint='pass one or more sentences, e.g. "He got bit by Python."')
     n_layers = loaded.model.config.num_hidden_layers
     if not -(n_layers + 1) <= layer <= n_layers:
-        raise InputError(f"--layer {layer}: the model has layers 0 (embeddings) to {n_layers}")
+        raise InputError(f"--layer {layer}: the model has layers 0 (embeddings) to {n_layers}",
+                         hint=f"--layer {n_layers} (the last) or a negative index, -1 for the last")
     spans = []
     for i, sentence in enumerate(sentences):
         span = find_word(sentence, word.strip())
@@ -435,7 +446,9 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
                 hint="every sentence must contain the word (case is ignored)",
             )
         spans.append(span)
-    enc = encode_texts(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True)
+    warnings: list[str] = []  # printed once every sentence is accepted: a refusal is one error, no warning
+    enc = encode_texts(loaded, list(sentences), what=lambda i: f"sentence {i + 1}", offsets=True,
+                       report=warnings.append)
     piece_positions: list[list[int]] = []
     pieces: list[list[str]] = []
     for i, (start, end) in enumerate(spans):
@@ -456,7 +469,10 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
         piece_positions.append(pos)
         pieces.append(loaded.tokenizer.convert_ids_to_tokens([ids[t] for t in pos]))
         if loaded.tokenizer.unk_token_id is not None and loaded.tokenizer.unk_token_id in [ids[t] for t in pos]:
-            warn(f"sentence {i + 1}: the word {word!r} contains pieces unknown to the vocabulary ({pieces[-1]})")
+            warnings.append(f"sentence {i + 1}: the word {word!r} contains pieces unknown to the vocabulary "
+                            f"({pieces[-1]})")
+    for message in warnings:
+        warn(message)
     batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         out = loaded.model.bert(**batch, output_hidden_states=True)
