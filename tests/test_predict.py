@@ -57,6 +57,13 @@ def test_predict_nsp_single_pair_and_batch_agree(tiny_bert: Path, tmp_path: Path
     assert len(rows) == 2
     assert rows[1]["is_next_probability"] == pytest.approx(row["is_next_probability"], abs=1e-5)
 
+    # A TSV may name its columns in a first line; that line is not a pair (a later one with these words is).
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text(f"First\tSecond\n{STORY[0]}\t{STORY[1]}\nfirst\tsecond\n", encoding="utf-8")
+    rows = json_lines(ok(["predict-nsp", "--model", str(tiny_bert), "--input", str(tsv)]).stdout)
+    assert [(r["first"], r["second"]) for r in rows] == [(STORY[0], STORY[1]), ("first", "second")]
+    assert rows[0]["is_next_probability"] == pytest.approx(row["is_next_probability"], abs=1e-5)
+
 
 @pytest.mark.parametrize(
     "name, content, line",

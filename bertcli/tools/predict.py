@@ -160,8 +160,12 @@ def predict_nsp(
 
 
 def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
-    """(line number, first, second) from a TSV (first<TAB>second) or JSONL ({"first":…, "second":…}) file, streamed."""
+    """(line number, first, second) from a TSV (first<TAB>second) or JSONL ({"first":…, "second":…}) file, streamed.
+
+    A TSV's first line may be the header `first<TAB>second`: it names the columns, so it is not a pair.
+    """
     p = Path(path)
+    seen_a_line = False
     if not p.is_file():
         raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
     as_json: bool | None = {".jsonl": True, ".json": True, ".tsv": False, ".txt": False}.get(p.suffix)
@@ -203,6 +207,10 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
                         hint="separate the two sentences with exactly one tab, or use JSONL",
                     )
                 first, second = parts
+                if not seen_a_line and [x.strip().lower() for x in parts] == ["first", "second"]:
+                    seen_a_line = True
+                    continue
+            seen_a_line = True
             if not first.strip() or not second.strip():
                 raise InputError(f"{p}:{line_no}: an empty sentence", hint="both sentences of a pair need text")
             yield line_no, first, second
