@@ -129,6 +129,17 @@ def _nothing_left(parent: Path, before: set[str]) -> None:
     assert {p.name for p in parent.iterdir()} == before
 
 
+def test_a_dev_set_of_one_class_is_warned_about(tiny_bert: Path, tmp_path: Path) -> None:
+    dev = tmp_path / "animals.tsv"
+    dev.write_text("sentence\tlabel\nthe python sat on the mat .\tanimal\nthe dog ran .\tanimal\n", encoding="utf-8")
+    base = ["finetune", "--model", str(tiny_bert), "--train", str(TRAIN), *FAST, "--set", "max_epochs=1"]
+    result = ok([*base, "--dev", str(dev), "--output", str(tmp_path / "one-class")])
+    assert f"warning: the dev file {dev} has 2 example(s), all labelled 'animal'" in result.stderr
+    assert "MCC is 0" in result.stderr
+    # the default held-out tenth of the 40 training sentences holds both topics: no warning
+    assert "warning: the dev" not in ok([*base, "--output", str(tmp_path / "split")]).stderr
+
+
 def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bertcli import classification as C
-from bertcli.errors import ArtifactError, InputError, one_line
+from bertcli.errors import ArtifactError, InputError, one_line, warn
 from bertcli.labelled import Example, LabelledFile, load_examples
 from bertcli.schemas import FinetuneConfig
 
@@ -78,6 +78,7 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
                     f"training file {train_file.path}",
                     hint=f"the model can only predict the training labels: {', '.join(labels)}",
                 )
+        _warn_if_one_class(dev_file.examples, f"the dev file {dev_file.path}")
         return Splits(train_file.examples, dev_file.examples, labels, train_file, dev_file)
     examples = train_file.examples
     n_dev = max(1, round(cfg.dev_fraction * len(examples)))
@@ -89,7 +90,17 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
     dev_idx = set(order[:n_dev].tolist())
     train = [e for i, e in enumerate(examples) if i not in dev_idx]
     dev = [e for i, e in enumerate(examples) if i in dev_idx]
+    _warn_if_one_class(dev, f"the dev set held out of {train_file.path} (dev_fraction {cfg.dev_fraction})")
     return Splits(train, dev, labels, train_file, None)
+
+
+def _warn_if_one_class(dev: list[Example], what: str) -> None:
+    # Accuracy on a dev set of one class only says how often the model picks that class, and MCC is 0 by
+    # definition: the figures the run prints would look like a result and mean nothing.
+    dev_labels = {e.label for e in dev}
+    if len(dev_labels) == 1:
+        warn(f"{what} has {len(dev)} example(s), all labelled '{dev_labels.pop()}': its accuracy and F1 say little "
+             "and its MCC is 0; pass --dev FILE with every label, or a larger dev_fraction")
 
 
 @dataclass
