@@ -194,7 +194,7 @@ def load_classifier_start(model_dir: Path, labels: list[str], cfg: FinetuneConfi
             output_loading_info=True,
         )
     except Exception as exc:  # the library raises many types for an unusable directory
-        raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {one_line(exc)}",
+        raise ArtifactError(f"'{model_dir}': cannot load it as a sequence classifier: {one_line(exc)[:300]}",
                             hint=LOAD_FAILED_HINT) from exc
     # Only the head may start new. A checkpoint whose names do not fit this architecture (another model type
     # behind a config.json that says bert, a renamed state dict) loads without error as a random encoder, and
