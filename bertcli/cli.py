@@ -356,13 +356,16 @@ def predict_nsp(
     if input_ is not None and (first is not None or second is not None):
         raise InputError("give either --first and --second, or --input FILE, not both",
                          hint="one pair on the command line, or many in a file: drop the one you do not mean")
-    if input_ is None and (first is None or second is None):
-        missing = " and ".join(name for name, value in (("--first", first), ("--second", second)) if value is None)
-        raise InputError(f"predict-nsp needs --first TEXT and --second TEXT, or --input FILE ({missing} not given)",
-                         hint='e.g. bert predict-nsp -m RUN --first "It rained." --second "The streets were wet."')
-    if input_ is None and not (first.strip() and second.strip()):
-        empty = " and ".join(name for name, value in (("--first", first), ("--second", second)) if not value.strip())
-        raise InputError(f"{empty} {'is' if ' and ' not in empty else 'are'} empty",
+    pair = {"--first": first, "--second": second}
+    missing = [name for name, text in pair.items() if text is None]
+    if input_ is None and missing:
+        raise InputError(
+            f"predict-nsp needs --first TEXT and --second TEXT, or --input FILE ({' and '.join(missing)} not given)",
+            hint='e.g. bert predict-nsp -m RUN --first "It rained." --second "The streets were wet."',
+        )
+    empty = [name for name, text in pair.items() if text is not None and not text.strip()]
+    if input_ is None and empty:
+        raise InputError(f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty",
                          hint="both sentences of a pair need text")
     loaded = load_model(model, device=device, need_nsp=True)
     if input_ is not None:  # JSON lines, streamed

@@ -17,8 +17,8 @@ def ok(args: list[str]):
     return result
 
 
-def fails(args: list[str], *needles: str) -> str:
-    """Exit code 2 and one `error:` line on stderr containing every needle; no traceback."""
+def _refused(args: list[str], *needles: str):
+    """Exit code 2 and one `error:` line on stderr containing every needle; no traceback. (result, error line)"""
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -26,19 +26,21 @@ def fails(args: list[str], *needles: str) -> str:
     assert len(errors) == 1, result.output
     for needle in needles:
         assert needle in errors[0], errors[0]
-    return errors[0]
+    return result, errors[0]
+
+
+def fails(args: list[str], *needles: str) -> str:
+    """Exit code 2 and one `error:` line on stderr containing every needle; no traceback."""
+    return _refused(args, *needles)[1]
 
 
 def refused_with_hint(args: list[str], *needles: str) -> tuple[str, str]:
     """A refusal whose stderr is exactly the `error:` line (with every needle) and a `hint:` line: no warning
     about the input printed first, nothing else."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
+    result, error = _refused(args, *needles)
     lines = result.stderr.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0], lines[1]
+    assert lines == [error, lines[-1]] and lines[1].startswith("hint: "), result.stderr
+    return error, lines[1]
 
 
 def json_lines(text: str) -> list[dict]:

@@ -207,10 +207,10 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
                         hint="separate the two sentences with exactly one tab, or use JSONL",
                     )
                 first, second = parts
-                if not seen_a_line and [x.strip().lower() for x in parts] == ["first", "second"]:
+                if not seen_a_line:
                     seen_a_line = True
-                    continue
-            seen_a_line = True
+                    if [x.strip().lower() for x in parts] == ["first", "second"]:
+                        continue
             if not first.strip() or not second.strip():
                 raise InputError(f"{p}:{line_no}: an empty sentence", hint="both sentences of a pair need text")
             yield line_no, first, second
