@@ -578,17 +578,24 @@ def lr_multiplier(
     warmup_steps: int,
     warmup_progress: float,
     schedule: str,
+    decay_fraction: float = 0.2,
 ) -> float:
     """Factor on the peak learning rate for the update that follows `step` completed updates.
 
     Linear warmup over warmup_steps, then decay over training progress p in [0, 1] (p = step / max_steps, or the
-    share of time_budget_s spent when that is larger): `linear` to 0, `cosine` to 0, or `constant`.
+    share of time_budget_s spent when that is larger): `linear` to 0, `cosine` to 0, `constant`, or `wsd`
+    (warmup-stable-decay: the peak until the last decay_fraction of training, then linear to 0; Hägele et al.
+    2024 find a 20% cool-down matches cosine at a fixed length, and the peak holds while the length is unknown).
     warmup_progress is p at the end of warmup, so the decay spans exactly the rest of training.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        # the cool-down never starts before warmup ends (a run shorter than its warmup over decay_fraction)
+        warmup_progress = max(warmup_progress, 1.0 - decay_fraction)
+        schedule = "linear"
     span = 1.0 - warmup_progress
     q = min(max((progress - warmup_progress) / span, 0.0), 1.0) if span > 0 else 1.0
     if schedule == "linear":

@@ -326,8 +326,12 @@ class PretrainConfig:
     """AdamW epsilon."""
     warmup_steps: int = field(default=1000, metadata={"ge": 0})
     """Steps of linear warmup from 0 to learning_rate."""
-    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
-    """Decay after warmup: linear or cosine to 0, or constant."""
+    lr_schedule: Literal["linear", "cosine", "constant", "wsd"] = "linear"
+    """Decay after warmup: linear or cosine to 0, constant, or wsd (warmup-stable-decay: the peak, then linear to 0
+    over the last lr_decay_fraction of training)."""
+    lr_decay_fraction: float = field(default=0.2, metadata={"gt": 0.0, "le": 1.0})
+    """lr_schedule wsd: the share of training (of max_steps, or of time_budget_s) at its end over which the
+    learning rate falls to 0."""
     max_grad_norm: float = field(default=1.0, metadata={"ge": 0.0})
     """Clip the gradient's global norm to this (0: no clipping)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -191,6 +191,19 @@ def test_lr_schedule_warmup_then_decay(schedule):
         assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
+def test_wsd_holds_the_peak_then_falls_linearly_to_zero():
+    total, warmup = 100, 10
+    f = [lr_multiplier(s, s / total, warmup, warmup / total, "wsd", 0.2) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(x == 1.0 for x in f[10:81])  # the stable phase ends where the last 20% begins
+    assert f[90] == pytest.approx(0.5) and f[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(f[80:], f[81:]))
+    # by time: the cool-down starts when 80% of the budget is spent, whatever the step count
+    assert lr_multiplier(500, 0.9, 10, 0.01, "wsd", 0.2) == pytest.approx(0.5)
+    # a warmup that ends inside the cool-down's window: the decay spans what is left after warmup
+    assert lr_multiplier(60, 0.6, 50, 0.5, "wsd", 0.8) == pytest.approx(0.8)
+
+
 def test_lr_schedule_follows_time_progress():
     # time budget half spent after 20 steps: linear decay is half way, whatever the step count says
     assert lr_multiplier(20, 0.5, 0, 0.0, "linear") == pytest.approx(0.5)

@@ -130,7 +130,7 @@ class Trainer:
         if state.warmup_progress is None and state.step >= cfg.warmup_steps:
             state.warmup_progress = progress  # the decay spans exactly what is left after warmup
         warm = state.warmup_progress if state.warmup_progress is not None else 0.0
-        factor = lr_multiplier(state.step, progress, cfg.warmup_steps, warm, cfg.lr_schedule)
+        factor = lr_multiplier(state.step, progress, cfg.warmup_steps, warm, cfg.lr_schedule, cfg.lr_decay_fraction)
         return cfg.learning_rate * factor
 
     def progress(self, elapsed_s: float) -> float:
