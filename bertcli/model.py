@@ -585,7 +585,7 @@ def lr_multiplier(
     Linear warmup over warmup_steps, then decay over training progress p in [0, 1] (p = step / max_steps, or the
     share of time_budget_s spent when that is larger): `linear` to 0, `cosine` to 0, `constant`, or `wsd`
     (warmup-stable-decay: the peak until the last decay_fraction of training, then linear to 0; Hägele et al.
-    2024 find a 20% cool-down matches cosine at a fixed length, and the peak holds while the length is unknown).
+    2024 find that a 10-20% cool-down matches cosine).
     warmup_progress is p at the end of warmup, so the decay spans exactly the rest of training.
     """
     if warmup_steps > 0 and step < warmup_steps:

@@ -240,6 +240,15 @@ def test_time_budget_stops_and_fits_schedule(masked_data, tmp_path, capsys):
     assert "/100000" not in last_bar and f"{steps}/" in last_bar
 
 
+def test_wsd_run_holds_the_peak_then_cools_down(masked_data, tmp_path):
+    pretrain.run(tiny_cfg(masked_data, tmp_path / "run", max_steps=20, save_every=0, eval_every=0, log_every=1,
+                          warmup_steps=2, learning_rate=2e-3, lr_schedule="wsd", lr_decay_fraction=0.25))
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
+    assert len(lrs) == 20
+    assert lrs[2:16] == pytest.approx([2e-3] * 14)  # after warmup, the peak until the last quarter
+    assert all(a > b for a, b in zip(lrs[15:], lrs[16:])) and lrs[-1] < 0.25 * 2e-3
+
+
 def test_run_ending_on_an_evaluation_step_is_evaluated_once(masked_data, tmp_path):
     """A time budget often runs out during an evaluation step's evaluation: the final weights are the ones just
     evaluated, so the run reports those figures and metrics.jsonl holds one line for them, not two."""
