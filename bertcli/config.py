@@ -354,6 +354,11 @@ def load_config(
         if len(problems) == 1:
             if problems[0].startswith("unknown key"):
                 raise ConfigError(problems[0], hint="run `bert config show STAGE` to see every valid key")
+            # the origin the problem names (override_origins, the flags above, else the file) is where to fix it
+            if " (from --set " in problems[0]:
+                raise ConfigError(problems[0], hint="fix that --set")
+            if " (from --" in problems[0]:
+                raise ConfigError(problems[0], hint="fix that option")
             raise ConfigError(problems[0], hint=f"fix that value{source}")
         raise ConfigError(
             f"{len(problems)} problems with the config{source}:\n  - " + "\n  - ".join(problems),

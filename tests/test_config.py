@@ -71,6 +71,20 @@ def test_precedence_file_then_set_then_flags(tmp_path):
     assert cfg.input == ["from_file.txt"] and cfg.vocab_size == 200 and cfg.output == "flag_out"
 
 
+def test_a_bad_value_is_blamed_where_it_was_given(tmp_path):
+    p = _write(tmp_path, "input: [a.txt]\nvocab_size: 0\n")
+    with pytest.raises(ConfigError, match="'vocab_size' in ") as in_file:
+        load_config(TrainVocabConfig, p)
+    assert in_file.value.hint == f"fix that value in {p}"
+    p = _write(tmp_path, "input: [a.txt]\nvocab_size: 100\n")
+    with pytest.raises(ConfigError, match=r"'vocab_size' \(from --set vocab_size=0\)") as by_set:
+        load_config(TrainVocabConfig, p, ["vocab_size=0"])
+    assert by_set.value.hint == "fix that --set"
+    with pytest.raises(ConfigError, match=r"'vocab_size' \(from --vocab-size\)") as by_flag:
+        load_config(TrainVocabConfig, p, [], {"vocab_size": 0})
+    assert by_flag.value.hint == "fix that option"
+
+
 def test_strip_accents_accepts_booleans():
     cfg = load_config(TrainVocabConfig, None, ["input=a", "strip_accents=false"])
     assert cfg.strip_accents == "none"
