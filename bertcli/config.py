@@ -293,6 +293,20 @@ def _record_origins(data: dict, prefix: str, origin: str, origins: dict[str, str
             _record_origins(value, dotted + ".", origin, origins)
 
 
+SET_ORIGIN = " (from --set "  # how an error line names a key given by --set (override_origins)
+OPTION_ORIGIN = " (from --"  # ... or by a command-line option (load_config's cli_values); --set starts so too
+
+
+def where_to_fix(problem: str, default: str) -> str:
+    """What the hint of a one-problem error asks the user to fix: the --set or the option its origin names, else
+    `default` (the file)."""
+    if SET_ORIGIN in problem:
+        return "that --set"
+    if OPTION_ORIGIN in problem:
+        return "that option"
+    return default
+
+
 def override_origins(overrides: typing.Sequence[str]) -> dict[str, str]:
     """Where each key given by `--set` came from, for error lines: the key and every key above it (`--set
     max_steps.x=1` is the override's fault, not the file's)."""
@@ -300,7 +314,7 @@ def override_origins(overrides: typing.Sequence[str]) -> dict[str, str]:
     for text in overrides:
         parts = parse_override(text)[0].split(".")
         for depth in range(1, len(parts) + 1):
-            origins[".".join(parts[:depth])] = f" (from --set {quote(text)[1:-1]})"
+            origins[".".join(parts[:depth])] = f"{SET_ORIGIN}{quote(text)[1:-1]})"
     return origins
 
 
@@ -344,7 +358,7 @@ def load_config(
         if value is None or value == [] or value == ():
             continue
         _set_dotted(data, key, list(value) if isinstance(value, tuple) else value)
-        origins[key] = f" (from --{key.replace('_', '-')})"
+        origins[key] = f"{OPTION_ORIGIN}{key.replace('_', '-')})"
     problems: list[str] = []
     cfg = _build(schema_cls, data, "", origins, problems)
     if cfg is not None and not problems and validate:
@@ -354,12 +368,7 @@ def load_config(
         if len(problems) == 1:
             if problems[0].startswith("unknown key"):
                 raise ConfigError(problems[0], hint="run `bert config show STAGE` to see every valid key")
-            # the origin the problem names (override_origins, the flags above, else the file) is where to fix it
-            if " (from --set " in problems[0]:
-                raise ConfigError(problems[0], hint="fix that --set")
-            if " (from --" in problems[0]:
-                raise ConfigError(problems[0], hint="fix that option")
-            raise ConfigError(problems[0], hint=f"fix that value{source}")
+            raise ConfigError(problems[0], hint=f"fix {where_to_fix(problems[0], 'that value' + source)}")
         raise ConfigError(
             f"{len(problems)} problems with the config{source}:\n  - " + "\n  - ".join(problems),
             hint="fix them all, then run again",

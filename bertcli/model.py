@@ -592,13 +592,11 @@ def lr_multiplier(
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    if schedule == "wsd":
-        # the cool-down never starts before warmup ends (a run shorter than its warmup over decay_fraction)
-        warmup_progress = max(warmup_progress, 1.0 - decay_fraction)
-        schedule = "linear"
-    span = 1.0 - warmup_progress
-    q = min(max((progress - warmup_progress) / span, 0.0), 1.0) if span > 0 else 1.0
-    if schedule == "linear":
+    # where the decay starts: wsd's cool-down, but never before warmup ends (a warmup longer than the stable phase)
+    decay_start = max(warmup_progress, 1.0 - decay_fraction) if schedule == "wsd" else warmup_progress
+    span = 1.0 - decay_start
+    q = min(max((progress - decay_start) / span, 0.0), 1.0) if span > 0 else 1.0
+    if schedule in ("linear", "wsd"):
         return 1.0 - q
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * q))

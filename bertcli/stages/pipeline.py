@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bertcli.config import build_config, config_hash, load_config, override_origins
+from bertcli.config import build_config, config_hash, load_config, override_origins, where_to_fix
 from bertcli.errors import ConfigError, OutputExistsError
 from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
@@ -39,7 +39,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     plans, problems = _stage_configs(cfg, f" in {path}", override_origins(overrides))
     if problems:
         if len(problems) == 1:
-            fix = "that --set" if "(from --set " in problems[0] else path
+            fix = where_to_fix(problems[0], str(path))
             raise ConfigError(problems[0], hint=f"fix {fix}; `bert config show STAGE` lists each stage's keys")
         raise ConfigError(
             f"{len(problems)} problems with the pipeline {path}:\n  - " + "\n  - ".join(problems),
