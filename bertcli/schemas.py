@@ -573,6 +573,9 @@ class FinetuneConfig:
     """Clip the gradient's global norm to this (0: no clipping)."""
     classifier_dropout: Optional[float] = field(default=None, metadata={"ge": 0.0, "lt": 1.0})
     """Dropout before the classification layer (null: the model's hidden_dropout_prob)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """As in pretrain: auto is bf16 autocast on a GPU that computes bf16 natively (compute capability 8.0 and
+    above), fp16 with a gradient scaler on older GPUs, fp32 on CPU. The saved weights are fp32 either way."""
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"roles": ("execution",)})
     """auto: cuda when available, else cpu."""
 

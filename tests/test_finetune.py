@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from bertcli.classification import classification_metrics, label_order
 from cli_helpers import app, fails, json_lines, last_json, ok, refused_with_hint, runner
@@ -94,6 +95,31 @@ def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> 
                    for x in (out / "metrics.jsonl").read_text().splitlines()]
         outputs.append((metrics, (out / "model.safetensors").read_bytes()))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights(tiny_bert: Path, tmp_path: Path, precision: str) -> None:
+    """bf16/fp16 autocast (what `precision: auto` picks on a GPU) on the CPU's autocast: the run learns, the saved
+    weights stay fp32, the manifest says which precision and why, and the result differs from fp32's (autocast was
+    really on). fp16 goes through the gradient scaler."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name in ("fp32", precision):
+        out = tmp_path / name
+        summary = last_json(ok(["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "--dev", str(DEV), "-o",
+                                str(out), "--set", f"precision={name}", "--set", "max_epochs=4", *FAST,
+                                "--json"]).stdout)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["stats"]["precision"] == name
+        assert manifest["stats"]["precision_reason"] == f"precision: {name} as configured"
+        weights = load_file(out / "model.safetensors")
+        assert {w.dtype for w in weights.values()} == {torch.float32}
+        assert all(torch.isfinite(w).all() for w in weights.values())
+        runs[name] = (summary, weights)
+    assert runs[precision][0]["dev_accuracy"] >= 0.75  # the topic word is learnt in low precision too
+    fp32_w, low_w = runs["fp32"][1], runs[precision][1]
+    assert any(not torch.equal(fp32_w[k], low_w[k]) for k in fp32_w)
 
 
 def test_finetune_pairs_integer_labels_held_out_dev_plain_bert(plain_mlm: Path, tmp_path: Path) -> None:

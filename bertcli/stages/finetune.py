@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from bertcli import classification as C
 from bertcli.errors import ArtifactError, InputError, one_line, warn
 from bertcli.labelled import Example, LabelledFile, load_examples
 from bertcli.schemas import FinetuneConfig
+
+if TYPE_CHECKING:
+    from bertcli.devices import Precision
 
 METRICS_FILE = "metrics.jsonl"
 # Paths and the device change where a run reads and computes, not what it means: the inputs' sha256s stand for
@@ -145,8 +148,12 @@ def _batch(data: Encoded, idx: Any, pad_id: int, device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def evaluate(model: Any, data: Encoded, batch_size: int, pad_id: int, device: Any, num_labels: int) -> dict[str, float]:
-    """loss, accuracy, macro_f1 and mcc of the model on encoded examples."""
+def evaluate(model: Any, data: Encoded, batch_size: int, pad_id: int, device: Any, num_labels: int,
+             precision: Precision | None = None) -> dict[str, float]:
+    """loss, accuracy, macro_f1 and mcc of the model on encoded examples (under the training's autocast, so the
+    dev figures judge the model as it was trained)."""
+    import contextlib
+
     import torch
 
     model.eval()
@@ -158,7 +165,8 @@ def evaluate(model: Any, data: Encoded, batch_size: int, pad_id: int, device: An
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = _batch(data, idx, pad_id, device)
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (B, K)
+            with precision.autocast(device) if precision else contextlib.nullcontext():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (B, K)
             loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
             predicted.extend(logits.argmax(-1).tolist())
             gold.extend(batch["labels"].tolist())
@@ -217,9 +225,11 @@ def _is_head_weight(name: str) -> bool:
 
 def train_seed(
     cfg: FinetuneConfig, seed: int, model: Any, train: Encoded, dev: Encoded, pad_id: int, device: Any,
-    metrics_file: Any,
+    metrics_file: Any, precision: Precision,
 ) -> SeedRun:
-    """Fine-tune for up to max_epochs (early stopping, time budget) and keep the weights of the best dev epoch."""
+    """Fine-tune for up to max_epochs (early stopping, time budget) and keep the weights of the best dev epoch.
+    The weights stay fp32; bf16/fp16 is autocast of the forward pass, and fp16 scales the loss (GradScaler) so that
+    small gradients do not underflow, skipping a step whose gradients overflowed."""
     import torch
     from tqdm import tqdm
 
@@ -229,6 +239,7 @@ def train_seed(
     num_labels = model.config.num_labels
     model.to(device)
     optimizer = M.build_optimizer(model, cfg.learning_rate, cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
+    scaler = torch.amp.GradScaler(device.type) if precision.name == "fp16" else None
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.max_epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_fraction * total_steps)
@@ -259,12 +270,22 @@ def train_seed(
                 )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = model(**_batch(train, order[b * cfg.batch_size : (b + 1) * cfg.batch_size], pad_id, device)).loss
+                batch = _batch(train, order[b * cfg.batch_size : (b + 1) * cfg.batch_size], pad_id, device)
+                with precision.autocast(device):
+                    loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+                else:
+                    loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 loss_sum += loss.detach()
                 step += 1
                 epoch_steps += 1
@@ -272,7 +293,7 @@ def train_seed(
             if epoch_steps == 0 and best_state is not None:
                 break  # out of time at an epoch boundary: nothing new to evaluate
             epochs_run = epoch
-            dev_metrics = evaluate(model, dev, cfg.batch_size, pad_id, device, num_labels)
+            dev_metrics = evaluate(model, dev, cfg.batch_size, pad_id, device, num_labels, precision)
             record = {
                 "seed": seed, "epoch": epoch, "step": step,
                 "train_loss": float(loss_sum) / max(epoch_steps, 1), "lr": lr if epoch_steps else 0.0,
@@ -315,6 +336,10 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     device = resolve_device(cfg.device)
 
     import torch
+
+    from bertcli.devices import resolve_precision
+
+    precision = resolve_precision(cfg.precision, device)
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -325,8 +350,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
         max_positions = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
     except Exception as exc:  # the library raises many types for a broken directory
         raise ArtifactError(f"'{model_dir}': cannot load the tokenizer or config: {exc}") from exc
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    if precision.tf32:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32
     max_length = min(cfg.max_seq_length, max_positions or cfg.max_seq_length)
     if max_length < cfg.max_seq_length:  # config.yaml keeps what was asked; the manifest's stats what was used
         _log(f"note: max_seq_length {cfg.max_seq_length} is more than the model's {max_length} positions; "
@@ -346,7 +371,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
                 model = load_classifier_start(model_dir, splits.labels, cfg, seed)
-                outcome = train_seed(cfg, seed, model, train, dev, pad_id, device, metrics_file)
+                outcome = train_seed(cfg, seed, model, train, dev, pad_id, device, metrics_file, precision)
                 runs.append(outcome.result)
                 if C.best_index(runs, f"dev_{cfg.metric}") == len(runs) - 1:
                     best_state = outcome.best_state
@@ -369,6 +394,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
             "max_seq_length": max_length,
             "parameters": sum(p.numel() for p in model.parameters()),
             "device": str(device),
+            "precision": precision.name,
+            "precision_reason": precision.reason,
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
         inputs = {"model": {"path": str(model_dir), "sha256": {
