@@ -108,9 +108,16 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or other in path.parents
 
 
-def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> Path:
+def check_output(
+    path: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = (), stage: str | None = None
+) -> Path:
     """Refuse an output that is, or lies inside, one of the stage's inputs; refuse an existing output unless
-    --overwrite; never replace what bertcli did not write. A symbolic link is followed (its target is the output)."""
+    --overwrite; never replace what bertcli did not write. A symbolic link is followed (its target is the output).
+
+    --overwrite replaces only an artifact of the same `stage` whose manifest lists its files: another stage's
+    output (a pretraining run given as a fine-tune's --output) is a mistaken path far more often than a wish to
+    destroy it, and in a directory whose manifest lists no files (a pretraining run, which keeps checkpoints and
+    the user's notes beside its own files) a user's files cannot be told from bertcli's."""
     out = Path(path)
     if out.is_symlink():
         out = out.resolve()
@@ -131,6 +138,18 @@ def check_output(path: str | Path, overwrite: bool, inputs: tuple[str | Path, ..
         raise OutputExistsError(
             f"output '{path}' exists and is not a bertcli artifact (no bertcli manifest.json in it)",
             hint="choose another --output; bertcli never deletes files it did not write",
+        )
+    manifest = None if empty else read_bertcli_manifest(out)
+    if manifest is not None and stage is not None and manifest.get("stage") != stage:
+        raise OutputExistsError(
+            f"output '{path}' holds a {manifest.get('stage')} artifact, which {stage} does not replace",
+            hint="choose another --output; bertcli never replaces another stage's output",
+        )
+    if manifest is not None and overwrite and not isinstance(manifest.get("files"), dict):
+        raise OutputExistsError(
+            f"output '{path}' holds a bertcli artifact whose manifest does not list its files, so files of yours in "
+            "it could not be told apart and kept",
+            hint="choose another --output, or remove the old artifact yourself",
         )
     foreign = foreign_entries(out)
     if foreign:
@@ -183,16 +202,18 @@ def move_into_place(tmp: Path, out: Path, durable: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (), stage: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path`, on failure it is removed."""
-    out = check_output(path, overwrite, inputs)
+    out = check_output(path, overwrite, inputs, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent)
     tmp = temp_dir_for(out)
     try:
         yield tmp
         if out.exists():
-            check_output(out, overwrite)  # it may have appeared while we worked
+            check_output(out, overwrite, (), stage)  # it may have appeared while we worked
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

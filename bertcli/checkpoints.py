@@ -344,11 +344,14 @@ def check_resume_inputs(run_info: dict, data: DataArtifact) -> None:
 
 def is_run_dir(path: Path) -> bool:
     """A directory that `bert pretrain` wrote: it holds the run marker, or (runs begun before the marker existed)
-    a bertcli manifest or a finished bertcli checkpoint."""
+    a pretrain manifest or a finished bertcli checkpoint."""
     if not path.is_dir():
         return False
-    if (path / RUN_MARKER).is_file() or read_bertcli_manifest(path) is not None:
+    if (path / RUN_MARKER).is_file():
         return True
+    manifest = read_bertcli_manifest(path)
+    if manifest is not None:  # another stage's artifact is no run: --overwrite must not clear it
+        return manifest.get("stage") == "pretrain"
     return any(_is_bertcli_checkpoint(p) for p in path.iterdir() if p.name == FINAL or p.name.startswith(STEP_PREFIX))
 
 

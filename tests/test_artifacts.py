@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,27 @@ def test_check_output_knows_bertcli_artifacts_from_other_folders(tmp_path):
         artifacts.check_output(other, overwrite=True)
     with pytest.raises(OutputExistsError, match="inside"):
         artifacts.check_output(tmp_path / "corpus" / "tok", overwrite=True, inputs=(tmp_path / "corpus",))
+
+
+def test_overwrite_replaces_only_its_own_stage_with_a_file_list(tmp_path):
+    def artifact(name: str, manifest: dict) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "data.bin").write_bytes(b"x")
+        (out / "manifest.json").write_text(json.dumps(
+            {"format_version": 1, "stage": "pairs", "bertcli_version": "0", **manifest}))
+        return out
+
+    listed = artifact("listed", {"files": {"data.bin": {"bytes": 1, "sha256": "-"}}})
+    assert artifacts.check_output(listed, overwrite=True, stage="pairs") == listed
+    with pytest.raises(OutputExistsError, match="holds a pairs artifact, which masked does not replace"):
+        artifacts.check_output(listed, overwrite=True, stage="masked")
+    unlisted = artifact("unlisted", {})  # a run, or an artifact from before manifests listed their files
+    with pytest.raises(OutputExistsError, match="does not list its files"):
+        artifacts.check_output(unlisted, overwrite=True, stage="pairs")
+    with pytest.raises(OutputExistsError, match="already holds a bertcli artifact"):
+        artifacts.check_output(unlisted, overwrite=False, stage="pairs")
+    assert (unlisted / "data.bin").read_bytes() == b"x"
 
 
 def test_load_data_checks_the_tokenizer_against_the_manifest(masked_data, tmp_path, tiny_tokenizer):

@@ -84,6 +84,23 @@ def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_c
     (row,) = json_lines(ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
     assert row["pll"] < 0 and row["tokens"] > 0
 
+    # The run given as a fine-tune's output by mistake: refused even with --overwrite, the run and a note of the
+    # user's in it kept (its manifest lists no files, and it is another stage's output).
+    (run / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    fails(["finetune", "--model", str(run), "--train", str(TRAIN), "--output", str(run / "final"), "--overwrite"],
+          "is the input")
+    other = tmp_path / "run-copy"
+    shutil.copytree(run, other)
+    refused_with_hint(["finetune", "--model", str(run), "--train", str(TRAIN), "--output", str(other),
+                       "--overwrite"], "holds a pretrain artifact, which finetune does not replace")
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+    assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == before
+    # ...and the other way round: a pretraining run over the fine-tuned model is refused, not cleared
+    fails(["pretrain", "--data", str(data), "--output", str(out), "--overwrite", "--set", "max_steps=1"],
+          "not a bertcli run")
+    assert (out / "model.safetensors").is_file()
+
 
 def test_finetune_is_deterministic_per_seed(tiny_bert: Path, tmp_path: Path) -> None:
     outputs = []

@@ -332,7 +332,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     model_dir = check_model_dir(cfg.model)
     splits = read_splits(cfg)
     inputs_given = tuple(p for p in (cfg.model, cfg.train, cfg.dev) if p)
-    check_output(cfg.output, overwrite, inputs_given)  # before the training, not after it
+    check_output(cfg.output, overwrite, inputs_given, stage="finetune")  # before the training, not after it
     device = resolve_device(cfg.device)
 
     import torch
@@ -364,7 +364,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
              "tokens and were truncated")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # padding is not attended
     started = time.perf_counter()
-    with atomic_output_dir(cfg.output, overwrite, inputs_given) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, inputs_given, stage="finetune") as tmp:
         runs: list[dict[str, Any]] = []
         best_state, model = None, None
         with open(tmp / METRICS_FILE, "w", encoding="utf-8") as metrics_file:

@@ -126,7 +126,7 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     """Mask every sequence of the pairs artifact dupe_factor times; returns the manifest."""
     pairs = load_data(cfg.input, ("pairs",))
     pairs_manifest, arrays = pairs.manifest, pairs.arrays
-    check_output(cfg.output, overwrite, (cfg.input,))
+    check_output(cfg.output, overwrite, (cfg.input,), stage="masked")
     dtype = np.dtype(pairs.token_dtype)
     max_len = pairs.max_seq_length
     position_dtype = np.dtype(np.int16 if max_len <= np.iinfo(np.int16).max else np.int32)
@@ -143,7 +143,10 @@ def run(cfg: MaskConfig, overwrite: bool = False) -> dict:
     num_blocks = -(-arrays.num_sequences // BLOCK_SEQUENCES)
     tasks = [(b, c) for b in range(num_blocks) for c in range(cfg.dupe_factor)]  # block-major, as pairs
     totals = dict.fromkeys(MASK_STAT_KEYS, 0)
-    with atomic_output_dir(cfg.output, overwrite, (cfg.input,)) as tmp, open_executor(cfg, threads=True) as executor:
+    with (
+        atomic_output_dir(cfg.output, overwrite, (cfg.input,), stage="masked") as tmp,
+        open_executor(cfg, threads=True) as executor,
+    ):
         writer = ShardWriter(
             tmp,
             ragged={"input_ids": dtype, "masked_positions": position_dtype, "masked_labels": dtype},

@@ -376,11 +376,11 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
     loaded = load_tokenizer(cfg.tokenizer)
     _check_config(cfg, loaded)
     inputs = (*cfg.input, *paths, cfg.tokenizer)
-    check_output(cfg.output, overwrite, inputs)
+    check_output(cfg.output, overwrite, inputs, stage="pairs")
     dtype = token_dtype(loaded.vocab_size)
     params = pairing.PairingParams(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp_probability)
     corpus_stats = CorpusStats()
-    with atomic_output_dir(cfg.output, overwrite, inputs) as tmp, WorkerPool(cfg.num_workers) as pool:
+    with atomic_output_dir(cfg.output, overwrite, inputs, stage="pairs") as tmp, WorkerPool(cfg.num_workers) as pool:
         scratch = tmp / SCRATCH
         sharded = cfg.num_shards > 1
         own_blocks: range | None = None
@@ -516,7 +516,7 @@ def _build_parts_and_merge(cfg: PairsConfig, overwrite: bool) -> dict:
     paths = resolve_inputs(cfg.input)  # a missing corpus or an unfit tokenizer is reported before any task starts
     loaded = load_tokenizer(cfg.tokenizer)
     _check_config(cfg, loaded)
-    out = check_output(cfg.output, overwrite, (*cfg.input, *paths, cfg.tokenizer))
+    out = check_output(cfg.output, overwrite, (*cfg.input, *paths, cfg.tokenizer), stage="pairs")
     with open_executor(cfg) as executor:  # first: a missing Ray is then one line, with no note or bar before it
         if cfg.num_shards == 1:
             print("note: executor ray with num_shards 1 runs the whole job as one task; set num_shards (a few times "
@@ -598,10 +598,10 @@ def merge_parts(cfg: PairsConfig, overwrite: bool = False) -> dict:
         | {k: getattr(cfg, k) for k in execution if k not in ("input", "tokenizer")},
     )
     merged_cfg = replace(merged_cfg, shard_index=0, num_shards=1)
-    check_output(cfg.output, overwrite, tuple(parts))
+    check_output(cfg.output, overwrite, tuple(parts), stage="pairs")
     dtype = np.dtype(manifests[0]["token_dtype"])
     totals: dict[str, int] = {}
-    with atomic_output_dir(cfg.output, overwrite, tuple(parts)) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, tuple(parts), stage="pairs") as tmp:
         writer = ShardWriter(
             tmp,
             ragged={RAGGED: dtype},

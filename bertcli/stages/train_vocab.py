@@ -178,11 +178,11 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
     stats = CorpusStats()
     paths = resolve_inputs(cfg.input, stats)  # stats records what expanding a directory skipped
     inputs = (*cfg.input, *paths)
-    check_output(cfg.output, overwrite, inputs)
+    check_output(cfg.output, overwrite, inputs, stage="train-vocab")
     if cfg.num_workers:
         # The tokenizers trainer sizes its thread pool from this variable when it first runs.
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_workers))
-    with atomic_output_dir(cfg.output, overwrite, inputs) as tmp:
+    with atomic_output_dir(cfg.output, overwrite, inputs, stage="train-vocab") as tmp:
         appended: list[str] = []
         if base is not None:
             appended = _extend(cfg, base, paths, stats)
