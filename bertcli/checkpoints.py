@@ -103,7 +103,7 @@ def save_checkpoint(
     tmp = temp_dir_for(final_path)
     try:
         model.save_pretrained(tmp)
-        copy_tokenizer_files(tokenizer_dir, tmp)
+        copy_tokenizer_files(tokenizer_dir, tmp, max_positions=getattr(model.config, "max_position_embeddings", None))
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
         torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")

@@ -250,12 +250,23 @@ def load_tokenizer(directory: str | Path) -> LoadedTokenizer:
     )
 
 
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Carry a tokenizer inside a later artifact, so every artifact is self-contained."""
+def copy_tokenizer_files(src: Path, dst: Path, max_positions: int | None = None) -> None:
+    """Carry a tokenizer inside a later artifact, so every artifact is self-contained.
+
+    max_positions: the model's position embeddings, beside which the tokenizer is saved. Its model_max_length is
+    lowered to them: transformers truncates to model_max_length, and a pipeline(..., truncation=True) on a long
+    text would otherwise feed a 64-position model 512 tokens and fail."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             (dst / name).write_bytes((src / name).read_bytes())
+    config_path = dst / "tokenizer_config.json"
+    if max_positions is not None and config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        current = config.get("model_max_length")
+        if not isinstance(current, int) or current > max_positions:
+            config["model_max_length"] = max_positions
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 @dataclass

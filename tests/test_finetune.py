@@ -62,6 +62,10 @@ def test_finetune_end_to_end_and_predict(tiny_bert: Path, tmp_path: Path) -> Non
     assert len(file_rows) == 16
     human = ok(["predict", "--model", str(out), texts[0]]).stdout
     assert human.startswith(rows[0]["label"] + "\t") and texts[0] in human
+    # The saved tokenizer truncates to the model's positions, so the library's own pipeline takes a long text.
+    positions = model.config.max_position_embeddings
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == positions
+    assert classify(" ".join(["dog"] * (2 * positions)), truncation=True)[0]["label"] in ("animal", "thing")
 
 
 def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_corpus, tmp_path, monkeypatch) -> None:
@@ -81,6 +85,7 @@ def test_finetune_and_score_take_a_pretrain_run_directory(tiny_tokenizer, tiny_c
                               str(out), "--set", "max_epochs=1", *FAST, "--json"]).stdout)
     assert summary["labels"] == ["animal", "thing"]
     assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(run / "final")
+    assert json.loads((run / "final" / "tokenizer_config.json").read_text())["model_max_length"] == 64
     (row,) = json_lines(ok(["score", "--model", str(run), "--json", "The cat sat on the mat."]).stdout)
     assert row["pll"] < 0 and row["tokens"] > 0
 

@@ -379,6 +379,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
         best = runs[C.best_index(runs, f"dev_{cfg.metric}")]
         model.load_state_dict(best_state)
         model.save_pretrained(tmp)
+        if max_positions:  # pipeline(..., truncation=True) truncates to this; above the positions it fails
+            tokenizer.model_max_length = min(tokenizer.model_max_length, max_positions)
         tokenizer.save_pretrained(tmp)
         medians = C.median_metrics(runs, [f"dev_{m}" for m in C.METRICS])
         stats = {
