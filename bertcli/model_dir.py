@@ -45,6 +45,8 @@ def resolve_device(device: str = "auto") -> Any:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise InputError(f"--device '{device}': {exc}", hint="use auto, cpu, cuda or cuda:N") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device '{device}': bertcli runs on cpu or cuda only", hint="use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
     return dev
@@ -105,23 +107,15 @@ def check_is_bert(model_dir: Path) -> dict:
     return config
 
 
-def load_model(
-    path: str | Path,
-    device: str = "auto",
-    need_mlm: bool = False,
-    need_nsp: bool = False,
-    attentions: bool = False,
-) -> LoadedModel:
-    """Load a BertForPreTraining directory (ours or any Hugging Face one) and its tokenizer, checking both."""
-    model_dir = resolve_model_dir(path)
-    check_is_bert(model_dir)
+def check_model_files(model_dir: Path, model_class: str) -> None:
+    """Safetensors weights and a tokenizer must be there; model_class names the class for the conversion hint."""
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         pickled = any((model_dir / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
         if pickled:
             raise ArtifactError(
                 f"'{model_dir}' has only pickled weights (pytorch_model.bin); bertcli loads safetensors only, since "
                 "unpickling can run code",
-                hint="if you trust the model, convert it once: BertForPreTraining.from_pretrained(DIR)"
+                hint=f"if you trust the model, convert it once: {model_class}.from_pretrained(DIR)"
                 ".save_pretrained(DIR) writes model.safetensors",
             )
         raise ArtifactError(
@@ -133,6 +127,19 @@ def load_model(
             f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
             hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))",
         )
+
+
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    need_mlm: bool = False,
+    need_nsp: bool = False,
+    attentions: bool = False,
+) -> LoadedModel:
+    """Load a BertForPreTraining directory (ours or any Hugging Face one) and its tokenizer, checking both."""
+    model_dir = resolve_model_dir(path)
+    check_is_bert(model_dir)
+    check_model_files(model_dir, "BertForPreTraining")
 
     import torch
     import transformers

@@ -303,9 +303,16 @@ def test_pickled_weights_are_refused_in_one_line(tiny_bert, tmp_path):
     torch.save(weights, model_dir / "pytorch_model.bin")
     (model_dir / "model.safetensors").unlink()
     for command in (["fill-mask", "The [MASK] sat."], ["predict-nsp", "--first", "A.", "--second", "B."],
-                    ["embed", "--word", "a", "a b"]):
+                    ["embed", "--word", "a", "a b"], ["score", "a b"], ["predict", "a b"],
+                    ["finetune", "--train", str(tmp_path / "t.tsv"), "--output", str(tmp_path / "clf")]):
         line = _refused([command[0], "--model", str(model_dir), *command[1:]], "pickled", str(model_dir))
         assert "weights_only" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla:0"])
+def test_a_device_bertcli_does_not_run_on_is_named(tiny_bert, device):
+    _refused(["fill-mask", "--model", str(tiny_bert), "--device", device, "The [MASK] sat."], f"--device '{device}'")
 
 
 # ---------------------------------------------------------------- 11. the environment

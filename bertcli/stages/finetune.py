@@ -36,19 +36,14 @@ def check_model_dir(path: str | Path, bert_only: bool = True) -> Path:
     """The directory to start from: a Hugging Face model directory with weights and a tokenizer, or a `bert
     pretrain` run (its final/). bert_only: a BERT (fine-tuning builds BertForSequenceClassification's head and
     options); `bert predict` also takes another architecture's fine-tuned classifier."""
-    from bertcli.model_dir import TOKENIZER_FILES, WEIGHT_FILES, check_is_bert, read_model_config, resolve_model_dir
+    from bertcli.model_dir import check_is_bert, check_model_files, read_model_config, resolve_model_dir
 
     model_dir = resolve_model_dir(path)
     if bert_only:
         check_is_bert(model_dir)
     else:
         read_model_config(model_dir)  # a Hugging Face directory: config.json, readable
-    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
-        raise ArtifactError(f"'{model_dir}' has no weights (none of {', '.join(WEIGHT_FILES)})",
-                            hint="the checkpoint was not finished or not saved with save_pretrained; use another one")
-    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise ArtifactError(f"'{model_dir}' has no tokenizer (tokenizer.json or vocab.txt)",
-                            hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
+    check_model_files(model_dir, "BertForPreTraining" if bert_only else "AutoModelForSequenceClassification")
     return model_dir
 
 
