@@ -65,14 +65,19 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) for every non-blank row; CSV and TSV take their field names from the first line."""
     text = _read_text(path)
     if fmt == "jsonl":
+        seen_row = False
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if line.lstrip().startswith("[") and not seen_row:
+                raise InputError(f"{path}:{line_no}: the file is a JSON array, not JSON lines",
+                                 hint='write one JSON object a line, e.g. {"text": "…", "label": "…"}')
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}:{line_no}: not a JSON object ({exc.msg})",
                                  hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}') from exc
+            seen_row = True
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}",
                                  hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}')
@@ -83,7 +88,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
         if not lines:
             return
-        header = lines[0][1].split("\t")
+        header = _header(path, lines[0][0], lines[0][1].split("\t"))
         for line_no, line in lines[1:]:
             values = line.split("\t")
             if len(values) != len(header):
@@ -93,7 +98,9 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 )
             yield line_no, dict(zip(header, values))
         return
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote closed in the middle of a field (`"a",b"c`) or never closed is an error, not a silent merge
+    # of the rows up to the next quote into one text.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     start = 1
     try:
@@ -102,7 +109,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             if not any(v.strip() for v in values):
                 continue
             if header is None:
-                header = values
+                header = _header(path, line_no, values)
                 continue
             if len(values) != len(header):
                 raise InputError(
@@ -111,7 +118,23 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 )
             yield line_no, dict(zip(header, values))
     except csv.Error as exc:
-        raise InputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from exc
+        raise InputError(
+            f"{path}:{start}: not valid CSV ({exc}; the row starting on this line ends on line {reader.line_num})",
+            hint='close every quote opened at the start of a field, and double a quote inside one: "say ""hi"""',
+        ) from exc
+
+
+def _header(path: Path, line_no: int, names: list[str]) -> list[str]:
+    """Column names of a CSV/TSV header line, stripped of spaces; a name given twice is an error, since one of the
+    two columns would be dropped without a word."""
+    names = [n.strip() for n in names]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{path}:{line_no}: the header names the column '{name}' twice",
+                             hint="give every column its own name in the first line")
+        seen.add(name)
+    return names
 
 
 def _field_text(path: Path, line_no: int, row: dict[str, Any], field: str, hint: str) -> str:
@@ -151,12 +174,25 @@ def load_examples(
     """Every example of a labelled file. text_field None: `sentence` if the first row has it, else `text`.
     label_field None: labels are not read (prediction input; a label column is ignored)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"'{p}' is a directory, not a file of examples", hint="pass the .csv, .tsv or .jsonl file")
     fmt = detect_format(p, format)
     examples: list[Example] = []
     field = text_field
     for line_no, row in _rows(p, fmt):
         if field is None:
-            field = next((f for f in DEFAULT_TEXT_FIELDS if f in row), DEFAULT_TEXT_FIELDS[-1])
+            field = next((f for f in DEFAULT_TEXT_FIELDS if f in row), None)
+            if field is None:
+                where = "the header line" if fmt != "jsonl" else f"line {line_no}"
+                raise InputError(
+                    f"{p}:{line_no}: no field 'sentence' or 'text' ({where} has: {', '.join(map(str, row))})",
+                    hint="set text_field to the column holding the text"
+                    + (", and start the file with a header line naming the columns" if fmt != "jsonl" else ""),
+                )
+            for other, key in ((text_pair_field, "text_pair_field"), (label_field, "label_field")):
+                if other == field:
+                    raise InputError(f"{p}: {key} '{other}' is also the text field ('{field}' by default)",
+                                     hint=f"set {key} to another column, or text_field to the one holding the text")
         text = _field_text(p, line_no, row, field, hint="set text_field to the column holding the text")
         pair = None
         if text_pair_field is not None:

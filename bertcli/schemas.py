@@ -543,7 +543,8 @@ class FinetuneConfig:
     label_field: str = "label"
     """The column or key holding the label: a string, or an integer class id."""
     dev_fraction: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
-    """Share of the training file held out as dev set when no dev file is given (the same split for every seed)."""
+    """Share of each label's training examples held out as dev set when no dev file is given (stratified: the
+    dev set keeps the file's label mix; the same split for every seed)."""
     max_seq_length: int = field(default=128, metadata={"ge": 8, "le": MAX_POSITIONS})
     """Tokens per example, [CLS] and [SEP]s included; longer examples are truncated (counted in the stats)."""
     seed: int = field(default=42, metadata={"ge": 0, "le": MAX_SEED})

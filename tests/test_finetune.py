@@ -211,7 +211,21 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     fails([*base, "--train", str(bad("one.jsonl", '{"text": "the cat .", "label": "a"}\n' * 5))], "two or more")
     fails([*base, "--train", str(bad("float.jsonl", '{"text": "a .", "label": 1.5}\n'))], "float.jsonl:1", "1.5")
     refused_with_hint([*base, "--train", str(bad("list.jsonl", '{"text": "a .", "label": ["a"]}\n'))], "list.jsonl:1")
-    refused_with_hint([*base, "--train", str(bad("array.jsonl", '["a .", 1]\n'))], "array.jsonl:1", "got list")
+    refused_with_hint([*base, "--train", str(bad("array.jsonl", '["a .", 1]\n'))], "array.jsonl:1", "JSON array")
+    refused_with_hint([*base, "--train", str(bad("indented.json", '[\n  {"text": "a .", "label": 1}\n]\n'))],
+                      "indented.json:1", "JSON array")
+    # A quote opened and closed in the middle of a field merged two rows into one text, silently.
+    unclosed = bad("unclosed.csv", 'sentence,label\n"the cat .",animal\n"the sun .,thing\n"the dog .",animal\n')
+    refused_with_hint([*base, "--train", str(unclosed)], "unclosed.csv:3", "not valid CSV", "ends on line 4")
+    # The last of two columns of one name was read, silently; a header is matched without its stray spaces.
+    refused_with_hint([*base, "--train", str(bad("dup.tsv", "sentence\tlabel\tlabel\nthe cat .\tanimal\tx\n"))],
+                      "dup.tsv:1", "'label' twice")
+    refused_with_hint([*base, "--train", str(bad("nohead.tsv", "the cat .\tanimal\nthe sun .\tthing\n"))],
+                      "nohead.tsv:2", "no field 'sentence' or 'text'", "the header line has: the cat .")
+    # The default text field paired with itself: a pair task of one text twice.
+    refused_with_hint([*base, "--train", str(TRAIN), "--set", "text_pair_field=sentence"],
+                      "text_pair_field 'sentence' is also the text field")
+    refused_with_hint([*base, "--train", str(tmp_path)], "is a directory")
     fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
     fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
     fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")
@@ -254,6 +268,33 @@ def test_a_stage_artifact_given_as_the_model_is_named(tmp_path: Path) -> None:
         fails([command[0], "--model", str(tokenizer), *command[1:]], "'train-vocab' artifact, not a model")
     fails(["finetune", "--model", str(tokenizer), "--train", str(TRAIN), "-o", str(tmp_path / "out")],
           "'train-vocab' artifact, not a model")
+
+
+def test_the_held_out_dev_set_is_stratified() -> None:
+    from bertcli.stages.finetune import held_out_indices
+
+    # 90 of a, 9 of b, 1 of c: a random tenth could miss b or hold out c's only example (a dev label the model
+    # never trains on: accuracy 0 on it, and no error, where a --dev file with it is refused).
+    labels_of = ["a"] * 90 + ["b"] * 9 + ["c"]
+    dev = held_out_indices(labels_of, ["a", "b", "c"], 0.1, seed=42)
+    held = [labels_of[i] for i in sorted(dev)]
+    assert held.count("a") == 9 and held.count("b") == 1 and "c" not in held
+    assert dev == held_out_indices(list(labels_of), ["a", "b", "c"], 0.1, seed=42)
+    assert dev != held_out_indices(labels_of, ["a", "b", "c"], 0.1, seed=43)
+    assert held_out_indices(["x", "y"], ["x", "y"], 0.5, seed=0) == set()  # one each: nothing can be spared
+
+
+def test_held_out_refusals_and_a_dev_file_equal_to_train(tiny_bert: Path, tmp_path: Path) -> None:
+    base = ["finetune", "--model", str(tiny_bert), *FAST, "--set", "max_epochs=1"]
+    # A label column of unique values (the sentence itself): every label one example, no dev set possible.
+    refused_with_hint([*base, "--train", str(TRAIN), "-o", str(tmp_path / "a"), "--set", "text_field=label",
+                       "--set", "label_field=sentence"], "too few to hold out")
+    result = ok([*base, "--train", str(TRAIN), "--dev", str(TRAIN), "-o", str(tmp_path / "b")])
+    assert "warning: the dev file is the training file" in result.stderr
+    # Header names are matched without stray spaces around them.
+    spaced = tmp_path / "spaced.tsv"
+    spaced.write_text(TRAIN.read_text().replace("sentence\tlabel", " sentence \t label ", 1), encoding="utf-8")
+    ok([*base, "--train", str(spaced), "--dev", str(DEV), "-o", str(tmp_path / "c")])
 
 
 def test_classification_metrics() -> None:

@@ -67,6 +67,9 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
             hint=f"check label_field (now '{cfg.label_field}')",
         )
     if cfg.dev is not None:
+        if Path(cfg.dev).resolve() == Path(cfg.train).resolve():
+            warn(f"the dev file is the training file {cfg.train}: its figures measure memory, not generalisation; "
+                 "pass another --dev, or none to hold out dev_fraction of the training file")
         dev_file = load_examples(cfg.dev, cfg.format, cfg.text_field, cfg.text_pair_field, cfg.label_field)
         known = set(labels)
         for e in dev_file.examples:
@@ -79,17 +82,32 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
         _warn_if_one_class(dev_file.examples, f"the dev file {dev_file.path}")
         return Splits(train_file.examples, dev_file.examples, labels, train_file, dev_file)
     examples = train_file.examples
-    n_dev = max(1, round(cfg.dev_fraction * len(examples)))
-    if n_dev >= len(examples):
-        raise InputError(f"{train_file.path}: {len(examples)} example(s) are too few to hold out a dev set",
-                         hint="pass --dev FILE or add examples")
-    # One split for every seed, so the seeds' dev scores are comparable.
-    order = np.random.default_rng([cfg.seed, 0x5E1]).permutation(len(examples))
-    dev_idx = set(order[:n_dev].tolist())
+    dev_idx = held_out_indices([e.label for e in examples], labels, cfg.dev_fraction, cfg.seed)
+    if not dev_idx:
+        raise InputError(
+            f"{train_file.path}: {len(examples)} example(s) in {len(labels)} labels are too few to hold out "
+            f"dev_fraction {cfg.dev_fraction:g} of each label and keep one to train on",
+            hint="pass --dev FILE, raise dev_fraction, or add examples",
+        )
     train = [e for i, e in enumerate(examples) if i not in dev_idx]
     dev = [e for i, e in enumerate(examples) if i in dev_idx]
     _warn_if_one_class(dev, f"the dev set held out of {train_file.path} (dev_fraction {cfg.dev_fraction})")
     return Splits(train, dev, labels, train_file, None)
+
+
+def held_out_indices(labels_of: list[str], labels: list[str], fraction: float, seed: int) -> set[int]:
+    """The examples held out as dev set: `fraction` of each label's (rounded), never its last one, so that the dev
+    set has the training file's label mix and every dev label is one the model trains on. The same for every
+    seed, so the seeds' dev scores are comparable."""
+    rng = np.random.default_rng([seed, 0x5E1])
+    members: dict[str, list[int]] = {label: [] for label in labels}
+    for i, label in enumerate(labels_of):
+        members[label].append(i)
+    held_out: set[int] = set()
+    for label in labels:  # id order: the split does not depend on the file's order of labels
+        count = min(round(fraction * len(members[label])), len(members[label]) - 1)
+        held_out.update(rng.permutation(members[label])[:count].tolist())
+    return held_out
 
 
 def _warn_if_one_class(dev: list[Example], what: str) -> None:
