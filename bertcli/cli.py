@@ -530,7 +530,8 @@ def finetune(
     typer.echo(
         f"wrote {cfg.output}: the model of seed {stats['best_seed']}"
         + (f", the best of {n} by dev {stats['metric']}" if n > 1 else "")
-        + f"; try: bert predict --model {cfg.output} \"TEXT\""
+        + (f"; try: bert predict --model {cfg.output} --input FILE (fields {cfg.text_field or 'sentence/text'} and "
+           f"{cfg.text_pair_field})" if cfg.text_pair_field else f"; try: bert predict --model {cfg.output} \"TEXT\"")
     )
 
 
@@ -542,7 +543,14 @@ def predict(
         ..., "--model", "-m", help="A sequence classifier: the output of `bert finetune`, or any HF one."
     ),
     input_: Optional[Path] = typer.Option(
-        None, "--input", "-i", help="CSV/TSV/JSONL file as for `bert finetune --train` (its label column is ignored)."
+        None, "--input", "-i", help="CSV/TSV/JSONL file as for `bert finetune --train` (its label column is ignored), "
+        "or a .txt file of one text a line."
+    ),
+    text_field: Optional[str] = typer.Option(
+        None, "--text-field", help="The --input column or key of the text (default: the one fine-tuned on)."
+    ),
+    text_pair_field: Optional[str] = typer.Option(
+        None, "--text-pair-field", help="The --input column or key of a pair's second text (default: as fine-tuned)."
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input: label, probability, probabilities."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
@@ -555,22 +563,31 @@ def predict(
     if (input_ is None) == (not texts):
         raise InputError("give texts as arguments or --input FILE" + (", not both" if input_ is not None else ""),
                          hint='e.g. bert predict --model runs/finetune "The cat sat on the mat."')
+    if input_ is None and (text_field or text_pair_field):
+        raise InputError("--text-field and --text-pair-field name the fields of an --input file",
+                         hint="give the file with --input FILE")
     clf = tool.load_classifier(model, device=device)
     if input_ is not None:
-        rows = tool.classify_file(clf, input_, batch_size)
+        rows = tool.classify_file(clf, input_, batch_size, text_field, text_pair_field)
     elif clf.text_pair_field is not None:
         raise InputError(
             f"'{clf.path}' classifies sentence pairs: give them in --input FILE with fields "
-            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}"
+            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}",
+            hint=f"e.g. one JSON object a line: {{\"{clf.text_field or 'sentence'}\": \"…\", "
+            f"\"{clf.text_pair_field}\": \"…\"}}",
         )
     else:
         rows = tool.classify(clf, list(texts or []), batch_size=batch_size)
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            shown = row["text"] + (f"  ||  {row['text_pair']}" if "text_pair" in row else "")
+        else:  # one line a result: a tab or line break inside a text is shown escaped
+            shown = _one_line(row["text"]) + (f"  ||  {_one_line(row['text_pair'])}" if "text_pair" in row else "")
             typer.echo(f"{row['label']}\t{row['probability']:.4f}\t{shown}")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
 
 
 # ---------------------------------------------------------------- score (bertcli/tools/score.py)

@@ -7,7 +7,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bertcli.errors import InputError
 
@@ -36,7 +36,12 @@ class LabelledFile:
     examples: list[Example]
 
 
-def detect_format(path: Path, format: str = "auto") -> str:
+def config_key(key: str) -> str:
+    """How a hint tells a `bert finetune` user to change a key (`bert predict` passes options instead)."""
+    return "set format: csv, tsv or jsonl" if key == "format" else f"set {key}"
+
+
+def detect_format(path: Path, format: str = "auto", setting: Callable[[str], str] = config_key) -> str:
     """csv, tsv or jsonl: the configured format, else by the file's suffix."""
     if format != "auto":
         return format
@@ -44,15 +49,36 @@ def detect_format(path: Path, format: str = "auto") -> str:
     if fmt is None:
         raise InputError(
             f"{path}: cannot tell the format from the suffix '{path.suffix}'",
-            hint="name the file .csv, .tsv or .jsonl, or set format: csv, tsv or jsonl",
+            hint=f"name the file .csv, .tsv or .jsonl, or {setting('format')}",
         )
     return fmt
 
 
-def _read_text(path: Path) -> str:
+def _check_regular_file(path: Path, what: str, hint: str) -> None:
     if not path.is_file():
-        raise InputError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file",
-                         hint="check the path")
+        raise InputError(f"{what}'{path}' " + (
+            "does not exist" if not path.exists() else "is a directory" if path.is_dir()
+            else "is not a regular file (a pipe or a device)"), hint=hint)
+
+
+def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify."""
+    _check_regular_file(path, f"{what} ", "pass a text file, one a line")
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+                                 hint="save the file as UTF-8") from exc
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
+            if line.strip():
+                yield line_no, line
+
+
+def _read_text(path: Path) -> str:
+    _check_regular_file(path, "", "pass a .csv, .tsv or .jsonl file")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -170,13 +196,13 @@ def load_examples(
     text_field: str | None = None,
     text_pair_field: str | None = None,
     label_field: str | None = "label",
+    setting: Callable[[str], str] = config_key,
 ) -> LabelledFile:
     """Every example of a labelled file. text_field None: `sentence` if the first row has it, else `text`.
     label_field None: labels are not read (prediction input; a label column is ignored)."""
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"'{p}' is a directory, not a file of examples", hint="pass the .csv, .tsv or .jsonl file")
-    fmt = detect_format(p, format)
+    _check_regular_file(p, "", "pass a .csv, .tsv or .jsonl file")  # before its suffix is judged
+    fmt = detect_format(p, format, setting)
     examples: list[Example] = []
     field = text_field
     for line_no, row in _rows(p, fmt):
@@ -186,17 +212,19 @@ def load_examples(
                 where = "the header line" if fmt != "jsonl" else f"line {line_no}"
                 raise InputError(
                     f"{p}:{line_no}: no field 'sentence' or 'text' ({where} has: {', '.join(map(str, row))})",
-                    hint="set text_field to the column holding the text"
+                    hint=f"{setting('text_field')} to the column holding the text"
                     + (", and start the file with a header line naming the columns" if fmt != "jsonl" else ""),
                 )
             for other, key in ((text_pair_field, "text_pair_field"), (label_field, "label_field")):
                 if other == field:
                     raise InputError(f"{p}: {key} '{other}' is also the text field ('{field}' by default)",
-                                     hint=f"set {key} to another column, or text_field to the one holding the text")
-        text = _field_text(p, line_no, row, field, hint="set text_field to the column holding the text")
+                                     hint=f"{setting(key)} to another column, or {setting('text_field')} to the one "
+                                     "holding the text")
+        text = _field_text(p, line_no, row, field, hint=f"{setting('text_field')} to the column holding the text")
         pair = None
         if text_pair_field is not None:
-            pair = _field_text(p, line_no, row, text_pair_field, hint="set text_pair_field to the second text's column")
+            pair = _field_text(p, line_no, row, text_pair_field,
+                               hint=f"{setting('text_pair_field')} to the second text's column")
         label = _label(p, line_no, row, label_field) if label_field is not None else None
         examples.append(Example(line_no, text, pair, label))
     if not examples:

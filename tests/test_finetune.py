@@ -158,7 +158,43 @@ def test_finetune_pairs_integer_labels_held_out_dev_plain_bert(plain_mlm: Path, 
     first = json.loads(PAIRS.read_text().splitlines()[0])
     assert len(rows) == 40 and rows[0]["text"] == first["text"] and rows[0]["text_pair"] == first["hypothesis"]
     assert {r["label"] for r in rows} <= {"0", "1"}
-    fails(["predict", "--model", str(out), "the cat ."], "sentence pairs", "hypothesis")
+    refused_with_hint(["predict", "--model", str(out), "the cat ."], "sentence pairs", "hypothesis")
+    _, hint = refused_with_hint(["predict", "--model", str(out), "--input", str(TRAIN)], "no field 'hypothesis'")
+    assert "pass --text-pair-field" in hint
+    txt = tmp_path / "texts.txt"
+    txt.write_text("the cat .\n", encoding="utf-8")
+    refused_with_hint(["predict", "--model", str(out), "--input", str(txt)], "one text a line", "sentence pairs")
+
+
+def test_predict_reads_text_files_other_fields_and_keeps_one_line_a_result(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clf"
+    result = ok(["finetune", "-m", str(tiny_bert), "--train", str(TRAIN), "-o", str(out), "--set", "max_epochs=1",
+                 *FAST])
+    assert f'try: bert predict --model {out} "TEXT"' in result.stdout
+    texts = ["the big dog ran in the park .", "the green tea is on the mat ."]
+    expected = [r["label"] for r in json_lines(ok(["predict", "-m", str(out), "--json", *texts]).stdout)]
+    # One text a line (blank lines skipped), as `bert score --input` reads them.
+    txt = tmp_path / "texts.txt"
+    txt.write_text(f"{texts[0]}\n\n{texts[1]}\n", encoding="utf-8")
+    assert [r["label"] for r in json_lines(ok(["predict", "-m", str(out), "-i", str(txt), "--json"]).stdout)] == expected
+    # A file whose column is named otherwise than the training file's.
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"phrase": t}) + "\n" for t in texts), encoding="utf-8")
+    _, hint = refused_with_hint(["predict", "-m", str(out), "-i", str(renamed)], "no field 'sentence' or 'text'")
+    assert "pass --text-field" in hint
+    rows = json_lines(ok(["predict", "-m", str(out), "-i", str(renamed), "--text-field", "phrase", "--json"]).stdout)
+    assert [r["label"] for r in rows] == expected
+    refused_with_hint(["predict", "-m", str(out), "--text-field", "phrase", texts[0]], "--input")
+    # A line break or tab inside a text stays inside its result's line.
+    human = ok(["predict", "-m", str(out), "two\nlines\tand a tab"]).stdout
+    assert human.count("\n") == 1 and human.rstrip("\n").endswith("two\\nlines\\tand a tab")
+    # Long inputs: one warning line, counting them, not one line each.
+    long_file = tmp_path / "long.txt"
+    long_file.write_text("".join(" ".join(["dog"] * 60) + "\n" for _ in range(5)), encoding="utf-8")
+    result = ok(["predict", "-m", str(out), "-i", str(long_file)])
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "5 of 5 inputs are longer than the model's 40 tokens" in warning and f"{long_file}:1" in warning
+    assert len(result.stdout.splitlines()) == 5
 
 
 def test_early_stopping_and_time_budget(tiny_bert: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError, one_line
-from bertcli.labelled import load_examples
+from bertcli.labelled import load_examples, text_lines
 
 
 @dataclass
@@ -82,6 +82,7 @@ def classify(
         if not text.strip():
             raise InputError(f"{what(i)} is empty", hint="every text to classify needs text")
     id2label = clf.model.config.id2label
+    truncated: list[int] = []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
     probs: list[list[float]] = [[] for _ in texts]
     for start in range(0, len(order), batch_size):
@@ -89,15 +90,17 @@ def classify(
         firsts = [texts[i] for i in idx]
         seconds = [pairs[i] for i in idx] if pairs else None
         lengths = [len(ids) for ids in clf.tokenizer(firsts, seconds)["input_ids"]]
-        for k, n in enumerate(lengths):
-            if n > clf.max_length:
-                warn(f"{what(idx[k])} has {n} tokens, more than the model's {clf.max_length}; truncated")
+        truncated.extend(i for i, n in zip(idx, lengths) if n > clf.max_length)
         enc = clf.tokenizer(firsts, seconds, padding=True, truncation=True, max_length=clf.max_length,
                             return_tensors="pt")
         with torch.inference_mode():
             logits = clf.model(**{k: v.to(clf.device) for k, v in enc.items()}).logits  # (B, K)
             for i, row in zip(idx, torch.softmax(logits.float(), dim=-1).cpu().tolist()):
                 probs[i] = row
+    if truncated:  # one line, not one per text: a file of long texts would bury the results
+        first = ", ".join(what(i) for i in sorted(truncated)[:3])
+        warn(f"{len(truncated)} of {len(texts)} inputs are longer than the model's {clf.max_length} tokens and were "
+             f"truncated (first: {first})")
     rows = []
     for i, p in enumerate(probs):
         best = max(range(len(p)), key=p.__getitem__)
@@ -110,10 +113,30 @@ def classify(
     return rows
 
 
-def classify_file(clf: Classifier, path: str | Path, batch_size: int = 32) -> list[dict[str, Any]]:
+def predict_option(key: str) -> str:
+    """How a hint tells a `bert predict` user to name a field or the format (it has options, not config keys)."""
+    return "name a file of one text a line .txt" if key == "format" else f"pass --{key.replace('_', '-')}"
+
+
+def classify_file(
+    clf: Classifier, path: str | Path, batch_size: int = 32, text_field: str | None = None,
+    text_pair_field: str | None = None,
+) -> list[dict[str, Any]]:
     """Classify every example of a CSV, TSV or JSONL file (read as `bert finetune` reads training files, its label
-    column ignored)."""
-    data = load_examples(path, "auto", clf.text_field, clf.text_pair_field, label_field=None)
+    column ignored), or every line of a .txt file. The fields are those the model was fine-tuned on unless given."""
+    p = Path(path)
+    text_field = text_field or clf.text_field
+    text_pair_field = text_pair_field or clf.text_pair_field
+    if p.suffix.lower() == ".txt":
+        if text_pair_field is not None:
+            raise InputError(f"{p}: a .txt file holds one text a line, and '{clf.path}' classifies sentence pairs",
+                             hint=f"give the pairs in a .csv, .tsv or .jsonl file with fields "
+                             f"{text_field or 'sentence/text'} and {text_pair_field}")
+        numbered = list(text_lines(p, "input file"))
+        if not numbered:
+            raise InputError(f"{p}: no texts (every line is blank)", hint="write one text a line")
+        return classify(clf, [t for _, t in numbered], None, batch_size, what=lambda i: f"{p}:{numbered[i][0]}")
+    data = load_examples(p, "auto", text_field, text_pair_field, label_field=None, setting=predict_option)
     lines = [e.line for e in data.examples]
-    pairs = [e.text_pair for e in data.examples] if clf.text_pair_field else None
+    pairs = [e.text_pair for e in data.examples] if text_pair_field else None
     return classify(clf, [e.text for e in data.examples], pairs, batch_size, what=lambda i: f"{data.path}:{lines[i]}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError
+from bertcli.labelled import text_lines
 from bertcli.model_dir import LoadedModel
 from bertcli.pll import masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
 
@@ -16,27 +17,10 @@ GROUP_KEYS = ("UID", "linguistics_term", "field")
 ALL = "all"
 
 
-def _text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 file, blank lines skipped."""
-    if not path.is_file():
-        raise InputError(f"{what} '{path}' does not exist", hint="check the path")
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
-                                 hint="save the file as UTF-8") from exc
-            if line_no == 1:
-                line = line.lstrip("\ufeff")
-            if line.strip():
-                yield line_no, line
-
-
 def read_sentences(path: str | Path) -> list[tuple[int, str]]:
     """(line number, sentence) for every non-blank line of a text file, one sentence a line."""
     p = Path(path)
-    rows = list(_text_lines(p, "input file"))
+    rows = list(text_lines(p, "input file"))
     if not rows:
         raise InputError(f"{p}: no sentences (every line is blank)", hint="write one sentence a line")
     return rows
@@ -52,7 +36,7 @@ def read_minimal_pairs(
     p = Path(path)
     rows: list[tuple[int, str, str, str]] = []
     hint = f'each line must be a JSON object with "{GOOD}" and "{BAD}" (BLiMP\'s format)'
-    for line_no, line in _text_lines(p, "pairs file"):
+    for line_no, line in text_lines(p, "pairs file"):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
