@@ -628,7 +628,8 @@ def score(
     from bertcli.tools import score as tool
 
     if variant not in VARIANTS:
-        raise InputError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise InputError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}",
+                         hint="original scores each piece alone; word_l2r also masks the rest of its word")
     given = [name for name, value in (("TEXT", texts), ("--input", input_), ("--pairs", pairs)) if value]
     if len(given) != 1:
         raise InputError(
@@ -637,7 +638,8 @@ def score(
             hint='e.g. bert score --model runs/run "The cat sat on the mat."',
         )
     if group_by is not None and pairs is None:
-        raise InputError("--group-by applies to --pairs only")
+        raise InputError("--group-by applies to --pairs only",
+                         hint="drop --group-by, or give the pairs with --pairs FILE")
     if pairs is not None:
         tool.read_minimal_pairs(pairs, group_by)  # a bad file fails before the model is loaded
         loaded = load_model(model, device=device, need_mlm=True)

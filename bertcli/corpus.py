@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from bertcli.columnar import hf_dataset_files, iter_records, require_pyarrow
 from bertcli.errors import InputError, one_line
+from bertcli.textio import parse_json_line
 
 # A line longer than this is handed on in pieces (cut at whitespace) so that one enormous line never has to be
 # held whole: memory stays bounded whatever the file.
@@ -496,17 +497,8 @@ def split_sentences(text: str, language: str = "auto") -> list[str]:
 def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | None:
     if not line.strip():
         return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="each line of a .jsonl file is one JSON object"
-        ) from exc
-    except (RecursionError, ValueError) as exc:  # brackets nested thousands deep; a number of 5,000 digits
-        raise InputError(
-            f"{path}:{lineno}: JSON too deeply nested or with a number too long to read ({one_line(exc)[:80]})",
-            hint="each line of a .jsonl file is one flat JSON object holding the text",
-        ) from exc
+    record = parse_json_line(path, lineno, line,
+                             hint="each line of a .jsonl file is one flat JSON object holding the text")
     if not isinstance(record, dict) or text_field not in record:
         raise InputError(
             f"{path}:{lineno}: no '{text_field}' field in the JSON object",

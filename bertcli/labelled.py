@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertcli.errors import InputError
+from bertcli.textio import check_regular_file, check_unicode, parse_json_line
 
 FORMATS = ("csv", "tsv", "jsonl")
 # The text field when none is configured: GLUE's name first, then the common one.
@@ -54,31 +55,8 @@ def detect_format(path: Path, format: str = "auto", setting: Callable[[str], str
     return fmt
 
 
-def _check_regular_file(path: Path, what: str, hint: str) -> None:
-    if not path.is_file():
-        raise InputError(f"{what}'{path}' " + (
-            "does not exist" if not path.exists() else "is a directory" if path.is_dir()
-            else "is not a regular file (a pipe or a device)"), hint=hint)
-
-
-def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify."""
-    _check_regular_file(path, f"{what} ", "pass a text file, one a line")
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
-                                 hint="save the file as UTF-8") from exc
-            if line_no == 1:
-                line = line.lstrip("\ufeff")
-            if line.strip():
-                yield line_no, line
-
-
 def _read_text(path: Path) -> str:
-    _check_regular_file(path, "", "pass a .csv, .tsv or .jsonl file")
+    check_regular_file(path, "", "pass a .csv, .tsv or .jsonl file")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -98,11 +76,8 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             if line.lstrip().startswith("[") and not seen_row:
                 raise InputError(f"{path}:{line_no}: the file is a JSON array, not JSON lines",
                                  hint='write one JSON object a line, e.g. {"text": "…", "label": "…"}')
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not a JSON object ({exc.msg})",
-                                 hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}') from exc
+            obj = parse_json_line(path, line_no, line,
+                                  hint='each line must be one JSON object, e.g. {"text": "…", "label": "…"}')
             seen_row = True
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}",
@@ -172,7 +147,7 @@ def _field_text(path: Path, line_no: int, row: dict[str, Any], field: str, hint:
                          hint="texts must be JSON strings")
     if not value.strip():
         raise InputError(f"{path}:{line_no}: field '{field}' is empty", hint="every example needs text")
-    return value
+    return check_unicode(value, f"{path}:{line_no}: field '{field}'")
 
 
 def _label(path: Path, line_no: int, row: dict[str, Any], field: str) -> str:
@@ -201,7 +176,7 @@ def load_examples(
     """Every example of a labelled file. text_field None: `sentence` if the first row has it, else `text`.
     label_field None: labels are not read (prediction input; a label column is ignored)."""
     p = Path(path)
-    _check_regular_file(p, "", "pass a .csv, .tsv or .jsonl file")  # before its suffix is judged
+    check_regular_file(p, "", "pass a .csv, .tsv or .jsonl file")  # before its suffix is judged
     fmt = detect_format(p, format, setting)
     examples: list[Example] = []
     field = text_field

@@ -176,7 +176,8 @@ def test_predict_reads_text_files_other_fields_and_keeps_one_line_a_result(tiny_
     # One text a line (blank lines skipped), as `bert score --input` reads them.
     txt = tmp_path / "texts.txt"
     txt.write_text(f"{texts[0]}\n\n{texts[1]}\n", encoding="utf-8")
-    assert [r["label"] for r in json_lines(ok(["predict", "-m", str(out), "-i", str(txt), "--json"]).stdout)] == expected
+    rows = json_lines(ok(["predict", "-m", str(out), "-i", str(txt), "--json"]).stdout)
+    assert [r["label"] for r in rows] == expected
     # A file whose column is named otherwise than the training file's.
     renamed = tmp_path / "renamed.jsonl"
     renamed.write_text("".join(json.dumps({"phrase": t}) + "\n" for t in texts), encoding="utf-8")
@@ -262,6 +263,10 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     refused_with_hint([*base, "--train", str(TRAIN), "--set", "text_pair_field=sentence"],
                       "text_pair_field 'sentence' is also the text field")
     refused_with_hint([*base, "--train", str(tmp_path)], "is a directory")
+    big = bad("big.jsonl", '{"text": "a .", "label": ' + "1" * 5000 + "}\n")
+    refused_with_hint([*base, "--train", str(big)], "big.jsonl:1", "number too long")
+    surrogate = bad("surrogate.jsonl", '{"text": "a .", "label": "x"}\n{"text": "b \\udc80 .", "label": "y"}\n')
+    refused_with_hint([*base, "--train", str(surrogate)], "surrogate.jsonl:2", "'text'", "not a character")
     fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
     fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
     fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")

@@ -74,6 +74,11 @@ def test_predict_nsp_single_pair_and_batch_agree(tiny_bert: Path, tmp_path: Path
         ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a"}\n', ":2:"),
         ("bad.jsonl", '{"first": "a", "second": ""}\n', ":1:"),
         ("bad.tsv", b"a\tb\r\nc\t\xff\xfe\r\n", ":2:"),
+        # JSON a parser cannot hold (a 5,000-digit number, brackets 100,000 deep) or text that is no Unicode (a lone
+        # surrogate escape): these were tracebacks (exit 1)
+        ("bad.jsonl", '{"first": "a", "second": "b", "n": ' + "9" * 5000 + "}\n", ":1:"),
+        ("bad.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", ":1:"),
+        ("bad.jsonl", '{"first": "a", "second": "b"}\n{"first": "a \\ud800", "second": "b"}\n', ":2 holds"),
     ],
 )
 def test_predict_nsp_malformed_pairs_file_names_the_line(
@@ -129,6 +134,15 @@ def test_fill_mask_two_masks(tiny_bert: Path) -> None:
     assert [m["mask_index"] for m in masks] == [0, 1]
     assert [m["predictions"][0]["token"] for m in masks] == ["sat", "mat"]
     assert "[MASK]" in masks[1]["predictions"][0]["sequence"]  # the other mask stays masked
+
+
+def test_a_mask_beyond_the_positions_is_named_not_dropped_silently(tiny_bert: Path) -> None:
+    long_text = " ".join(STORY * 3)  # ~50 tokens: a mask after it lies beyond the model's 40 positions
+    result = ok(["fill-mask", "--model", str(tiny_bert), "--json", f"the [MASK] {long_text} [MASK] ."])
+    assert len(json_lines(result.stdout)[0]["masks"]) == 1
+    assert "warning: 1 of the text's 2 [MASK] tokens lie beyond the model's 40 positions" in result.stderr
+    fails(["fill-mask", "--model", str(tiny_bert), "--device", "meta", "the [MASK] ."], "--device 'meta'")
+    fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a \udcff", "--second", "b"], "not a character")
 
 
 def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from bert_tiny import STORY
 from bertcli.pll import masking_plan, minimal_pair_accuracy
-from cli_helpers import fails, json_lines, ok
+from cli_helpers import fails, json_lines, last_json, ok
 from plain_bert import save_plain
 
 # One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
@@ -168,13 +168,30 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": 3}\n')
     fails([*model, "--pairs", str(pairs)], f"{pairs}:1", "not a string")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\nnot json\n')
-    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "not a JSON object")
+    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "not valid JSON")
     pairs.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": "x"}\n'
                      '{"sentence_good": "the cat .", "sentence_bad": "cat the ."}\n')
-    fails([*model, "--pairs", str(pairs)], f"{pairs}:2", "'UID'")
+    fails([*model, "--pairs", str(pairs), "--group-by", "UID"], f"{pairs}:2", "'UID'")
+    # JSON that parses into no Python value, or into text that is no Unicode: named, not a traceback (exit 1).
+    for name, line in (("bigint", '{"sentence_good": "a", "sentence_bad": "b", "n": ' + "9" * 5000 + "}"),
+                       ("deep", "[" * 100_000 + "]" * 100_000)):
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(line + "\n")
+        fails([*model, "--pairs", str(bad)], f"{bad}:1", "too deeply nested or with a number too long")
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"sentence_good": "the cat \\ud800 .", "sentence_bad": "cat the ."}\n')
+    fails([*model, "--pairs", str(surrogate)], f"{surrogate}:1", "not a character")
+    fails([*model, "the cat \udcff sat"], "text 1", "not a character")  # bytes not UTF-8 in argv
+    null_group = tmp_path / "null-group.jsonl"
+    null_group.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": null}\n')
+    fails([*model, "--pairs", str(null_group), "--group-by", "UID"], f"{null_group}:1", "not a group name")
+    fails([*model, "--pairs", str(tmp_path)], "is a directory")
     fails([*model, "--pairs", str(tmp_path / "missing.jsonl")], "does not exist")
     fails([*model, "   "], "text 1 is empty")
     fails([*model, " ".join(["the cat"] * 30)], "text 1", "positions")
+    fails([*model, " ".join(["the cat"] * 30), "a b", " ".join(["the cat"] * 30)], "text 1", "positions",
+          "and 1 more sentences")
+    fails([*model, "a " * 100_000], "text 1 has", "+ tokens")  # cut before the tokenizer reads it all
     fails(model, "give sentences")
     fails([*model, "the cat", "--input", str(pairs)], "not TEXT and --input")
     fails([*model, "the cat", "--variant", "l2r"], "--variant")
@@ -184,6 +201,21 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     blank = tmp_path / "blank.txt"
     blank.write_text(" \n\t\n\n")  # not empty, but no sentence on any line
     fails([*model, "--input", str(blank)], str(blank), "every line is blank")
+
+
+def test_the_default_grouping_is_a_key_of_every_pair(tiny_bert: Path, tmp_path: Path) -> None:
+    # The first pair without UID used to group the whole file by linguistics_term; a later one without it used to
+    # refuse the file. The order of the lines must not decide.
+    pair = {"sentence_good": "the cat sat .", "sentence_bad": "cat the sat ."}
+    rows = [{**pair, "UID": "u1", "linguistics_term": "t"}, {**pair, "UID": "u2", "linguistics_term": "t"},
+            {**pair, "linguistics_term": "t"}]
+    summaries = []
+    for order in (rows, rows[::-1]):
+        path = tmp_path / "pairs.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in order))
+        summaries.append(last_json(ok(["score", "-m", str(tiny_bert), "--pairs", str(path), "--json"]).stdout))
+    assert [s["group_by"] for s in summaries] == ["linguistics_term", "linguistics_term"]
+    assert summaries[0]["groups"] == 1 and summaries[0]["accuracy"] == summaries[1]["accuracy"]
 
 
 def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError, one_line
-from bertcli.labelled import load_examples, text_lines
+from bertcli.labelled import load_examples
+from bertcli.textio import check_unicode, text_lines
 
 
 @dataclass
@@ -81,6 +82,9 @@ def classify(
     for i, text in enumerate(texts):
         if not text.strip():
             raise InputError(f"{what(i)} is empty", hint="every text to classify needs text")
+        check_unicode(text, what(i))
+        if pairs is not None:
+            check_unicode(pairs[i], f"{what(i)} (second text)")
     id2label = clf.model.config.id2label
     truncated: list[int] = []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))

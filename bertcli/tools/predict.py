@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from bertcli.errors import ArtifactError, InputError, warn
 from bertcli.masking import IGNORE_INDEX
 from bertcli.model_dir import LoadedModel
+from bertcli.textio import check_unicode, parse_json_line
 
 if TYPE_CHECKING:
     from bertcli.vocab import LoadedTokenizer
@@ -43,6 +43,7 @@ def encode_texts(
     def cut(items: Sequence[str], which: str) -> list[str]:
         out = []
         for i, text in enumerate(items):
+            check_unicode(text, f"{what(i)}{which}")
             if len(text) > limit:
                 report(f"{what(i)}{which} has {len(text):,} characters; only the first {limit:,} are read")
                 text = text[:limit]
@@ -184,13 +185,7 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
             if as_json is None:
                 as_json = line.lstrip().startswith("{")
             if as_json:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(
-                        f"{p}:{line_no}: not a JSON object ({exc.msg})",
-                        hint='each line must be {"first": "…", "second": "…"}',
-                    ) from exc
+                obj = parse_json_line(p, line_no, line, hint='each line must be {"first": "…", "second": "…"}')
                 if not isinstance(obj, dict) or not isinstance(obj.get("first"), str) or not isinstance(
                     obj.get("second"), str
                 ):
@@ -272,6 +267,10 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
         )
     for message in truncated:
         warn(message)
+    beyond = text.count(mask_token) - len(positions)  # the tokenizer matches the mask token as written
+    if beyond > 0:
+        warn(f"{beyond} of the text's {len(positions) + beyond} {mask_token} tokens lie beyond the model's "
+             f"{loaded.max_length} positions and are not filled")
     batch = pad_batch(loaded, enc)
     with torch.inference_mode():
         hidden = loaded.model.bert(**batch).last_hidden_state[0, positions]  # (M, H)

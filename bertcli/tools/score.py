@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError
-from bertcli.labelled import text_lines
 from bertcli.model_dir import LoadedModel
 from bertcli.pll import masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
+from bertcli.textio import check_unicode, parse_json_line, text_lines
 
 # BLiMP's fields, and the keys a pair may be grouped by, most specific first (the default is the first present).
 GOOD, BAD = "sentence_good", "sentence_bad"
@@ -31,20 +31,19 @@ def read_minimal_pairs(
 ) -> tuple[list[tuple[int, str, str, str]], str | None]:
     """(line, good, bad, group) of every pair of a BLiMP-style JSON-lines file, and the key grouped by.
 
-    group_by None: the first of UID, linguistics_term, field that the first pair has (none: one group, "all").
+    group_by None: the first of UID, linguistics_term, field that every pair has, as a name (none: one group,
+    "all"). Judged over the whole file, not its first line: the grouping must not change with the order of the
+    lines. A given group_by must be a name in every pair.
     """
     p = Path(path)
-    rows: list[tuple[int, str, str, str]] = []
+    rows: list[tuple[int, str, str, dict[str, Any]]] = []
     hint = f'each line must be a JSON object with "{GOOD}" and "{BAD}" (BLiMP\'s format)'
+    keys = [group_by] if group_by is not None else list(GROUP_KEYS)
+    common = set(keys)  # the candidate keys every pair so far has
     for line_no, line in text_lines(p, "pairs file"):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}:{line_no}: not a JSON object ({exc.msg})", hint=hint) from exc
+        obj = parse_json_line(p, line_no, line, hint)
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}", hint=hint)
-        if not rows and group_by is None:
-            group_by = next((k for k in GROUP_KEYS if k in obj), None)
         texts = []
         for key in (GOOD, BAD):
             if key not in obj:
@@ -55,18 +54,30 @@ def read_minimal_pairs(
             if not value.strip():
                 raise InputError(f"{p}:{line_no}: field '{key}' is empty", hint="both sentences of a pair need text")
             texts.append(value)
-        group = ALL
-        if group_by is not None:
-            if group_by not in obj:
-                raise InputError(
-                    f"{p}:{line_no}: no field '{group_by}' to group by",
-                    hint="give every pair that field, or choose another with --group-by",
-                )
-            group = str(obj[group_by])
-        rows.append((line_no, texts[0], texts[1], group))
+        groups = {}
+        for key in keys:
+            if key not in obj:
+                if key == group_by:
+                    raise InputError(f"{p}:{line_no}: no field '{group_by}' to group by",
+                                     hint="give every pair that field, or choose another with --group-by")
+                common.discard(key)
+                continue
+            value = obj[key]
+            # A group is a name or a number; null, a list or an object is no group name (its text would be
+            # Python's repr, "None" or "{'a': 1}").
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str)
+                                                                                and not value.strip()):
+                if key == group_by:
+                    raise InputError(f"{p}:{line_no}: field '{key}' is {json.dumps(value)}, not a group name",
+                                     hint="give every pair a name (a string) in that field")
+                common.discard(key)
+                continue
+            groups[key] = str(value)
+        rows.append((line_no, texts[0], texts[1], groups))
     if not rows:
         raise InputError(f"{p}: no pairs (every line is blank)", hint=hint)
-    return rows, group_by
+    chosen = next((k for k in keys if k in common), None)
+    return [(line_no, good, bad, groups[chosen] if chosen else ALL) for line_no, good, bad, groups in rows], chosen
 
 
 def check_scorable(loaded: LoadedModel) -> None:
@@ -86,9 +97,25 @@ def score_texts(
     """{"text", "pll", "pseudo_perplexity", "tokens"} for each text, in order (natural logs; tokens = scored pieces)."""
     from tqdm import tqdm
 
+    from bertcli.tools.predict import CHARS_PER_POSITION
+
     check_scorable(loaded)
     tok = loaded.tokenizer
-    enc = tok(list(texts), add_special_tokens=True, return_special_tokens_mask=True)
+    char_limit = loaded.max_length * CHARS_PER_POSITION  # surely too long: refused before the tokenizer's time
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InputError(f"{what(i)} is empty", hint="every sentence to score needs text")
+        check_unicode(text, what(i))
+    enc = tok([t[:char_limit + 1] for t in texts], add_special_tokens=True, return_special_tokens_mask=True)
+    too_long = [i for i in range(len(texts)) if len(enc["input_ids"][i]) > loaded.max_length]
+    if too_long:
+        i = too_long[0]
+        raise InputError(
+            f"{what(i)} has {len(enc['input_ids'][i]):,}" + ("+" if len(texts[i]) > char_limit else "")
+            + f" tokens, more than the model's {loaded.max_length} positions"
+            + (f" (and {len(too_long) - 1} more sentences)" if len(too_long) > 1 else ""),
+            hint="shorten or split them: a truncated sentence would get the score of another sentence",
+        )
     # Identical token sequences are scored once: less work, and equal sentences get bit-equal scores (a tie),
     # whatever batch and padding their copies would otherwise land in.
     unique: dict[tuple, int] = {}
@@ -97,13 +124,6 @@ def score_texts(
     index_of: list[int] = []
     for i, text in enumerate(texts):
         ids = enc["input_ids"][i]
-        if not text.strip():
-            raise InputError(f"{what(i)} is empty", hint="every sentence to score needs text")
-        if len(ids) > loaded.max_length:
-            raise InputError(
-                f"{what(i)} has {len(ids)} tokens, more than the model's {loaded.max_length} positions",
-                hint="shorten or split it: a truncated sentence would get the score of another sentence",
-            )
         scored = [s == 0 for s in enc["special_tokens_mask"][i]]
         if not any(scored):
             raise InputError(f"{what(i)} has no tokens to score: {text!r}", hint="every sentence to score needs text")
@@ -115,7 +135,7 @@ def score_texts(
             plans.append(masking_plan(scored, word_ids, variant))
         index_of.append(unique[key])
     copies = sum(len(p) for p in plans)
-    bar = tqdm(total=copies, desc="score", unit="copy", unit_scale=True, dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=copies, desc="score", unit="copy", dynamic_ncols=True, disable=not progress)
     try:
         plls = pseudo_log_likelihoods(
             loaded.model.bert,

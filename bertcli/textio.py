@@ -1,0 +1,59 @@
+"""Reading the text files users bring to the model tools: regular files, UTF-8 lines, JSON lines, encodable text;
+every problem named by file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from bertcli.errors import InputError
+
+
+def parse_json_line(path: Path, line_no: int, line: str, hint: str) -> Any:
+    """One line of a JSON-lines file, every way it can fail named by file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{line_no}: not valid JSON ({exc.msg})", hint=hint) from exc
+    except (RecursionError, ValueError) as exc:  # brackets nested thousands deep; a number of 5,000 digits
+        raise InputError(f"{path}:{line_no}: JSON too deeply nested or with a number too long to read",
+                         hint=hint) from exc
+
+
+def check_unicode(text: str, what: str) -> str:
+    """The text, if it is Unicode that can be encoded: a lone surrogate (a broken \\ud800 escape in JSON, or bytes
+    that are not UTF-8 in a command-line argument, which Python keeps as surrogates) fails inside the tokenizer
+    with a TypeError that names nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{what} holds {text[exc.start]!r} at character {exc.start + 1}, which is not a character (a lone "
+            "surrogate: a broken \\u escape in JSON, or bytes that are not UTF-8 on the command line)",
+            hint="write the text as UTF-8",
+        ) from None
+    return text
+
+
+def check_regular_file(path: Path, what: str, hint: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{what}'{path}' " + (
+            "does not exist" if not path.exists() else "is a directory" if path.is_dir()
+            else "is not a regular file (a pipe or a device)"), hint=hint)
+
+
+def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify."""
+    check_regular_file(path, f"{what} ", "pass a text file, one a line")
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+                                 hint="save the file as UTF-8") from exc
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
+            if line.strip():
+                yield line_no, line
