@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -680,4 +681,23 @@ def main() -> None:
     # SIGTERM (a scheduler's or torchrun's stop) takes Ctrl-C's path: temporaries removed, the resumable checkpoint
     # named, exit 130.
     signal.signal(signal.SIGTERM, _stop_requested)
-    app()
+    try:  # typer ≥ 0.26 carries its own copy of Click
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `bert` or `bert config` alone: the help, as asked
+        typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = 0
+    except click_errors.UsageError as exc:
+        # An option Click itself rejects (out of range, unknown, missing) is one line, like every other refusal,
+        # not a usage box; the hint names the command's help.
+        command = exc.ctx.command_path if exc.ctx else "bert"
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        typer.echo(f"hint: see {command} --help", err=True)
+        code = 2
+    except click_errors.Abort:  # Ctrl-C outside a command (a command handles its own: exit 130)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -380,6 +380,27 @@ def test_empty_pair_sentences_are_refused_as_in_files(tiny_bert):
     _refused(["predict-nsp", "--model", str(tiny_bert), "--first", " ", "--second", "It ran."], "empty")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["predict", "-m", "x", "--batch-size", "0", "a"], "Invalid value for '--batch-size'"),
+    (["predict", "-m", "x", "--set", "a=b", "a"], "No such option: --set"),
+    (["finetune", "--train", "x", "--seeds", "0"], "'--seeds'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_options_click_rejects_are_one_line_too(args, needle):
+    # Through the console entry point (CliRunner calls the app, not main): Click's own refusals were a usage line,
+    # a "Try --help" line and a boxed message.
+    result = subprocess.run([sys.executable, "-m", "bertcli", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    error, hint = result.stderr.splitlines()
+    assert error.startswith("error: ") and needle in error
+    assert hint.startswith("hint: see ") and hint.endswith(" --help")
+
+
+def test_the_bare_command_prints_its_help():
+    result = subprocess.run([sys.executable, "-m", "bertcli"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train-vocab" in result.stdout and result.stderr == ""
+
+
 # ---------------------------------------------------------------- 12. signals
 
 
