@@ -570,25 +570,10 @@ def predict(
     clf = tool.load_classifier(model, device=device)
     if input_ is not None:
         rows = tool.classify_file(clf, input_, batch_size, text_field, text_pair_field)
-    elif clf.text_pair_field is not None:
-        raise InputError(
-            f"'{clf.path}' classifies sentence pairs: give them in --input FILE with fields "
-            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}",
-            hint=f"e.g. one JSON object a line: {{\"{clf.text_field or 'sentence'}\": \"…\", "
-            f"\"{clf.text_pair_field}\": \"…\"}}",
-        )
     else:
-        rows = tool.classify(clf, list(texts or []), batch_size=batch_size)
+        rows = tool.classify_arguments(clf, list(texts or []), batch_size=batch_size)
     for row in rows:
-        if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False))
-        else:  # one line a result: a tab or line break inside a text is shown escaped
-            shown = _one_line(row["text"]) + (f"  ||  {_one_line(row['text_pair'])}" if "text_pair" in row else "")
-            typer.echo(f"{row['label']}\t{row['probability']:.4f}\t{shown}")
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+        typer.echo(json.dumps(row, ensure_ascii=False) if as_json else tool.format_result(row))
 
 
 # ---------------------------------------------------------------- score (bertcli/tools/score.py)

@@ -144,3 +144,25 @@ def classify_file(
     lines = [e.line for e in data.examples]
     pairs = [e.text_pair for e in data.examples] if text_pair_field else None
     return classify(clf, [e.text for e in data.examples], pairs, batch_size, what=lambda i: f"{data.path}:{lines[i]}")
+
+
+def classify_arguments(clf: Classifier, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    """Texts given on the command line: one text each, so a pair classifier is told where its pairs go."""
+    if clf.text_pair_field is not None:
+        raise InputError(
+            f"'{clf.path}' classifies sentence pairs: give them in --input FILE with fields "
+            f"{clf.text_field or 'sentence/text'} and {clf.text_pair_field}",
+            hint=f"e.g. one JSON object a line: {{\"{clf.text_field or 'sentence'}\": \"…\", "
+            f"\"{clf.text_pair_field}\": \"…\"}}",
+        )
+    return classify(clf, texts, batch_size=batch_size)
+
+
+def format_result(row: dict[str, Any]) -> str:
+    """label, probability and text on one line: a tab or line break inside a text is shown escaped."""
+    shown = _one_line(row["text"]) + (f"  ||  {_one_line(row['text_pair'])}" if "text_pair" in row else "")
+    return f"{row['label']}\t{row['probability']:.4f}\t{shown}"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
