@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -248,6 +249,18 @@ def load_tokenizer(directory: str | Path) -> LoadedTokenizer:
         max_length=max_length,
         continuing_subword_prefix=prefix,
     )
+
+
+MOSTLY_UNKNOWN_SHARE = 0.5
+
+
+def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: str | Path) -> None:
+    """Most tokens [UNK] (a tokenizer trained on another script, or text of emoji and marks): a model learns, scores
+    or classifies little but [UNK] there. Said, not refused: a few such inputs are deliberate."""
+    share = unknown / max(total, 1)
+    if share > MOSTLY_UNKNOWN_SHARE:
+        print(f"warning: {share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; train a "
+              "vocabulary on such text (bert train-vocab), or check limit_alphabet", file=sys.stderr, flush=True)
 
 
 def copy_tokenizer_files(src: Path, dst: Path, max_positions: int | None = None) -> None:

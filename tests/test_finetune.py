@@ -332,6 +332,13 @@ def test_held_out_refusals_and_a_dev_file_equal_to_train(tiny_bert: Path, tmp_pa
                        "--set", "label_field=sentence"], "too few to hold out")
     result = ok([*base, "--train", str(TRAIN), "--dev", str(TRAIN), "-o", str(tmp_path / "b")])
     assert "warning: the dev file is the training file" in result.stderr
+    # Text the tokenizer cannot read (another script): said once, for the training file, and for predict's input.
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("sentence\tlabel\n" + "".join(f"ꙮꙮ ꙮ{'ꙮ' * i} .\t{'ab'[i % 2]}\n" for i in range(20)),
+                       encoding="utf-8")
+    result = ok([*base, "--train", str(unknown), "-o", str(tmp_path / "u")])
+    assert f"of the training file {unknown}'s tokens are [UNK]" in result.stderr
+    assert "tokens are [UNK]" in ok(["predict", "-m", str(tmp_path / "u"), "ꙮꙮ ꙮ"]).stderr
     # Header names are matched without stray spaces around them.
     spaced = tmp_path / "spaced.tsv"
     spaced.write_text(TRAIN.read_text().replace("sentence\tlabel", " sentence \t label ", 1), encoding="utf-8")

@@ -218,6 +218,12 @@ def test_the_default_grouping_is_a_key_of_every_pair(tiny_bert: Path, tmp_path: 
     assert summaries[0]["groups"] == 1 and summaries[0]["accuracy"] == summaries[1]["accuracy"]
 
 
+def test_text_of_unknown_tokens_is_warned_about(tiny_bert: Path) -> None:
+    result = ok(["score", "-m", str(tiny_bert), "ꙮꙮ ꙮ ꙮꙮꙮ ꙮ ꙮꙮ", "the cat sat ."])  # 5 of 9 tokens
+    assert "warning: " in result.stderr and "of the text's tokens are [UNK]" in result.stderr
+    assert "[UNK]" not in ok(["score", "-m", str(tiny_bert), "the cat sat ."]).stderr
+
+
 def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:
     classifier = save_plain(tmp_path / "classifier", "classifier")
     fails(["score", "--model", str(classifier), "the cat ."], "masked-LM head")

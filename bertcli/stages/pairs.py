@@ -33,7 +33,7 @@ from bertcli.executors import open_executor
 from bertcli.parallel import WorkerPool
 from bertcli.schemas import PairsConfig
 from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
-from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer
+from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer, warn_if_mostly_unknown
 
 BLOCK_DOCUMENTS = 256
 """Documents per unit of work. RNGs are seeded per (seed, pass, block), so output never depends on workers."""
@@ -328,15 +328,6 @@ def _check_config(cfg: PairsConfig, loaded: LoadedTokenizer) -> None:
         )
 
 
-def _warn_if_mostly_unknown(totals: dict[str, int], loaded: LoadedTokenizer) -> None:
-    """Most tokens [UNK]: the model would learn little but [UNK] (a tokenizer trained on another script, or a
-    corpus of emoji and marks). Said, not refused: a few such corpora are deliberate."""
-    share = totals["unk_tokens"] / max(totals["document_tokens"], 1)
-    if share > 0.5:
-        print(f"warning: {share:.0%} of the corpus's tokens are [UNK] for tokenizer '{loaded.path}'; train the "
-              "vocabulary on this corpus (bert train-vocab), or check limit_alphabet", file=sys.stderr, flush=True)
-
-
 def _shard_blocks(num_blocks: int, shard_index: int, num_shards: int) -> range:
     """The contiguous range of blocks a shard job builds (concatenating the shards in order = one job's output)."""
     return range(num_blocks * shard_index // num_shards, num_blocks * (shard_index + 1) // num_shards)
@@ -459,7 +450,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 f"the corpus ({', '.join(map(str, paths))}) gave no sequences (every sentence tokenized to nothing)",
                 hint="check the corpus and the tokenizer",
             )
-        _warn_if_mostly_unknown(totals, loaded)
+        warn_if_mostly_unknown(totals["unk_tokens"], totals["document_tokens"], "the corpus", loaded.path)
         copy_tokenizer_files(loaded.path, tmp / TOKENIZER_DIR)
         manifest = write_manifest(
             tmp,

@@ -10,6 +10,7 @@ from bertcli.errors import ArtifactError, InputError
 from bertcli.model_dir import LoadedModel
 from bertcli.pll import masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
 from bertcli.textio import check_unicode, parse_json_line, text_lines
+from bertcli.vocab import warn_if_mostly_unknown
 
 # BLiMP's fields, and the keys a pair may be grouped by, most specific first (the default is the first present).
 GOOD, BAD = "sentence_good", "sentence_bad"
@@ -116,6 +117,10 @@ def score_texts(
             + (f" (and {len(too_long) - 1} more sentences)" if len(too_long) > 1 else ""),
             hint="shorten or split them: a truncated sentence would get the score of another sentence",
         )
+    if tok.unk_token_id is not None:  # an [UNK] is scored as the token [UNK]: two texts of unknowns score alike
+        scored_ids = [t for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"])
+                      for t, sp in zip(ids, special) if not sp]
+        warn_if_mostly_unknown(scored_ids.count(tok.unk_token_id), len(scored_ids), "the text", loaded.path)
     # Identical token sequences are scored once: less work, and equal sentences get bit-equal scores (a tie),
     # whatever batch and padding their copies would otherwise land in.
     unique: dict[tuple, int] = {}
