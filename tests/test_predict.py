@@ -143,6 +143,8 @@ def test_a_mask_beyond_the_positions_is_named_not_dropped_silently(tiny_bert: Pa
     assert "warning: 1 of the text's 2 [MASK] tokens lie beyond the model's 40 positions" in result.stderr
     fails(["fill-mask", "--model", str(tiny_bert), "--device", "meta", "the [MASK] ."], "--device 'meta'")
     fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a \udcff", "--second", "b"], "not a character")
+    fails(["predict-nsp", "--model", str(tiny_bert), "--first", "\u200b", "--second", "b"],
+          "the first text has no tokens")  # a zero-width space only: scored as an empty segment before
 
 
 def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ def _encode_pairs(
     if offsets:
         out["offset_mapping"] = []
     for i, (ids_a, ids_b) in enumerate(zip(a["input_ids"], b["input_ids"])):
+        for ids, which in ((ids_a, "first"), (ids_b, "second")):
+            if not ids:  # only characters the normalizer drops (zero-width, control): an empty segment
+                raise InputError(f"{what(i)}: the {which} text has no tokens",
+                                 hint="give both texts words the model can read")
         keep_a, keep_b = len(ids_a), len(ids_b)
         if keep_a + keep_b > budget:
             report(f"{what(i)} has {keep_a + keep_b + 3} tokens, more than the model's {loaded.max_length} "
