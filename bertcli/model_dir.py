@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertcli.errors import ArtifactError, InputError, one_line
+from bertcli.errors import ArtifactError, InputError, one_line, warn
 
 # Files from which weights are taken (single file or sharded index). Only safetensors: a pickled
 # pytorch_model.bin can run code when it is loaded, and a model shared with you must never do that.
@@ -141,7 +141,6 @@ def load_model(
     check_is_bert(model_dir)
     check_model_files(model_dir, "BertForPreTraining")
 
-    import torch
     import transformers
     from transformers import AutoTokenizer, BertForPreTraining
 
@@ -180,9 +179,10 @@ def load_model(
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
 
+    warn_if_case_is_lost(tokenizer, model_dir)
+    # No TF32 on the GPU: its 10-bit mantissa moves a pseudo-log-likelihood by ~1e-3, and these tools' figures
+    # must match transformers' own fp32 results (docs/scoring.md); inference here is small beside training.
     dev = resolve_device(device)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
     model.to(dev)
     model.eval()
     max_length = int(model.config.max_position_embeddings)
@@ -190,6 +190,22 @@ def load_model(
     if isinstance(tok_max, int) and 0 < tok_max < max_length:
         max_length = tok_max
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)
+
+
+def warn_if_case_is_lost(tokenizer: Any, model_dir: Path) -> None:
+    """A vocabulary with cased pieces behind a tokenizer that lowercases (a directory with only vocab.txt, no
+    tokenizer_config.json, gets transformers' default, do_lower_case=True): the cased pieces can never be reached and
+    "The" and "the" become one text. Said, since transformers does the same without a word."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    if normalizer is None or normalizer.normalize_str("Ab") != "ab":
+        return
+    specials = set(tokenizer.all_special_tokens)
+    vocab = [t for t in tokenizer.get_vocab() if t not in specials]
+    cased = sum(1 for t in vocab if any(c.isupper() for c in t))
+    if cased > 0.05 * len(vocab):
+        warn(f"'{model_dir}': {cased:,} of the vocabulary's {len(vocab):,} pieces have capitals, but the tokenizer "
+             "lowercases the text, so those pieces are never used; if the model is cased, save its tokenizer with "
+             "do_lower_case false (tokenizer_config.json)")
 
 
 def load_init_model(src: Path, tokenizer_dir: Path, data_path: Path, seed: int) -> tuple[Any, list[str], int]:

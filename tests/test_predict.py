@@ -147,6 +147,22 @@ def test_a_mask_beyond_the_positions_is_named_not_dropped_silently(tiny_bert: Pa
           "the first text has no tokens")  # a zero-width space only: scored as an empty segment before
 
 
+def test_a_cased_vocabulary_behind_a_lowercasing_tokenizer_is_warned_about(tiny_bert: Path, tmp_path: Path) -> None:
+    # Public BERTs often ship vocab.txt alone; transformers then lowercases, and a cased model's capitals are
+    # never used ("The" and "the" score alike), without a word.
+    cased = tmp_path / "cased"
+    shutil.copytree(tiny_bert, cased)
+    ids = json.loads((cased / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (cased / name).unlink(missing_ok=True)
+    vocab = sorted(ids, key=ids.__getitem__)
+    vocab = [t.capitalize() if t.isalpha() and i % 5 == 0 else t for i, t in enumerate(vocab)]
+    (cased / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    result = ok(["fill-mask", "--model", str(cased), "the cat [MASK] on the mat ."])
+    assert "pieces have capitals, but the tokenizer lowercases the text" in result.stderr
+    assert "capitals" not in ok(["fill-mask", "--model", str(tiny_bert), "the cat [MASK] on the mat ."]).stderr
+
+
 def test_fill_mask_uses_the_tokenizers_own_mask_token(tmp_path: Path) -> None:
     model = make_tiny_bert(tmp_path / "angle", train=False, mask_token="<mask>")
     fails(["fill-mask", "--model", str(model), "the cat [MASK] on the mat ."], "no <mask> token")

@@ -350,7 +350,7 @@ def train_seed(
 def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     """Fine-tune `seeds` runs and write the best one's model, metrics.jsonl and manifest.json (last) to output."""
     from bertcli.artifacts import atomic_output_dir, check_output, file_sha256, write_manifest
-    from bertcli.model_dir import resolve_device
+    from bertcli.model_dir import resolve_device, warn_if_case_is_lost
 
     model_dir = check_model_dir(cfg.model)
     splits = read_splits(cfg)
@@ -373,6 +373,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
         max_positions = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
     except Exception as exc:  # the library raises many types for a broken directory
         raise ArtifactError(f"'{model_dir}': cannot load the tokenizer or config: {exc}") from exc
+    warn_if_case_is_lost(tokenizer, model_dir)
     if precision.tf32:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32
     max_length = min(cfg.max_seq_length, max_positions or cfg.max_seq_length)
