@@ -262,14 +262,16 @@ def _read_yaml(path: str | Path) -> dict:
         kind = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
         raise ConfigError(f"{p}{line}: {kind}{exc.problem or exc}", hint="fix the YAML at that line") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read YAML: {quote(str(exc))[1:-1]}") from exc
+        raise ConfigError(f"{p}: cannot read YAML: {quote(str(exc))[1:-1]}",
+                          hint="save the config as UTF-8 YAML text") from exc
     except (RecursionError, ValueError) as exc:  # brackets nested thousands deep; an integer of 5,000 digits
         raise ConfigError(f"{p}: a value is nested too deeply or is too long a number to read",
                           hint="a config holds plain keys and short values") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}",
+                          hint="write one `key: value` a line, as in configs/")
     return data
 
 
@@ -326,7 +328,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set '{text}': the key is empty")
+        raise ConfigError(f"--set '{text}': the key is empty", hint="write --set KEY=VALUE, e.g. --set seed=1")
     try:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -506,7 +506,8 @@ def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | No
         )
     value = record[text_field]
     if not isinstance(value, str):
-        raise InputError(f"{path}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string")
+        raise InputError(f"{path}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string",
+                         hint="every line's text field must be a JSON string")
     return value
 
 

@@ -56,8 +56,8 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     if device == "cuda" and not torch.cuda.is_available():
         build = (f"a CPU build of PyTorch ({torch.__version__})" if torch.version.cuda is None
                  else f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), which finds no usable GPU")
-        raise ConfigError(f"key 'device': cuda, but this is {build}; set device: auto or cpu, or install a CUDA "
-                          "build of torch on a machine with a GPU")
+        raise ConfigError(f"key 'device': cuda, but this is {build}",
+                          hint="set device: auto or cpu, or install a CUDA build of torch on a machine with a GPU")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
         gpus = torch.cuda.device_count()

@@ -89,7 +89,8 @@ def read_model_config(model_dir: Path) -> dict:
         raise ArtifactError(f"{config_path}: not valid JSON ({exc})",
                             hint="restore the file from where the model came from (save_pretrained writes it)") from exc
     if not isinstance(data, dict):
-        raise ArtifactError(f"{config_path}: expected a JSON object")
+        raise ArtifactError(f"{config_path}: expected a JSON object",
+                            hint="the model's config.json is damaged; save the model again with save_pretrained")
     return data
 
 

@@ -106,8 +106,8 @@ def test_device_cuda_without_a_gpu_exits_2_with_one_line(masked_data, tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "--data", str(masked_data), "--output", str(tmp_path / "run"),
                                       "--set", "device=cuda"])
     assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: key 'device': cuda") and "device: auto or cpu" in lines[0]
+    error, hint = [ln for ln in result.output.splitlines() if ln.strip()]  # one error line and its hint
+    assert error.startswith("error: key 'device': cuda") and hint.startswith("hint: set device: auto or cpu")
     assert not (tmp_path / "run").exists()
 
 

@@ -128,11 +128,12 @@ def write_attention(
     """Write the attention page (and PNGs with png=True); returns the written paths and the shape."""
     out_path = Path(out)
     if out_path.suffix.lower() not in (".html", ".htm"):
-        raise InputError(f"--out '{out_path}': expected a .html file name")
+        raise InputError(f"--out '{out_path}': expected a .html file name", hint="e.g. --out attention.html")
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"'{out_path}' exists", hint="pass --overwrite to replace it, or another --out")
     if not out_path.parent.exists():
-        raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist")
+        raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist",
+                         hint="create it first, or write the page elsewhere")
     if png:
         stem = out_path.with_suffix("")
         existing = sorted(stem.parent.glob(f"{stem.name}-layer*.png"))

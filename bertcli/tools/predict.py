@@ -251,7 +251,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
     tok = loaded.tokenizer
     mask_token, mask_id = tok.mask_token, tok.mask_token_id
     if mask_token is None or mask_id is None:
-        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks")
+        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot fill masks",
+                            hint="give the tokenizer its mask token (mask_token in tokenizer_config.json)")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: expected a value >= 1")
     truncated: list[str] = []  # warned about only once the text is accepted: a refusal is one error, no warning

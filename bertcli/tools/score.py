@@ -84,7 +84,8 @@ def read_minimal_pairs(
 def check_scorable(loaded: LoadedModel) -> None:
     """The tokenizer must have a mask token (the model's MLM head is checked by load_model(need_mlm=True))."""
     if loaded.tokenizer.mask_token_id is None:
-        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot score by masking")
+        raise ArtifactError(f"'{loaded.path}': the tokenizer has no mask token, so it cannot score by masking",
+                            hint="give the tokenizer its mask token (mask_token in tokenizer_config.json)")
 
 
 def score_texts(
