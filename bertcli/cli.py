@@ -643,14 +643,13 @@ def score(
         )
         return
     if input_ is not None:
-        numbered = tool.read_sentences(input_)
-        sentences = [text for _, text in numbered]
-        what = lambda i: f"{input_}:{numbered[i][0]}"  # noqa: E731
-    else:
-        sentences = list(texts or [])
-        what = lambda i: f"text {i + 1}"  # noqa: E731
+        from bertcli.textio import text_lines
+
+        next(text_lines(input_, "input file"), None)  # a missing file fails before the model is loaded
     loaded = load_model(model, device=device, need_mlm=True)
-    for row in tool.score_texts(loaded, sentences, variant, batch_size, what=what):
+    rows = (tool.score_file(loaded, input_, variant, batch_size) if input_ is not None
+            else tool.score_texts(loaded, list(texts or []), variant, batch_size))
+    for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
         else:

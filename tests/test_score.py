@@ -10,7 +10,7 @@ import pytest
 
 from bert_tiny import STORY
 from bertcli.pll import masking_plan, minimal_pair_accuracy
-from cli_helpers import fails, json_lines, last_json, ok
+from cli_helpers import app, fails, json_lines, last_json, ok, runner
 from plain_bert import save_plain
 
 # One torch thread: on a shared 2-core machine two busy-waiting threads run these tiny models many times slower.
@@ -201,6 +201,32 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     blank = tmp_path / "blank.txt"
     blank.write_text(" \n\t\n\n")  # not empty, but no sentence on any line
     fails([*model, "--input", str(blank)], str(blank), "every line is blank")
+
+
+def test_scoring_in_chunks_gives_the_same_scores(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    # A file is scored CHUNK_TEXTS lines at a time (memory bounded by a chunk); the chunks must not change a score
+    # beyond float rounding, nor a tie, and a bad line anywhere is refused before any score is printed.
+    from bertcli.tools import score as tool
+
+    lines = [s.strip() for s in STORY] * 3
+    text = tmp_path / "s.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"sentence_good": a, "sentence_bad": b, "UID": str(i % 2)}) + "\n"
+                             for i, (a, b) in enumerate(zip(lines, [*lines[1:], lines[0]]))), encoding="utf-8")
+    whole = json_lines(ok(["score", "-m", str(tiny_bert), "-i", str(text), "--json"]).stdout)
+    whole_pairs = json_lines(ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json"]).stdout)
+    monkeypatch.setattr(tool, "CHUNK_TEXTS", 4)
+    chunked = json_lines(ok(["score", "-m", str(tiny_bert), "-i", str(text), "--json"]).stdout)
+    chunked_pairs = json_lines(ok(["score", "-m", str(tiny_bert), "--pairs", str(pairs), "--json"]).stdout)
+    assert [r["text"] for r in chunked] == lines
+    for a, b in zip(whole, chunked):
+        assert a["pll"] == pytest.approx(b["pll"], abs=1e-5) and a["tokens"] == b["tokens"]
+    assert whole_pairs[-1]["accuracy"] == chunked_pairs[-1]["accuracy"]
+    assert len(chunked_pairs) == len(lines) + 1
+    text.write_text("\n".join(lines) + "\n" + " ".join(["the cat"] * 40) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["score", "-m", str(tiny_bert), "-i", str(text), "--json"])
+    assert result.exit_code == 2 and result.stdout == "" and f"{text}:{len(lines) + 1} has" in result.stderr
 
 
 def test_the_default_grouping_is_a_key_of_every_pair(tiny_bert: Path, tmp_path: Path) -> None:

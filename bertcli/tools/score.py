@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from bertcli.errors import ArtifactError, InputError
 from bertcli.model_dir import LoadedModel
@@ -16,15 +16,6 @@ from bertcli.vocab import warn_if_mostly_unknown
 GOOD, BAD = "sentence_good", "sentence_bad"
 GROUP_KEYS = ("UID", "linguistics_term", "field")
 ALL = "all"
-
-
-def read_sentences(path: str | Path) -> list[tuple[int, str]]:
-    """(line number, sentence) for every non-blank line of a text file, one sentence a line."""
-    p = Path(path)
-    rows = list(text_lines(p, "input file"))
-    if not rows:
-        raise InputError(f"{p}: no sentences (every line is blank)", hint="write one sentence a line")
-    return rows
 
 
 def read_minimal_pairs(
@@ -88,20 +79,26 @@ def check_scorable(loaded: LoadedModel) -> None:
                             hint="give the tokenizer its mask token (mask_token in tokenizer_config.json)")
 
 
-def score_texts(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    variant: str = "original",
-    batch_size: int = 256,
-    what: Callable[[int], str] = lambda i: f"text {i + 1}",
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """{"text", "pll", "pseudo_perplexity", "tokens"} for each text, in order (natural logs; tokens = scored pieces)."""
-    from tqdm import tqdm
+CHUNK_TEXTS = 2048  # even: a chunk of minimal pairs' sentences holds whole pairs
+"""Texts tokenized and scored at a time: memory is bounded by a chunk, not by the file (a chunk is whole pairs)."""
 
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encode_checked(loaded: LoadedModel, texts: Sequence[str], what: Callable[[int], str]) -> Any:
+    """The tokenizer's encoding of texts, each of which must be scorable: not empty, Unicode, within the model's
+    positions (all over-long ones counted), with a token to score."""
     from bertcli.tools.predict import CHARS_PER_POSITION
 
-    check_scorable(loaded)
     tok = loaded.tokenizer
     char_limit = loaded.max_length * CHARS_PER_POSITION  # surely too long: refused before the tokenizer's time
     for i, text in enumerate(texts):
@@ -118,49 +115,107 @@ def score_texts(
             + (f" (and {len(too_long) - 1} more sentences)" if len(too_long) > 1 else ""),
             hint="shorten or split them: a truncated sentence would get the score of another sentence",
         )
-    if tok.unk_token_id is not None:  # an [UNK] is scored as the token [UNK]: two texts of unknowns score alike
-        scored_ids = [t for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"])
-                      for t, sp in zip(ids, special) if not sp]
-        warn_if_mostly_unknown(scored_ids.count(tok.unk_token_id), len(scored_ids), "the text", loaded.path)
+    for i, special in enumerate(enc["special_tokens_mask"]):
+        if all(special):
+            raise InputError(f"{what(i)} has no tokens to score: {texts[i]!r}",
+                             hint="every sentence to score needs text")
+    return enc
+
+
+def score_stream(
+    loaded: LoadedModel,
+    numbered: Callable[[], Iterable[tuple[str, str]]],
+    variant: str = "original",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """{"text", "pll", "pseudo_perplexity", "tokens"} for each (where, text) of `numbered()`, in order (natural logs;
+    tokens = scored pieces). `numbered` is called twice: a first pass checks every text (a bad one is refused before
+    any score is given) and counts the work; the second scores CHUNK_TEXTS at a time, so memory does not grow with
+    the input. Identical texts within a chunk are scored once (a chunk holds whole minimal pairs, so a pair of
+    identical sentences is an exact tie)."""
+    from tqdm import tqdm
+
+    check_scorable(loaded)
+    tok = loaded.tokenizer
+    copies = unknown = 0
+    for chunk in _chunks(numbered(), CHUNK_TEXTS):
+        enc = _encode_checked(loaded, [t for _, t in chunk], lambda i: chunk[i][0])
+        for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+            scored = [t for t, sp in zip(ids, special) if not sp]
+            copies += len(scored)
+            unknown += scored.count(tok.unk_token_id) if tok.unk_token_id is not None else 0
+    # an [UNK] is scored as the token [UNK]: two texts of unknowns score alike
+    warn_if_mostly_unknown(unknown, copies, "the text", loaded.path)
+    bar = tqdm(total=copies, desc="score", unit="copy", dynamic_ncols=True, disable=not progress)
+    try:
+        for chunk in _chunks(numbered(), CHUNK_TEXTS):
+            yield from _score_chunk(loaded, [t for _, t in chunk], variant, batch_size, bar)
+    finally:
+        bar.close()
+
+
+def _score_chunk(loaded: LoadedModel, texts: list[str], variant: str, batch_size: int, bar: Any) -> list[dict]:
+    tok = loaded.tokenizer
+    enc = tok(texts, add_special_tokens=True, return_special_tokens_mask=True)  # checked in the first pass
     # Identical token sequences are scored once: less work, and equal sentences get bit-equal scores (a tie),
     # whatever batch and padding their copies would otherwise land in.
     unique: dict[tuple, int] = {}
     sentences: list[list[int]] = []
     plans: list[list[tuple[int, tuple[int, ...]]]] = []
     index_of: list[int] = []
-    for i, text in enumerate(texts):
+    for i in range(len(texts)):
         ids = enc["input_ids"][i]
         scored = [s == 0 for s in enc["special_tokens_mask"][i]]
-        if not any(scored):
-            raise InputError(f"{what(i)} has no tokens to score: {text!r}", hint="every sentence to score needs text")
         word_ids = enc.word_ids(i) if variant == "word_l2r" else None
         key = (tuple(ids), tuple(-1 if w is None else w for w in word_ids) if word_ids is not None else ())
         if key not in unique:
             unique[key] = len(sentences)
             sentences.append(ids)
             plans.append(masking_plan(scored, word_ids, variant))
+        else:
+            bar.update(sum(scored))  # counted in the total, scored with its twin
         index_of.append(unique[key])
-    copies = sum(len(p) for p in plans)
-    bar = tqdm(total=copies, desc="score", unit="copy", dynamic_ncols=True, disable=not progress)
-    try:
-        plls = pseudo_log_likelihoods(
-            loaded.model.bert,
-            loaded.model.cls.predictions,
-            sentences,
-            plans,
-            mask_id=tok.mask_token_id,
-            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id,  # padding is not attended
-            batch_size=batch_size,
-            device=loaded.device,
-            on_batch=bar.update,
-        )
-    finally:
-        bar.close()
+    plls = pseudo_log_likelihoods(
+        loaded.model.bert,
+        loaded.model.cls.predictions,
+        sentences,
+        plans,
+        mask_id=tok.mask_token_id,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id,  # padding is not attended
+        batch_size=batch_size,
+        device=loaded.device,
+        on_batch=bar.update,
+    )
     rows = []
     for text, k in zip(texts, index_of):
         n = len(plans[k])
         rows.append({"text": text, "pll": plls[k], "pseudo_perplexity": pseudo_perplexity(plls[k], n), "tokens": n})
     return rows
+
+
+def score_texts(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    variant: str = "original",
+    batch_size: int = 256,
+    what: Callable[[int], str] = lambda i: f"text {i + 1}",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """score_stream over a list of texts; what(i) names text i in a refusal."""
+    return list(score_stream(loaded, lambda: ((what(i), t) for i, t in enumerate(texts)), variant, batch_size,
+                             progress))
+
+
+def score_file(
+    loaded: LoadedModel, path: str | Path, variant: str = "original", batch_size: int = 256, progress: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Every non-blank line of a text file, read twice and never held whole (score_stream)."""
+    p = Path(path)
+    if next(text_lines(p, "input file"), None) is None:
+        raise InputError(f"{p}: no sentences (every line is blank)", hint="write one sentence a line")
+    return score_stream(loaded, lambda: ((f"{p}:{n}", t) for n, t in text_lines(p, "input file")), variant,
+                        batch_size, progress)
 
 
 def score_pairs(
@@ -174,16 +229,17 @@ def score_pairs(
     """Per-pair rows (line, group, pll_good, pll_bad) and the summary of minimal_pair_accuracy (+ group_by, variant)."""
     p = Path(path)
     pairs, key = read_minimal_pairs(p, group_by)
-    texts = [t for _, good, bad, _ in pairs for t in (good, bad)]
-    lines = [line for line, _, _, _ in pairs]
     fields = (GOOD, BAD)
-    scores = score_texts(
-        loaded, texts, variant, batch_size, what=lambda i: f"{p}:{lines[i // 2]}: field '{fields[i % 2]}'",
-        progress=progress,
-    )
+
+    def numbered() -> Iterator[tuple[str, str]]:  # good then bad, so that a chunk (an even count) holds whole pairs
+        for line, good, bad, _ in pairs:
+            for field, text in zip(fields, (good, bad)):
+                yield f"{p}:{line}: field '{field}'", text
+
+    scores = iter(score_stream(loaded, numbered, variant, batch_size, progress))
     rows = [
-        {"line": line, "group": group, "pll_good": scores[2 * k]["pll"], "pll_bad": scores[2 * k + 1]["pll"]}
-        for k, (line, _, _, group) in enumerate(pairs)
+        {"line": line, "group": group, "pll_good": next(scores)["pll"], "pll_bad": next(scores)["pll"]}
+        for line, _, _, group in pairs
     ]
     summary = minimal_pair_accuracy(
         [r["pll_good"] for r in rows], [r["pll_bad"] for r in rows], [r["group"] for r in rows]
