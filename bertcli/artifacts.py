@@ -509,12 +509,24 @@ def load_data(path: str | Path, kinds: tuple[str, ...] = DATA_STAGES) -> DataArt
     manifest = load_manifest(path, kinds)
     kind = manifest["stage"]
     what = f"{kind} artifact '{path}'"
+    damaged = f"the manifest is damaged; rebuild the artifact ({_hint_for((kind,))})"
     for key, kind_of in (("max_seq_length", int), ("token_dtype", str)):
-        if not isinstance(manifest.get(key), kind_of):
+        if not isinstance(manifest.get(key), kind_of) or isinstance(manifest.get(key), bool):
             raise ArtifactError(
                 f"{path / MANIFEST}: '{key}' is missing or not a{'n integer' if kind_of is int else ' string'}",
-                hint=f"the manifest is damaged; rebuild the artifact ({_hint_for((kind,))})",
+                hint=damaged,
             )
+    # Keys read below only when present (older manifests lack some): when present, of their type, or a damaged
+    # manifest ends in a TypeError deep inside a check instead of a line naming the key.
+    optional = {"vocab_size": int, "inputs": dict, "special_token_ids": dict, "nsp": bool, "format_version": int}
+    for key, kind_of in optional.items():
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, kind_of) or (kind_of is int and isinstance(value, bool))):
+            raise ArtifactError(f"{path / MANIFEST}: '{key}' is {json.dumps(value)[:40]}, expected {kind_of.__name__}",
+                                hint=damaged)
+    if manifest.get("format_version", 1) != 1:
+        raise ArtifactError(f"{path / MANIFEST}: format_version {manifest['format_version']}, this bertcli reads 1",
+                            hint="use the bertcli version that wrote it, or rebuild the artifact with this one")
     if not (path / TOKENIZER_DIR).is_dir():
         raise ArtifactError(f"'{path}' has no {TOKENIZER_DIR}/ directory", hint=f"rebuild it ({_hint_for((kind,))})")
     loaded = load_tokenizer(path / TOKENIZER_DIR)

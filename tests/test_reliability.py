@@ -247,6 +247,17 @@ def test_damaged_artifacts_are_named_not_crashed_on(pairs_copy, damage):
         _mask_refused(pairs_copy, "token_dtype")
 
 
+@pytest.mark.parametrize("key, value", [("vocab_size", "x"), ("vocab_size", [1]), ("inputs", 5), ("nsp", "yes"),
+                                        ("special_token_ids", [1]), ("format_version", 99)])
+def test_a_manifest_value_of_the_wrong_type_is_named(pairs_copy, key, value):
+    # These ended in a ValueError, TypeError or AttributeError (exit 1) inside the tokenizer check, or were used.
+    manifest_path = pairs_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest[key] = value
+    manifest_path.write_text(json.dumps(manifest))
+    _mask_refused(pairs_copy, str(manifest_path), key if key != "format_version" else "format_version 99")
+
+
 # ---------------------------------------------------------------- 10. degenerate data
 
 
