@@ -186,6 +186,9 @@ def test_a_refused_long_text_is_not_first_warned_about(tiny_bert: Path) -> None:
     no_python = " ".join(s for s in STORY * 3 if "python" not in s)  # ~75 tokens
     refused_with_hint([*embed, f"{no_python} python", "python is fun ."], "sentence 1 lies beyond")
     refused_with_hint([*embed, "--layer", "99", "python is fun ."], "--layer 99", "layers 0 (embeddings) to 2")
+    refused_with_hint([*embed[:-1], "[MASK]", "the [MASK] is", "a [MASK]"], "is a special token")
+    refused_with_hint(["embed", "--model", str(tiny_bert), "--word", "an", "the bank .", "an apple ."],
+                      "does not occur in sentence 1")
 
 
 # ---------------------------------------------------------------- embed
@@ -222,6 +225,9 @@ def test_find_word_prefers_whole_words() -> None:
     assert find_word("파이썬은 재미있다", "파이썬") == (0, 3)  # a Korean particle attached
     assert find_word("我喜欢猫。", "猫") == (3, 4)  # no spaces at all
     assert find_word("the cat", "dog") is None
+    assert find_word("the bank", "an") is None and find_word("another day", "an") is None  # not inside a word
+    assert find_word("an apple", "an") == (0, 2)
+    assert find_word("東京に行く", "東京") == (0, 2) and find_word("ภาษาไทยง่าย", "ไทย") == (4, 7)
 
 
 # ---------------------------------------------------------------- evaluate

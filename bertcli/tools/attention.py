@@ -13,6 +13,7 @@ import numpy as np
 
 from bertcli.errors import InputError, OutputExistsError, warn
 from bertcli.model_dir import LoadedModel, load_model
+from bertcli.textio import check_unicode
 from bertcli.tools.predict import encode_texts, pad_batch
 
 # Weights are shown to 3 decimals: enough for opacity, and keeps a 12×12-head page at 128 tokens near 10 MB.
@@ -25,6 +26,9 @@ def compute_attention(loaded: LoadedModel, text: str, second: str | None = None)
 
     if not text.strip():
         raise InputError("the text is empty", hint='pass a sentence, e.g. "The cat sat on the mat."')
+    check_unicode(text, "the text")
+    if second is not None:
+        check_unicode(second, "the second text")
     if loaded.model.config._attn_implementation != "eager":
         raise InputError("the model must be loaded with attentions=True to return attention weights")
     full = loaded.tokenizer(text, second, add_special_tokens=True)

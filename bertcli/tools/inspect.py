@@ -11,6 +11,7 @@ import numpy as np
 
 from bertcli.artifacts import load_manifest, verify_files
 from bertcli.shards import ShardedArrays
+from bertcli.textio import check_unicode
 from bertcli.vocab import load_tokenizer
 
 
@@ -75,5 +76,7 @@ def render(directory: str | Path, examples: int = 3) -> str:
 def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
     """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
     loaded = load_tokenizer(tokenizer_dir)
+    for i, text in enumerate(texts):
+        check_unicode(text, f"text {i + 1}")
     encodings = loaded.tokenizer.encode_batch(list(texts))
     return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

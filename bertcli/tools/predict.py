@@ -425,11 +425,23 @@ def _unbatch_masked(batch: dict, rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- embed
 
 
+# Hangul attaches particles to a word (파이썬은: "Python" + topic marker); Chinese, Japanese, Thai, Lao, Khmer and
+# Burmese are written without spaces between words.
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
+_NO_SPACES = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f"
+                        r"\u1780-\u17ff]")
+
+
 def find_word(text: str, word: str) -> tuple[int, int] | None:
-    """Character span of the first occurrence of word in text, ignoring case: a whole word first, then a word that
-    starts with it (Korean particles: 파이썬은), then anywhere (scripts written without spaces)."""
+    """Character span of the first occurrence of word in text, ignoring case: a whole word; for a Korean word one
+    that starts with it (파이썬은); in a script written without spaces, anywhere. "an" is not found in "bank"."""
     escaped = re.escape(word)
-    for pattern in (rf"(?<!\w){escaped}(?!\w)", rf"(?<!\w){escaped}", escaped):
+    patterns = [rf"(?<!\w){escaped}(?!\w)"]
+    if _HANGUL.search(word):
+        patterns.append(rf"(?<!\w){escaped}")
+    if _NO_SPACES.search(word):
+        patterns.append(escaped)
+    for pattern in patterns:
         m = re.search(pattern, text, flags=re.IGNORECASE)
         if m:
             return m.start(), m.end()
@@ -449,13 +461,16 @@ def embed(loaded: LoadedModel, word: str, sentences: Sequence[str], layer: int =
     if not -(n_layers + 1) <= layer <= n_layers:
         raise InputError(f"--layer {layer}: the model has layers 0 (embeddings) to {n_layers}",
                          hint=f"--layer {n_layers} (the last) or a negative index, -1 for the last")
+    if word.strip() in loaded.tokenizer.all_special_tokens:
+        raise InputError(f"--word {word.strip()!r} is a special token, not a word of the text",
+                         hint="give a word that the sentences contain, e.g. --word python")
     spans = []
     for i, sentence in enumerate(sentences):
         span = find_word(sentence, word.strip())
         if span is None:
             raise InputError(
                 f"the word {word!r} does not occur in sentence {i + 1}: {sentence!r}",
-                hint="every sentence must contain the word (case is ignored)",
+                hint="every sentence must contain the word as a whole word (case is ignored)",
             )
         spans.append(span)
     warnings: list[str] = []  # printed once every sentence is accepted: a refusal is one error, no warning
