@@ -181,11 +181,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             if number == len(lines):
                 continue  # the last line of a killed run
             raise ArtifactError(f"{path}:{number}: not a JSON object", hint="remove or fix that line") from None
+        except (RecursionError, ValueError):  # brackets nested thousands deep; a number of 5,000 digits
+            raise ArtifactError(f"{path}:{number}: JSON too deeply nested or with a number too long to read",
+                                hint="remove or fix that line") from None
         step = record.get("step") if isinstance(record, dict) else None
         if not isinstance(step, int) or isinstance(step, bool):
             raise ArtifactError(f"{path}:{number}: 'step' is missing or not an integer", hint="remove or fix that line")
         records.append(record)
     return records
+
+
+_PLOTTED = ("mlm_loss", "nsp_loss", "eval_mlm_loss", "mlm_accuracy", "eval_mlm_accuracy")
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -212,6 +218,11 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(run_dir)
+    if not any(isinstance(r.get(key), (int, float)) for r in records for key in _PLOTTED):
+        # a fine-tuned model's metrics.jsonl, or a run killed before its first log line: an empty chart says nothing
+        raise ArtifactError(f"{Path(run_dir) / METRICS_FILE}: no pretraining metrics to plot (none of "
+                            f"{', '.join(_PLOTTED)})", hint="give the output directory of `bert pretrain`, after its "
+                            "first log line")
     out = Path(output) if output else Path(run_dir) / PLOT_FILE
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, label in (("mlm_loss", "train MLM loss"), ("nsp_loss", "train NSP loss"),
@@ -253,6 +264,9 @@ def run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     target = Path(output) if output is not None else Path(run_dir) / PLOT_FILE
     if target.exists() and target.resolve() != (Path(run_dir) / PLOT_FILE).resolve():
         raise OutputExistsError(f"'{target}' already exists", hint="choose another --output (a new .png file)")
+    if output is not None and (target.suffix.lower() != ".png" or str(output).endswith(("/", "\\"))):
+        raise InputError(f"--output '{output}': bert plot writes a PNG; name the file .png",
+                         hint="e.g. --output curves.png")
     if output is not None and not target.parent.is_dir():
         raise InputError(f"--output '{target}': its folder '{target.parent}' does not exist",
                                 hint="create the folder first, or choose a .png file in an existing one")

@@ -496,6 +496,23 @@ def test_sweep_findings_stay_fixed(tmp_path, masked_data, pairs_copy, tiny_bert,
     _refused(["mask", "--input", str(pairs_copy), "--output", str(tmp_path / "m")], "BERTCLI_VERIFY_MAX_BYTES")
 
 
+def test_plot_refusals(tmp_path):
+    # a hand sweep of 2026-12-04: 100k nested brackets were a RecursionError (exit 1); -o x.jpg wrote PNG bytes
+    # under a .jpg name and -o newdir/ a PNG named newdir; metrics without a pretraining figure gave an empty chart
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = run / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "mlm_loss": 2.0}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"step": 2}\n')
+    _refused(["plot", str(run)], "metrics.jsonl:2", "too deeply nested")
+    metrics.write_text('{"step": 1, "mlm_loss": 2.0}\n')
+    for name in ("x.jpg", "x.svg", "newdir/"):
+        _refused(["plot", str(run), "--output", str(tmp_path / name)], "name the file .png")
+    metrics.write_text('{"step": 1, "seed": 42, "dev_accuracy": 0.5}\n')  # a fine-tuned model's metrics
+    _refused(["plot", str(run)], "no pretraining metrics to plot")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and sorted(p.name for p in run.iterdir()) == [
+        "metrics.jsonl"]
+
+
 def test_second_sweep_findings_stay_fixed(tmp_path, masked_data, tiny_bert, tiny_corpus):
     # the sweep's open findings of 2026-12-03 (docs/reliability.md)
     # bert inspect: a deleted shard file is named (was exit 1), someone else's manifest.json is refused (was "None
