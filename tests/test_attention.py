@@ -91,6 +91,17 @@ def test_existing_output_needs_overwrite(tiny_bert: Path, tmp_path: Path) -> Non
     assert out.read_text() == "keep me"
     _write_page(tiny_bert, out, "--overwrite", STORY[0])
     assert "attention-data" in out.read_text()
+    # A directory where a PNG goes: named before anything is written (it was a hidden temporary's name, after the
+    # page and the first PNG had been replaced).
+    blocker = tmp_path / "view-layer02.png"
+    blocker.mkdir()
+    (blocker / "keep.txt").write_text("mine")
+    before = out.read_text()
+    result = runner.invoke(app, ["attention", "--model", str(tiny_bert), "--out", str(out), "--png", "--overwrite",
+                                 STORY[1]])
+    assert result.exit_code == 2 and f"'{blocker}' is a directory" in result.stderr
+    assert out.read_text() == before and (blocker / "keep.txt").read_text() == "mine"
+    assert not list(tmp_path.glob("view-layer01.png")) and not list(tmp_path.glob(".*"))
 
 
 def test_long_text_is_truncated_with_a_warning(tiny_bert: Path, tmp_path: Path) -> None:

@@ -133,13 +133,17 @@ def write_attention(
     out_path = Path(out)
     if out_path.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out '{out_path}': expected a .html file name", hint="e.g. --out attention.html")
+    stem = out_path.with_suffix("")
+    in_the_way = [p for p in [out_path, *stem.parent.glob(f"{stem.name}-layer*.png")] if p.exists() and not p.is_file()]
+    if in_the_way:  # --overwrite replaces files only; found here, before any output is written
+        raise OutputExistsError(f"'{in_the_way[0]}' is a directory (or not a regular file), where an output goes",
+                                hint="move it away, or choose another --out")
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"'{out_path}' exists", hint="pass --overwrite to replace it, or another --out")
     if not out_path.parent.exists():
         raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist",
                          hint="create it first, or write the page elsewhere")
     if png:
-        stem = out_path.with_suffix("")
         existing = sorted(stem.parent.glob(f"{stem.name}-layer*.png"))
         if existing and not overwrite:
             raise OutputExistsError(f"'{existing[0]}' exists", hint="pass --overwrite to replace the PNGs")
