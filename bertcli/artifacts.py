@@ -332,6 +332,12 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
     if not directory.is_dir():
         raise ArtifactError(f"'{directory}' is a file, expected an artifact directory", hint=_hint_for(stages))
     path = directory / MANIFEST
+    if not path.is_file() and (directory / "checkpoint.json").is_file():  # checkpoints.MARKER
+        raise ArtifactError(
+            f"'{directory}' is a checkpoint of a pretraining run (a model), not an artifact with a manifest",
+            hint=_hint_for(stages) if stages else f"inspect the run directory '{directory.parent}', or use the "
+            "model with bert fill-mask / score / finetune",
+        )
     if not path.is_file():
         raise ArtifactError(
             f"'{directory}' has no manifest.json: it is not a bertcli artifact, or the run that wrote it did not "
