@@ -199,6 +199,22 @@ def test_bad_pipeline_configs(tmp_path: Path, tiny_corpus: Path) -> None:
     assert "fix that --set" in result.stderr and f"fix {path}" not in result.stderr
 
 
+def test_a_stage_refusal_names_the_stage_and_leaves_no_empty_workdir(tmp_path: Path, tiny_corpus: Path,
+                                                                     monkeypatch) -> None:
+    # A refusal found only once the stage reads its data (a vocabulary smaller than the alphabet) named a bare
+    # key ("key 'vocab_size'"), and the workdir the stage had created stayed behind, empty.
+    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab"], train_vocab={"vocab_size": 10})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "error: stage train-vocab: key 'train_vocab.vocab_size'" in result.stderr
+    assert not (tmp_path / "work").exists()
+    # A relative input is read from the current directory, which the hint names (it named an --input option).
+    monkeypatch.chdir(tmp_path)
+    path = _pipeline_yaml(tmp_path, Path("corpus.txt"), stages=["train-vocab"])
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "input path 'corpus.txt' does not exist" in result.stderr
+    assert f"relative paths are read from the directory bert runs in ({tmp_path})" in result.stderr
+
+
 def test_shipped_demo_pipeline_is_valid() -> None:
     from bertcli.stages.pipeline import load_pipeline
 

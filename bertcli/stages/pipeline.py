@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertcli.config import build_config, config_hash, load_config, override_origins, where_to_fix
-from bertcli.errors import ConfigError, OutputExistsError
+from bertcli.errors import BertcliError, ConfigError, OutputExistsError
 from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
 
@@ -201,6 +201,26 @@ def _run_stage(plan: StagePlan, overwrite: bool) -> dict | None:
     return module.run(plan.cfg, overwrite=overwrite)
 
 
+def _run_stage_in_context(plan: StagePlan, overwrite: bool, pipeline_file: Path) -> dict | None:
+    """_run_stage, with a stage's refusal put in the pipeline's terms (which stage, which section's key, paths
+    read from the current directory), and a workdir this stage created removed again if it failed empty."""
+    workdir = plan.output.parent
+    created = not workdir.exists()
+    try:
+        return _run_stage(plan, overwrite=overwrite)
+    except BertcliError as exc:
+        section = STAGES[plan.name].section
+        exc.message = f"stage {plan.name}: " + exc.message.replace("key '", f"key '{section}.", 1)
+        exc.args = (exc.message,)
+        if exc.message.startswith(f"stage {plan.name}: input path "):
+            exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
+                        f"in ({Path.cwd()})")
+        raise
+    finally:
+        if created and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()
+
+
 def run(
     path: str | Path,
     overrides: Sequence[str] = (),
@@ -231,7 +251,7 @@ def run(
             )
         report(f"{head}: {'resuming' if plan.action == 'resume' else 'running'} ({plan.reason})")
         start = time.perf_counter()
-        manifest = _run_stage(plan, overwrite=overwrite)
+        manifest = _run_stage_in_context(plan, overwrite, Path(path))
         plan.seconds = time.perf_counter() - start
         if manifest is None:  # pretrain returns None on ranks other than 0 under torchrun
             manifest = {}
