@@ -411,8 +411,8 @@ def evaluate(
     batch_size: int = BatchOpt,
     max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Evaluate only the first N."),
     seed: int = typer.Option(
-        0, "--seed", help="Seed of the masking of a pairs artifact (per chunk of 1,024 sequences: --batch-size "
-        "changes nothing)."
+        0, "--seed", min=0, max=2**32 - 1, help="Seed of the masking of a pairs artifact (per chunk of 1,024 "
+        "sequences: --batch-size changes nothing)."
     ),
     device: str = DeviceOpt,
 ) -> None:
