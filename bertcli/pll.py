@@ -11,7 +11,7 @@ query, key and value projections of the positions a copy leaves unmasked are its
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -19,6 +19,8 @@ VARIANTS = ("original", "word_l2r")
 
 # One masked copy: (sentence index, the position scored, the positions replaced by the mask token).
 MaskedCopy = tuple[int, int, tuple[int, ...]]
+
+Item = TypeVar("Item")
 
 
 def masking_plan(
@@ -55,8 +57,9 @@ def _copy_stream(
             yield i, position, masked
 
 
-def _batches(stream: Iterator[MaskedCopy], batch_size: int) -> Iterator[list[MaskedCopy]]:
-    batch: list[MaskedCopy] = []
+def batched(stream: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of batch_size items (the last may be shorter); itertools.batched needs Python 3.12."""
+    batch: list[Item] = []
     for item in stream:
         batch.append(item)
         if len(batch) == batch_size:
@@ -171,7 +174,7 @@ def pseudo_log_likelihoods(
     """
     totals = torch.zeros(len(sentences), dtype=torch.float64)
     with torch.inference_mode():
-        for batch in _batches(_copy_stream(sentences, plans), batch_size):
+        for batch in batched(_copy_stream(sentences, plans), batch_size):
             distinct = list(dict.fromkeys(i for i, _, _ in batch))  # the batch's sentences, in order
             slot = {i: u for u, i in enumerate(distinct)}
             width = max(len(sentences[i]) for i in distinct)

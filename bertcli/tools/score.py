@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from bertcli.errors import ArtifactError, InputError
 from bertcli.model_dir import LoadedModel
-from bertcli.pll import masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
+from bertcli.pll import batched, masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
 from bertcli.textio import check_unicode, parse_json_line, text_lines
 from bertcli.vocab import warn_if_mostly_unknown
 
@@ -83,17 +83,6 @@ CHUNK_TEXTS = 2048  # even: a chunk of minimal pairs' sentences holds whole pair
 """Texts tokenized and scored at a time: memory is bounded by a chunk, not by the file (a chunk is whole pairs)."""
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _encode_checked(loaded: LoadedModel, texts: Sequence[str], what: Callable[[int], str]) -> Any:
     """The tokenizer's encoding of texts, each of which must be scorable: not empty, Unicode, within the model's
     positions (all over-long ones counted), with a token to score."""
@@ -139,7 +128,7 @@ def score_stream(
     check_scorable(loaded)
     tok = loaded.tokenizer
     copies = unknown = 0
-    for chunk in _chunks(numbered(), CHUNK_TEXTS):
+    for chunk in batched(numbered(), CHUNK_TEXTS):
         enc = _encode_checked(loaded, [t for _, t in chunk], lambda i: chunk[i][0])
         for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
             scored = [t for t, sp in zip(ids, special) if not sp]
@@ -149,7 +138,7 @@ def score_stream(
     warn_if_mostly_unknown(unknown, copies, "the text", loaded.path)
     bar = tqdm(total=copies, desc="score", unit="copy", dynamic_ncols=True, disable=not progress)
     try:
-        for chunk in _chunks(numbered(), CHUNK_TEXTS):
+        for chunk in batched(numbered(), CHUNK_TEXTS):
             yield from _score_chunk(loaded, [t for _, t in chunk], variant, batch_size, bar)
     finally:
         bar.close()
