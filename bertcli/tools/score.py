@@ -83,18 +83,28 @@ CHUNK_TEXTS = 2048  # even: a chunk of minimal pairs' sentences holds whole pair
 """Texts tokenized and scored at a time: memory is bounded by a chunk, not by the file (a chunk is whole pairs)."""
 
 
+def _char_limit(loaded: LoadedModel) -> int:
+    from bertcli.tools.predict import CHARS_PER_POSITION
+
+    return loaded.max_length * CHARS_PER_POSITION
+
+
+def _encode(loaded: LoadedModel, texts: Sequence[str]) -> Any:
+    """The tokenizer's encoding, of at most the characters that can fit the model's positions and one more: a longer
+    text is surely too long, and is refused without the tokenizer's time and memory for all of it."""
+    cut = _char_limit(loaded) + 1
+    return loaded.tokenizer([t[:cut] for t in texts], add_special_tokens=True, return_special_tokens_mask=True)
+
+
 def _encode_checked(loaded: LoadedModel, texts: Sequence[str], what: Callable[[int], str]) -> Any:
     """The tokenizer's encoding of texts, each of which must be scorable: not empty, Unicode, within the model's
     positions (all over-long ones counted), with a token to score."""
-    from bertcli.tools.predict import CHARS_PER_POSITION
-
-    tok = loaded.tokenizer
-    char_limit = loaded.max_length * CHARS_PER_POSITION  # surely too long: refused before the tokenizer's time
     for i, text in enumerate(texts):
         if not text.strip():
             raise InputError(f"{what(i)} is empty", hint="every sentence to score needs text")
         check_unicode(text, what(i))
-    enc = tok([t[:char_limit + 1] for t in texts], add_special_tokens=True, return_special_tokens_mask=True)
+    enc = _encode(loaded, texts)
+    char_limit = _char_limit(loaded)
     too_long = [i for i in range(len(texts)) if len(enc["input_ids"][i]) > loaded.max_length]
     if too_long:
         i = too_long[0]
@@ -146,7 +156,7 @@ def score_stream(
 
 def _score_chunk(loaded: LoadedModel, texts: list[str], variant: str, batch_size: int, bar: Any) -> list[dict]:
     tok = loaded.tokenizer
-    enc = tok(texts, add_special_tokens=True, return_special_tokens_mask=True)  # checked in the first pass
+    enc = _encode(loaded, texts)  # checked in the first pass
     # Identical token sequences are scored once: less work, and equal sentences get bit-equal scores (a tie),
     # whatever batch and padding their copies would otherwise land in.
     unique: dict[tuple, int] = {}
