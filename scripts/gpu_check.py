@@ -157,6 +157,26 @@ def kill_and_resume(args, sets: list[str], out: Path) -> dict:
     }
 
 
+def finetune_check(args, model_dir: Path, out: Path) -> dict:
+    """`bert finetune` under `precision: auto` (bf16 autocast on a GPU with native bf16, fp16 and a gradient scaler
+    before it, fp32 on CPU) from the fp16 run's model, on the tests' small topic task: the precision picked, the dev
+    accuracy and the time."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    data = ROOT / "tests" / "data"
+    cmd = [sys.executable, "-m", "bertcli", "finetune", "--model", str(model_dir), "--train",
+           str(data / "topic-train.tsv"), "--dev", str(data / "topic-dev.csv"), "--output", str(out), "--overwrite",
+           "--json", "--set", f"device={args.device}", "--set", "max_epochs=4", "--set", "learning_rate=1e-3",
+           "--set", "batch_size=8", "--set", "warmup_fraction=0"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"finetune failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    stats = json.loads((out / "manifest.json").read_text())["stats"]
+    return {"precision": stats["precision"], "precision_reason": stats["precision_reason"],
+            "dev_accuracy": summary["dev_accuracy"], "seconds": round(time.perf_counter() - start, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="masked artifact at length 128 (scripts/gpu_check.sh)")
@@ -210,6 +230,8 @@ def main() -> None:
             "warmup_steps=3", "seed=0", "num_workers=0"]
     report["fp16_kill_and_resume"] = kill_and_resume(args, sets, work)
     log(f"fp16 kill and resume: {json.dumps(report['fp16_kill_and_resume'])}")
+    report["finetune"] = finetune_check(args, work / "fp16-reference", work / "finetune")
+    log(f"finetune: {json.dumps(report['finetune'])}")
     vocab = json.loads((Path(args.data) / "manifest.json").read_text()).get("vocab_size")
     report["data"] = {"path": args.data, "vocab_size": vocab}
     print(json.dumps(report, indent=2))

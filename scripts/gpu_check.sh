@@ -4,7 +4,7 @@
 # builds data from the bundled sample (data/sample/jargon.txt → tokenizer → pairs at length 128 → masked), then
 # scripts/gpu_check.py prints the device and the precision `auto` picks there, the host syncs per training step,
 # sequences/s, model TFLOP/s, MFU and peak memory of BERT-base at length 128 in bf16, eager and compiled, and an
-# fp16 run killed with SIGKILL and resumed. Its JSON (also in $WORK/report.json) is what docs/benchmarks.md records
+# fp16 run killed with SIGKILL and resumed, then `bert finetune` under precision auto. Its JSON (also in $WORK/report.json) is what docs/benchmarks.md records
 # for a GPU. DEVICE=cpu runs the same end to end on CPU with BERT-tiny (tests/test_gpu_check.py does).
 #   DEVICE=cuda|cpu   PYTHON=path/to/python   WORK=runs/gpu-check   STEPS=60
 set -euo pipefail

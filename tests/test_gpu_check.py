@@ -31,6 +31,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert speeds["compiled"]["compile"] and not speeds["eager"]["compile"]
     for s in speeds.values():
         assert s["sequences_per_s"] > 0 and s["model_tflops_per_s"] > 0 and s["mfu"] is None  # no peak on CPU
+    assert report["finetune"]["precision"] == "fp32" and 0.0 <= report["finetune"]["dev_accuracy"] <= 1.0
     resumed = report["fp16_kill_and_resume"]
     assert resumed["killed_mid_run"] and "resuming from" in resumed["resumed"]
     assert resumed["bit_identical"] and resumed["steps"] == [12, 12] and resumed["loss_scale"][0] > 0
