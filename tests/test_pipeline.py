@@ -213,6 +213,12 @@ def test_a_stage_refusal_names_the_stage_and_leaves_no_empty_workdir(tmp_path: P
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "input path 'corpus.txt' does not exist" in result.stderr
     assert f"relative paths are read from the directory bert runs in ({tmp_path})" in result.stderr
+    # A workdir that is a file: the key is named before any stage starts (it was "cannot use …: File exists").
+    (tmp_path / "work").write_text("mine")
+    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab"])
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "key 'workdir'" in result.stderr and "is a file" in result.stderr
+    assert (tmp_path / "work").read_text() == "mine" and "running" not in result.stderr
 
 
 def test_shipped_demo_pipeline_is_valid() -> None:

@@ -229,7 +229,11 @@ def run(
     report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> list[StagePlan]:
     """Run the pipeline's stages in order; a stage whose artifact has the same config and inputs is skipped."""
-    _cfg, plans = load_pipeline(path, overrides)
+    cfg, plans = load_pipeline(path, overrides)
+    workdir = Path(cfg.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"key 'workdir' in {path}: '{workdir}' is a file, not a directory",
+                          hint="set workdir to a directory (it is created if missing)")
     upstream: dict[str, dict] = {}
     upstream_ran = False
     total = len(plans)
