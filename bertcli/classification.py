@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from typing import Iterable, Sequence
 
@@ -14,12 +15,13 @@ def label_order(labels: Iterable[str]) -> list[str]:
     so a file's own integer labels keep their values), otherwise alphabetically (stable across runs and files)."""
     distinct = set(labels)
     if all(_is_int(label) for label in distinct):
-        return sorted(distinct, key=int)
+        return sorted(distinct, key=lambda label: (int(label), label))  # "01" and "1": one order, every run
     return sorted(distinct)
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    """An integer written in ASCII digits ("-1", "007"); not "--1" or "²", which str.isdigit() also accepts."""
+    return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 def confusion_matrix(gold: Sequence[int], predicted: Sequence[int], num_labels: int) -> list[list[int]]:

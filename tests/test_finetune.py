@@ -324,13 +324,23 @@ def test_the_held_out_dev_set_is_stratified() -> None:
     assert dev == held_out_indices(list(labels_of), ["a", "b", "c"], 0.1, seed=42)
     assert dev != held_out_indices(labels_of, ["a", "b", "c"], 0.1, seed=43)
     assert held_out_indices(["x", "y"], ["x", "y"], 0.5, seed=0) == set()  # one each: nothing can be spared
+    # 20 labels of 4: no label's own tenth reaches one example, yet 8 of 80 are held out, one each from 8 labels
+    many = [f"l{k:02d}" for k in range(20) for _ in range(4)]
+    dev = held_out_indices(many, sorted(set(many)), 0.1, seed=0)
+    assert len(dev) == 8 and len({many[i] for i in dev}) == 8
 
 
 def test_held_out_refusals_and_a_dev_file_equal_to_train(tiny_bert: Path, tmp_path: Path) -> None:
     base = ["finetune", "--model", str(tiny_bert), *FAST, "--set", "max_epochs=1"]
-    # A label column of unique values (the sentence itself): every label one example, no dev set possible.
-    refused_with_hint([*base, "--train", str(TRAIN), "-o", str(tmp_path / "a"), "--set", "text_field=label",
-                       "--set", "label_field=sentence"], "too few to hold out")
+    # A label column of (almost) unique values, the sentence itself: warned about; with every label once, no dev
+    # set is possible and the hint names label_field.
+    result = ok([*base, "--train", str(TRAIN), "-o", str(tmp_path / "a"), "--set", "text_field=label",
+                 "--set", "label_field=sentence"])
+    assert "37 labels for 40 examples, most of them seen once or twice; check label_field" in result.stderr
+    unique = tmp_path / "unique.tsv"
+    unique.write_text("sentence\tlabel\n" + "".join(f"text {i} .\tl{i}\n" for i in range(6)), encoding="utf-8")
+    _, hint = refused_with_hint([*base, "--train", str(unique), "-o", str(tmp_path / "u1")], "too few to hold out")
+    assert hint.startswith("hint: every label occurs once: check label_field")
     result = ok([*base, "--train", str(TRAIN), "--dev", str(TRAIN), "-o", str(tmp_path / "b")])
     assert "warning: the dev file is the training file" in result.stderr
     # Text the tokenizer cannot read (another script): said once, for the training file, and for predict's input.
@@ -360,3 +370,7 @@ def test_classification_metrics() -> None:
     # Multiclass MCC (Gorodkin): c=3, s=5, t=(2,2,1), p=(1,2,2): (15 − 8) / sqrt((25 − 9)(25 − 9)) = 7/16.
     assert classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 2, 2], 3)["mcc"] == pytest.approx(7 / 16)
     assert label_order(["10", "2", "1"]) == ["1", "2", "10"] and label_order(["b", "a", "1"]) == ["1", "a", "b"]
+    # "01" and "1" are two labels in one order whatever the set's hash order; "--1" and "²" are not integers
+    # (str.isdigit() took them, then int() failed: exit 1)
+    assert label_order(["1", "01", "0"]) == ["0", "01", "1"] and label_order(["01", "1", "0"]) == ["0", "01", "1"]
+    assert label_order(["--1", "2"]) == ["--1", "2"] and label_order(["²", "1"]) == ["1", "²"]

@@ -80,34 +80,55 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
                     hint=f"the model can only predict the training labels: {', '.join(labels)}",
                 )
         _warn_if_one_class(dev_file.examples, f"the dev file {dev_file.path}")
+        _warn_if_labels_are_rare(train_file, len(labels), cfg.label_field)
         return Splits(train_file.examples, dev_file.examples, labels, train_file, dev_file)
     examples = train_file.examples
     dev_idx = held_out_indices([e.label for e in examples], labels, cfg.dev_fraction, cfg.seed)
     if not dev_idx:
+        singletons = len(labels) == len(examples)  # every label once: a column of unique values, or too little data
         raise InputError(
             f"{train_file.path}: {len(examples)} example(s) in {len(labels)} labels are too few to hold out "
-            f"dev_fraction {cfg.dev_fraction:g} of each label and keep one to train on",
-            hint="pass --dev FILE, raise dev_fraction, or add examples",
+            f"dev_fraction {cfg.dev_fraction:g} and keep every label's last example to train on",
+            hint=f"every label occurs once: check label_field (now '{cfg.label_field}'), or pass --dev FILE"
+            if singletons else "pass --dev FILE, raise dev_fraction, or add examples",
         )
     train = [e for i, e in enumerate(examples) if i not in dev_idx]
     dev = [e for i, e in enumerate(examples) if i in dev_idx]
     _warn_if_one_class(dev, f"the dev set held out of {train_file.path} (dev_fraction {cfg.dev_fraction})")
+    _warn_if_labels_are_rare(train_file, len(labels), cfg.label_field)
     return Splits(train, dev, labels, train_file, None)
 
 
 def held_out_indices(labels_of: list[str], labels: list[str], fraction: float, seed: int) -> set[int]:
-    """The examples held out as dev set: `fraction` of each label's (rounded), never its last one, so that the dev
-    set has the training file's label mix and every dev label is one the model trains on. The same for every
-    seed, so the seeds' dev scores are comparable."""
+    """The examples held out as dev set: `fraction` of them (rounded half up), apportioned to the labels by their
+    shares with the largest remainders first, as scikit-learn's stratify= does, and never a label's last example,
+    so that the dev set has the training file's label mix and every dev label is one the model trains on. The same
+    for every seed, so the seeds' dev scores are comparable."""
     rng = np.random.default_rng([seed, 0x5E1])
     members: dict[str, list[int]] = {label: [] for label in labels}
     for i, label in enumerate(labels_of):
         members[label].append(i)
+    total = math.floor(fraction * len(labels_of) + 0.5)
+    ideal = {label: fraction * len(members[label]) for label in labels}
+    counts = {label: min(math.floor(ideal[label]), len(members[label]) - 1) for label in labels}
+    # the rest one at a time, largest remainder first (ties in id order: the sort is stable), while a label can spare
+    for label in sorted(labels, key=lambda name: math.floor(ideal[name]) - ideal[name]):
+        if sum(counts.values()) >= total:
+            break
+        if counts[label] < len(members[label]) - 1:
+            counts[label] += 1
     held_out: set[int] = set()
     for label in labels:  # id order: the split does not depend on the file's order of labels
-        count = min(round(fraction * len(members[label])), len(members[label]) - 1)
-        held_out.update(rng.permutation(members[label])[:count].tolist())
+        held_out.update(rng.permutation(members[label])[:counts[label]].tolist())
     return held_out
+
+
+def _warn_if_labels_are_rare(train_file: LabelledFile, num_labels: int, label_field: str) -> None:
+    # More labels than half the examples: most are seen once or twice, which no classifier learns from (a column
+    # of unique values taken for the labels, most often).
+    if num_labels > len(train_file.examples) / 2:
+        warn(f"{train_file.path}: {num_labels} labels for {len(train_file.examples)} examples, most of them seen "
+             f"once or twice; check label_field (now '{label_field}')")
 
 
 def _warn_if_one_class(dev: list[Example], what: str) -> None:
