@@ -203,10 +203,11 @@ def test_a_stage_refusal_names_the_stage_and_leaves_no_empty_workdir(tmp_path: P
                                                                      monkeypatch) -> None:
     # A refusal found only once the stage reads its data (a vocabulary smaller than the alphabet) named a bare
     # key ("key 'vocab_size'"), and the workdir the stage had created stayed behind, empty.
-    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab"], train_vocab={"vocab_size": 10})
+    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab"], train_vocab={"vocab_size": 10},
+                          workdir=str(tmp_path / "work" / "a" / "b"))
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "error: stage train-vocab: key 'train_vocab.vocab_size'" in result.stderr
-    assert not (tmp_path / "work").exists()
+    assert not (tmp_path / "work").exists()  # nor any folder on the way to it
     # A relative input is read from the current directory, which the hint names (it named an --input option).
     monkeypatch.chdir(tmp_path)
     path = _pipeline_yaml(tmp_path, Path("corpus.txt"), stages=["train-vocab"])

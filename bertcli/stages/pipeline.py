@@ -203,9 +203,10 @@ def _run_stage(plan: StagePlan, overwrite: bool) -> dict | None:
 
 def _run_stage_in_context(plan: StagePlan, overwrite: bool, pipeline_file: Path) -> dict | None:
     """_run_stage, with a stage's refusal put in the pipeline's terms (which stage, which section's key, paths
-    read from the current directory), and a workdir this stage created removed again if it failed empty."""
+    read from the current directory), and the workdir folders this stage created removed again if it left them
+    empty."""
     workdir = plan.output.parent
-    created = not workdir.exists()
+    existing = next(d for d in [workdir, *workdir.parents] if d.exists())  # a cwd-relative path ends at "."
     try:
         return _run_stage(plan, overwrite=overwrite)
     except BertcliError as exc:
@@ -216,9 +217,11 @@ def _run_stage_in_context(plan: StagePlan, overwrite: bool, pipeline_file: Path)
             exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
                         f"in ({Path.cwd()})")
         raise
-    finally:
-        if created and workdir.is_dir() and not any(workdir.iterdir()):
-            workdir.rmdir()
+    finally:  # the folders this stage made on the way to its workdir, if it failed leaving them empty
+        for folder in [workdir, *workdir.parents]:
+            if folder == existing or not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def run(
