@@ -43,9 +43,10 @@ def check_regular_file(path: Path, what: str, hint: str) -> None:
             else "is not a regular file (a pipe or a device)"), hint=hint)
 
 
-def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify."""
-    check_regular_file(path, f"{what} ", "pass a text file, one a line")
+def text_lines(path: Path, what: str, hint: str = "pass a text file, one a line") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify, JSON
+    lines. hint: what to pass instead of a missing file or a directory."""
+    check_regular_file(path, f"{what} ", hint)
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:

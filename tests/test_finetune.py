@@ -178,7 +178,7 @@ def test_predict_reads_text_files_other_fields_and_keeps_one_line_a_result(tiny_
     txt = tmp_path / "texts.txt"
     txt.write_text(f"{texts[0]}\n\n{texts[1]}\n", encoding="utf-8")
     rows = json_lines(ok(["predict", "-m", str(out), "-i", str(txt), "--json"]).stdout)
-    assert [r["label"] for r in rows] == expected
+    assert [r["label"] for r in rows] == expected and [r["line"] for r in rows] == [1, 3]  # the blank line 2
     # A file whose column is named otherwise than the training file's.
     renamed = tmp_path / "renamed.jsonl"
     renamed.write_text("".join(json.dumps({"phrase": t}) + "\n" for t in texts), encoding="utf-8")
@@ -188,8 +188,10 @@ def test_predict_reads_text_files_other_fields_and_keeps_one_line_a_result(tiny_
     assert [r["label"] for r in rows] == expected
     refused_with_hint(["predict", "-m", str(out), "--text-field", "phrase", texts[0]], "--input")
     # A line break or tab inside a text stays inside its result's line.
-    human = ok(["predict", "-m", str(out), "two\nlines\tand a tab"]).stdout
-    assert human.count("\n") == 1 and human.rstrip("\n").endswith("two\\nlines\\tand a tab")
+    human = ok(["predict", "-m", str(out), "two\nlines\tand a tab\u2028and more"]).stdout
+    assert len(human.splitlines()) == 1 and human.rstrip("\n").endswith("two\\nlines\\tand a tab\\u2028and more")
+    refused_with_hint(["predict", "-m", str(out), "-i", str(renamed), "--text-pair-field", "phrase"],
+                      "fine-tuned on single texts")
     # Long inputs: one warning line, counting them, not one line each.
     long_file = tmp_path / "long.txt"
     long_file.write_text("".join(" ".join(["dog"] * 60) + "\n" for _ in range(5)), encoding="utf-8")

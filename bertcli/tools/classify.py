@@ -22,6 +22,7 @@ class Classifier:
     max_length: int
     text_field: str | None  # the fields `bert finetune` read (None: `sentence` if present, else `text`)
     text_pair_field: str | None
+    single_texts: bool  # its `bert finetune` manifest says it classifies single texts (False: pairs, or unknown)
 
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
@@ -66,7 +67,7 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     if isinstance(tok_max, int) and 0 < tok_max < max_length:
         max_length = tok_max
     return Classifier(model, tokenizer, dev, model_dir, max_length, manifest.get("text_field"),
-                      manifest.get("text_pair_field"))
+                      manifest.get("text_pair_field"), manifest.get("task") == "sequence classification")
 
 
 def classify(
@@ -138,6 +139,9 @@ def classify_file(
     """Classify every example of a CSV, TSV or JSONL file (read as `bert finetune` reads training files, its label
     column ignored), or every line of a .txt file. The fields are those the model was fine-tuned on unless given."""
     p = Path(path)
+    if text_pair_field is not None and clf.single_texts:
+        raise InputError(f"--text-pair-field {text_pair_field}: '{clf.path}' was fine-tuned on single texts, not pairs",
+                         hint="drop --text-pair-field; a pair classifier is fine-tuned with text_pair_field set")
     text_field = text_field or clf.text_field
     text_pair_field = text_pair_field or clf.text_pair_field
     if p.suffix.lower() == ".txt":
@@ -148,11 +152,13 @@ def classify_file(
         numbered = list(text_lines(p, "input file"))
         if not numbered:
             raise InputError(f"{p}: no texts (every line is blank)", hint="write one text a line")
-        return classify(clf, [t for _, t in numbered], None, batch_size, what=lambda i: f"{p}:{numbered[i][0]}")
+        rows = classify(clf, [t for _, t in numbered], None, batch_size, what=lambda i: f"{p}:{numbered[i][0]}")
+        return [{"line": line, **row} for (line, _), row in zip(numbered, rows)]  # blank lines are skipped
     data = load_examples(p, "auto", text_field, text_pair_field, label_field=None, setting=predict_option)
     lines = [e.line for e in data.examples]
     pairs = [e.text_pair for e in data.examples] if text_pair_field else None
-    return classify(clf, [e.text for e in data.examples], pairs, batch_size, what=lambda i: f"{data.path}:{lines[i]}")
+    rows = classify(clf, [e.text for e in data.examples], pairs, batch_size, what=lambda i: f"{data.path}:{lines[i]}")
+    return [{"line": line, **row} for line, row in zip(lines, rows)]
 
 
 def classify_arguments(clf: Classifier, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
@@ -173,5 +179,11 @@ def format_result(row: dict[str, Any]) -> str:
     return f"{row['label']}\t{row['probability']:.4f}\t{shown}"
 
 
+# Every character str.splitlines() breaks at, and the tab: each shown as its escape, so a result stays one line.
+_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r", "\v": "\\v", "\f": "\\f", "\x1c": "\\x1c",
+                          "\x1d": "\\x1d", "\x1e": "\\x1e", "\x85": "\\x85", "\u2028": "\\u2028",
+                          "\u2029": "\\u2029"})
+
+
 def _one_line(text: str) -> str:
-    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+    return text.translate(_ESCAPES)

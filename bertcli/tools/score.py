@@ -32,7 +32,7 @@ def read_minimal_pairs(
     hint = f'each line must be a JSON object with "{GOOD}" and "{BAD}" (BLiMP\'s format)'
     keys = [group_by] if group_by is not None else list(GROUP_KEYS)
     common = set(keys)  # the candidate keys every pair so far has
-    for line_no, line in text_lines(p, "pairs file"):
+    for line_no, line in text_lines(p, "pairs file", "pass a JSON-lines file of minimal pairs (BLiMP's format)"):
         obj = parse_json_line(p, line_no, line, hint)
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}", hint=hint)
