@@ -326,6 +326,7 @@ def test_the_held_out_dev_set_is_stratified() -> None:
     assert dev == held_out_indices(list(labels_of), ["a", "b", "c"], 0.1, seed=42)
     assert dev != held_out_indices(labels_of, ["a", "b", "c"], 0.1, seed=43)
     assert held_out_indices(["x", "y"], ["x", "y"], 0.5, seed=0) == set()  # one each: nothing can be spared
+    assert len(held_out_indices(["x", "x", "y", "y"], ["x", "y"], 0.1, seed=0)) == 1  # 0.4 rounds to 0: one anyway
     # 20 labels of 4: no label's own tenth reaches one example, yet 8 of 80 are held out, one each from 8 labels
     many = [f"l{k:02d}" for k in range(20) for _ in range(4)]
     dev = held_out_indices(many, sorted(set(many)), 0.1, seed=0)

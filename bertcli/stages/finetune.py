@@ -100,15 +100,15 @@ def read_splits(cfg: FinetuneConfig) -> Splits:
 
 
 def held_out_indices(labels_of: list[str], labels: list[str], fraction: float, seed: int) -> set[int]:
-    """The examples held out as dev set: `fraction` of them (rounded half up), apportioned to the labels by their
-    shares with the largest remainders first, as scikit-learn's stratify= does, and never a label's last example,
-    so that the dev set has the training file's label mix and every dev label is one the model trains on. The same
-    for every seed, so the seeds' dev scores are comparable."""
+    """The examples held out as dev set: `fraction` of them (rounded half up, at least one), apportioned to the
+    labels by their shares with the largest remainders first, as scikit-learn's stratify= does, and never a label's
+    last example, so that the dev set has the training file's label mix and every dev label is one the model trains
+    on. The same for every seed, so the seeds' dev scores are comparable."""
     rng = np.random.default_rng([seed, 0x5E1])
     members: dict[str, list[int]] = {label: [] for label in labels}
     for i, label in enumerate(labels_of):
         members[label].append(i)
-    total = math.floor(fraction * len(labels_of) + 0.5)
+    total = max(1, math.floor(fraction * len(labels_of) + 0.5))  # a small file still gets a dev example
     ideal = {label: fraction * len(members[label]) for label in labels}
     counts = {label: min(math.floor(ideal[label]), len(members[label]) - 1) for label in labels}
     # the rest one at a time, largest remainder first (ties in id order: the sort is stable), while a label can spare
