@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from bertcli.errors import ArtifactError
+from bertcli.errors import ArtifactError, warn
 
 if TYPE_CHECKING:
     from bertcli.masking import MaskingSpec
@@ -259,8 +258,17 @@ def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: s
     or classifies little but [UNK] there. Said, not refused: a few such inputs are deliberate."""
     share = unknown / max(total, 1)
     if share > MOSTLY_UNKNOWN_SHARE:
-        print(f"warning: {share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; train a "
-              "vocabulary on such text (bert train-vocab), or check limit_alphabet", file=sys.stderr, flush=True)
+        warn(f"{share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; train a vocabulary on "
+             "such text (bert train-vocab), or check limit_alphabet")
+
+
+def count_unknown(id_lists: Iterable[Sequence[int]], tokenizer: Any) -> tuple[int, int]:
+    """([UNK] tokens, text tokens) in encodings of a transformers tokenizer, [CLS] and [SEP] left out."""
+    if tokenizer.unk_token_id is None:
+        return 0, 0
+    frame = {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    text_ids = [t for ids in id_lists for t in ids if t not in frame]
+    return text_ids.count(tokenizer.unk_token_id), len(text_ids)
 
 
 def copy_tokenizer_files(src: Path, dst: Path, max_positions: int | None = None) -> None:

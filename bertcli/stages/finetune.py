@@ -164,16 +164,6 @@ def encode(tokenizer: Any, examples: list[Example], label_ids: dict[str, int], m
     return Encoded(full["input_ids"], types, [label_ids[e.label] for e in examples], truncated)
 
 
-def _warn_if_mostly_unknown(tokenizer: Any, data: Encoded, what: str, model_dir: Path) -> None:
-    from bertcli.vocab import warn_if_mostly_unknown
-
-    if tokenizer.unk_token_id is None:
-        return
-    frame = {tokenizer.cls_token_id, tokenizer.sep_token_id}
-    text_ids = [t for ids in data.input_ids for t in ids if t not in frame]
-    warn_if_mostly_unknown(text_ids.count(tokenizer.unk_token_id), len(text_ids), what, model_dir)
-
-
 def _batch(data: Encoded, idx: Any, pad_id: int, device: Any) -> dict[str, Any]:
     import torch
 
@@ -372,6 +362,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     """Fine-tune `seeds` runs and write the best one's model, metrics.jsonl and manifest.json (last) to output."""
     from bertcli.artifacts import atomic_output_dir, check_output, file_sha256, write_manifest
     from bertcli.model_dir import resolve_device, warn_if_case_is_lost
+    from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
     model_dir = check_model_dir(cfg.model)
     splits = read_splits(cfg)
@@ -404,7 +395,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     label_ids = {label: i for i, label in enumerate(splits.labels)}
     train = encode(tokenizer, splits.train, label_ids, max_length)
     dev = encode(tokenizer, splits.dev, label_ids, max_length)
-    _warn_if_mostly_unknown(tokenizer, train, f"the training file {splits.train_file.path}", model_dir)
+    warn_if_mostly_unknown(*count_unknown(train.input_ids, tokenizer), f"the training file {splits.train_file.path}",
+                           model_dir)
     if train.truncated or dev.truncated:
         _log(f"warning: {train.truncated} training and {dev.truncated} dev examples are longer than {max_length} "
              "tokens and were truncated")

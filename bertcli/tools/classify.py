@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from bertcli.errors import ArtifactError, InputError, one_line
 from bertcli.labelled import load_examples
 from bertcli.textio import check_unicode, text_lines
-from bertcli.vocab import warn_if_mostly_unknown
+from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
 
 @dataclass
@@ -90,7 +90,6 @@ def classify(
             check_unicode(pairs[i], f"{what(i)} (second text)")
     id2label = clf.model.config.id2label
     truncated: list[int] = []
-    frame = {clf.tokenizer.cls_token_id, clf.tokenizer.sep_token_id}
     unknown = total = 0
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
     probs: list[list[float]] = [[] for _ in texts]
@@ -100,8 +99,8 @@ def classify(
         seconds = [pairs[i] for i in idx] if pairs else None
         encoded = clf.tokenizer(firsts, seconds)["input_ids"]
         lengths = [len(ids) for ids in encoded]
-        text_ids = [t for ids in encoded for t in ids if t not in frame]
-        unknown, total = unknown + text_ids.count(clf.tokenizer.unk_token_id), total + len(text_ids)
+        batch_unknown, batch_total = count_unknown(encoded, clf.tokenizer)
+        unknown, total = unknown + batch_unknown, total + batch_total
         truncated.extend(i for i, n in zip(idx, lengths) if n > clf.max_length)
         enc = clf.tokenizer(firsts, seconds, padding=True, truncation=True, max_length=clf.max_length,
                             return_tensors="pt")
@@ -109,8 +108,7 @@ def classify(
             logits = clf.model(**{k: v.to(clf.device) for k, v in enc.items()}).logits  # (B, K)
             for i, row in zip(idx, torch.softmax(logits.float(), dim=-1).cpu().tolist()):
                 probs[i] = row
-    if clf.tokenizer.unk_token_id is not None:
-        warn_if_mostly_unknown(unknown, total, "the input", clf.path)
+    warn_if_mostly_unknown(unknown, total, "the input", clf.path)
     if truncated:  # one line, not one per text: a file of long texts would bury the results
         first = ", ".join(what(i) for i in sorted(truncated)[:3])
         warn(f"{len(truncated)} of {len(texts)} inputs are longer than the model's {clf.max_length} tokens and were "
