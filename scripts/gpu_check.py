@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,31 +211,49 @@ def main() -> None:
 
     report: dict = {"device": device_report(args.device)}
     log(json.dumps(report["device"]))
+    errors: dict[str, str] = {}
+
+    def section(name: str, fn) -> dict | None:
+        """Run one part; on the first run on a new GPU a failure in one part must not hide the figures of the others:
+        its error (the traceback's last lines) goes into the report and the next part runs. The report so far is
+        rewritten after each part, so a run stopped at its time limit still leaves what it measured."""
+        try:
+            value = fn()
+        except BaseException as exc:  # SystemExit from a child's failure too; KeyboardInterrupt still stops
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            errors[name] = "".join(traceback.format_exception(exc)[-6:])[-2000:]
+            log(f"{name}: FAILED\n{errors[name]}")
+            value = None
+        else:
+            log(f"{name}: {json.dumps(value)}")
+        (work / "report.partial.json").write_text(json.dumps({**report, name: value, "errors": errors}, indent=2))
+        return value
+
     for label, compiled in (("eager", False), ("compiled", True)):
         cfg_sync = cfg(f"syncs-{label}", compile=compiled, batch_size=batch // 2 if gpu else 16,
                        micro_batch_size=batch // 4 if gpu else 8, max_steps=10 ** 6)
         shutil.rmtree(cfg_sync.output, ignore_errors=True)
-        report[f"host_syncs_{label}"] = count_syncs(cfg_sync, steps=4)
-        log(f"host syncs ({label}): {json.dumps(report[f'host_syncs_{label}'])}")
+        report[f"host_syncs_{label}"] = section(f"host_syncs_{label}", lambda c=cfg_sync: count_syncs(c, steps=4))
     report["speed"] = []
     for label, compiled in (("eager", False), ("compiled", True)):
         c = cfg(f"speed-{label}", compile=compiled)
         shutil.rmtree(c.output, ignore_errors=True)
-        report["speed"].append(speed(c, label))
-        log(f"speed ({label}): {json.dumps(report['speed'][-1])}")
+        report["speed"].append(section(f"speed_{label}", lambda c=c, label=label: speed(c, label)))
     # fp16 on a CPU has no fast kernels (seconds per step): a shorter run there
     small, fp16_steps, fp16_batch = ("mini", 40, 32) if gpu else ("tiny", 12, 16)
     sets = [f"model.preset={small}", "precision=fp16", f"device={args.device}", f"max_steps={fp16_steps}",
             f"save_every={fp16_steps // 4}", f"log_every={fp16_steps // 8}", "eval_every=0", "eval_batches=1",
             f"batch_size={fp16_batch}", f"micro_batch_size={fp16_batch // 2}", "learning_rate=0.001",
             "warmup_steps=3", "seed=0", "num_workers=0"]
-    report["fp16_kill_and_resume"] = kill_and_resume(args, sets, work)
-    log(f"fp16 kill and resume: {json.dumps(report['fp16_kill_and_resume'])}")
-    report["finetune"] = finetune_check(args, work / "fp16-reference", work / "finetune")
-    log(f"finetune: {json.dumps(report['finetune'])}")
+    report["fp16_kill_and_resume"] = section("fp16_kill_and_resume", lambda: kill_and_resume(args, sets, work))
+    report["finetune"] = section("finetune", lambda: finetune_check(args, work / "fp16-reference", work / "finetune"))
     vocab = json.loads((Path(args.data) / "manifest.json").read_text()).get("vocab_size")
     report["data"] = {"path": args.data, "vocab_size": vocab}
+    report["errors"] = errors
     print(json.dumps(report, indent=2))
+    if errors:
+        raise SystemExit(f"gpu_check: FAILED in {', '.join(errors)} (the report's `errors` holds each traceback)")
     syncs = [report[f"host_syncs_{x}"]["dispatch_syncs_per_step"] for x in ("eager", "compiled")]
     ok = all(s == 0 for s in syncs) and (gpu or report["fp16_kill_and_resume"]["bit_identical"])
     if not ok:
