@@ -248,7 +248,8 @@ def main() -> None:
             "warmup_steps=3", "seed=0", "num_workers=0"]
     report["fp16_kill_and_resume"] = section("fp16_kill_and_resume", lambda: kill_and_resume(args, sets, work))
     report["finetune"] = section("finetune", lambda: finetune_check(args, work / "fp16-reference", work / "finetune"))
-    vocab = json.loads((Path(args.data) / "manifest.json").read_text()).get("vocab_size")
+    manifest = Path(args.data) / "manifest.json"
+    vocab = json.loads(manifest.read_text()).get("vocab_size") if manifest.is_file() else None
     report["data"] = {"path": args.data, "vocab_size": vocab}
     report["errors"] = errors
     print(json.dumps(report, indent=2))

@@ -35,3 +35,25 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     resumed = report["fp16_kill_and_resume"]
     assert resumed["killed_mid_run"] and "resuming from" in resumed["resumed"]
     assert resumed["bit_identical"] and resumed["steps"] == [12, 12] and resumed["loss_scale"][0] > 0
+
+
+def test_gpu_check_runs_every_part_and_reports_each_failure(tmp_path):
+    """On a first GPU run a failing part must not hide the others: each part runs, its error is recorded, the partial
+    report is on disk after each part, and the script exits non-zero naming the failed parts."""
+    not_an_artifact = tmp_path / "empty"
+    not_an_artifact.mkdir()
+    work = tmp_path / "work"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--data",
+                             str(not_an_artifact), "--work", str(work)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    parts = ["host_syncs_eager", "host_syncs_compiled", "speed_eager", "speed_compiled", "fp16_kill_and_resume",
+             "finetune"]
+    assert list(report["errors"]) == parts
+    assert "has no manifest.json" in report["errors"]["speed_eager"]
+    assert report["speed"] == [None, None] and report["finetune"] is None
+    assert report["data"] == {"path": str(not_an_artifact), "vocab_size": None}
+    assert json.loads((work / "report.partial.json").read_text())["errors"] == report["errors"]
+    assert f"FAILED in {', '.join(parts)}" in result.stderr
