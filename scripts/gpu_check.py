@@ -5,7 +5,9 @@
 On one GPU, in a few minutes: the device and what `precision: auto` picks there and why; the host syncs of a
 training step (a dispatch-level counter of the ops that make the host wait, and on CUDA torch's own
 set_sync_debug_mode); sequences/s, model TFLOP/s, MFU and peak memory of BERT-base at length 128 in bf16, eager and
-under torch.compile (`bert pretrain` itself, read from its metrics.jsonl after the first log intervals); and an fp16
+under torch.compile (`bert pretrain` itself, read from its metrics.jsonl after the first log intervals); a profile
+of that step and of BERT-tiny's (where the time goes: the GPU's busy share, launches per step, the attention kernel,
+the top kernels); and an fp16
 run killed with SIGKILL after its first checkpoint and resumed, against an uninterrupted one (on CPU the weights
 must be bit-identical; on a GPU atomics in some backward kernels allow float-rounding differences, so the largest
 weight difference is reported). --device cpu runs the same with BERT-tiny and fewer steps (the slow test runs it).
@@ -91,6 +93,79 @@ class _nothing:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+ATTENTION_KERNELS = (  # (backend, pieces of kernel names that mark it), first match wins
+    ("flash", ("flash",)),
+    ("memory-efficient", ("fmha", "efficient_attention", "mem_eff")),
+    ("cudnn", ("cudnn_sdpa", "sdpa", "fprop_flash", "cudnn")),
+)
+
+
+def attention_backend(names: list[str]) -> str:
+    """Which SDPA kernel ran, from the kernel names: flash, memory-efficient, cudnn, or math (softmax and batched
+    matrix products, nothing fused)."""
+    for backend, pieces in ATTENTION_KERNELS:
+        if any(piece in name.lower() for name in names for piece in pieces):
+            return backend
+    return "math"
+
+
+def profile_steps(cfg, steps: int) -> dict:
+    """Where a training step's time goes, for the next speed work: `steps` steps timed bare, then the same number
+    under torch.profiler. On CUDA: the GPU's busy share (kernel time / bare wall time; far below 1 means the step
+    waits on Python and kernel launches, not arithmetic), kernel launches per step, the attention kernel SDPA chose,
+    and the kernels that take the most time. On CPU the same from the ops' own CPU time."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from bertcli import dist
+    from bertcli.stages import pretrain
+
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    ctx = dist.init_distributed(cfg.device)
+    trainer = pretrain.build_trainer(cfg, ctx)
+    stream = trainer.micro_batch_stream()
+    for _ in range(3):  # warm-up: optimizer state, allocator, kernels (and compilation)
+        trainer.train_step(next(stream))
+    cuda = ctx.device.type == "cuda"
+
+    def run(groups: list) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for group in groups:
+            trainer.train_step(group)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    bare_s = run([next(stream) for _ in range(steps)])
+    groups = [next(stream) for _ in range(steps)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        profiled_s = run(groups)
+    stream.close()
+    trainer.metrics.close()
+    events = prof.key_averages()
+    device_type, key = (DeviceType.CUDA, "self_device_time_total") if cuda else (DeviceType.CPU, "self_cpu_time_total")
+    timed = [e for e in events if e.device_type == device_type and getattr(e, key) > 0]
+    total_us = sum(getattr(e, key) for e in timed)
+    top = sorted(timed, key=lambda e: getattr(e, key), reverse=True)[:12]
+    result = {
+        "steps": steps, "model": cfg.model.preset, "batch_size": cfg.batch_size, "precision": cfg.precision,
+        "wall_ms_per_step": 1000 * bare_s / steps, "profiled_wall_ms_per_step": 1000 * profiled_s / steps,
+        ("kernel_ms_per_step" if cuda else "op_self_cpu_ms_per_step"): total_us / 1000 / steps,
+        "top": [{"name": e.key[:100], "ms_per_step": getattr(e, key) / 1000 / steps,
+                 "share": getattr(e, key) / total_us, "calls_per_step": e.count / steps} for e in top],
+    }
+    if cuda:
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                              "cuLaunchKernelEx"))
+        result.update(gpu_busy_share=total_us / 1e6 / bare_s, launches_per_step=launches / steps,
+                      attention_backend=attention_backend([e.key for e in timed]))
+    return result
 
 
 def speed(cfg, label: str) -> dict:
@@ -240,6 +315,14 @@ def main() -> None:
         c = cfg(f"speed-{label}", compile=compiled)
         shutil.rmtree(c.output, ignore_errors=True)
         report["speed"].append(section(f"speed_{label}", lambda c=c, label=label: speed(c, label)))
+    # where the step's time goes: the speed runs' model, and BERT-tiny at batch 32 (on a GPU bound by launches)
+    profile_steps_n = 10 if gpu else 4
+    report["profile"] = [
+        section("profile_model", lambda: profile_steps(cfg("profile-model", max_steps=10 ** 6), profile_steps_n)),
+        section("profile_tiny", lambda: profile_steps(
+            cfg("profile-tiny", model=ModelConfig(preset="tiny"), batch_size=32, micro_batch_size=32,
+                max_steps=10 ** 6), profile_steps_n)),
+    ]
     # fp16 on a CPU has no fast kernels (seconds per step): a shorter run there
     small, fp16_steps, fp16_batch = ("mini", 40, 32) if gpu else ("tiny", 12, 16)
     sets = [f"model.preset={small}", "precision=fp16", f"device={args.device}", f"max_steps={fp16_steps}",

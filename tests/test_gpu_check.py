@@ -31,6 +31,11 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert speeds["compiled"]["compile"] and not speeds["eager"]["compile"]
     for s in speeds.values():
         assert s["sequences_per_s"] > 0 and s["model_tflops_per_s"] > 0 and s["mfu"] is None  # no peak on CPU
+    for profiled in report["profile"]:  # on CPU: the ops' own time; the top ones are the matrix products
+        assert profiled["model"] == "tiny" and profiled["wall_ms_per_step"] > 0
+        assert profiled["op_self_cpu_ms_per_step"] > 0
+        assert 0.5 < sum(t["share"] for t in profiled["top"]) <= 1 + 1e-9  # the 12 largest hold most of the time
+        assert any("mm" in t["name"] for t in profiled["top"][:3]), profiled["top"][:3]
     assert report["finetune"]["precision"] == "fp32" and 0.0 <= report["finetune"]["dev_accuracy"] <= 1.0
     resumed = report["fp16_kill_and_resume"]
     assert resumed["killed_mid_run"] and "resuming from" in resumed["resumed"]
@@ -49,11 +54,11 @@ def test_gpu_check_runs_every_part_and_reports_each_failure(tmp_path):
                             timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    parts = ["host_syncs_eager", "host_syncs_compiled", "speed_eager", "speed_compiled", "fp16_kill_and_resume",
-             "finetune"]
+    parts = ["host_syncs_eager", "host_syncs_compiled", "speed_eager", "speed_compiled", "profile_model",
+             "profile_tiny", "fp16_kill_and_resume", "finetune"]
     assert list(report["errors"]) == parts
     assert "has no manifest.json" in report["errors"]["speed_eager"]
-    assert report["speed"] == [None, None] and report["finetune"] is None
+    assert report["speed"] == [None, None] and report["profile"] == [None, None] and report["finetune"] is None
     assert report["data"] == {"path": str(not_an_artifact), "vocab_size": None}
     assert json.loads((work / "report.partial.json").read_text())["errors"] == report["errors"]
     assert f"FAILED in {', '.join(parts)}" in result.stderr
