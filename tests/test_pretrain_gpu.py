@@ -32,7 +32,7 @@ from bertcli.model import (
     training_flops,
 )
 from bertcli.stages import pretrain
-from bertcli.syncs import HostSyncCounter
+from bertcli.syncs import HostSyncCounter, cuda_sync_warnings
 from pretrain_fixtures import TINY_MODEL, assert_same_weights, run_data_path, tiny_cfg, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread_no_plot")
@@ -240,6 +240,23 @@ def test_train_step_makes_no_host_sync(kind, fixed_width, precision, masked_data
     assert syncs.total == 1, syncs.counts  # one read of all the pending flags
     stream.close()
     trainer.metrics.close()
+
+
+def test_cuda_sync_warnings_keep_the_calls_and_drop_torchs_prototype_notice(monkeypatch):
+    """set_sync_debug_mode("warn") is mocked (no GPU here): the warnings torch raises on a synchronising call are kept
+    (first line), its one notice that the mode is a prototype (seen on an H200) is not a sync, the mode is restored."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with cuda_sync_warnings() as found:
+        warnings.warn("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+                      "operations (Triggered internally at Module.cpp:1003.)")
+        warnings.warn("called a synchronizing CUDA operation (Triggered internally at CUDAFunctions.cpp:154.)\nmore")
+        warnings.warn("an unrelated warning")
+    assert found == ["called a synchronizing CUDA operation (Triggered internally at CUDAFunctions.cpp:154.)"]
+    assert modes == ["warn", 0]
 
 
 def test_a_non_finite_step_leaves_weights_and_optimizer_alone(masked_data, tmp_path, monkeypatch):
