@@ -62,3 +62,13 @@ def test_gpu_check_runs_every_part_and_reports_each_failure(tmp_path):
     assert report["data"] == {"path": str(not_an_artifact), "vocab_size": None}
     assert json.loads((work / "report.partial.json").read_text())["errors"] == report["errors"]
     assert f"FAILED in {', '.join(parts)}" in result.stderr
+
+
+def test_attention_backend_is_read_from_the_kernel_names():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import attention_backend
+
+    assert attention_backend(["ampere_bf16_s16816gemm", "pytorch_flash::flash_fwd_kernel<...>"]) == "flash"
+    assert attention_backend(["fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "elementwise"]) == "memory-efficient"
+    assert attention_backend(["cudnn_generated_fort_native_sdpa_sm90_flash_fprop"]) == "cudnn"
+    assert attention_backend(["softmax_warp_forward", "sm90_xmma_gemm_bf16"]) == "math"
