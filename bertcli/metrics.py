@@ -63,6 +63,25 @@ def efficiency(flops: float, seconds: float, peak_tflops: float | None, world_si
     return {"model_tflops_per_s": tflops, "mfu": tflops / (peak_tflops * world_size) if peak_tflops else None}
 
 
+# Below this median MFU a CUDA run gets a hint: on an H200 BERT-tiny ran at 0.7% (batch 256), BERT-base at 17–21%
+# (benchmarks.md, "On a GPU"); a small model's step there costs the same ~16 ms at batch 32 as at 256.
+LOW_GPU_MFU = 0.05
+
+
+def gpu_idle_hint(metrics_path: Path, device_type: str) -> str | None:
+    """A hint when a CUDA run kept the GPU mostly idle (median `mfu` of its log intervals, the first two left out:
+    start-up and compilation), else None. Runs whose MFU is unknown (a GPU not in the peak table) get none."""
+    if device_type != "cuda" or not metrics_path.is_file():
+        return None
+    records = [json.loads(ln) for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    mfu = sorted([r["mfu"] for r in records if "tokens_per_s" in r and r.get("mfu") is not None][2:])
+    if not mfu or mfu[len(mfu) // 2] >= LOW_GPU_MFU:
+        return None
+    return (f"the GPU ran at {mfu[len(mfu) // 2]:.1%} of its peak (median MFU): a model this small is bound by the "
+            "per-step cost of Python and kernel launches, not by the GPU; raise batch_size and micro_batch_size "
+            "together (docs/pretraining.md, \"Speed settings\")")
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 class MetricsWriter:

@@ -121,3 +121,42 @@ def test_report_to_without_wandb_names_the_extra(masked_data, tmp_path, monkeypa
     with pytest.raises(ConfigError, match="wandb is not installed") as refused:
         pretrain.run(tiny_cfg(masked_data, tmp_path / "run", report_to=["wandb"]))
     assert "bertcli[wandb]" in refused.value.hint
+
+
+def test_gpu_idle_hint_names_the_median_mfu_on_cuda_only(tmp_path):
+    """A CUDA run whose median MFU (log intervals after the first two) is below LOW_GPU_MFU gets a hint; a busy GPU,
+    a CPU run, an unknown peak or a missing file get none."""
+    from bertcli.metrics import LOW_GPU_MFU, gpu_idle_hint
+
+    def run(mfus: list) -> Path:
+        path = tmp_path / f"metrics-{len(list(tmp_path.iterdir()))}.jsonl"
+        lines = [{"step": 10 * i, "tokens_per_s": 1.0, "mfu": m} for i, m in enumerate(mfus)]
+        lines.append({"step": 5, "eval_mlm_accuracy": 0.1})  # evaluation lines carry no mfu
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return path
+
+    idle = run([0.0001, 0.0002, 0.007, 0.006, 0.008])  # the first two (start-up) are left out
+    hint = gpu_idle_hint(idle, "cuda")
+    assert hint is not None and "0.7% of its peak" in hint and "micro_batch_size" in hint
+    assert gpu_idle_hint(idle, "cpu") is None
+    assert gpu_idle_hint(run([0.01, 0.01, 0.2, 0.21, 0.19]), "cuda") is None
+    assert gpu_idle_hint(run([0.3, 0.3, 0.01, 0.02, 0.01]), "cuda") is not None  # by order, not the two smallest
+    assert gpu_idle_hint(run([0.0, 0.0, LOW_GPU_MFU, LOW_GPU_MFU]), "cuda") is None  # at the line: no hint
+    assert gpu_idle_hint(run([None, None, None, None]), "cuda") is None
+    assert gpu_idle_hint(tmp_path / "absent.jsonl", "cuda") is None
+
+
+def test_pretrain_ends_with_the_gpu_idle_hint_when_there_is_one(masked_data, tmp_path, monkeypatch, capsys):
+    """The stage asks gpu_idle_hint about its own metrics.jsonl and device at the end and prints what it returns as a
+    warning (the hint itself fires only on CUDA, so it is stood in for here)."""
+    asked = []
+
+    def stand_in(path, device_type):
+        asked.append((path, device_type))
+        return "the GPU ran at 0.7% of its peak"
+
+    monkeypatch.setattr(pretrain, "gpu_idle_hint", stand_in)
+    run = tmp_path / "run"
+    pretrain.run(tiny_cfg(masked_data, run))
+    assert asked == [(run / METRICS_FILE, "cpu")]
+    assert "warning: the GPU ran at 0.7% of its peak" in capsys.readouterr().err
