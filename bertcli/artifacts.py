@@ -31,6 +31,7 @@ CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+CHECKPOINT_MARKER = "checkpoint.json"  # a pretraining checkpoint's file list (checkpoints.MARKER)
 # Temporaries are named `.NAME.tmp-HOST-PID`: several nodes may write into one shared directory, and only the
 # writer's own node can tell whether its process is alive.
 _HOST = socket.gethostname().replace("/", "_")
@@ -332,7 +333,7 @@ def load_manifest(directory: str | Path, stages: tuple[str, ...] = ()) -> dict:
     if not directory.is_dir():
         raise ArtifactError(f"'{directory}' is a file, expected an artifact directory", hint=_hint_for(stages))
     path = directory / MANIFEST
-    if not path.is_file() and (directory / "checkpoint.json").is_file():  # checkpoints.MARKER
+    if not path.is_file() and (directory / CHECKPOINT_MARKER).is_file():
         raise ArtifactError(
             f"'{directory}' is a checkpoint of a pretraining run (a model), not an artifact with a manifest",
             hint=_hint_for(stages) if stages else f"inspect the run directory '{directory.parent}', or use the "

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from bertcli import __version__, dist
 from bertcli.artifacts import (
+    CHECKPOINT_MARKER,
     DataArtifact,
     file_sha256,
     move_into_place,
@@ -31,7 +32,7 @@ from bertcli.vocab import copy_tokenizer_files
 
 STEP_PREFIX = "step-"
 FINAL = "final"
-MARKER = "checkpoint.json"  # written last inside a checkpoint: lists every file with size and sha256
+MARKER = CHECKPOINT_MARKER  # written last inside a checkpoint: lists every file with size and sha256
 STATE_DIR = "training_state"
 RUN_CONFIG = "config.yaml"
 RUN_MANIFEST = "manifest.json"

@@ -56,7 +56,6 @@ def detect_format(path: Path, format: str = "auto", setting: Callable[[str], str
 
 
 def _read_text(path: Path) -> str:
-    check_regular_file(path, "", "pass a .csv, .tsv or .jsonl file")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")

@@ -73,7 +73,10 @@ def gpu_idle_hint(metrics_path: Path, device_type: str) -> str | None:
     start-up and compilation), else None. Runs whose MFU is unknown (a GPU not in the peak table) get none."""
     if device_type != "cuda" or not metrics_path.is_file():
         return None
-    records = [json.loads(ln) for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        records = _read_records(metrics_path)
+    except ArtifactError:  # a damaged line: no hint, rather than a failed run at its very end
+        return None
     mfu = sorted([r["mfu"] for r in records if "tokens_per_s" in r and r.get("mfu") is not None][2:])
     if not mfu or mfu[len(mfu) // 2] >= LOW_GPU_MFU:
         return None
@@ -189,6 +192,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         raise ArtifactError(
             f"'{run_dir}' has no {METRICS_FILE}", hint="give the output directory of `bert pretrain`"
         )
+    return _read_records(path)
+
+
+def _read_records(path: Path) -> list[dict]:
     records = []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):

@@ -371,12 +371,12 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     device = resolve_device(cfg.device)
 
     import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     from bertcli.devices import resolve_precision
 
     precision = resolve_precision(cfg.precision, device)
-    import transformers
-    from transformers import AutoConfig, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
