@@ -8,7 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -24,7 +24,7 @@ from bertcli.artifacts import (
     temp_dir_for,
     write_json_atomic,
 )
-from bertcli.config import config_to_dict, keys_with_role, load_config
+from bertcli.config import config_to_dict, describe_changes, dict_changes, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR, TRACKER_FILE, WANDB_DIR
 from bertcli.schemas import PretrainConfig
@@ -398,26 +398,14 @@ def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist
     saved = out / RUN_CONFIG
     if saved.is_file():
         previous = load_config(PretrainConfig, str(saved))
-        diffs = sorted(_dict_diff(config_to_dict(previous), config_to_dict(cfg), "", RESUMABLE_KEYS))
-        if diffs:
+        changes = dict_changes(config_to_dict(previous), config_to_dict(cfg), RESUMABLE_KEYS)
+        if changes:
             raise ConfigError(
-                f"--resume: the config differs from the run's {saved} in {', '.join(diffs)}",
+                f"--resume: the config differs from the run's {saved} in {describe_changes(changes)}",
                 hint=f"use the same config to continue the run (only {', '.join(RESUMABLE_KEYS)} may change), "
                 "or start a new run with another --output",
             )
     return True
-
-
-def _dict_diff(a: dict, b: dict, prefix: str, ignore: tuple[str, ...]) -> Iterator[str]:
-    for key in sorted(set(a) | set(b)):
-        name = f"{prefix}{key}"
-        if name in ignore:
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            yield from _dict_diff(va, vb, name + ".", ignore)
-        elif va != vb:
-            yield name
 
 
 def start_run_dir(out_dir: Path, fresh: bool) -> None:

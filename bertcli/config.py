@@ -12,7 +12,7 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 
@@ -439,6 +439,35 @@ def config_to_yaml(cfg: Any, comments: bool = False) -> str:
 def keys_with_role(schema_cls: type, role: str) -> tuple[str, ...]:
     """The top-level keys whose field metadata names `role` ("execution" or "resumable", see schemas.py)."""
     return tuple(f.name for f in dataclasses.fields(schema_cls) if role in f.metadata.get("roles", ()))
+
+
+def dict_changes(old: dict, new: dict, ignore: Sequence[str] = (), prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf where two config dicts differ, in key order; keys named in
+    `ignore` (dotted, from the top) are left out."""
+    changes: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.extend(dict_changes(a, b, ignore, name + "."))
+        elif a != b:
+            changes.append((name, a, b))
+    return changes
+
+
+def config_changes(old: Any, new: Any, ignore_role: str = "execution") -> list[tuple[str, Any, Any]]:
+    """What changed between two configs of one schema, leaving out the keys config_hash leaves out."""
+    return dict_changes(config_to_dict(old), config_to_dict(new), keys_with_role(type(new), ignore_role))
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]], prefix: str = "", most: int = 3) -> str:
+    """'a.b: 1 → 2, c: x → y' for the first `most` changes ('and N more' after them)."""
+    shown = [f"{prefix}{key}: {_yaml_scalar(a)} → {_yaml_scalar(b)}" for key, a, b in changes[:most]]
+    if len(changes) > most:
+        shown.append(f"and {len(changes) - most} more")
+    return ", ".join(shown)
 
 
 def config_hash(cfg: Any, ignore_role: str = "execution") -> str:

@@ -97,10 +97,16 @@ def test_changed_stage_config_needs_overwrite_and_reruns_only_from_there(pipelin
     assert dry.exit_code == 0, dry.output
     actions = [line.split(": would ")[1].split()[0] for line in _lines(dry)]
     assert actions == ["skip", "skip", "rerun", "rerun"]
+    # The dry run names the key that changed and says what the real run will need.
+    assert _lines(dry)[2].endswith("(it was made with another config (mask.max_predictions_per_seq: 5 → 4); "
+                                   "needs --overwrite)"), _lines(dry)[2]
+    assert _lines(dry)[3].endswith("(a stage before it was rebuilt; needs --overwrite)")
+    assert "needs --overwrite" not in runner.invoke(app, ["run", str(changed), "--dry-run", "--overwrite"]).stdout
 
     refused = runner.invoke(app, ["run", str(changed)])
     assert refused.exit_code == 2
-    assert "stage mask" in refused.stderr and "another config" in refused.stderr and "--overwrite" in refused.stderr
+    assert "stage mask" in refused.stderr and "mask.max_predictions_per_seq: 5 → 4" in refused.stderr
+    assert "--overwrite" in refused.stderr
 
     result = runner.invoke(app, ["run", str(changed), "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -111,6 +117,20 @@ def test_changed_stage_config_needs_overwrite_and_reruns_only_from_there(pipelin
     masked = json.loads((copy / "masked" / "manifest.json").read_text())
     run_manifest = json.loads((copy / "pretrain" / "manifest.json").read_text())
     assert run_manifest["inputs"]["data"]["content_hash"] == masked["content_hash"]
+
+
+def test_positions_below_the_pairs_length_are_refused_before_any_stage_runs(tmp_path: Path, tiny_corpus: Path) -> None:
+    path = _pipeline_yaml(tmp_path, tiny_corpus, pairs__max_seq_length=64)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert ("key 'pretrain.model.max_position_embeddings': 32 is below pairs.max_seq_length 64; "
+            "set it to at least 64") in result.stderr
+    assert not (tmp_path / "work").exists()  # refused before train-vocab spent any time
+    # A model taken from init_from has its own positions: pretrain checks those when it loads it.
+    cfg = yaml.safe_load(path.read_text())
+    cfg["pretrain"]["init_from"] = str(tmp_path / "some-bert")
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert "max_position_embeddings" not in runner.invoke(app, ["run", str(path), "--dry-run"]).output
 
 
 def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> None:
@@ -136,7 +156,7 @@ def test_changed_corpus_is_noticed(tmp_path: Path, tiny_corpus: Path) -> None:
     with corpus.open("a", encoding="utf-8") as f:
         f.write("\nA brand new document about kludges.\n")
     dry = runner.invoke(app, ["run", str(path), "--dry-run"])
-    assert "would rerun (the corpus changed)" in _lines(dry)[0]
+    assert "would rerun (the corpus changed; needs --overwrite)" in _lines(dry)[0]
 
 
 def test_every_command_works_on_the_pipelines_model(pipeline_run, tmp_path: Path) -> None:

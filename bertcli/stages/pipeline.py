@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bertcli.config import build_config, config_hash, load_config, override_origins, where_to_fix
+from bertcli.config import (
+    build_config,
+    config_changes,
+    config_hash,
+    describe_changes,
+    load_config,
+    override_origins,
+    where_to_fix,
+)
 from bertcli.errors import BertcliError, ConfigError, OutputExistsError
 from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
@@ -37,6 +45,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     stage sections at once."""
     cfg = load_config(PipelineConfig, path, overrides)
     plans, problems = _stage_configs(cfg, f" in {path}", override_origins(overrides))
+    problems.extend(_cross_stage_problems(plans))
     if problems:
         if len(problems) == 1:
             fix = where_to_fix(problems[0], str(path))
@@ -100,6 +109,20 @@ def _stage_configs(
             _, stage_problems = build_config(spec.schema, dict(section), prefix, origins)
             problems.extend(p for p in stage_problems if p.startswith("unknown key"))
     return plans, problems
+
+
+def _cross_stage_problems(plans: list[StagePlan]) -> list[str]:
+    """What a later stage would refuse about an earlier stage's output, found before anything runs (pretrain
+    checks it too, but only after train-vocab and pairs have spent their time)."""
+    by_name = {plan.name: plan.cfg for plan in plans}
+    pairs, pretrain = by_name.get("pairs"), by_name.get("pretrain")
+    if pairs is None or pretrain is None or pretrain.init_from:
+        return []
+    positions = pretrain.model.max_position_embeddings
+    if pairs.max_seq_length <= positions:
+        return []
+    return [f"key 'pretrain.model.max_position_embeddings': {positions} is below pairs.max_seq_length "
+            f"{pairs.max_seq_length}; set it to at least {pairs.max_seq_length}"]
 
 
 # ---------------------------------------------------------------- up-to-date checks
@@ -176,7 +199,9 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
         return
     stored = _stored_config(plan.name, out)
     if stored is None or config_hash(stored) != config_hash(plan.cfg):
-        plan.action, plan.reason = "rerun", "it was made with another config"
+        changes = [] if stored is None else config_changes(stored, plan.cfg)
+        plan.action, plan.reason = "rerun", "it was made with another config" + (
+            f" ({describe_changes(changes, prefix=spec.section + '.')})" if changes else "")
         return
     if upstream_ran:
         plan.action, plan.reason = "rerun", "a stage before it was rebuilt"
@@ -185,7 +210,7 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
     if changed:
         plan.action, plan.reason = "rerun", changed
         return
-    plan.action, plan.reason, plan.manifest = "skip", "up to date (same config and inputs)", manifest
+    plan.action, plan.reason, plan.manifest = "skip", "up to date: same config and inputs", manifest
 
 
 # ---------------------------------------------------------------- running
@@ -244,7 +269,8 @@ def run(
         plan_stage(plan, upstream, upstream_ran)
         head = f"[{i}/{total}] {plan.name} → {plan.output}"
         if dry_run:
-            report(f"{head}: would {plan.action} ({plan.reason})")
+            needs = "; needs --overwrite" if plan.action == "rerun" and not overwrite else ""
+            report(f"{head}: would {plan.action} ({plan.reason}{needs})")
             upstream_ran = upstream_ran or plan.action != "skip"
             continue
         if plan.action == "skip":
