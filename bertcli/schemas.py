@@ -486,8 +486,9 @@ def stage_of_manifest(manifest_stage: str) -> Optional[StageSpec]:
 class PipelineConfig:
     """`bert run`: one YAML that drives train-vocab → pairs → mask → pretrain in order."""
 
-    workdir: str = "runs/demo"
-    """Directory under which each stage's artifact is written (tokenizer/, pairs/, masked/, pretrain/)."""
+    workdir: Optional[str] = None
+    """Directory under which each stage's artifact is written (tokenizer/, pairs/, masked/, pretrain/). null:
+    runs/NAME, NAME being the pipeline YAML's file name without .yaml (so two pipelines never share artifacts)."""
     input: list[str] = field(default_factory=list)
     """Corpus files, directories or glob patterns for train-vocab and pairs."""
     stages: list[PipelineStage] = field(default_factory=lambda: list(STAGES))

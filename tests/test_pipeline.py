@@ -279,3 +279,15 @@ def test_stages_left_out_are_read_from_the_workdir(tmp_path: Path) -> None:
                                     "pairs": {"tokenizer": "elsewhere/tok"}}))
     _, (_, pairs, pretrain) = load_pipeline(path)
     assert (pairs.cfg.tokenizer, pretrain.cfg.data) == ("elsewhere/tok", "w/pairs")
+
+
+def test_a_pipeline_without_workdir_writes_under_runs_named_after_its_file(tmp_path: Path) -> None:
+    from bertcli.stages.pipeline import load_pipeline
+
+    # The default was runs/demo: a user's own pipeline would have found the demo's artifacts stale, and with
+    # --overwrite replaced them.
+    path = tmp_path / "my-corpus.yaml"
+    path.write_text(yaml.safe_dump({"input": ["c.txt"], "stages": ["train-vocab", "pairs"]}))
+    cfg, (vocab, pairs) = load_pipeline(path)
+    assert cfg.workdir == str(Path("runs") / "my-corpus")
+    assert (vocab.cfg.output, pairs.cfg.tokenizer) == (str(Path("runs/my-corpus/tokenizer")),) * 2

@@ -44,6 +44,8 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     """The pipeline YAML (with `--set a.b=v` overrides) and every stage's resolved config; all problems of the
     stage sections at once."""
     cfg = load_config(PipelineConfig, path, overrides)
+    if cfg.workdir is None:
+        cfg.workdir = str(Path("runs") / Path(path).name.removesuffix(".yml").removesuffix(".yaml"))
     plans, problems = _stage_configs(cfg, f" in {path}", override_origins(overrides))
     problems.extend(_cross_stage_problems(plans))
     if problems:
