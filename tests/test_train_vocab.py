@@ -53,6 +53,21 @@ def test_output_directory_and_manifest(tiny_tokenizer):
     assert len(vocab) == manifest["vocab_size"] <= 1000
 
 
+def test_a_vocabulary_smaller_than_asked_for_is_said(tmp_path, tiny_corpus):
+    out = tmp_path / "tok"
+    result = runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(out),
+                                 "--set", "vocab_size=30522"])
+    assert result.exit_code == 0, result.output
+    size = json.loads((out / "manifest.json").read_text())["vocab_size"]
+    assert size < 30522
+    assert (f"warning: the vocabulary has {size:,} tokens, not the 30,522 of vocab_size" in result.stderr
+            and "min_frequency (2)" in result.stderr), result.stderr
+    # One the corpus fills gets no warning.
+    fits = runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(tmp_path / "fits"),
+                               "--set", f"vocab_size={size - 50}"])
+    assert fits.exit_code == 0 and "warning" not in fits.stderr, fits.stderr
+
+
 def test_bpe_manifest_says_how_reproducible_and_ids_are_canonical(tmp_path, tiny_corpus, multilingual_corpus):
     tok_dir = _train(tmp_path, tiny_corpus, multilingual_corpus, "algorithm=bpe")
     manifest = json.loads((tok_dir / "manifest.json").read_text())

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from bertcli.artifacts import atomic_output_dir, check_output, file_fingerprints, write_manifest
 from bertcli.corpus import CorpusStats, detect_format, iter_texts, require_text, resolve_inputs, scan_plain_file
-from bertcli.errors import ConfigError
+from bertcli.errors import ConfigError, warn
 from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import (
     BaseTokenizer,
@@ -252,4 +252,9 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
                 ),
             },
         )
+    if base is None and len(vocab) < cfg.vocab_size:
+        # Not an error (the model is sized from the vocabulary), but a user who asked for 30,522 should know.
+        warn(f"the vocabulary has {len(vocab):,} tokens, not the {cfg.vocab_size:,} of vocab_size: the corpus gave no "
+             f"more pieces that occur at least min_frequency ({cfg.min_frequency}) times; a model trained with "
+             "it has this smaller vocabulary (more text, or a lower min_frequency, gives more)")
     return manifest
