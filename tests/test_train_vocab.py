@@ -136,6 +136,20 @@ def test_tokenize_plain_output(tiny_tokenizer):
     assert tokens.split()[0] == "[CLS]" and ids.split()[0] == "2"
 
 
+def test_tokenize_warns_when_a_text_is_mostly_unknown(tmp_path, tiny_corpus):
+    # A tokenizer of English text only: three Hangul words are [UNK], the full stop is known (3 of 4). The README
+    # once paired the two without a word.
+    out = tmp_path / "en"
+    assert runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(out),
+                               "--set", "vocab_size=600"]).exit_code == 0
+    result = runner.invoke(app, ["tokenize", "--tokenizer", str(out), "the hacker", "서울은 대한민국의 수도입니다."])
+    assert result.exit_code == 0, result.output
+    assert "[UNK] [UNK] [UNK]" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 75% of text 2's tokens are [UNK] for the tokenizer of '{out}'; train a vocabulary "
+                        "on such text (bert train-vocab), or check limit_alphabet"], result.stderr
+
+
 def test_python_m_and_debug_traceback(tmp_path):
     env = dict(os.environ)
     ok = subprocess.run([sys.executable, "-m", "bertcli", "--version"], capture_output=True, text=True, env=env)

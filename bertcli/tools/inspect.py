@@ -12,7 +12,7 @@ import numpy as np
 from bertcli.artifacts import load_manifest, verify_files
 from bertcli.shards import ShardedArrays
 from bertcli.textio import check_unicode
-from bertcli.vocab import load_tokenizer
+from bertcli.vocab import load_tokenizer, warn_if_mostly_unknown
 
 
 def stats(directory: str | Path) -> dict:
@@ -79,4 +79,8 @@ def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
     for i, text in enumerate(texts):
         check_unicode(text, f"text {i + 1}")
     encodings = loaded.tokenizer.encode_batch(list(texts))
+    unk = loaded.special_ids["unk"]
+    for i, e in enumerate(encodings):
+        pieces = [t for t, special in zip(e.ids, e.special_tokens_mask) if not special]
+        warn_if_mostly_unknown(pieces.count(unk), len(pieces), f"text {i + 1}", tokenizer_dir)
     return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]
