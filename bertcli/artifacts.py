@@ -382,7 +382,7 @@ def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) 
         raise ArtifactError(
             f"{what} was made with another tokenizer ({made_with.get('path')}, hash {made_with['hash'][:12]}) "
             f"than '{loaded.path}' (hash {loaded.hash[:12]})",
-            hint="rebuild it with `bert pairs --tokenizer` pointing at the tokenizer you train with",
+            hint=f"make the data with that tokenizer: `bert pairs --tokenizer {loaded.path}`",
         )
     vocab_size = manifest.get("vocab_size")
     if vocab_size is not None and int(vocab_size) != loaded.vocab_size:

@@ -335,7 +335,10 @@ def test_evaluate_refuses_data_of_another_tokenizer(tiny_bert: Path, tmp_path: P
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (other / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     data = _masked_artifact(tmp_path / "masked", other, [(STORY[0], STORY[1], 0)])
-    fails(["evaluate", "--model", str(tiny_bert), "--data", str(data)], "made with another tokenizer")
+    _, hint = refused_with_hint(["evaluate", "--model", str(tiny_bert), "--data", str(data)],
+                                "made with another tokenizer")
+    # The fix names the model's own tokenizer, not "the tokenizer you train with".
+    assert hint == f"hint: make the data with that tokenizer: `bert pairs --tokenizer {tiny_bert}`"
     fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
 
 
