@@ -220,7 +220,7 @@ def ours_curve(cfg, out: Path, args) -> list[dict]:
     """Score the initial weights (rebuilt from the seed, unigram bias included), every step checkpoint and final/."""
     from bertcli.artifacts import load_data
     from bertcli.batching import EpochPlan
-    from bertcli.stages.pretrain import build_pretraining_model
+    from bertcli.stages.pretrain import build_pretraining_model, set_unigram_output_bias
     from bertcli.vocab import copy_tokenizer_files
 
     data = load_data(cfg.data)
@@ -228,8 +228,10 @@ def ours_curve(cfg, out: Path, args) -> list[dict]:
         masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
         whole_word_mask=cfg.whole_word_mask,
     ) if data.kind == "pairs" else None
-    initial = build_pretraining_model(cfg, data, EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction),
-                                      masking, None)
+    plan = EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction)
+    initial = build_pretraining_model(cfg, data, plan, masking, None)
+    if cfg.mlm_bias_init == "unigram" and not cfg.init_from:
+        set_unigram_output_bias(initial, data, plan, masking, None)
     init_dir = out / "initial"
     initial.save_pretrained(init_dir)
     copy_tokenizer_files(data.tokenizer_dir, init_dir)

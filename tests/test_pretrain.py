@@ -78,10 +78,13 @@ def test_final_loads_as_stock_bert_offline(reference_run, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ resume
 
-def test_resume_is_bit_identical(reference_run, tmp_path):
+def test_resume_is_bit_identical(reference_run, tmp_path, capsys):
     run = interrupted_copy(reference_run, tmp_path / "run")
     # lines for step 6 exist in metrics.jsonl; resuming from step 4 must drop them and write them again
+    capsys.readouterr()
     pretrain.run(tiny_cfg(run_data_path(reference_run), run), resume=True)
+    # The checkpoint brings its own output bias: the unigram counts are neither read nor announced.
+    assert "MLM output bias" not in capsys.readouterr().err
     assert_same_weights(weights(run), weights(reference_run))
     a = torch.load(run / "final/training_state/optimizer.pt", weights_only=True)
     b = torch.load(reference_run / "final/training_state/optimizer.pt", weights_only=True)
@@ -93,6 +96,17 @@ def test_resume_is_bit_identical(reference_run, tmp_path):
     ref_state = json.loads((reference_run / "final/training_state/state.json").read_text())["state"]
     assert {k: v for k, v in state.items() if k != "elapsed_s"} == {
         k: v for k, v in ref_state.items() if k != "elapsed_s"}
+
+
+def test_resume_before_the_first_checkpoint_starts_as_a_fresh_run_does(reference_run, tmp_path, capsys):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    for checkpoint in run.glob("step-*"):
+        shutil.rmtree(checkpoint)  # killed before its first checkpoint
+    capsys.readouterr()
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run), resume=True)
+    err = capsys.readouterr().err
+    assert "has no checkpoint yet; starting from step 0" in err and "MLM output bias: log unigram" in err
+    assert_same_weights(weights(run), weights(reference_run))  # the unigram bias included
 
 
 def test_finished_run_resume_is_a_no_op(reference_run, tmp_path):
@@ -203,6 +217,7 @@ def test_unigram_bias_starts_lower_and_is_not_applied_to_init_from(masked_data, 
     data = load_data(masked_data)
     plan = EpochPlan(data.arrays, 3, 8, 0.1)
     model = pretrain.build_pretraining_model(tiny_cfg(masked_data, tmp_path / "x"), data, plan, None, None)
+    pretrain.set_unigram_output_bias(model, data, plan, None, None)
     counts = target_token_counts(data, plan)
     assert torch.equal(model.cls.predictions.bias.detach(), torch.from_numpy(unigram_log_prior(counts)))
     src = weights(reference_run)["cls.predictions.bias"]

@@ -518,8 +518,8 @@ def build_pretraining_model(
     ctx: dist.DistContext | None,
 ) -> Any:
     """The BertForPreTraining to train: from init_from (checked against the data's vocabulary) or new from
-    cfg.model and the seed, its MLM output bias set to the training targets' log unigram frequencies when
-    mlm_bias_init is unigram. Every rank builds the same weights."""
+    cfg.model and the seed (its output bias is set later, set_unigram_output_bias, if no checkpoint is restored).
+    Every rank builds the same weights."""
     if cfg.init_from:
         model, missing, grown = load_init_model(Path(cfg.init_from), data.tokenizer_dir, data.path, cfg.seed)
         if missing:
@@ -549,12 +549,17 @@ def build_pretraining_model(
         )
     if model is None:
         model = build_model(config, cfg.seed)
-        if cfg.mlm_bias_init == "unigram":
-            counts = target_token_counts(data, plan, masking)
-            with torch.no_grad():
-                model.cls.predictions.bias.copy_(torch.from_numpy(unigram_log_prior(counts)))
-            dist.log_main(ctx, f"MLM output bias: log unigram frequencies of {int(counts.sum()):,} training targets")
     return model
+
+
+def set_unigram_output_bias(model: Any, data: DataArtifact, plan: EpochPlan, masking: MaskingSpec | None,
+                            ctx: dist.DistContext | None) -> None:
+    """mlm_bias_init unigram: the MLM output bias of a new model := the training targets' log unigram frequencies.
+    Only for a run that starts from step 0 (a restored checkpoint has its own bias, and counting reads the data)."""
+    counts = target_token_counts(data, plan, masking)
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_(torch.from_numpy(unigram_log_prior(counts)))
+    dist.log_main(ctx, f"MLM output bias: log unigram frequencies of {int(counts.sum()):,} training targets")
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -660,18 +665,20 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
         if is_resume:
             (out / RUN_MANIFEST).unlink(missing_ok=True)  # continuing a finished run: it is not finished meanwhile
     dist.barrier(ctx)
-    initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     resume_step = None
-    if is_resume:
-        restored = restore_newest(out, model, optimizer, scaler, ctx, data)
-        if restored is not None:
-            state, chosen = restored
-            resume_step = state.step
-            dist.log_main(ctx, f"resuming from {chosen} (step {state.step}, epoch {state.epoch}, "
-                               f"batch {state.batch_in_epoch})")
-        else:
+    restored = restore_newest(out, model, optimizer, scaler, ctx, data) if is_resume else None
+    if restored is not None:
+        state, chosen = restored
+        resume_step = state.step
+        dist.log_main(ctx, f"resuming from {chosen} (step {state.step}, epoch {state.epoch}, "
+                           f"batch {state.batch_in_epoch})")
+    else:
+        if is_resume:
             dist.log_main(ctx, f"'{out}' has no checkpoint yet; starting from step 0")
             resume_step = 0
+        if cfg.mlm_bias_init == "unigram" and not cfg.init_from:
+            set_unigram_output_bias(model, data, plan, masking, ctx)
+    initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if ctx.is_main:
         (out / RUN_CONFIG).write_text(config_to_yaml(cfg), encoding="utf-8")
     vocab_multiple = 64 if device.type == "cuda" else 1
