@@ -146,7 +146,7 @@ def _stage_config(stage: str, config: Optional[Path], set_: Optional[List[str]],
 @config_app.command("show")
 @report_errors
 def config_show(
-    stage: str = typer.Argument(..., help="Stage name: train-vocab, pairs, mask, pretrain or run."),
+    stage: str = typer.Argument(..., help="Stage name: train-vocab, pairs, mask, pretrain, finetune or run (the pipeline)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     docs: bool = typer.Option(False, "--docs", help="Write each field's documentation as a comment above it."),

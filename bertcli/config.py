@@ -369,7 +369,8 @@ def load_config(
         source = f" in {path}" if path else ""
         if len(problems) == 1:
             if problems[0].startswith("unknown key"):
-                raise ConfigError(problems[0], hint="run `bert config show STAGE` to see every valid key")
+                raise ConfigError(problems[0], hint=f"run `bert config show {_stage_name(schema_cls)}` to see every "
+                                                    "valid key")
             raise ConfigError(problems[0], hint=f"fix {where_to_fix(problems[0], 'that value' + source)}")
         raise ConfigError(
             f"{len(problems)} problems with the config{source}:\n  - " + "\n  - ".join(problems),
@@ -439,6 +440,13 @@ def config_to_yaml(cfg: Any, comments: bool = False) -> str:
 def keys_with_role(schema_cls: type, role: str) -> tuple[str, ...]:
     """The top-level keys whose field metadata names `role` ("execution" or "resumable", see schemas.py)."""
     return tuple(f.name for f in dataclasses.fields(schema_cls) if role in f.metadata.get("roles", ()))
+
+
+def _stage_name(schema_cls: type) -> str:
+    """The name `bert config show` knows this schema by ("STAGE" for one it does not)."""
+    from bertcli.schemas import CONFIG_SCHEMAS  # schemas is data only; imported late to keep config.py standalone
+
+    return next((name for name, cls in CONFIG_SCHEMAS.items() if cls is schema_cls), "STAGE")
 
 
 def dict_changes(old: dict, new: dict, ignore: Sequence[str] = (), prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -291,3 +291,17 @@ def test_a_pipeline_without_workdir_writes_under_runs_named_after_its_file(tmp_p
     cfg, (vocab, pairs) = load_pipeline(path)
     assert cfg.workdir == str(Path("runs") / "my-corpus")
     assert (vocab.cfg.output, pairs.cfg.tokenizer) == (str(Path("runs/my-corpus/tokenizer")),) * 2
+
+
+@pytest.mark.parametrize(("section", "command"), [("pretrain", "pretrain"), ("train_vocab", "train-vocab"), (None, "run")])
+def test_an_unknown_key_points_to_the_config_show_of_its_stage(tmp_path: Path, section, command) -> None:
+    data = {"input": ["c.txt"]}
+    if section:
+        data[section] = {"time_budget": 20}
+    else:
+        data["time_budget"] = 20
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert f"`bert config show {command}`" in result.stderr, result.stderr

@@ -226,3 +226,10 @@ def test_existing_output_needs_overwrite_and_foreign_dirs_are_never_replaced(tmp
     refused = runner.invoke(app, args + ["--overwrite"])
     assert refused.exit_code == 2 and "not a bertcli artifact" in refused.output
     assert (user_dir / "thesis.tex").read_text() == "precious"
+
+
+def test_an_unknown_key_names_the_stage_whose_keys_to_list(tmp_path, tiny_corpus):
+    result = runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(tmp_path / "t"),
+                                 "--set", "vocab=100"])
+    assert result.exit_code == 2
+    assert "hint: run `bert config show train-vocab` to see every valid key" in result.stderr, result.stderr

@@ -51,7 +51,8 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     if problems:
         if len(problems) == 1:
             fix = where_to_fix(problems[0], str(path))
-            raise ConfigError(problems[0], hint=f"fix {fix}; `bert config show STAGE` lists each stage's keys")
+            stage = next((name for name, spec in STAGES.items() if f"key '{spec.section}." in problems[0]), "run")
+            raise ConfigError(problems[0], hint=f"fix {fix}; `bert config show {stage}` lists its keys")
         raise ConfigError(
             f"{len(problems)} problems with the pipeline {path}:\n  - " + "\n  - ".join(problems),
             hint="fix them all, then run again",
