@@ -43,8 +43,9 @@ def resolve_device(device: str = "auto") -> Any:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device '{device}': {exc}", hint="use auto, cpu, cuda or cuda:N") from exc
+    except RuntimeError as exc:  # torch's message lists its twenty-odd device types: not ours to offer
+        raise InputError(f"--device '{device}': not a device name; bertcli runs on cpu or cuda only",
+                         hint="use auto, cpu, cuda or cuda:N") from exc
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"--device '{device}': bertcli runs on cpu or cuda only", hint="use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():

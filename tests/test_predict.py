@@ -142,6 +142,8 @@ def test_a_mask_beyond_the_positions_is_named_not_dropped_silently(tiny_bert: Pa
     assert len(json_lines(result.stdout)[0]["masks"]) == 1
     assert "warning: 1 of the text's 2 [MASK] tokens lie beyond the model's 40 positions" in result.stderr
     fails(["fill-mask", "--model", str(tiny_bert), "--device", "meta", "the [MASK] ."], "--device 'meta'")
+    error = fails(["fill-mask", "--model", str(tiny_bert), "--device", "tpu", "the [MASK] ."], "--device 'tpu'")
+    assert error == "error: --device 'tpu': not a device name; bertcli runs on cpu or cuda only"  # not torch's list
     fails(["predict-nsp", "--model", str(tiny_bert), "--first", "a \udcff", "--second", "b"], "not a character")
     fails(["predict-nsp", "--model", str(tiny_bert), "--first", "\u200b", "--second", "b"],
           "the first text has no tokens")  # a zero-width space only: scored as an empty segment before
