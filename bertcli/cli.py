@@ -146,7 +146,9 @@ def _stage_config(stage: str, config: Optional[Path], set_: Optional[List[str]],
 @config_app.command("show")
 @report_errors
 def config_show(
-    stage: str = typer.Argument(..., help="Stage name: train-vocab, pairs, mask, pretrain, finetune or run (the pipeline)."),
+    stage: str = typer.Argument(
+        ..., help="Stage name: train-vocab, pairs, mask, pretrain, finetune or run (the pipeline)."
+    ),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     docs: bool = typer.Option(False, "--docs", help="Write each field's documentation as a comment above it."),
@@ -482,7 +484,13 @@ def run_pipeline(
     plans = stage.run(file, set_ or [], overwrite=overwrite, dry_run=dry_run, report=typer.echo)
     model = stage.final_model(plans)
     if model is not None and not dry_run:
-        typer.echo(f'model: {model}   try: bert fill-mask --model {model} "The [MASK] is on the table."')
+        from bertcli.tools.predict import fill_mask_example
+
+        pairs = next((plan.cfg for plan in plans if plan.name == "pairs"), None)
+        # A prompt from the corpus itself, so a Korean model is asked in Korean.
+        prompt = fill_mask_example(pairs, pairs.tokenizer) if pairs is not None else None
+        typer.echo(f"model: {model}" + (f'   try: bert fill-mask --model {model} "{prompt}"' if prompt else
+                                        f"   try: bert fill-mask --model {model} TEXT (a sentence with [MASK] in it)"))
 
 
 # ---------------------------------------------------------------- finetune, predict (bertcli/stages/finetune.py,

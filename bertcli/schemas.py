@@ -56,7 +56,7 @@ class TrainVocabConfig:
     """strict: invalid UTF-8 is an error naming file and line; replace: invalid bytes become U+FFFD."""
     vocab_size: int = field(default=30522, metadata={"ge": 1, "le": MAX_VOCAB_SIZE})
     """Size of the vocabulary, special tokens included: the most it learns. A corpus with fewer pieces that occur
-    min_frequency times gives fewer, and train-vocab warns (the manifest keeps both: vocab_size, requested_vocab_size)."""
+    min_frequency times gives fewer, and train-vocab warns (the manifest keeps both numbers)."""
     min_frequency: int = field(default=2, metadata={"ge": 0})
     """A pair must occur at least this often to be merged; 0 means no limit."""
     limit_alphabet: int = field(default=1000, metadata={"ge": 0, "le": MAX_VOCAB_SIZE})

@@ -79,6 +79,14 @@ def test_second_run_skips_every_stage(pipeline_run) -> None:
     assert result.exit_code == 0, result.output
     lines = _lines(result)
     assert len(lines) == 4 and all("skipped, up to date" in line for line in lines), lines
+    # It ends by suggesting a fill-mask prompt made from a sentence of the corpus itself (in its language).
+    model_line = result.stdout.splitlines()[-1]
+    command = f'bert fill-mask --model {work / "pretrain" / "final"} "'
+    assert command in model_line and model_line.endswith('"'), model_line
+    prompt = model_line.split(command)[1][:-1]
+    head, tail = prompt.split("[MASK]")
+    corpus = yaml.safe_load(path.read_text())["input"][0]
+    assert any(line.startswith(head) and line.endswith(tail) for line in Path(corpus).read_text().splitlines())
     assert {p: p.stat().st_mtime_ns for p in work.rglob("manifest.json")} == before
 
 
@@ -293,7 +301,8 @@ def test_a_pipeline_without_workdir_writes_under_runs_named_after_its_file(tmp_p
     assert (vocab.cfg.output, pairs.cfg.tokenizer) == (str(Path("runs/my-corpus/tokenizer")),) * 2
 
 
-@pytest.mark.parametrize(("section", "command"), [("pretrain", "pretrain"), ("train_vocab", "train-vocab"), (None, "run")])
+@pytest.mark.parametrize(("section", "command"),
+                         [("pretrain", "pretrain"), ("train_vocab", "train-vocab"), (None, "run")])
 def test_an_unknown_key_points_to_the_config_show_of_its_stage(tmp_path: Path, section, command) -> None:
     data = {"input": ["c.txt"]}
     if section:

@@ -403,3 +403,28 @@ def test_a_run_directory_means_its_final_checkpoint(tiny_bert: Path, tmp_path: P
     shutil.copytree(tiny_bert, run / "final")
     out = ok(["fill-mask", "--model", str(run), "--json", "the cat [MASK] on the mat ."]).stdout
     assert json_lines(out)[0]["masks"][0]["predictions"][0]["token"] == "sat"
+
+
+def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_language(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bertcli.tools.predict import fill_mask_example
+
+    corpus = tmp_path / "ko.txt"
+    corpus.write_text('짧은 문장.\n"따옴표가 있는 문장은 셸 명령에 넣을 수 없습니다."\n'
+                      "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다.\n", encoding="utf-8")
+    tok = tmp_path / "tok"
+    assert runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tok),
+                               "--set", "vocab_size=200", "--set", "min_frequency=1"]).exit_code == 0
+    keys = SimpleNamespace(input=[str(corpus)], layout="sentence-per-line", format="auto", text_field="text",
+                           language="auto")
+    # The short sentence and the quoted one are passed over; a middle word that is one piece is masked.
+    prompt = fill_mask_example(keys, tok)
+    assert prompt is not None and prompt.count("[MASK]") == 1
+    before, after = prompt.split("[MASK]")
+    sentence = "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다."
+    assert sentence.startswith(before) and sentence.endswith(after)
+    word = sentence[len(before): len(sentence) - len(after)]
+    assert word in sentence.split() and word.isalpha()
+    corpus.write_text("짧은 문장.\n", encoding="utf-8")
+    assert fill_mask_example(keys, tok) is None

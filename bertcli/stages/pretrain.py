@@ -547,9 +547,7 @@ def build_pretraining_model(
             f"max_seq_length {data.max_seq_length}",
             hint=f"set model.max_position_embeddings to at least {data.max_seq_length}",
         )
-    if model is None:
-        model = build_model(config, cfg.seed)
-    return model
+    return model if model is not None else build_model(config, cfg.seed)
 
 
 def set_unigram_output_bias(model: Any, data: DataArtifact, plan: EpochPlan, masking: MaskingSpec | None,
@@ -665,19 +663,16 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
         if is_resume:
             (out / RUN_MANIFEST).unlink(missing_ok=True)  # continuing a finished run: it is not finished meanwhile
     dist.barrier(ctx)
-    resume_step = None
     restored = restore_newest(out, model, optimizer, scaler, ctx, data) if is_resume else None
+    resume_step = restored[0].step if restored else (0 if is_resume else None)
     if restored is not None:
         state, chosen = restored
-        resume_step = state.step
         dist.log_main(ctx, f"resuming from {chosen} (step {state.step}, epoch {state.epoch}, "
                            f"batch {state.batch_in_epoch})")
-    else:
-        if is_resume:
-            dist.log_main(ctx, f"'{out}' has no checkpoint yet; starting from step 0")
-            resume_step = 0
-        if cfg.mlm_bias_init == "unigram" and not cfg.init_from:
-            set_unigram_output_bias(model, data, plan, masking, ctx)
+    elif is_resume:
+        dist.log_main(ctx, f"'{out}' has no checkpoint yet; starting from step 0")
+    if restored is None and cfg.mlm_bias_init == "unigram" and not cfg.init_from:
+        set_unigram_output_bias(model, data, plan, masking, ctx)
     initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if ctx.is_main:
         (out / RUN_CONFIG).write_text(config_to_yaml(cfg), encoding="utf-8")

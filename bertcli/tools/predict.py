@@ -315,6 +315,34 @@ chunk is masked as one batch by the training collator, seeded by (--seed, chunk 
 --seed alone: neither --batch-size nor --max-sequences changes them."""
 
 
+def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int = 1000) -> str | None:
+    """A fill-mask prompt in the corpus's own language: its first sentence of 6-20 words, a word in the middle that
+    is one whole piece of the tokenizer replaced by [MASK]. corpus: a config with the corpus keys (input, layout,
+    format, text_field, language), e.g. the pairs stage's. None when none of the first sentences has such a word."""
+    from bertcli.corpus import iter_texts
+    from bertcli.vocab import load_tokenizer
+
+    loaded = load_tokenizer(tokenizer_dir)
+    mask_token = loaded.tokenizer.id_to_token(loaded.special_ids["mask"])
+    texts = iter_texts(corpus.input, corpus.layout, corpus.format, corpus.text_field, "replace", corpus.language)
+    for _, sentence in zip(range(max_sentences), texts):
+        if any(c in sentence for c in '"`$\\'):  # the prompt is printed inside a shell command's double quotes
+            continue
+        enc = loaded.tokenizer.encode(sentence, add_special_tokens=False)
+        words = [w for w in enc.word_ids if w is not None]
+        if not 6 <= len(set(words)) <= 20:  # long enough to give context, short enough to read
+            continue
+        pieces_of = {w: words.count(w) for w in words}
+        middle = sorted(range(len(enc.ids)), key=lambda i: abs(i - len(enc.ids) // 2))
+        for i in middle:
+            start, end = enc.offsets[i]
+            word = sentence[start:end]
+            if (enc.word_ids[i] is not None and pieces_of[enc.word_ids[i]] == 1 and word.isalpha()
+                    and enc.ids[i] not in loaded.special_ids.values()):
+                return sentence[:start] + mask_token + sentence[end:]
+    return None
+
+
 def model_tokenizer(loaded: LoadedModel) -> LoadedTokenizer:
     """The model's tokenizer read as bertcli reads an artifact's (identity hash, vocabulary size, special ids), so
     that artifacts.check_tokenizer_matches can compare data with it."""
