@@ -690,6 +690,7 @@ def main() -> None:
         typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         typer.echo(f"hint: see {command} --help", err=True)
         code = 2
-    except click_errors.Abort:  # Ctrl-C outside a command (a command handles its own: exit 130)
+    except typer.Abort:  # Ctrl-C outside a command (a command handles its own: exit 130); typer's public name
+        # (typer 0.27.2 took Abort out of the Click copy it carries)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
