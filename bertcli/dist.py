@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import math
 import os
 import sys
@@ -237,9 +238,12 @@ def wrap_model(ctx: DistContext, module: nn.Module, comm: str = "fp32") -> nn.Mo
     if not ctx.distributed:
         return module
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, gradient_as_bucket_view=True, forward_sync_buffers=False
-    )
+    ddp_class = nn.parallel.DistributedDataParallel
+    # torch 2.13 renamed the option and deprecated the old name; older torch knows only broadcast_buffers
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters
+                      else {"broadcast_buffers": False})
+    ddp = ddp_class(module, device_ids=device_ids, gradient_as_bucket_view=True, **no_buffer_sync)
     if comm == "bf16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 

@@ -130,6 +130,26 @@ def test_ddp_comm_bf16_needs_nccl():
     pretrain.check_ddp_comm(tiny_cfg("data", "out"), gloo)
 
 
+@pytest.mark.parametrize("torch_213", [True, False])
+def test_ddp_skips_buffer_sync_under_the_name_this_torch_knows(monkeypatch, torch_213):
+    # torch 2.13 renamed broadcast_buffers to forward_sync_buffers; passing the new name to an older torch (2.11 on
+    # a GPU machine here) was a TypeError at the start of every multi-process run.
+    seen = {}
+
+    class NewDDP:
+        def __init__(self, module, device_ids=None, gradient_as_bucket_view=False, forward_sync_buffers=True):
+            seen.update(forward_sync_buffers=forward_sync_buffers)
+
+    class OldDDP:
+        def __init__(self, module, device_ids=None, gradient_as_bucket_view=False, broadcast_buffers=True):
+            seen.update(broadcast_buffers=broadcast_buffers)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", NewDDP if torch_213 else OldDDP)
+    ctx = dist.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    dist.wrap_model(ctx, torch.nn.Linear(2, 2))
+    assert seen == ({"forward_sync_buffers": False} if torch_213 else {"broadcast_buffers": False})
+
+
 def test_num_workers_auto():
     assert devices.resolve_num_workers("auto", torch.device("cuda", 0)) == 2
     assert devices.resolve_num_workers("auto", torch.device("cpu")) == 0
