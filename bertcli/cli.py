@@ -657,6 +657,8 @@ def score(
     loaded = load_model(model, device=device, need_mlm=True)
     rows = (tool.score_file(loaded, input_, variant, batch_size) if input_ is not None
             else tool.score_texts(loaded, list(texts or []), variant, batch_size))
+    if not as_json:
+        typer.echo(f"{'pll':>10}  {'pseudo-ppl':>10}  text")  # which number is which, without the docs
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))

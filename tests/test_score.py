@@ -85,7 +85,8 @@ def test_score_plain_transformers_masked_lm_and_input_file(plain_mlm: Path, tmp_
     assert [r["text"] for r in rows] == [TEXTS[0], TEXTS[1], TEXTS[3]]
     for row in rows:
         assert row["pll"] == pytest.approx(reference_pll(model, tokenizer, row["text"]), abs=1e-5)
-    human = ok(["score", "--model", str(plain_mlm), TEXTS[0]]).stdout.strip()
+    header, human = ok(["score", "--model", str(plain_mlm), TEXTS[0]]).stdout.strip("\n").splitlines()
+    assert header.split() == ["pll", "pseudo-ppl", "text"]
     assert human.endswith(TEXTS[0]) and f"{rows[0]['pll']:.3f}" in human
 
 
