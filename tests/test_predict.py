@@ -428,3 +428,5 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     assert word in sentence.split() and word.isalpha()
     corpus.write_text("짧은 문장.\n", encoding="utf-8")
     assert fill_mask_example(keys, tok) is None
+    corpus.unlink()  # gone after the run: no prompt, and no error
+    assert fill_mask_example(keys, tok) is None

@@ -318,14 +318,20 @@ chunk is masked as one batch by the training collator, seeded by (--seed, chunk 
 def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int = 1000) -> str | None:
     """A fill-mask prompt in the corpus's own language: its first sentence of 6-20 words, a word in the middle that
     is one whole piece of the tokenizer replaced by [MASK]. corpus: a config with the corpus keys (input, layout,
-    format, text_field, language), e.g. the pairs stage's. None when none of the first sentences has such a word."""
+    format, text_field, language), e.g. the pairs stage's. None when none of the first sentences has such a word, or
+    the corpus or tokenizer cannot be read now (a suggestion is never worth an error after a finished run)."""
     from bertcli.corpus import iter_texts
+    from bertcli.errors import BertcliError
     from bertcli.vocab import load_tokenizer
 
-    loaded = load_tokenizer(tokenizer_dir)
+    try:
+        loaded = load_tokenizer(tokenizer_dir)
+        texts = iter_texts(corpus.input, corpus.layout, corpus.format, corpus.text_field, "replace", corpus.language)
+        sentences = [s for _, s in zip(range(max_sentences), texts)]
+    except (BertcliError, OSError):
+        return None
     mask_token = loaded.tokenizer.id_to_token(loaded.special_ids["mask"])
-    texts = iter_texts(corpus.input, corpus.layout, corpus.format, corpus.text_field, "replace", corpus.language)
-    for _, sentence in zip(range(max_sentences), texts):
+    for sentence in sentences:
         if any(c in sentence for c in '"`$\\'):  # the prompt is printed inside a shell command's double quotes
             continue
         enc = loaded.tokenizer.encode(sentence, add_special_tokens=False)
