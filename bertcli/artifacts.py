@@ -374,15 +374,17 @@ def _hint_for(stages: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- pairs and masked artifacts, read
 
 
-def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str) -> None:
+def check_tokenizer_matches(manifest: dict, loaded: LoadedTokenizer, what: str,
+                            fix: str = "rebuild it with `bert pairs --tokenizer` pointing at the tokenizer you train "
+                                       "with") -> None:
     """Refuse an artifact made with another tokenizer than `loaded`: recorded tokenizer hash, vocabulary size and
-    special-token ids must all agree."""
+    special-token ids must all agree. fix: the hint when the hashes differ."""
     made_with = (manifest.get("inputs") or {}).get("tokenizer") or {}
     if made_with.get("hash") and made_with["hash"] != loaded.hash:
         raise ArtifactError(
             f"{what} was made with another tokenizer ({made_with.get('path')}, hash {made_with['hash'][:12]}) "
             f"than '{loaded.path}' (hash {loaded.hash[:12]})",
-            hint=f"make the data with that tokenizer: `bert pairs --tokenizer {loaded.path}`",
+            hint=fix,
         )
     vocab_size = manifest.get("vocab_size")
     if vocab_size is not None and int(vocab_size) != loaded.vocab_size:

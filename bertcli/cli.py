@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -489,8 +490,9 @@ def run_pipeline(
         pairs = next((plan.cfg for plan in plans if plan.name == "pairs"), None)
         # A prompt from the corpus itself, so a Korean model is asked in Korean.
         prompt = fill_mask_example(pairs, pairs.tokenizer) if pairs is not None else None
-        typer.echo(f"model: {model}" + (f'   try: bert fill-mask --model {model} "{prompt}"' if prompt else
-                                        f"   try: bert fill-mask --model {model} TEXT (a sentence with [MASK] in it)"))
+        path = shlex.quote(str(model))
+        typer.echo(f"model: {model}" + (f'   try: bert fill-mask --model {path} "{prompt}"' if prompt else
+                                        f"   try: bert fill-mask --model {path} TEXT (a sentence with [MASK] in it)"))
 
 
 # ---------------------------------------------------------------- finetune, predict (bertcli/stages/finetune.py,

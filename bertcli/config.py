@@ -471,7 +471,9 @@ def config_changes(old: Any, new: Any, ignore_role: str = "execution") -> list[t
 
 
 def describe_changes(changes: list[tuple[str, Any, Any]], prefix: str = "", most: int = 3) -> str:
-    """'a.b: 1 → 2, c: x → y' for the first `most` changes ('and N more' after them)."""
+    """'a.b: 1 → 2, c: x → y' for `most` changes ('and N more' after them). Keys set to a value come before keys
+    reset to null: a preset chosen (null → tiny) is what the user did, its sizes going null follow from it."""
+    changes = sorted(changes, key=lambda change: change[2] is None)  # stable: key order otherwise
     shown = [f"{prefix}{key}: {_yaml_scalar(a)} → {_yaml_scalar(b)}" for key, a, b in changes[:most]]
     if len(changes) > most:
         shown.append(f"and {len(changes) - most} more")

@@ -489,7 +489,7 @@ class PipelineConfig:
 
     workdir: Optional[str] = None
     """Directory under which each stage's artifact is written (tokenizer/, pairs/, masked/, pretrain/). null:
-    runs/NAME, NAME being the pipeline YAML's file name without .yaml (so two pipelines never share artifacts)."""
+    runs/NAME, NAME being the pipeline YAML's file name without .yaml or .yml (no longer the demo's runs/demo)."""
     input: list[str] = field(default_factory=list)
     """Corpus files, directories or glob patterns for train-vocab and pairs."""
     stages: list[PipelineStage] = field(default_factory=lambda: list(STAGES))

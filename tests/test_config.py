@@ -10,7 +10,15 @@ import yaml
 from typer.testing import CliRunner
 
 from bertcli.cli import app
-from bertcli.config import config_hash, config_to_yaml, field_docs, keys_with_role, load_config
+from bertcli.config import (
+    config_hash,
+    config_to_yaml,
+    describe_changes,
+    dict_changes,
+    field_docs,
+    keys_with_role,
+    load_config,
+)
 from bertcli.errors import ConfigError
 from bertcli.schemas import CONFIG_SCHEMAS, PretrainConfig, TrainVocabConfig
 
@@ -178,3 +186,14 @@ def test_config_hash_ignores_execution_only_keys():
     assert config_hash(run, ignore_role="resumable") == config_hash(PretrainConfig(max_steps=20), "resumable")
     assert config_hash(run, ignore_role="resumable") != config_hash(PretrainConfig(seed=1), "resumable")
     assert "vocab_size: 30522" in config_to_yaml(a)
+
+
+def test_dict_changes_and_how_they_are_described():
+    old = {"model": {"preset": None, "hidden_size": 32, "layers": 2}, "lr": 0.001, "data": "a", "tags": [1]}
+    new = {"model": {"preset": "tiny", "hidden_size": None, "layers": None}, "lr": 0.002, "data": "b", "tags": [1, 2]}
+    changes = dict_changes(old, new, ignore=("data",))
+    assert changes == [("lr", 0.001, 0.002), ("model.hidden_size", 32, None), ("model.layers", 2, None),
+                       ("model.preset", None, "tiny"), ("tags", [1], [1, 2])]
+    # What was set comes before what went null with it, so the preset is not among the "more".
+    assert describe_changes(changes, prefix="pretrain.") == (
+        "pretrain.lr: 0.001 → 0.002, pretrain.model.preset: null → tiny, pretrain.tags: [1] → [1, 2], and 2 more")

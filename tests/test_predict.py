@@ -340,7 +340,8 @@ def test_evaluate_refuses_data_of_another_tokenizer(tiny_bert: Path, tmp_path: P
     _, hint = refused_with_hint(["evaluate", "--model", str(tiny_bert), "--data", str(data)],
                                 "made with another tokenizer")
     # The fix names the model's own tokenizer, not "the tokenizer you train with".
-    assert hint == f"hint: make the data with that tokenizer: `bert pairs --tokenizer {tiny_bert}`"
+    assert hint == (f"hint: make the data with the model's tokenizer: `bert pairs --tokenizer {tiny_bert}` "
+                    "(then `bert mask`, for static masks)")
     fails(["evaluate", "--model", str(tiny_bert), "--data", str(tmp_path / "nothing")], "does not exist")
 
 
@@ -411,21 +412,27 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     from bertcli.tools.predict import fill_mask_example
 
     corpus = tmp_path / "ko.txt"
-    corpus.write_text('짧은 문장.\n"따옴표가 있는 문장은 셸 명령에 넣을 수 없습니다."\n'
-                      "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다.\n", encoding="utf-8")
+    skipped = ['짧은 문장.', '"따옴표가 있는 문장은 셸 명령에 넣을 수 없습니다."', "느낌표가 있는 문장은 안 됩니다 정말로!",
+               "- 목록의 항목은 옵션으로 읽히므로 쓰지 않습니다.", "it's a sentence the apostrophe would cut in two"]
+    sentence = "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다."
+    corpus.write_text("\n".join([*skipped, sentence, "北京是中国的首都，也是一座历史悠久的城市。"]) + "\n", encoding="utf-8")
     tok = tmp_path / "tok"
     assert runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tok),
-                               "--set", "vocab_size=200", "--set", "min_frequency=1"]).exit_code == 0
+                               "--set", "vocab_size=300", "--set", "min_frequency=1"]).exit_code == 0
     keys = SimpleNamespace(input=[str(corpus)], layout="sentence-per-line", format="auto", text_field="text",
                            language="auto")
-    # The short sentence and the quoted one are passed over; a middle word that is one piece is masked.
+    # Too short, quoted, with "!" (history expansion), a leading "-" (an option), an apostrophe: passed over; in
+    # the first sentence left, a middle word that is one piece is masked.
     prompt = fill_mask_example(keys, tok)
     assert prompt is not None and prompt.count("[MASK]") == 1
-    before, after = prompt.split("[MASK]")
-    sentence = "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다."
-    assert sentence.startswith(before) and sentence.endswith(after)
-    word = sentence[len(before): len(sentence) - len(after)]
+    head, tail = prompt.split("[MASK]")
+    assert sentence.startswith(head) and sentence.endswith(tail)
+    word = sentence[len(head): len(sentence) - len(tail)]
     assert word in sentence.split() and word.isalpha()
+    # Chinese has no spaces: a single ideograph is a word of its own.
+    corpus.write_text("\n".join([*skipped, "北京是中国的首都，也是一座历史悠久的城市。"]) + "\n", encoding="utf-8")
+    chinese = fill_mask_example(keys, tok)
+    assert chinese is not None and len(chinese) == len("北京是中国的首都，也是一座历史悠久的城市。") + len("[MASK]") - 1
     corpus.write_text("짧은 문장.\n", encoding="utf-8")
     assert fill_mask_example(keys, tok) is None
     corpus.unlink()  # gone after the run: no prompt, and no error

@@ -311,9 +311,11 @@ def test_nonfinite_loss_stop_keeps_last_checkpoint(masked_data, tmp_path, monkey
 
 
 def test_init_from_a_run_and_from_masked_lm(reference_run, masked_data, tmp_path, capsys):
+    capsys.readouterr()
     manifest = pretrain.run(tiny_cfg(masked_data, tmp_path / "again", max_steps=1, save_every=0, eval_every=0,
                                      init_from=str(reference_run / "final")))
     assert manifest["stats"]["steps"] == 1
+    assert "MLM output bias" not in capsys.readouterr().err  # init_from's trained bias is kept, not replaced
     mlm_dir = tmp_path / "mlm"
     BertForMaskedLM.from_pretrained(reference_run / "final").save_pretrained(mlm_dir)
     shutil.copy(reference_run / "final" / "vocab.txt", mlm_dir / "vocab.txt")

@@ -62,6 +62,11 @@ def test_a_vocabulary_smaller_than_asked_for_is_said(tmp_path, tiny_corpus):
     assert size < 30522
     assert (f"warning: the vocabulary has {size:,} tokens, not the 30,522 of vocab_size" in result.stderr
             and "min_frequency (2)" in result.stderr), result.stderr
+    # With min_frequency 0 every piece is kept already: the advice is only more text.
+    zero = runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(tmp_path / "zero"),
+                               "--set", "vocab_size=30522", "--set", "min_frequency=0"])
+    assert zero.exit_code == 0 and "the corpus gave no more pieces;" in zero.stderr
+    assert "min_frequency" not in zero.stderr and "(more text gives more)" in zero.stderr, zero.stderr
     # One the corpus fills gets no warning.
     fits = runner.invoke(app, ["train-vocab", "--input", str(tiny_corpus), "--output", str(tmp_path / "fits"),
                                "--set", f"vocab_size={size - 50}"])

@@ -315,11 +315,20 @@ chunk is masked as one batch by the training collator, seeded by (--seed, chunk 
 --seed alone: neither --batch-size nor --max-sequences changes them."""
 
 
+# Ideographs BERT splits into one word each (handle_chinese_chars): one can be masked without spaces around it.
+_CJK_IDEOGRAPH = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+# Characters a shell reads inside double quotes ($ ` \ " and !, history expansion), and the apostrophe, which
+# splits a word (didn't) into pieces a [MASK] would cut.
+_UNQUOTABLE = set('"`$\\!\'')
+
+
 def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int = 1000) -> str | None:
-    """A fill-mask prompt in the corpus's own language: its first sentence of 6-20 words, a word in the middle that
-    is one whole piece of the tokenizer replaced by [MASK]. corpus: a config with the corpus keys (input, layout,
-    format, text_field, language), e.g. the pairs stage's. None when none of the first sentences has such a word, or
-    the corpus or tokenizer cannot be read now (a suggestion is never worth an error after a finished run)."""
+    """A fill-mask prompt in the corpus's own language: its first sentence of 6-40 pieces that has a whole word in
+    one piece (space or sentence edge before it; space, punctuation or edge after it; or a single CJK ideograph),
+    the one nearest the middle replaced by [MASK]. The sentence can be pasted between double quotes in a shell.
+    corpus: a config with the corpus keys (input, layout, format, text_field, language), e.g. the pairs stage's.
+    None when no such sentence is among the first ones, or the corpus or tokenizer cannot be read now (a suggestion
+    is never worth an error after a finished run)."""
     from bertcli.corpus import iter_texts
     from bertcli.errors import BertcliError
     from bertcli.vocab import load_tokenizer
@@ -331,20 +340,22 @@ def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int
     except (BertcliError, OSError):
         return None
     mask_token = loaded.tokenizer.id_to_token(loaded.special_ids["mask"])
+    special = set(loaded.special_ids.values())
     for sentence in sentences:
-        if any(c in sentence for c in '"`$\\'):  # the prompt is printed inside a shell command's double quotes
+        if sentence.startswith("-") or _UNQUOTABLE & set(sentence):  # "-…" would be read as an option
             continue
         enc = loaded.tokenizer.encode(sentence, add_special_tokens=False)
-        words = [w for w in enc.word_ids if w is not None]
-        if not 6 <= len(set(words)) <= 20:  # long enough to give context, short enough to read
+        if not 6 <= len(enc.ids) <= 40:  # long enough to give context, short enough to read
             continue
-        pieces_of = {w: words.count(w) for w in words}
+        words = [w for w in enc.word_ids if w is not None]
         middle = sorted(range(len(enc.ids)), key=lambda i: abs(i - len(enc.ids) // 2))
         for i in middle:
             start, end = enc.offsets[i]
             word = sentence[start:end]
-            if (enc.word_ids[i] is not None and pieces_of[enc.word_ids[i]] == 1 and word.isalpha()
-                    and enc.ids[i] not in loaded.special_ids.values()):
+            alone = (start == 0 or sentence[start - 1].isspace()) and (
+                end == len(sentence) or sentence[end].isspace() or sentence[end] in ",.;:?)")
+            if (enc.word_ids[i] is not None and words.count(enc.word_ids[i]) == 1 and word.isalpha()
+                    and enc.ids[i] not in special and (alone or _CJK_IDEOGRAPH.fullmatch(word))):
                 return sentence[:start] + mask_token + sentence[end:]
     return None
 
@@ -387,7 +398,10 @@ def evaluate(
     from bertcli.schemas import PretrainConfig
 
     data = load_data(data_dir)
-    check_tokenizer_matches(data.manifest, model_tokenizer(loaded), f"the data artifact '{data.path}'")
+    model_tok = model_tokenizer(loaded)
+    check_tokenizer_matches(data.manifest, model_tok, f"the data artifact '{data.path}'",
+                            fix=f"make the data with the model's tokenizer: `bert pairs --tokenizer {model_tok.path}` "
+                                "(then `bert mask`, for static masks)")
     positions = loaded.model.config.max_position_embeddings
     if data.max_seq_length > positions:
         raise ArtifactError(
