@@ -412,10 +412,12 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     from bertcli.tools.predict import fill_mask_example
 
     corpus = tmp_path / "ko.txt"
-    skipped = ['짧은 문장.', '"따옴표가 있는 문장은 셸 명령에 넣을 수 없습니다."', "느낌표가 있는 문장은 안 됩니다 정말로!",
-               "- 목록의 항목은 옵션으로 읽히므로 쓰지 않습니다.", "it's a sentence the apostrophe would cut in two"]
+    skipped = ['짧은 문장.', '"따옴표가 있는 문장은 셸 명령에 넣을 수 없습니다."',
+               "느낌표가 있는 문장은 안 됩니다 정말로!", "- 목록의 항목은 옵션으로 읽히므로 쓰지 않습니다.",
+               "it's a sentence the apostrophe would cut in two"]
     sentence = "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다."
-    corpus.write_text("\n".join([*skipped, sentence, "北京是中国的首都，也是一座历史悠久的城市。"]) + "\n", encoding="utf-8")
+    chinese_sentence = "北京是中国的首都，也是一座历史悠久的城市。"
+    corpus.write_text("\n".join([*skipped, sentence, chinese_sentence]) + "\n", encoding="utf-8")
     tok = tmp_path / "tok"
     assert runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tok),
                                "--set", "vocab_size=300", "--set", "min_frequency=1"]).exit_code == 0
@@ -430,9 +432,9 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     word = sentence[len(head): len(sentence) - len(tail)]
     assert word in sentence.split() and word.isalpha()
     # Chinese has no spaces: a single ideograph is a word of its own.
-    corpus.write_text("\n".join([*skipped, "北京是中国的首都，也是一座历史悠久的城市。"]) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join([*skipped, chinese_sentence]) + "\n", encoding="utf-8")
     chinese = fill_mask_example(keys, tok)
-    assert chinese is not None and len(chinese) == len("北京是中国的首都，也是一座历史悠久的城市。") + len("[MASK]") - 1
+    assert chinese is not None and len(chinese) == len(chinese_sentence) + len("[MASK]") - 1
     corpus.write_text("짧은 문장.\n", encoding="utf-8")
     assert fill_mask_example(keys, tok) is None
     corpus.unlink()  # gone after the run: no prompt, and no error
