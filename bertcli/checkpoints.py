@@ -24,7 +24,7 @@ from bertcli.artifacts import (
     temp_dir_for,
     write_json_atomic,
 )
-from bertcli.config import config_to_dict, describe_changes, dict_changes, keys_with_role, load_config
+from bertcli.config import config_changes, describe_changes, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR, TRACKER_FILE, WANDB_DIR
 from bertcli.schemas import PretrainConfig
@@ -398,7 +398,7 @@ def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist
     saved = out / RUN_CONFIG
     if saved.is_file():
         previous = load_config(PretrainConfig, str(saved))
-        changes = dict_changes(config_to_dict(previous), config_to_dict(cfg), RESUMABLE_KEYS)
+        changes = config_changes(previous, cfg, ignore_role="resumable")
         if changes:
             raise ConfigError(
                 f"--resume: the config differs from the run's {saved} in {describe_changes(changes)}",

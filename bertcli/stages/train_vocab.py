@@ -254,9 +254,11 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
         )
     if base is None and len(vocab) < cfg.vocab_size:
         # Not an error (the model is sized from the vocabulary), but a user who asked for 30,522 should know.
-        lower = cfg.min_frequency > 1  # 0 and 1 keep every piece already: only more text gives more
+        if cfg.min_frequency > 1:
+            why = f"more pieces that occur at least min_frequency ({cfg.min_frequency}) times"
+            remedy = "more text, or a lower min_frequency, gives more"
+        else:  # 0 and 1 keep every piece already: only more text gives more
+            why, remedy = "more pieces", "more text gives more"
         warn(f"the vocabulary has {len(vocab):,} tokens, not the {cfg.vocab_size:,} of vocab_size: the corpus gave no "
-             + (f"more pieces that occur at least min_frequency ({cfg.min_frequency}) times" if lower else
-                "more pieces") + "; a model trained with it has this smaller vocabulary (more text"
-             + (", or a lower min_frequency," if lower else "") + " gives more)")
+             f"{why}; a model trained with it has this smaller vocabulary ({remedy})")
     return manifest
