@@ -219,7 +219,8 @@ class MaskConfig:
     output: str = field(default="runs/masked", metadata={"roles": ("execution",)})
     """Directory to write the masked artifact to."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
-    """Share of candidate tokens (all but [CLS], [SEP], [PAD]) selected for prediction."""
+    """Share of candidate tokens (every token but the tokenizer's special ones, [UNK] included) selected for
+    prediction."""
     max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
     """Cap on the selected tokens per sequence."""
     mask_token_prob: float = field(default=0.8, metadata={"ge": 0.0, "le": 1.0})
@@ -360,7 +361,8 @@ class PretrainConfig:
     whole_word_mask: bool = False
     """Dynamic masking only: select whole words."""
     eval_fraction: float = field(default=0.01, metadata={"ge": 0.0, "lt": 1.0})
-    """Share of sequences held out for evaluation (chosen by seed)."""
+    """Share of sequences held out for evaluation: a fixed hash of each sequence's index picks them, the same
+    sequences whatever the seed, so runs of different seeds are evaluated alike."""
     eval_every: int = field(default=1000, metadata={"roles": ("resumable",), "ge": 0})
     """Evaluate every this many steps (0: only at the end)."""
     eval_batches: int = field(default=20, metadata={"roles": ("resumable",), "ge": 1})

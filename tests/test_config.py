@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,33 @@ def test_dict_changes_and_how_they_are_described():
     # What was set comes before what went null with it, so the preset is not among the "more".
     assert describe_changes(changes, prefix="pretrain.") == (
         "pretrain.lr: 0.001 → 0.002, pretrain.model.preset: null → tiny, pretrain.tags: [1] → [1, 2], and 2 more")
+
+
+def _first_sentence(doc: str) -> str:
+    text = " ".join(doc.split())
+    end = re.search(r"\.\s", text)
+    return text[: end.start() + 1] if end else text
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name != "pipeline"],
+                         ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED if p.parent.name != "pipeline"])
+def test_shipped_yaml_comments_state_the_schemas_meaning(path):
+    """The comment above each key in a shipped config starts from what the schema says the key means (the first
+    sentence of its docstring; a justification may follow), so the files users copy cannot drift from the code."""
+    from bertcli.schemas import ModelConfig
+
+    schema = CONFIG_SCHEMAS[path.parent.name]
+    docs = {"": field_docs(schema), "  ": field_docs(ModelConfig)}  # top level; the model: section (pretrain)
+    comment: list[str] = []
+    stale = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("#"):
+            comment.append(line.lstrip()[1:].strip())
+            continue
+        key = re.match(r"^( *)([a-z_]+):", line)
+        if key and key.group(2) in docs.get(key.group(1), {}):
+            meaning = _first_sentence(docs[key.group(1)][key.group(2)])
+            if meaning not in " ".join(" ".join(comment).split()):
+                stale.append(f"{key.group(2)}: expected {meaning!r}")
+        comment = []
+    assert not stale, f"{path}: comments that do not state the schema's meaning:\n" + "\n".join(stale)
