@@ -29,3 +29,16 @@ def test_every_schema_field_is_documented() -> None:
         for f in dataclasses.fields(schema):
             assert docs.get(f.name), f"{schema.__name__}.{f.name} has no docstring"
             assert docs[f.name] in text.replace("\\|", "|")
+
+
+def test_pretraining_doc_lists_every_key_resume_accepts() -> None:
+    import re
+
+    from bertcli.config import keys_with_role
+    from bertcli.schemas import PretrainConfig
+
+    text = (ROOT / "docs" / "pretraining.md").read_text(encoding="utf-8")
+    paragraph = re.search(r"Only `output`.*?may change on resume", text, re.S)
+    assert paragraph, "docs/pretraining.md lost its list of the keys --resume accepts"
+    named = set(re.findall(r"`([a-z_]+)`", paragraph.group(0)))
+    assert named == set(keys_with_role(PretrainConfig, "resumable"))
