@@ -104,15 +104,13 @@ def report_errors(func: Callable) -> Callable:
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if _debug():
+                traceback.print_exc()
             problem = _environment_problem(exc)
             if problem is not None:  # a full disk, a read-only or occupied path: the user's to fix, exit 2
-                if _debug():
-                    traceback.print_exc()
                 typer.echo(f"error: {problem[0]}", err=True)
                 typer.echo(f"hint: {problem[1]}", err=True)
                 raise typer.Exit(2) from None
-            if _debug():
-                traceback.print_exc()
             typer.echo(f"error: unexpected failure: {type(exc).__name__}: {exc}", err=True)
             typer.echo("hint: rerun with BERTCLI_DEBUG=1 to see the traceback, and report it", err=True)
             raise typer.Exit(1) from None
@@ -163,8 +161,12 @@ def config_show(
     if stage not in CONFIG_SCHEMAS:
         raise ConfigError(f"unknown stage '{stage}'", hint=f"choose one of {', '.join(CONFIG_SCHEMAS)}")
     cfg = load_config(CONFIG_SCHEMAS[stage], config, set_ or [], validate=False)
+    problems = validation_problems(cfg)
+    if stage == "run" and not problems:  # then the stage sections, against their stages' schemas, as `bert run`
+        from bertcli.stages.pipeline import stage_plans
+        problems = stage_plans(cfg, config, set_ or [])[1]
     typer.echo(config_to_yaml(cfg, comments=docs), nl=False)
-    for problem in validation_problems(cfg):
+    for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
 
 
@@ -662,10 +664,8 @@ def score(
     if not as_json:
         typer.echo(f"{'pll':>10}  {'pseudo-ppl':>10}  text")  # which number is which, without the docs
     for row in rows:
-        if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            typer.echo(f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
+        typer.echo(json.dumps(row, ensure_ascii=False) if as_json
+                   else f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
 
 
 def _stop_requested(signum: int, frame: Any) -> None:

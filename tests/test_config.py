@@ -228,3 +228,25 @@ def test_shipped_yaml_comments_state_the_schemas_meaning(path):
                 stale.append(f"{key.group(2)}: expected {meaning!r}")
         comment = []
     assert not stale, f"{path}: comments that do not state the schema's meaning:\n" + "\n".join(stale)
+
+
+def test_config_show_run_checks_the_stage_sections_as_bert_run_does(tmp_path):
+    """`bert config show run` reports what `bert run` would refuse in the stage sections (unknown keys, bad values,
+    a model shorter than the pairs), not only the pipeline's own keys."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("input: [c.txt]\nstages: [train-vocab, pairs, pretrain]\n", encoding="utf-8")
+    sets = ["pretrain.bogus=1", "pairs.dupe_factor=abc"]
+    shown = runner.invoke(app, ["config", "show", "run", "--config", str(pipeline),
+                                *[a for s in sets for a in ("--set", s)]])
+    assert shown.exit_code == 0, shown.output
+    assert yaml.safe_load(shown.stdout)["pretrain"] == {"bogus": 1}
+    warnings = [line for line in shown.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    assert any("unknown key 'pretrain.bogus'" in w for w in warnings)
+    assert any("key 'pairs.dupe_factor' (from --set pairs.dupe_factor=abc): got 'abc'" in w for w in warnings)
+    refused = runner.invoke(app, ["run", str(pipeline), "--dry-run", *[a for s in sets for a in ("--set", s)]])
+    assert refused.exit_code == 2 and "2 problems" in refused.stderr
+    for warning in warnings:  # the same problems, word for word
+        assert warning.removeprefix("warning: ").split(" (valid keys")[0] in refused.stderr
+    clean = runner.invoke(app, ["config", "show", "run", "--config", str(pipeline)])
+    assert clean.exit_code == 0 and "warning" not in clean.stderr

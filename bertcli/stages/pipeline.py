@@ -44,10 +44,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     """The pipeline YAML (with `--set a.b=v` overrides) and every stage's resolved config; all problems of the
     stage sections at once."""
     cfg = load_config(PipelineConfig, path, overrides)
-    if cfg.workdir is None:
-        cfg.workdir = str(Path("runs") / Path(path).name.removesuffix(".yml").removesuffix(".yaml"))
-    plans, problems = _stage_configs(cfg, f" in {path}", override_origins(overrides))
-    problems.extend(_cross_stage_problems(plans))
+    plans, problems = stage_plans(cfg, path, overrides)
     if problems:
         if len(problems) == 1:
             fix = where_to_fix(problems[0], str(path))
@@ -58,6 +55,18 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
             hint="fix them all, then run again",
         )
     return cfg, plans
+
+
+def stage_plans(
+    cfg: PipelineConfig, path: str | Path | None, overrides: Sequence[str] = ()
+) -> tuple[list[StagePlan], list[str]]:
+    """Each stage's plan and every problem of the stage sections and between stages (what load_pipeline refuses,
+    listed instead of raised: `bert config show run` reports them). Fills in the default workdir, runs/<file name>."""
+    if cfg.workdir is None:
+        name = Path(path).name.removesuffix(".yml").removesuffix(".yaml") if path else "run"
+        cfg.workdir = str(Path("runs") / name)
+    plans, problems = _stage_configs(cfg, f" in {path}" if path else "", override_origins(overrides))
+    return plans, problems + _cross_stage_problems(plans)
 
 
 def _origins(data: dict, prefix: str, where: str) -> dict[str, str]:
