@@ -316,6 +316,7 @@ def finished_run(out_dir: Path, cfg: PretrainConfig) -> dict | None:
     manifest = read_bertcli_manifest(out_dir) if final.is_dir() else None
     if manifest is None or manifest.get("stage") != "pretrain":
         return None  # not a finished bertcli run (a folder's own manifest.json is not one)
+    check_resume_config(out_dir, cfg)  # a changed learning rate is refused here too, not met with "nothing to do"
     try:
         state = json.loads((final / STATE_DIR / "state.json").read_text(encoding="utf-8"))["state"]
         steps, elapsed = int(state["step"]), float(state["elapsed_s"])
@@ -395,7 +396,13 @@ def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist
             f"output '{out}' holds another run",
             hint="pass --resume to continue it, --overwrite to start over, or choose another --output",
         )
-    saved = out / RUN_CONFIG
+    check_resume_config(out, cfg)
+    return True
+
+
+def check_resume_config(out_dir: Path, cfg: PretrainConfig) -> None:
+    """Refuse --resume with a config that differs from the run's saved one in a key that may not change."""
+    saved = out_dir / RUN_CONFIG
     if saved.is_file():
         previous = load_config(PretrainConfig, str(saved))
         changes = config_changes(previous, cfg, ignore_role="resumable")
@@ -405,7 +412,6 @@ def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist
                 hint=f"use the same config to continue the run (only {', '.join(RESUMABLE_KEYS)} may change), "
                 "or start a new run with another --output",
             )
-    return True
 
 
 def start_run_dir(out_dir: Path, fresh: bool) -> None:

@@ -118,6 +118,17 @@ def test_finished_run_resume_is_a_no_op(reference_run, tmp_path):
     assert (run / "final" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_finished_run_resume_refuses_a_changed_recipe(reference_run, tmp_path):
+    """--resume on a finished run with a key that may not change is refused as on an unfinished one, not met with
+    "nothing to do" (which would leave the user thinking the new learning rate was taken)."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = (run / "final" / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"learning_rate: 0\.002 → 0\.001"):
+        pretrain.run(tiny_cfg(run_data_path(reference_run), run, learning_rate=1e-3), resume=True)
+    assert (run / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+
 def test_loader_workers_give_the_same_run(reference_run, tmp_path):
     """DataLoader worker processes change where batches are built, not which: same weights as in-process."""
     pretrain.run(tiny_cfg(run_data_path(reference_run), tmp_path / "workers", num_workers=2))
