@@ -85,6 +85,22 @@ def gpu_idle_hint(metrics_path: Path, device_type: str) -> str | None:
             "together (docs/pretraining.md, \"Speed settings\")")
 
 
+def short_warmup_hint(steps: int, warmup_steps: int) -> str | None:
+    """A hint when training ended inside the warmup (a time budget or max_steps shorter than warmup_steps): the
+    learning rate never reached the configured peak, so the run says nothing about that learning rate."""
+    if steps >= warmup_steps:
+        return None
+    return (f"training ended at step {steps:,}, inside the {warmup_steps:,} warmup steps: the learning rate reached "
+            f"{steps / warmup_steps:.0%} of learning_rate, never its peak; lower warmup_steps (or raise "
+            "time_budget_s / max_steps) for the run to train at the rate you chose")
+
+
+def end_of_run_hints(metrics_path: Path, device_type: str, steps: int, warmup_steps: int) -> list[str]:
+    """What a finished pretraining run tells its user beside its figures: the hints above that apply."""
+    hints = (gpu_idle_hint(metrics_path, device_type), short_warmup_hint(steps, warmup_steps))
+    return [hint for hint in hints if hint is not None]
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 class MetricsWriter:

@@ -155,8 +155,21 @@ def test_pretrain_ends_with_the_gpu_idle_hint_when_there_is_one(masked_data, tmp
         asked.append((path, device_type))
         return "the GPU ran at 0.7% of its peak"
 
-    monkeypatch.setattr(pretrain, "gpu_idle_hint", stand_in)
+    from bertcli import metrics
+
+    monkeypatch.setattr(metrics, "gpu_idle_hint", stand_in)
     run = tmp_path / "run"
     pretrain.run(tiny_cfg(masked_data, run))
     assert asked == [(run / METRICS_FILE, "cpu")]
-    assert "warning: the GPU ran at 0.7% of its peak" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: the GPU ran at 0.7% of its peak" in err and "warmup" not in err  # warmup 2 of 6 steps
+
+
+def test_a_run_that_ends_inside_its_warmup_says_so(masked_data, tmp_path, capsys):
+    """A budget shorter than the warmup never trains at the chosen learning rate: the run says how far it got."""
+    from bertcli.metrics import short_warmup_hint
+
+    assert short_warmup_hint(100, 100) is None and short_warmup_hint(5_000, 100) is None
+    pretrain.run(tiny_cfg(masked_data, tmp_path / "run", warmup_steps=10))  # 6 steps
+    err = capsys.readouterr().err
+    assert "warning: training ended at step 6, inside the 10 warmup steps: the learning rate reached 60%" in err

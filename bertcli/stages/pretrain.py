@@ -48,7 +48,7 @@ from bertcli.config import config_hash, config_to_dict, config_to_yaml
 from bertcli.devices import Precision, check_ddp_comm, micro_batching, resolve_num_workers, resolve_precision
 from bertcli.errors import ArtifactError, BertcliError, ConfigError, InputError, warn
 from bertcli.masking import MaskingSpec
-from bertcli.metrics import MetricsWriter, efficiency, gpu_idle_hint, gpu_peak_tflops, plot_run
+from bertcli.metrics import MetricsWriter, efficiency, end_of_run_hints, gpu_peak_tflops, plot_run
 from bertcli.model import (
     NUM_STATS,
     BatchWork,
@@ -596,7 +596,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
         manifest = trainer.write_manifest(final_eval)
         dist.log_main(ctx, f"finished: {out / FINAL} (step {trainer.state.step}, "
                            f"{trainer.state.tokens:,} tokens, {trainer.state.elapsed_s:.0f} s)")
-        if hint := gpu_idle_hint(trainer.metrics.path, ctx.device.type):
+        for hint in end_of_run_hints(trainer.metrics.path, ctx.device.type, trainer.state.step, cfg.warmup_steps):
             warn(hint)
     dist.barrier(ctx)
     return manifest  # None on ranks other than 0: only rank 0 reports
