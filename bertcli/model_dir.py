@@ -172,15 +172,7 @@ def load_model(
             f"'{model_dir}' has no next-sentence-prediction head (cls.seq_relationship is missing)",
             hint="use a model saved as BertForPreTraining (MLM + NSP), e.g. the final/ directory of `bert pretrain`",
         )
-    model_vocab = model.config.vocab_size
-    if len(tokenizer) > model_vocab:
-        raise ArtifactError(
-            f"'{model_dir}': the tokenizer has {len(tokenizer)} tokens but the model only {model_vocab} embeddings",
-            hint="the tokenizer files do not belong to this model",
-        )
-    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
-
+    check_tokenizer_fits(tokenizer, model.config, model_dir, two_segments=need_nsp)
     warn_if_case_is_lost(tokenizer, model_dir)
     # No TF32 on the GPU: its 10-bit mantissa moves a pseudo-log-likelihood by ~1e-3, and these tools' figures
     # must match transformers' own fp32 results (docs/scoring.md); inference here is small beside training.
@@ -192,6 +184,33 @@ def load_model(
     if isinstance(tok_max, int) and 0 < tok_max < max_length:
         max_length = tok_max
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)
+
+
+def check_tokenizer_fits(tokenizer: Any, config: Any, model_dir: Path, two_segments: bool = False) -> None:
+    """The tokenizer's ids must all have an embedding (else an IndexError deep in the first forward) and it must be a
+    BERT one; two_segments: the input will be a pair of texts, so the model needs a second segment embedding."""
+    model_vocab = getattr(config, "vocab_size", None)
+    if isinstance(model_vocab, int) and len(tokenizer) > model_vocab:
+        raise ArtifactError(
+            f"'{model_dir}': the tokenizer has {len(tokenizer)} tokens but the model only {model_vocab} embeddings",
+            hint="the tokenizer files do not belong to this model (or tokens were added without "
+            "model.resize_token_embeddings)",
+        )
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
+    check_two_segments(config, model_dir, two_segments)
+
+
+def check_two_segments(config: Any, model_dir: Path, needed: bool = True) -> None:
+    """A pair of texts ([CLS] A [SEP] B [SEP]) marks B with segment id 1: a model with one segment embedding
+    (type_vocab_size 1, as RoBERTa-style conversions have) cannot read it."""
+    segments = getattr(config, "type_vocab_size", 2)
+    if needed and isinstance(segments, int) and segments < 2:
+        raise ArtifactError(
+            f"'{model_dir}' has {segments} segment embedding (type_vocab_size), so it cannot read a pair of texts",
+            hint="give single texts, or use a BERT with two segment types (type_vocab_size 2), as `bert pretrain` "
+            "makes",
+        )
 
 
 def warn_if_case_is_lost(tokenizer: Any, model_dir: Path) -> None:

@@ -81,6 +81,12 @@ def test_png_heatmaps_one_per_layer(tiny_bert: Path, tmp_path: Path) -> None:
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert str(p) in report
+    _write_page(tiny_bert, out, "--png", "--overwrite", STORY[3])  # our PNGs carry our mark: replaced
+    pngs[1].write_bytes(b"\x89PNG\r\n\x1a\n my own figure")  # a PNG of the user's where one goes
+    result = runner.invoke(app, ["attention", "--model", str(tiny_bert), "--out", str(out), "--png", "--overwrite",
+                                 STORY[2]])
+    assert result.exit_code == 2 and f"'{pngs[1]}' was not written by `bert attention`" in result.stderr
+    assert pngs[1].read_bytes().endswith(b"my own figure")
 
 
 def test_existing_output_needs_overwrite(tiny_bert: Path, tmp_path: Path) -> None:
@@ -89,8 +95,14 @@ def test_existing_output_needs_overwrite(tiny_bert: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, ["attention", "--model", str(tiny_bert), "--out", str(out), STORY[0]])
     assert result.exit_code == 2 and "--overwrite" in result.stderr
     assert out.read_text() == "keep me"
-    _write_page(tiny_bert, out, "--overwrite", STORY[0])
-    assert "attention-data" in out.read_text()
+    # --overwrite replaces only what `bert attention` wrote: the user's page stays, with or without it
+    result = runner.invoke(app, ["attention", "--model", str(tiny_bert), "--out", str(out), "--overwrite", STORY[0]])
+    assert result.exit_code == 2 and "was not written by `bert attention`" in result.stderr
+    assert out.read_text() == "keep me"
+    out.unlink()
+    _write_page(tiny_bert, out, STORY[0])
+    _write_page(tiny_bert, out, "--overwrite", STORY[1])  # our own page: replaced
+    assert "attention-data" in out.read_text() and _page_data(out.read_text())["tokens"] != []
     # A directory where a PNG goes: named before anything is written (it was a hidden temporary's name, after the
     # page and the first PNG had been replaced).
     blocker = tmp_path / "view-layer02.png"

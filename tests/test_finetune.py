@@ -377,3 +377,41 @@ def test_classification_metrics() -> None:
     # (str.isdigit() took them, then int() failed: exit 1)
     assert label_order(["1", "01", "0"]) == ["0", "01", "1"] and label_order(["01", "1", "0"]) == ["0", "01", "1"]
     assert label_order(["--1", "2"]) == ["--1", "2"] and label_order(["²", "1"]) == ["1", "²"]
+
+
+def _altered_model(tiny_bert: Path, out: Path, architecture: str = "BertForPreTraining", **config_changes) -> Path:
+    """tiny_bert's tokenizer beside fresh weights of another shape (what adding tokens without resizing, or a
+    one-segment conversion, leaves): the tools must name the mismatch, not fail inside the first forward."""
+    import transformers
+
+    config = transformers.BertConfig.from_pretrained(tiny_bert)
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    getattr(transformers, architecture)(config).save_pretrained(out)
+    for name in tiny_bert.iterdir():
+        if name.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(name, out / name.name)
+    return out
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_named_by_finetune_and_predict(tiny_bert: Path,
+                                                                                 tmp_path: Path) -> None:
+    small = _altered_model(tiny_bert, tmp_path / "small", vocab_size=10)
+    out = tmp_path / "out"
+    fails(["finetune", "--model", str(small), "--train", str(TRAIN), "-o", str(out)], "tokens but the model only 10")
+    assert not out.exists()
+    classifier = _altered_model(tiny_bert, tmp_path / "clf", "BertForSequenceClassification", vocab_size=10)
+    fails(["predict", "--model", str(classifier), "the cat ."], "tokens but the model only 10 embeddings")
+
+
+def test_a_one_segment_model_refuses_pairs_and_takes_single_texts(tiny_bert: Path, tmp_path: Path) -> None:
+    one = _altered_model(tiny_bert, tmp_path / "one", type_vocab_size=1)
+    out = tmp_path / "out"
+    fails(["finetune", "--model", str(one), "--train", str(PAIRS), "-o", str(out),
+           "--set", "text_pair_field=hypothesis"], "1 segment embedding (type_vocab_size)")
+    assert not out.exists()
+    fails(["predict-nsp", "--model", str(one), "--first", "the cat .", "--second", "the dog ."], "1 segment embedding")
+    fails(["attention", "--model", str(one), "--out", str(tmp_path / "a.html"), "--second", "the dog .", "the cat ."],
+          "1 segment embedding")
+    assert not (tmp_path / "a.html").exists()
+    ok(["attention", "--model", str(one), "--out", str(tmp_path / "a.html"), "the cat ."])  # one text: fine

@@ -361,7 +361,7 @@ def train_seed(
 def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     """Fine-tune `seeds` runs and write the best one's model, metrics.jsonl and manifest.json (last) to output."""
     from bertcli.artifacts import atomic_output_dir, check_output, file_sha256, write_manifest
-    from bertcli.model_dir import resolve_device, warn_if_case_is_lost
+    from bertcli.model_dir import check_tokenizer_fits, resolve_device, warn_if_case_is_lost
     from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
     model_dir = check_model_dir(cfg.model)
@@ -382,9 +382,11 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     transformers.utils.logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        max_positions = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
+        model_config = AutoConfig.from_pretrained(str(model_dir))
     except Exception as exc:  # the library raises many types for a broken directory
         raise ArtifactError(f"'{model_dir}': cannot load the tokenizer or config: {exc}") from exc
+    check_tokenizer_fits(tokenizer, model_config, model_dir, two_segments=cfg.text_pair_field is not None)
+    max_positions = getattr(model_config, "max_position_embeddings", None)
     warn_if_case_is_lost(tokenizer, model_dir)
     if precision.tf32:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32

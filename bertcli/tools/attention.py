@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 
 from bertcli.errors import InputError, OutputExistsError, warn
-from bertcli.model_dir import LoadedModel, load_model
+from bertcli.model_dir import LoadedModel, check_two_segments, load_model
 from bertcli.textio import check_unicode
 from bertcli.tools.predict import encode_texts, pad_batch
 
 # Weights are shown to 3 decimals: enough for opacity, and keeps a 12×12-head page at 128 tokens near 10 MB.
 DECIMALS = 3
+# In every page (the template's opening comment) and PNG (its Software field) this command writes: --overwrite
+# replaces only files that carry it.
+MARK = "bertcli attention"
 
 
 def compute_attention(loaded: LoadedModel, text: str, second: str | None = None) -> dict:
@@ -104,10 +107,17 @@ def save_pngs(result: dict, out_stem: Path) -> list[Path]:
         fig.suptitle(f"layer {layer + 1} (row: from, column: to)", fontsize=11)
         fig.tight_layout()
         path = out_stem.with_name(f"{out_stem.name}-layer{layer + 1:02d}.png")
-        _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"Software": MARK}))
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _written_by_us(path: Path) -> bool:
+    """Whether a page or PNG carries our mark: the page's opening comment, the PNG's Software text chunk (both come
+    before the data, in the first few hundred bytes)."""
+    with open(path, "rb") as f:
+        return MARK.encode() in f.read(65536)
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -140,6 +150,12 @@ def write_attention(
                                 hint="move it away, or choose another --out")
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"'{out_path}' exists", hint="pass --overwrite to replace it, or another --out")
+    if overwrite:  # --overwrite replaces what `bert attention` wrote, never a file of the user's
+        ours = [out_path, *(sorted(stem.parent.glob(f"{stem.name}-layer*.png")) if png else [])]
+        foreign = [p for p in ours if p.is_file() and not _written_by_us(p)]
+        if foreign:
+            raise OutputExistsError(f"'{foreign[0]}' was not written by `bert attention`, so --overwrite leaves it",
+                                    hint="move it away, or choose another --out")
     if not out_path.parent.exists():
         raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist",
                          hint="create it first, or write the page elsewhere")
@@ -148,6 +164,7 @@ def write_attention(
         if existing and not overwrite:
             raise OutputExistsError(f"'{existing[0]}' exists", hint="pass --overwrite to replace the PNGs")
     loaded = load_model(model, device=device, attentions=True)
+    check_two_segments(loaded.model.config, loaded.path, needed=second is not None)
     result = compute_attention(loaded, text, second)
     num_values = result["attention"].size
     if num_values > 20_000_000:  # ~5 bytes a weight in the page; browsers get slow beyond ~100 MB

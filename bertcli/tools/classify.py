@@ -27,7 +27,13 @@ class Classifier:
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     """A sequence-classification model directory and its tokenizer; the text fields from its manifest, if any."""
-    from bertcli.model_dir import LOAD_FAILED_HINT, read_model_config, resolve_device, warn_if_case_is_lost
+    from bertcli.model_dir import (
+        LOAD_FAILED_HINT,
+        check_tokenizer_fits,
+        read_model_config,
+        resolve_device,
+        warn_if_case_is_lost,
+    )
     from bertcli.stages.finetune import check_model_dir
 
     model_dir = check_model_dir(path, bert_only=False)
@@ -52,6 +58,7 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     except Exception as exc:  # the library raises many types for a broken directory
         raise ArtifactError(f"'{model_dir}': cannot load the classifier: {one_line(exc)[:300]}",
                             hint=LOAD_FAILED_HINT) from exc
+    check_tokenizer_fits(tokenizer, model.config, model_dir)
     warn_if_case_is_lost(tokenizer, model_dir)
     dev = resolve_device(device)
     model.to(dev)
