@@ -250,6 +250,34 @@ def test_a_stage_refusal_names_the_stage_and_leaves_no_empty_workdir(tmp_path: P
     assert (tmp_path / "work").read_text() == "mine" and "running" not in result.stderr
 
 
+def test_files_of_the_users_in_a_stage_directory_stop_the_run_before_any_stage(tmp_path: Path,
+                                                                               tiny_corpus: Path) -> None:
+    # Dry run said "would rerun … needs --overwrite", the run "exists but it exists but …, pass --overwrite", and
+    # --overwrite "choose another --output" (bert run has none) after the stages before it had run.
+    path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab", "pairs", "mask", "pretrain"])
+    notes = tmp_path / "work" / "pretrain" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert dry.exit_code == 0
+    assert "pretrain → " in dry.stdout
+    assert "would stop, it holds files that are not a bertcli run (notes.txt)" in dry.stdout
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["run", str(path), *extra])
+        assert result.exit_code == 2 and "error: stage pretrain: " in result.stderr, result.stderr
+        assert f"hint: move your files out of '{notes.parent}', or change workdir" in result.stderr
+        assert "running" not in result.stderr and sorted(p.name for p in (tmp_path / "work").iterdir()) == ["pretrain"]
+    assert notes.read_text() == "mine"
+    # the same for a data stage: a file of the user's in the tokenizer directory
+    shutil.rmtree(tmp_path / "work")
+    mine = tmp_path / "work" / "tokenizer" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    result = runner.invoke(app, ["run", str(path), "--overwrite"])
+    assert result.exit_code == 2 and "is not a bertcli artifact" in result.stderr and "move your files" in result.stderr
+    assert mine.read_text() == "mine"
+
+
 def test_shipped_demo_pipeline_is_valid() -> None:
     from bertcli.stages.pipeline import load_pipeline
 

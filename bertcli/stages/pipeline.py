@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from bertcli.artifacts import check_output
 from bertcli.config import (
     build_config,
     config_changes,
@@ -31,7 +32,8 @@ class StagePlan:
     cfg: Any
     output: Path
     action: str = "run"
-    """run (no artifact yet), skip (up to date), rerun (stale; needs --overwrite), resume (unfinished pretrain)."""
+    """run (no artifact yet), skip (up to date), rerun (stale; needs --overwrite), resume (unfinished pretrain),
+    blocked (files bertcli did not write are in its directory: --overwrite cannot replace them)."""
     reason: str = ""
     seconds: float = 0.0
     manifest: dict = field(default_factory=dict)
@@ -194,7 +196,16 @@ def _manifest_or_empty(directory: Path) -> dict:
 
 
 def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
-    """Decide whether the stage runs, is skipped (its artifact is up to date) or must replace a stale artifact."""
+    """Decide whether the stage runs, is skipped (its artifact is up to date), must replace a stale artifact, or
+    cannot (files bertcli did not write are in the way)."""
+    _plan_action(plan, upstream, upstream_ran)
+    if plan.action == "rerun":
+        blocked = _files_in_the_way(plan)
+        if blocked:
+            plan.action, plan.reason = "blocked", blocked
+
+
+def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
     spec = STAGES[plan.name]
     out = plan.output
     if not out.exists():
@@ -207,7 +218,7 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
             if stored is not None and config_hash(stored) == config_hash(plan.cfg):
                 plan.action, plan.reason = "resume", "an unfinished run with the same config"
                 return
-        plan.action, plan.reason = "rerun", "it exists but is not a finished artifact of this stage"
+        plan.action, plan.reason = "rerun", "it is not a finished artifact of this stage"
         return
     stored = _stored_config(plan.name, out)
     if stored is None or config_hash(stored) != config_hash(plan.cfg):
@@ -223,6 +234,24 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
         plan.action, plan.reason = "rerun", changed
         return
     plan.action, plan.reason, plan.manifest = "skip", "up to date: same config and inputs", manifest
+
+
+def _files_in_the_way(plan: StagePlan) -> str | None:
+    """Why --overwrite could not rebuild the stage's directory (it holds files bertcli did not write, which it never
+    deletes), or None. The stage itself would refuse the same way, but only after the stages before it ran."""
+    spec = STAGES[plan.name]
+    if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
+        from bertcli.checkpoints import is_run_dir  # imports torch: only for a directory that is not an artifact
+
+        if is_run_dir(plan.output) or not any(plan.output.iterdir()):
+            return None
+        names = sorted(p.name for p in plan.output.iterdir())
+        return f"holds files that are not a bertcli run ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+    try:
+        check_output(plan.output, overwrite=True, stage=spec.manifest_stage)
+    except OutputExistsError as exc:
+        return exc.message.replace(f"output '{plan.output}' ", "", 1)
+    return None
 
 
 # ---------------------------------------------------------------- running
@@ -274,26 +303,27 @@ def run(
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"key 'workdir' in {path}: '{workdir}' is a file, not a directory",
                           hint="set workdir to a directory (it is created if missing)")
+    heads = [f"[{i}/{len(plans)}] {plan.name} → {plan.output}" for i, plan in enumerate(plans, start=1)]
+    _plan_all(plans)  # every stage's action, before any runs: a refusal comes before the others' work
+    if dry_run:
+        for head, plan in zip(heads, plans):
+            if plan.action == "blocked":
+                report(f"{head}: would stop, it {plan.reason}; {_in_the_way_hint(plan)}")
+            else:
+                needs = "; needs --overwrite" if plan.action == "rerun" and not overwrite else ""
+                report(f"{head}: would {plan.action} ({plan.reason}{needs})")
+        return plans
+    for plan in plans:
+        _refuse_if_stuck(plan, overwrite)
     upstream: dict[str, dict] = {}
     upstream_ran = False
-    total = len(plans)
-    for i, plan in enumerate(plans, start=1):
-        plan_stage(plan, upstream, upstream_ran)
-        head = f"[{i}/{total}] {plan.name} → {plan.output}"
-        if dry_run:
-            needs = "; needs --overwrite" if plan.action == "rerun" and not overwrite else ""
-            report(f"{head}: would {plan.action} ({plan.reason}{needs})")
-            upstream_ran = upstream_ran or plan.action != "skip"
-            continue
+    for head, plan in zip(heads, plans):
+        plan_stage(plan, upstream, upstream_ran)  # again: now with the manifests of the stages that ran
         if plan.action == "skip":
             report(f"{head}: skipped, {plan.reason}")
             upstream[plan.name] = plan.manifest
             continue
-        if plan.action == "rerun" and not overwrite:
-            raise OutputExistsError(
-                f"stage {plan.name}: '{plan.output}' exists but {plan.reason}",
-                hint="pass --overwrite to rebuild it (and the stages after it), or change workdir",
-            )
+        _refuse_if_stuck(plan, overwrite)
         report(f"{head}: {'resuming' if plan.action == 'resume' else 'running'} ({plan.reason})")
         start = time.perf_counter()
         manifest = _run_stage_in_context(plan, overwrite, Path(path))
@@ -305,6 +335,33 @@ def run(
         upstream_ran = True
         report(f"{head}: done in {plan.seconds:.1f} s")
     return plans
+
+
+def _plan_all(plans: list[StagePlan]) -> None:
+    """Each stage's action as far as it can be known before any runs: a stage after one that runs is rebuilt."""
+    upstream: dict[str, dict] = {}
+    upstream_ran = False
+    for plan in plans:
+        plan_stage(plan, upstream, upstream_ran)
+        if plan.action == "skip":
+            upstream[plan.name] = plan.manifest
+        upstream_ran = upstream_ran or plan.action != "skip"
+
+
+def _in_the_way_hint(plan: StagePlan) -> str:
+    return f"move your files out of '{plan.output}', or change workdir; bertcli never deletes files it did not write"
+
+
+def _refuse_if_stuck(plan: StagePlan, overwrite: bool) -> None:
+    """A stage that cannot run as asked: files of the user's in its directory, or a stale artifact without
+    --overwrite."""
+    if plan.action == "blocked":
+        raise OutputExistsError(f"stage {plan.name}: '{plan.output}' {plan.reason}", hint=_in_the_way_hint(plan))
+    if plan.action == "rerun" and not overwrite:
+        raise OutputExistsError(
+            f"stage {plan.name}: '{plan.output}' exists but {plan.reason}",
+            hint="pass --overwrite to rebuild it (and the stages after it), or change workdir",
+        )
 
 
 def final_model(plans: list[StagePlan]) -> Path | None:
