@@ -661,9 +661,9 @@ def score(
     loaded = load_model(model, device=device, need_mlm=True)
     rows = (tool.score_file(loaded, input_, variant, batch_size) if input_ is not None
             else tool.score_texts(loaded, list(texts or []), variant, batch_size))
-    if not as_json:
-        typer.echo(f"{'pll':>10}  {'pseudo-ppl':>10}  text")  # which number is which, without the docs
-    for row in rows:
+    for i, row in enumerate(rows):
+        if i == 0 and not as_json:  # which number is which; with the first row, after a file's lines are checked
+            typer.echo(f"{'pll':>10}  {'pseudo-ppl':>10}  text")
         typer.echo(json.dumps(row, ensure_ascii=False) if as_json
                    else f"{row['pll']:10.3f}  {row['pseudo_perplexity']:10.2f}  {row['text']}")
 

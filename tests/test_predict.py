@@ -97,6 +97,7 @@ def test_predict_nsp_needs_a_pair_or_a_file(tiny_bert: Path) -> None:
     refused_with_hint([*model, "--first", "a"], "(--second not given)")
     refused_with_hint(model, "(--first and --second not given)")
     refused_with_hint([*model, "--input", "x.tsv", "--first", "a"], "not both")
+    refused_with_hint([*model, "--input", str(Path(__file__).parent)], "pairs file", "is a directory")
     # the refusal names the empty one
     assert refused_with_hint([*model, "--first", " ", "--second", "b"])[0] == "error: --first is empty"
     assert refused_with_hint([*model, "--first", "", "--second", ""])[0] == "error: --first and --second are empty"

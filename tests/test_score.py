@@ -202,6 +202,11 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     blank = tmp_path / "blank.txt"
     blank.write_text(" \n\t\n\n")  # not empty, but no sentence on any line
     fails([*model, "--input", str(blank)], str(blank), "every line is blank")
+    long_line = tmp_path / "long.txt"
+    long_line.write_text("the cat .\n" + " ".join(["the cat"] * 30) + "\n")
+    refused = runner.invoke(app, [*model, "--input", str(long_line)])
+    assert refused.exit_code == 2 and f"{long_line}:2" in refused.stderr
+    assert refused.stdout == ""  # not even the column header: a redirected output is not left half-written
 
 
 def test_scoring_in_chunks_gives_the_same_scores(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from bertcli.errors import ArtifactError, InputError, warn
 from bertcli.masking import IGNORE_INDEX
 from bertcli.model_dir import LoadedModel
-from bertcli.textio import check_unicode, parse_json_line
+from bertcli.textio import check_unicode, parse_json_line, text_lines
 
 if TYPE_CHECKING:
     from bertcli.vocab import LoadedTokenizer
@@ -171,48 +171,35 @@ def read_pairs_file(path: str | Path) -> Iterator[tuple[int, str, str]]:
     """
     p = Path(path)
     seen_a_line = False
-    if not p.is_file():
-        raise InputError(f"pairs file '{p}' does not exist", hint="pass --input FILE with one pair a line")
     as_json: bool | None = {".jsonl": True, ".json": True, ".tsv": False, ".txt": False}.get(p.suffix)
-    with p.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
+    for line_no, line in text_lines(p, "pairs file", "pass --input FILE with one pair a line"):
+        if as_json is None:
+            as_json = line.lstrip().startswith("{")
+        if as_json:
+            obj = parse_json_line(p, line_no, line, hint='each line must be {"first": "…", "second": "…"}')
+            if not isinstance(obj, dict) or not isinstance(obj.get("first"), str) or not isinstance(
+                obj.get("second"), str
+            ):
                 raise InputError(
-                    f"{p}:{line_no}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8"
-                ) from exc
-            if line_no == 1:
-                line = line.lstrip("\ufeff")
-            if not line.strip():
-                continue
-            if as_json is None:
-                as_json = line.lstrip().startswith("{")
-            if as_json:
-                obj = parse_json_line(p, line_no, line, hint='each line must be {"first": "…", "second": "…"}')
-                if not isinstance(obj, dict) or not isinstance(obj.get("first"), str) or not isinstance(
-                    obj.get("second"), str
-                ):
-                    raise InputError(
-                        f"{p}:{line_no}: expected string fields \"first\" and \"second\"",
-                        hint='each line must be {"first": "…", "second": "…"}',
-                    )
-                first, second = obj["first"], obj["second"]
-            else:
-                parts = line.split("\t")
-                if len(parts) != 2:
-                    raise InputError(
-                        f"{p}:{line_no}: expected 2 tab-separated columns (first<TAB>second), found {len(parts)}",
-                        hint="separate the two sentences with exactly one tab, or use JSONL",
-                    )
-                first, second = parts
-                if not seen_a_line:
-                    seen_a_line = True
-                    if [x.strip().lower() for x in parts] == ["first", "second"]:
-                        continue
-            if not first.strip() or not second.strip():
-                raise InputError(f"{p}:{line_no}: an empty sentence", hint="both sentences of a pair need text")
-            yield line_no, first, second
+                    f"{p}:{line_no}: expected string fields \"first\" and \"second\"",
+                    hint='each line must be {"first": "…", "second": "…"}',
+                )
+            first, second = obj["first"], obj["second"]
+        else:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise InputError(
+                    f"{p}:{line_no}: expected 2 tab-separated columns (first<TAB>second), found {len(parts)}",
+                    hint="separate the two sentences with exactly one tab, or use JSONL",
+                )
+            first, second = parts
+            if not seen_a_line:
+                seen_a_line = True
+                if [x.strip().lower() for x in parts] == ["first", "second"]:
+                    continue
+        if not first.strip() or not second.strip():
+            raise InputError(f"{p}:{line_no}: an empty sentence", hint="both sentences of a pair need text")
+        yield line_no, first, second
 
 
 def _checked_lines(path: Path) -> None:
