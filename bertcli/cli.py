@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -16,7 +15,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from bertcli import __version__
-from bertcli.errors import BertcliError
+from bertcli.errors import BertcliError, environment_problem
 
 app = typer.Typer(
     name="bert",
@@ -35,34 +34,6 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the output direc
 
 def _debug() -> bool:
     return os.environ.get("BERTCLI_DEBUG", "") not in ("", "0")
-
-
-_ERRNO_HINTS = {
-    errno.ENOSPC: "free some space on that disk, or write elsewhere (--output)",
-    errno.EDQUOT: "free some space (your disk quota is used up), or write elsewhere (--output)",
-    errno.EROFS: "the file system is read-only: choose an --output on a writable one",
-    errno.EACCES: "you may not write or read there: fix the permissions, or choose another path",
-    errno.EPERM: "you may not write or read there: fix the permissions, or choose another path",
-    errno.ENOTDIR: "a file stands where a directory is needed: choose another path",
-    errno.EISDIR: "a directory stands where a file is needed: choose another path",
-    errno.EEXIST: "something already exists at that path: choose another path",
-    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
-    errno.ENOENT: "a directory on the way is missing: check the path",
-}
-# Libraries that wrap a failed write in their own error type say so in their text.
-_DISK_FULL_WORDS = ("No space left", "StorageFull", "os error 28", "PytorchStreamWriter failed", "inline_container")
-
-
-def _environment_problem(exc: BaseException) -> tuple[str, str] | None:
-    """(message, hint) when the failure is the machine's state (disk full, read-only, permissions), else None."""
-    if isinstance(exc, OSError) and exc.errno in _ERRNO_HINTS:
-        where = f" '{exc.filename}'" if exc.filename else ""
-        return f"cannot use{where}: {exc.strerror or exc}", _ERRNO_HINTS[exc.errno]
-    text = str(exc)
-    if any(word in text for word in _DISK_FULL_WORDS):
-        return (f"a file could not be written ({' '.join(text.split())[:160]})",
-                "the disk is probably full: free some space, or write elsewhere (--output)")
-    return None
 
 
 def _interrupted_note(kwargs: dict) -> str:
@@ -106,7 +77,7 @@ def report_errors(func: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if _debug():
                 traceback.print_exc()
-            problem = _environment_problem(exc)
+            problem = environment_problem(exc)
             if problem is not None:  # a full disk, a read-only or occupied path: the user's to fix, exit 2
                 typer.echo(f"error: {problem[0]}", err=True)
                 typer.echo(f"hint: {problem[1]}", err=True)

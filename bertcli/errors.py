@@ -1,7 +1,9 @@
-"""The typed errors a user can see; cli.main() turns each into one line, a hint and exit code 2."""
+"""The typed errors a user can see, and what a failure of the machine (disk full, permissions) means for them;
+cli.main() turns each into one line, a hint and exit code 2."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -45,3 +47,31 @@ def one_line(exc: BaseException) -> str:
 def warn(message: str) -> None:
     """A warning on stderr that does not stop the command (e.g. text truncated)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free some space on that disk, or write elsewhere (--output)",
+    errno.EDQUOT: "free some space (your disk quota is used up), or write elsewhere (--output)",
+    errno.EROFS: "the file system is read-only: choose an --output on a writable one",
+    errno.EACCES: "you may not write or read there: fix the permissions, or choose another path",
+    errno.EPERM: "you may not write or read there: fix the permissions, or choose another path",
+    errno.ENOTDIR: "a file stands where a directory is needed: choose another path",
+    errno.EISDIR: "a directory stands where a file is needed: choose another path",
+    errno.EEXIST: "something already exists at that path: choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    errno.ENOENT: "a directory on the way is missing: check the path",
+}
+# Libraries that wrap a failed write in their own error type say so in their text.
+_DISK_FULL_WORDS = ("No space left", "StorageFull", "os error 28", "PytorchStreamWriter failed", "inline_container")
+
+
+def environment_problem(exc: BaseException) -> tuple[str, str] | None:
+    """(message, hint) when the failure is the machine's state (disk full, read-only, permissions), else None."""
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_HINTS:
+        where = f" '{exc.filename}'" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}", _ERRNO_HINTS[exc.errno]
+    text = str(exc)
+    if any(word in text for word in _DISK_FULL_WORDS):
+        return (f"a file could not be written ({' '.join(text.split())[:160]})",
+                "the disk is probably full: free some space, or write elsewhere (--output)")
+    return None
