@@ -570,7 +570,12 @@ def score(
         ..., "--model", "-m", help="A BERT with its MLM head: a `bert pretrain` run (its final/), run/final, or any HF "
         "BertForMaskedLM / BertForPreTraining directory."
     ),
-    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence a line."),
+    input_: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="Text file, one sentence a line; or a .csv, .tsv or .jsonl file (its text field)."
+    ),
+    text_field: Optional[str] = typer.Option(
+        None, "--text-field", help="The --input column or key of the text (default: sentence, else text)."
+    ),
     pairs: Optional[Path] = typer.Option(
         None, "--pairs", help="Minimal pairs as JSON lines in BLiMP's format (sentence_good, sentence_bad)."
     ),
@@ -606,6 +611,8 @@ def score(
             + (f", not {' and '.join(given)}" if given else ""),
             hint='e.g. bert score --model runs/run "The cat sat on the mat."',
         )
+    if text_field is not None and input_ is None:
+        raise InputError("--text-field names a field of an --input file", hint="give the file with --input FILE")
     if group_by is not None and pairs is None:
         raise InputError("--group-by applies to --pairs only",
                          hint="drop --group-by, or give the pairs with --pairs FILE")
@@ -626,11 +633,11 @@ def score(
         )
         return
     if input_ is not None:
-        from bertcli.textio import text_lines
+        from bertcli.textio import check_regular_file
 
-        next(text_lines(input_, "input file"), None)  # a missing file fails before the model is loaded
+        check_regular_file(input_, "input file ", "pass a text file, one sentence a line")  # before the model loads
     loaded = load_model(model, device=device, need_mlm=True)
-    rows = (tool.score_file(loaded, input_, variant, batch_size) if input_ is not None
+    rows = (tool.score_file(loaded, input_, variant, batch_size, text_field=text_field) if input_ is not None
             else tool.score_texts(loaded, list(texts or []), variant, batch_size))
     for i, row in enumerate(rows):
         if i == 0 and not as_json:  # which number is which; with the first row, after a file's lines are checked

@@ -42,6 +42,16 @@ def config_key(key: str) -> str:
     return "set format: csv, tsv or jsonl" if key == "format" else f"set {key}"
 
 
+def option_setting(key: str) -> str:
+    """How a hint tells a `bert predict` or `bert score` user to name a field or the format (options, not keys)."""
+    return "name a file of one text a line .txt" if key == "format" else f"pass --{key.replace('_', '-')}"
+
+
+def is_labelled_file(path: Path) -> bool:
+    """A file whose suffix says CSV, TSV or JSON lines: read by field, not line by line."""
+    return path.suffix.lower() in _SUFFIX_FORMATS
+
+
 def detect_format(path: Path, format: str = "auto", setting: Callable[[str], str] = config_key) -> str:
     """csv, tsv or jsonl: the configured format, else by the file's suffix."""
     if format != "auto":

@@ -259,3 +259,25 @@ def test_text_of_unknown_tokens_is_warned_about(tiny_bert: Path) -> None:
 def test_score_refuses_a_model_without_mlm_head(tmp_path: Path) -> None:
     classifier = save_plain(tmp_path / "classifier", "classifier")
     fails(["score", "--model", str(classifier), "the cat ."], "masked-LM head")
+
+
+def test_score_reads_the_text_field_of_a_labelled_file(tiny_bert: Path, tmp_path: Path) -> None:
+    """A .tsv, .csv or .jsonl --input is read by field, as `bert predict` reads it: its raw lines would score the
+    header and the JSON syntax."""
+    model = ["score", "--model", str(tiny_bert), "--json"]
+    texts = [STORY[0], STORY[1]]
+    direct = [row["pll"] for row in json_lines(ok([*model, *texts]).stdout)]
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("sentence\tlabel\n" + "".join(f"{t}\tgood\n" for t in texts), encoding="utf-8")
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    for path, extra in ((tsv, []), (jsonl, ["--text-field", "body"])):
+        rows = json_lines(ok([*model, "--input", str(path), *extra]).stdout)
+        assert [row["text"] for row in rows] == texts
+        assert all(abs(row["pll"] - want) < 1e-5 for row, want in zip(rows, direct))
+    fails([*model, "--input", str(jsonl)], f"{jsonl}:1", "no field 'sentence' or 'text'")
+    fails([*model, "--input", str(tsv), "--text-field", "nope"], f"{tsv}:2", "no field 'nope'")
+    txt = tmp_path / "s.txt"
+    txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    fails([*model, "--input", str(txt), "--text-field", "body"], "is a text file")
+    fails([*model, "--text-field", "body", STORY[0]], "--text-field names a field of an --input file")

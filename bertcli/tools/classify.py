@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError, one_line
-from bertcli.labelled import load_examples
+from bertcli.labelled import load_examples, option_setting
 from bertcli.textio import check_unicode, text_lines
 from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
@@ -132,11 +132,6 @@ def classify(
     return rows
 
 
-def predict_option(key: str) -> str:
-    """How a hint tells a `bert predict` user to name a field or the format (it has options, not config keys)."""
-    return "name a file of one text a line .txt" if key == "format" else f"pass --{key.replace('_', '-')}"
-
-
 def classify_file(
     clf: Classifier, path: str | Path, batch_size: int = 32, text_field: str | None = None,
     text_pair_field: str | None = None,
@@ -159,7 +154,7 @@ def classify_file(
             raise InputError(f"{p}: no texts (every line is blank)", hint="write one text a line")
         rows = classify(clf, [t for _, t in numbered], None, batch_size, what=lambda i: f"{p}:{numbered[i][0]}")
         return [{"line": line, **row} for (line, _), row in zip(numbered, rows)]  # blank lines are skipped
-    data = load_examples(p, "auto", text_field, text_pair_field, label_field=None, setting=predict_option)
+    data = load_examples(p, "auto", text_field, text_pair_field, label_field=None, setting=option_setting)
     lines = [e.line for e in data.examples]
     pairs = [e.text_pair for e in data.examples] if text_pair_field else None
     rows = classify(clf, [e.text for e in data.examples], pairs, batch_size, what=lambda i: f"{data.path}:{lines[i]}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from bertcli.errors import ArtifactError, InputError
+from bertcli.labelled import is_labelled_file, load_examples, option_setting
 from bertcli.model_dir import LoadedModel
 from bertcli.pll import batched, masking_plan, minimal_pair_accuracy, pseudo_log_likelihoods, pseudo_perplexity
 from bertcli.textio import check_unicode, parse_json_line, text_lines
@@ -207,10 +208,20 @@ def score_texts(
 
 
 def score_file(
-    loaded: LoadedModel, path: str | Path, variant: str = "original", batch_size: int = 256, progress: bool = True
+    loaded: LoadedModel, path: str | Path, variant: str = "original", batch_size: int = 256, progress: bool = True,
+    text_field: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Every non-blank line of a text file, read twice and never held whole (score_stream)."""
+    """Every non-blank line of a text file, read twice and never held whole (score_stream); or the text field of
+    every example of a CSV, TSV or JSON-lines file (text_field; default `sentence`, else `text`), as `bert predict`
+    reads one: scoring such a file's raw lines would score its header and its syntax."""
     p = Path(path)
+    if is_labelled_file(p):
+        data = load_examples(p, "auto", text_field, label_field=None, setting=option_setting)
+        numbered = [(f"{data.path}:{e.line}", e.text) for e in data.examples]
+        return score_stream(loaded, lambda: iter(numbered), variant, batch_size, progress)
+    if text_field is not None:
+        raise InputError(f"--text-field {text_field}: '{p}' is a text file, one sentence a line, without fields",
+                         hint="drop --text-field, or give a .csv, .tsv or .jsonl file")
     if next(text_lines(p, "input file"), None) is None:
         raise InputError(f"{p}: no sentences (every line is blank)", hint="write one sentence a line")
     return score_stream(loaded, lambda: ((f"{p}:{n}", t) for n, t in text_lines(p, "input file")), variant,
