@@ -276,6 +276,14 @@ def test_files_of_the_users_in_a_stage_directory_stop_the_run_before_any_stage(t
     result = runner.invoke(app, ["run", str(path), "--overwrite"])
     assert result.exit_code == 2 and "is not a bertcli artifact" in result.stderr and "move your files" in result.stderr
     assert mine.read_text() == "mine"
+    # and a file where a stage's directory goes
+    shutil.rmtree(tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "pretrain").write_text("mine")
+    result = runner.invoke(app, ["run", str(path), "--overwrite"])
+    assert result.exit_code == 2 and "is a file, where the stage's directory goes" in result.stderr
+    assert f"hint: move '{tmp_path / 'work' / 'pretrain'}' away" in result.stderr
+    assert (tmp_path / "work" / "pretrain").read_text() == "mine"
 
 
 def test_shipped_demo_pipeline_is_valid() -> None:

@@ -240,6 +240,8 @@ def _files_in_the_way(plan: StagePlan) -> str | None:
     """Why --overwrite could not rebuild the stage's directory (it holds files bertcli did not write, which it never
     deletes), or None. The stage itself would refuse the same way, but only after the stages before it ran."""
     spec = STAGES[plan.name]
+    if not plan.output.is_dir():
+        return "is a file, where the stage's directory goes"
     if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
         from bertcli.checkpoints import is_run_dir  # imports torch: only for a directory that is not an artifact
 
@@ -349,7 +351,8 @@ def _plan_all(plans: list[StagePlan]) -> None:
 
 
 def _in_the_way_hint(plan: StagePlan) -> str:
-    return f"move your files out of '{plan.output}', or change workdir; bertcli never deletes files it did not write"
+    what = f"move '{plan.output}' away" if plan.output.is_file() else f"move your files out of '{plan.output}'"
+    return f"{what}, or change workdir; bertcli never deletes files it did not write"
 
 
 def _refuse_if_stuck(plan: StagePlan, overwrite: bool) -> None:
