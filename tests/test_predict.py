@@ -419,13 +419,14 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     sentence = "문서의 모든 수식을 지금 다시 계산합니다 그리고 저장합니다."
     chinese_sentence = "北京是中国的首都，也是一座历史悠久的城市。"
     corpus.write_text("\n".join([*skipped, sentence, chinese_sentence]) + "\n", encoding="utf-8")
-    tok = tmp_path / "tok"
+    tok = tmp_path / "tok"  # trained on both sentences; the prompts below come from one of them at a time
     assert runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tok),
                                "--set", "vocab_size=300", "--set", "min_frequency=1"]).exit_code == 0
     keys = SimpleNamespace(input=[str(corpus)], layout="sentence-per-line", format="auto", text_field="text",
                            language="auto")
     # Too short, quoted, with "!" (history expansion), a leading "-" (an option), an apostrophe: passed over; in
-    # the first sentence left, a middle word that is one piece is masked.
+    # the sentence left, a word that is one piece is masked.
+    corpus.write_text("\n".join([*skipped, sentence]) + "\n", encoding="utf-8")
     prompt = fill_mask_example(keys, tok)
     assert prompt is not None and prompt.count("[MASK]") == 1
     head, tail = prompt.split("[MASK]")
@@ -440,3 +441,27 @@ def test_fill_mask_example_masks_a_whole_word_of_a_corpus_sentence_in_its_langua
     assert fill_mask_example(keys, tok) is None
     corpus.unlink()  # gone after the run: no prompt, and no error
     assert fill_mask_example(keys, tok) is None
+
+
+def test_fill_mask_example_asks_for_a_word_the_corpus_uses_often(tmp_path: Path, monkeypatch) -> None:
+    """The masked word is the one the first sentences use most (outside the most common pieces), so that a model
+    trained on the corpus has seen it in many contexts; a full sentence is preferred to a fragment."""
+    from types import SimpleNamespace
+
+    from bertcli.tools import predict
+    from bertcli.vocab import load_tokenizer
+
+    lines = ["harbour harbour harbour, see also harbour.",  # the most of it, but a fragment
+             "Ships wait outside harbour walls until morning tides rise over grey stones.",
+             "Fishermen mend nets near harbour steps before sunrise on cold winter days.",
+             "Gulls circle above harbour cranes while tired workers unload heavy wooden crates."]
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = tmp_path / "tok"
+    assert runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tok),
+                               "--set", "vocab_size=400", "--set", "min_frequency=1"]).exit_code == 0
+    assert load_tokenizer(tok).tokenizer.encode("harbour", add_special_tokens=False).tokens == ["harbour"]
+    keys = SimpleNamespace(input=[str(corpus)], layout="sentence-per-line", format="auto", text_field="text",
+                           language="auto")
+    monkeypatch.setattr(predict, "COMMON_PIECES", 0)  # a corpus this small has no "the" to leave out
+    assert predict.fill_mask_example(keys, tok) == lines[1].replace("harbour", "[MASK]")

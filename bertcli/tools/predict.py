@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -302,6 +303,8 @@ chunk is masked as one batch by the training collator, seeded by (--seed, chunk 
 --seed alone: neither --batch-size nor --max-sequences changes them."""
 
 
+# The most frequent pieces of a corpus (the, of, a …): too easy to be worth asking a model about.
+COMMON_PIECES = 20
 # Ideographs BERT splits into one word each (handle_chinese_chars): one can be masked without spaces around it.
 _CJK_IDEOGRAPH = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 # Characters a shell reads inside double quotes ($ ` \ " and !, history expansion), and the apostrophe, which
@@ -310,12 +313,15 @@ _UNQUOTABLE = set('"`$\\!\'')
 
 
 def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int = 1000) -> str | None:
-    """A fill-mask prompt in the corpus's own language: its first sentence of 6-40 pieces that has a whole word in
-    one piece (space or sentence edge before it; space, punctuation or edge after it; or a single CJK ideograph),
-    the one nearest the middle replaced by [MASK]. The sentence can be pasted between double quotes in a shell.
+    """A fill-mask prompt in the corpus's own language, one the model has a fair chance to answer: among the first
+    sentences, the whole word in one piece (space or sentence edge before it; space, punctuation or edge after it;
+    or a single CJK ideograph) that occurs most often in them outside the COMMON_PIECES most frequent ones (the,
+    of, …), inside a sentence of 10-30 pieces that starts with a letter and ends like a sentence, replaced by
+    [MASK]. Failing that, the first such word (outside the common ones if it can) in a sentence of 6-40 pieces.
+    The prompt can be pasted between double quotes in a shell.
     corpus: a config with the corpus keys (input, layout, format, text_field, language), e.g. the pairs stage's.
-    None when no such sentence is among the first ones, or the corpus or tokenizer cannot be read now (a suggestion
-    is never worth an error after a finished run)."""
+    None when no sentence qualifies, or the corpus or tokenizer cannot be read now (a suggestion is never worth an
+    error after a finished run)."""
     from bertcli.corpus import iter_texts
     from bertcli.errors import BertcliError
     from bertcli.vocab import load_tokenizer
@@ -328,23 +334,28 @@ def fill_mask_example(corpus: Any, tokenizer_dir: str | Path, max_sentences: int
         return None
     mask_token = loaded.tokenizer.id_to_token(loaded.special_ids["mask"])
     special = set(loaded.special_ids.values())
-    for sentence in sentences:
-        if sentence.startswith("-") or _UNQUOTABLE & set(sentence):  # "-…" would be read as an option
+    encodings = [loaded.tokenizer.encode(s, add_special_tokens=False) for s in sentences]
+    counts = Counter(i for enc in encodings for i in enc.ids)
+    common = {i for i, _ in counts.most_common(COMMON_PIECES)}
+    best: tuple[tuple, str] | None = None
+    for sentence, enc in zip(sentences, encodings):
+        # "-…" would be read as an option; the characters of _UNQUOTABLE break the shell's double quotes
+        if sentence.startswith("-") or _UNQUOTABLE & set(sentence) or not 6 <= len(enc.ids) <= 40:
             continue
-        enc = loaded.tokenizer.encode(sentence, add_special_tokens=False)
-        if not 6 <= len(enc.ids) <= 40:  # long enough to give context, short enough to read
-            continue
-        words = [w for w in enc.word_ids if w is not None]
-        middle = sorted(range(len(enc.ids)), key=lambda i: abs(i - len(enc.ids) // 2))
-        for i in middle:
+        sentence_like = 10 <= len(enc.ids) <= 30 and sentence[0].isalpha() and sentence.rstrip()[-1] in ".?。？"
+        pieces_of_word = Counter(w for w in enc.word_ids if w is not None)
+        for i in range(1, len(enc.ids) - 1):  # context on both sides
             start, end = enc.offsets[i]
             word = sentence[start:end]
             alone = (start == 0 or sentence[start - 1].isspace()) and (
                 end == len(sentence) or sentence[end].isspace() or sentence[end] in ",.;:?)")
-            if (enc.word_ids[i] is not None and words.count(enc.word_ids[i]) == 1 and word.isalpha()
-                    and enc.ids[i] not in special and (alone or _CJK_IDEOGRAPH.fullmatch(word))):
-                return sentence[:start] + mask_token + sentence[end:]
-    return None
+            if (enc.word_ids[i] is None or pieces_of_word[enc.word_ids[i]] != 1 or not word.isalpha()
+                    or enc.ids[i] in special or not (alone or _CJK_IDEOGRAPH.fullmatch(word))):
+                continue
+            rank = (sentence_like, enc.ids[i] not in common, counts[enc.ids[i]] if sentence_like else 0)
+            if best is None or rank > best[0]:  # the first of equals: the order of the corpus decides ties
+                best = (rank, sentence[:start] + mask_token + sentence[end:])
+    return best[1] if best is not None else None
 
 
 def model_tokenizer(loaded: LoadedModel) -> LoadedTokenizer:
