@@ -186,9 +186,12 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, path=model_dir, max_length=max_length)
 
 
-def check_tokenizer_fits(tokenizer: Any, config: Any, model_dir: Path, two_segments: bool = False) -> None:
-    """The tokenizer's ids must all have an embedding (else an IndexError deep in the first forward) and it must be a
-    BERT one; two_segments: the input will be a pair of texts, so the model needs a second segment embedding."""
+def check_tokenizer_fits(
+    tokenizer: Any, config: Any, model_dir: Path, two_segments: bool = False, bert: bool = True
+) -> None:
+    """The tokenizer's ids must all have an embedding (else an IndexError deep in the first forward); bert: it must
+    be a BERT one ([CLS], [SEP]; `bert predict` takes any sequence classifier); two_segments: the input will be a
+    pair of texts, so the model needs a second segment embedding."""
     model_vocab = getattr(config, "vocab_size", None)
     if isinstance(model_vocab, int) and len(tokenizer) > model_vocab:
         raise ArtifactError(
@@ -196,7 +199,7 @@ def check_tokenizer_fits(tokenizer: Any, config: Any, model_dir: Path, two_segme
             hint="the tokenizer files do not belong to this model (or tokens were added without "
             "model.resize_token_embeddings)",
         )
-    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+    if bert and (tokenizer.cls_token_id is None or tokenizer.sep_token_id is None):
         raise ArtifactError(f"'{model_dir}': the tokenizer defines no [CLS]/[SEP] tokens, so it is not a BERT one")
     check_two_segments(config, model_dir, two_segments)
 

@@ -87,6 +87,25 @@ def test_png_heatmaps_one_per_layer(tiny_bert: Path, tmp_path: Path) -> None:
                                  STORY[2]])
     assert result.exit_code == 2 and f"'{pngs[1]}' was not written by `bert attention`" in result.stderr
     assert pngs[1].read_bytes().endswith(b"my own figure")
+    # PNGs of bertcli before the mark carry matplotlib's own Software text: still replaced, as ours
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.savefig(pngs[1], format="png")  # matplotlib's default metadata, as an older bert attention wrote
+    plt.close(fig)
+    _write_page(tiny_bert, out, "--png", "--overwrite", STORY[2])
+    assert b"bertcli attention" in pngs[1].read_bytes()[:65536]
+    # Only STEM-layerNN.png counts as a layer PNG, and a stem's glob characters are taken as they are
+    (tmp_path / "view-layer-notes.png").write_bytes(b"mine")
+    _write_page(tiny_bert, out, "--png", "--overwrite", STORY[2])
+    odd = tmp_path / "a[1].html"
+    users = tmp_path / "a[1]-layer01.png"
+    users.write_bytes(b"\x89PNG\r\n\x1a\n MINE")
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["attention", "--model", str(tiny_bert), "--out", str(odd), "--png", *extra,
+                                     STORY[2]])
+        assert result.exit_code == 2 and str(users) in result.stderr, result.stderr
+    assert users.read_bytes().endswith(b"MINE") and (tmp_path / "view-layer-notes.png").read_bytes() == b"mine"
 
 
 def test_existing_output_needs_overwrite(tiny_bert: Path, tmp_path: Path) -> None:

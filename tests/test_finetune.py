@@ -415,3 +415,29 @@ def test_a_one_segment_model_refuses_pairs_and_takes_single_texts(tiny_bert: Pat
           "1 segment embedding")
     assert not (tmp_path / "a.html").exists()
     ok(["attention", "--model", str(one), "--out", str(tmp_path / "a.html"), "the cat ."])  # one text: fine
+    pairs_data = tmp_path / "pairs-data"
+    ok(["pairs", "--input", str(TRAIN_TEXT), "--tokenizer", str(one), "--output", str(pairs_data),
+        "--set", "max_seq_length=32"])
+    fails(["evaluate", "--model", str(one), "--data", str(pairs_data)], "1 segment embedding")
+    classifier = _altered_model(tiny_bert, tmp_path / "clf", "BertForSequenceClassification", type_vocab_size=1)
+    fails(["predict", "--model", str(classifier), "--input", str(PAIRS), "--text-pair-field", "hypothesis"],
+          "1 segment embedding")
+    assert ok(["predict", "--model", str(classifier), "the cat ."]).stdout.rstrip().endswith("the cat .")  # one text
+
+
+def test_predict_takes_a_classifier_whose_tokenizer_is_not_bert_s() -> None:
+    """`bert predict` takes any *ForSequenceClassification: only the vocabulary must fit, not [CLS]/[SEP]."""
+    from types import SimpleNamespace
+
+    from bertcli.errors import ArtifactError
+    from bertcli.model_dir import check_tokenizer_fits
+
+    class NoSpecials(list):  # len() is the vocabulary size
+        cls_token_id = sep_token_id = None
+
+    config = SimpleNamespace(vocab_size=10, type_vocab_size=1)
+    check_tokenizer_fits(NoSpecials(range(10)), config, Path("m"), bert=False)
+    with pytest.raises(ArtifactError, match="not a BERT one"):
+        check_tokenizer_fits(NoSpecials(range(10)), config, Path("m"))
+    with pytest.raises(ArtifactError, match="11 tokens but the model only 10"):
+        check_tokenizer_fits(NoSpecials(range(11)), config, Path("m"), bert=False)

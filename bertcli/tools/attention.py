@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import html
 import json
 import os
@@ -113,11 +114,18 @@ def save_pngs(result: dict, out_stem: Path) -> list[Path]:
     return paths
 
 
+def _layer_pngs(stem: Path) -> list[Path]:
+    """The files named as `--png` names its heatmaps (STEM-layerNN.png), the stem's glob characters taken literally."""
+    return sorted(stem.parent.glob(f"{glob.escape(stem.name)}-layer[0-9][0-9].png"))
+
+
 def _written_by_us(path: Path) -> bool:
     """Whether a page or PNG carries our mark: the page's opening comment, the PNG's Software text chunk (both come
-    before the data, in the first few hundred bytes)."""
+    before the data, in the first few hundred bytes). bertcli before the mark left matplotlib's own Software text
+    in the layer PNGs it wrote, so a PNG of our name with that text counts as ours too."""
     with open(path, "rb") as f:
-        return MARK.encode() in f.read(65536)
+        head = f.read(65536)
+    return MARK.encode() in head or (path.suffix == ".png" and b"Software\x00Matplotlib version" in head)
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -144,14 +152,15 @@ def write_attention(
     if out_path.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out '{out_path}': expected a .html file name", hint="e.g. --out attention.html")
     stem = out_path.with_suffix("")
-    in_the_way = [p for p in [out_path, *stem.parent.glob(f"{stem.name}-layer*.png")] if p.exists() and not p.is_file()]
+    layer_pngs = _layer_pngs(stem)  # what --png writes (and what an earlier --png of this page wrote)
+    in_the_way = [p for p in [out_path, *layer_pngs] if p.exists() and not p.is_file()]
     if in_the_way:  # --overwrite replaces files only; found here, before any output is written
         raise OutputExistsError(f"'{in_the_way[0]}' is a directory (or not a regular file), where an output goes",
                                 hint="move it away, or choose another --out")
     if out_path.exists() and not overwrite:
         raise OutputExistsError(f"'{out_path}' exists", hint="pass --overwrite to replace it, or another --out")
     if overwrite:  # --overwrite replaces what `bert attention` wrote, never a file of the user's
-        ours = [out_path, *(sorted(stem.parent.glob(f"{stem.name}-layer*.png")) if png else [])]
+        ours = [out_path, *(layer_pngs if png else [])]
         foreign = [p for p in ours if p.is_file() and not _written_by_us(p)]
         if foreign:
             raise OutputExistsError(f"'{foreign[0]}' was not written by `bert attention`, so --overwrite leaves it",
@@ -160,7 +169,7 @@ def write_attention(
         raise InputError(f"--out '{out_path}': the directory '{out_path.parent}' does not exist",
                          hint="create it first, or write the page elsewhere")
     if png:
-        existing = sorted(stem.parent.glob(f"{stem.name}-layer*.png"))
+        existing = layer_pngs
         if existing and not overwrite:
             raise OutputExistsError(f"'{existing[0]}' exists", hint="pass --overwrite to replace the PNGs")
     loaded = load_model(model, device=device, attentions=True)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from bertcli.errors import ArtifactError, InputError, one_line
 from bertcli.labelled import load_examples, option_setting
+from bertcli.model_dir import check_two_segments
 from bertcli.textio import check_unicode, text_lines
 from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
@@ -58,7 +59,7 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     except Exception as exc:  # the library raises many types for a broken directory
         raise ArtifactError(f"'{model_dir}': cannot load the classifier: {one_line(exc)[:300]}",
                             hint=LOAD_FAILED_HINT) from exc
-    check_tokenizer_fits(tokenizer, model.config, model_dir)
+    check_tokenizer_fits(tokenizer, model.config, model_dir, bert=False)
     warn_if_case_is_lost(tokenizer, model_dir)
     dev = resolve_device(device)
     model.to(dev)
@@ -144,6 +145,7 @@ def classify_file(
                          hint="drop --text-pair-field; a pair classifier is fine-tuned with text_pair_field set")
     text_field = text_field or clf.text_field
     text_pair_field = text_pair_field or clf.text_pair_field
+    check_two_segments(clf.model.config, clf.path, needed=text_pair_field is not None)
     if p.suffix.lower() == ".txt":
         if text_pair_field is not None:
             raise InputError(f"{p}: a .txt file holds one text a line, and '{clf.path}' classifies sentence pairs",
