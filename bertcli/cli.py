@@ -635,7 +635,7 @@ def score(
     if input_ is not None:
         from bertcli.textio import check_regular_file
 
-        check_regular_file(input_, "input file ", "pass a text file, one sentence a line")  # before the model loads
+        check_regular_file(input_, "input file ", "pass a text file (one sentence a line) or a .csv/.tsv/.jsonl")
     loaded = load_model(model, device=device, need_mlm=True)
     rows = (tool.score_file(loaded, input_, variant, batch_size, text_field=text_field) if input_ is not None
             else tool.score_texts(loaded, list(texts or []), variant, batch_size))

@@ -71,6 +71,9 @@ def is_next_probabilities(model_dir: str, path: str, batch_size: int = 64) -> np
 def model_against_overlap(probabilities: np.ndarray, shares: np.ndarray, is_next: np.ndarray) -> dict:
     """How the model's IsNext probability varies with the overlap share, and its accuracy in each band."""
     predicted = probabilities > 0.5
+    # undefined (NaN, which is not JSON) when either side is constant: a model that says the same for every pair
+    varies = probabilities.std() > 0 and shares.std() > 0
+    correlation = round(float(np.corrcoef(probabilities, shares)[0, 1]), 3) if varies else None
     bands = []
     for low, high in ((0.0, 0.0), (0.0, 0.2), (0.2, 0.4), (0.4, 1.0)):
         # The first band is "no overlap at all"; the others are (low, high], so every share lands in exactly one.
@@ -81,7 +84,7 @@ def model_against_overlap(probabilities: np.ndarray, shares: np.ndarray, is_next
                           "mean_is_next_probability": round(float(probabilities[in_band].mean()), 3),
                           "model_accuracy": round(float(np.mean(predicted[in_band] == is_next[in_band])), 3)})
     return {"accuracy": round(float(np.mean(predicted == is_next)), 4),
-            "correlation_with_share": round(float(np.corrcoef(probabilities, shares)[0, 1]), 3), "bands": bands}
+            "correlation_with_share": correlation, "bands": bands}
 
 
 def main() -> None:

@@ -202,7 +202,7 @@ def test_dict_changes_and_how_they_are_described():
 
 def _first_sentence(doc: str) -> str:
     text = " ".join(doc.split())
-    end = re.search(r"\.\s", text)
+    end = re.search(r"\.\s+(?=[A-Z0-9`])", text)  # not at "e.g. en"
     return text[: end.start() + 1] if end else text
 
 

@@ -108,7 +108,7 @@ def test_changed_stage_config_needs_overwrite_and_reruns_only_from_there(pipelin
     # The dry run names the key that changed and says what the real run will need.
     assert _lines(dry)[2].endswith("(it was made with another config (mask.max_predictions_per_seq: 5 → 4); "
                                    "needs --overwrite)"), _lines(dry)[2]
-    assert _lines(dry)[3].endswith("(a stage before it was rebuilt; needs --overwrite)")
+    assert _lines(dry)[3].endswith("(a stage before it is rebuilt; needs --overwrite)")
     assert "needs --overwrite" not in runner.invoke(app, ["run", str(changed), "--dry-run", "--overwrite"]).stdout
 
     refused = runner.invoke(app, ["run", str(changed)])
@@ -153,6 +153,44 @@ def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> Non
     dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "would resume (an unfinished run with the same config)" in _lines(dry)[3]
+    # When a stage before it is rebuilt, the run's data changes under it: it cannot be resumed, and the refusal
+    # comes before the earlier stages overwrite the data it was started on (it came after, leaving it unresumable).
+    cfg["pairs"]["seed"] = 8
+    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
+    assert "pretrain" in _lines(dry)[3]
+    assert "would rerun (an unfinished run, but a stage before it is rebuilt" in _lines(dry)[3]
+    pairs_before = (copy / "pairs" / "manifest.json").read_bytes()
+    refused = runner.invoke(app, ["run", str(moved)])
+    assert refused.exit_code == 2 and "stage pairs" in refused.stderr and "running" not in refused.stdout
+    assert (copy / "pairs" / "manifest.json").read_bytes() == pairs_before
+
+
+def test_config_show_run_leaves_workdir_as_given(pipeline_run, tmp_path: Path) -> None:
+    path, _ = pipeline_run
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["workdir"]
+    bare = tmp_path / "mine.yaml"
+    bare.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    shown = runner.invoke(app, ["config", "show", "run", "--config", str(bare)])
+    assert shown.exit_code == 0 and yaml.safe_load(shown.stdout)["workdir"] is None  # saved back, still the default
+
+
+def test_an_artifact_bertcli_cannot_replace_is_named_with_its_own_fix(pipeline_run, tmp_path: Path) -> None:
+    path, work = pipeline_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    manifest = json.loads((copy / "pairs" / "manifest.json").read_text())
+    del manifest["files"]  # written before manifests listed their files: bertcli's, but not safe to clear
+    (copy / "pairs" / "manifest.json").write_text(json.dumps(manifest))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["workdir"] = str(copy)
+    cfg["pairs"]["seed"] = 8
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    refused = runner.invoke(app, ["run", str(moved), "--overwrite"])
+    assert refused.exit_code == 2 and "whose manifest does not list its files" in refused.stderr
+    assert f"hint: remove the old artifact '{copy / 'pairs'}' yourself, or change workdir" in refused.stderr
 
 
 def test_changed_corpus_is_noticed(tmp_path: Path, tiny_corpus: Path) -> None:
@@ -281,7 +319,7 @@ def test_files_of_the_users_in_a_stage_directory_stop_the_run_before_any_stage(t
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "pretrain").write_text("mine")
     result = runner.invoke(app, ["run", str(path), "--overwrite"])
-    assert result.exit_code == 2 and "is a file, where the stage's directory goes" in result.stderr
+    assert result.exit_code == 2 and "is not a directory, where the stage's directory goes" in result.stderr
     assert f"hint: move '{tmp_path / 'work' / 'pretrain'}' away" in result.stderr
     assert (tmp_path / "work" / "pretrain").read_text() == "mine"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bertcli.artifacts import check_output
+from bertcli.artifacts import check_output, foreign_entries, read_bertcli_manifest
 from bertcli.config import (
     build_config,
     config_changes,
@@ -35,6 +36,8 @@ class StagePlan:
     """run (no artifact yet), skip (up to date), rerun (stale; needs --overwrite), resume (unfinished pretrain),
     blocked (files bertcli did not write are in its directory: --overwrite cannot replace them)."""
     reason: str = ""
+    fix: str = ""
+    """blocked: what the user can do about it."""
     seconds: float = 0.0
     manifest: dict = field(default_factory=dict)
 
@@ -46,6 +49,8 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Pipe
     """The pipeline YAML (with `--set a.b=v` overrides) and every stage's resolved config; all problems of the
     stage sections at once."""
     cfg = load_config(PipelineConfig, path, overrides)
+    if cfg.workdir is None:
+        cfg.workdir = str(default_workdir(path))
     plans, problems = stage_plans(cfg, path, overrides)
     if problems:
         if len(problems) == 1:
@@ -63,12 +68,16 @@ def stage_plans(
     cfg: PipelineConfig, path: str | Path | None, overrides: Sequence[str] = ()
 ) -> tuple[list[StagePlan], list[str]]:
     """Each stage's plan and every problem of the stage sections and between stages (what load_pipeline refuses,
-    listed instead of raised: `bert config show run` reports them). Fills in the default workdir, runs/<file name>."""
+    listed instead of raised: `bert config show run` reports them). cfg is left as it is."""
     if cfg.workdir is None:
-        name = Path(path).name.removesuffix(".yml").removesuffix(".yaml") if path else "run"
-        cfg.workdir = str(Path("runs") / name)
+        cfg = dataclasses.replace(cfg, workdir=str(default_workdir(path)))
     plans, problems = _stage_configs(cfg, f" in {path}" if path else "", override_origins(overrides))
     return plans, problems + _cross_stage_problems(plans)
+
+
+def default_workdir(path: str | Path | None) -> Path:
+    """Where a pipeline without `workdir` writes: runs/<its file's name>."""
+    return Path("runs") / (Path(path).name.removesuffix(".yml").removesuffix(".yaml") if path else "run")
 
 
 def _origins(data: dict, prefix: str, where: str) -> dict[str, str]:
@@ -197,12 +206,12 @@ def _manifest_or_empty(directory: Path) -> dict:
 
 def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
     """Decide whether the stage runs, is skipped (its artifact is up to date), must replace a stale artifact, or
-    cannot (files bertcli did not write are in the way)."""
+    cannot (what is in its directory is not bertcli's to replace)."""
     _plan_action(plan, upstream, upstream_ran)
     if plan.action == "rerun":
-        blocked = _files_in_the_way(plan)
+        blocked = _in_the_way(plan)
         if blocked:
-            plan.action, plan.reason = "blocked", blocked
+            plan.action, (plan.reason, plan.fix) = "blocked", blocked
 
 
 def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
@@ -216,7 +225,10 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
         if spec.resumable and (out / "config.yaml").is_file():
             stored = _stored_config(plan.name, out)
             if stored is not None and config_hash(stored) == config_hash(plan.cfg):
-                plan.action, plan.reason = "resume", "an unfinished run with the same config"
+                if upstream_ran:  # its data is rebuilt under it: it cannot continue
+                    plan.action, plan.reason = "rerun", "an unfinished run, but a stage before it is rebuilt"
+                else:
+                    plan.action, plan.reason = "resume", "an unfinished run with the same config"
                 return
         plan.action, plan.reason = "rerun", "it is not a finished artifact of this stage"
         return
@@ -227,7 +239,7 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
             f" ({describe_changes(changes, prefix=spec.section + '.')})" if changes else "")
         return
     if upstream_ran:
-        plan.action, plan.reason = "rerun", "a stage before it was rebuilt"
+        plan.action, plan.reason = "rerun", "a stage before it is rebuilt"
         return
     changed = _inputs_changed(plan.name, plan.cfg, manifest, upstream)
     if changed:
@@ -236,23 +248,29 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
     plan.action, plan.reason, plan.manifest = "skip", "up to date: same config and inputs", manifest
 
 
-def _files_in_the_way(plan: StagePlan) -> str | None:
-    """Why --overwrite could not rebuild the stage's directory (it holds files bertcli did not write, which it never
-    deletes), or None. The stage itself would refuse the same way, but only after the stages before it ran."""
+def _in_the_way(plan: StagePlan) -> tuple[str, str] | None:
+    """(why, what to do) when --overwrite could not rebuild the stage's directory: bertcli never deletes files it did
+    not write, nor another stage's artifact, nor one whose manifest does not list its files. None when it could.
+    The stage itself would refuse the same way, but only after the stages before it ran."""
     spec = STAGES[plan.name]
+    keep = "; bertcli never deletes files it did not write"
     if not plan.output.is_dir():
-        return "is a file, where the stage's directory goes"
+        return "is not a directory, where the stage's directory goes", f"move '{plan.output}' away, or change workdir"
+    mine = f"move your files out of '{plan.output}', or change workdir{keep}"
     if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
         from bertcli.checkpoints import is_run_dir  # imports torch: only for a directory that is not an artifact
 
         if is_run_dir(plan.output) or not any(plan.output.iterdir()):
             return None
         names = sorted(p.name for p in plan.output.iterdir())
-        return f"holds files that are not a bertcli run ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+        return f"holds files that are not a bertcli run ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})", mine
     try:
         check_output(plan.output, overwrite=True, stage=spec.manifest_stage)
     except OutputExistsError as exc:
-        return exc.message.replace(f"output '{plan.output}' ", "", 1)
+        why = exc.message.replace(f"output '{plan.output}' ", "", 1)
+        if read_bertcli_manifest(plan.output) is not None and not foreign_entries(plan.output):
+            return why, f"remove the old artifact '{plan.output}' yourself, or change workdir"  # bertcli's, not yours
+        return why, mine
     return None
 
 
@@ -306,41 +324,33 @@ def run(
         raise ConfigError(f"key 'workdir' in {path}: '{workdir}' is a file, not a directory",
                           hint="set workdir to a directory (it is created if missing)")
     heads = [f"[{i}/{len(plans)}] {plan.name} → {plan.output}" for i, plan in enumerate(plans, start=1)]
-    _plan_all(plans)  # every stage's action, before any runs: a refusal comes before the others' work
+    _plan_all(plans)  # every stage's action before any runs: a refusal comes before the others' work
     if dry_run:
         for head, plan in zip(heads, plans):
             if plan.action == "blocked":
-                report(f"{head}: would stop, it {plan.reason}; {_in_the_way_hint(plan)}")
+                report(f"{head}: would stop, it {plan.reason}; {plan.fix}")
             else:
                 needs = "; needs --overwrite" if plan.action == "rerun" and not overwrite else ""
                 report(f"{head}: would {plan.action} ({plan.reason}{needs})")
         return plans
     for plan in plans:
         _refuse_if_stuck(plan, overwrite)
-    upstream: dict[str, dict] = {}
-    upstream_ran = False
     for head, plan in zip(heads, plans):
-        plan_stage(plan, upstream, upstream_ran)  # again: now with the manifests of the stages that ran
         if plan.action == "skip":
             report(f"{head}: skipped, {plan.reason}")
-            upstream[plan.name] = plan.manifest
             continue
-        _refuse_if_stuck(plan, overwrite)
         report(f"{head}: {'resuming' if plan.action == 'resume' else 'running'} ({plan.reason})")
         start = time.perf_counter()
         manifest = _run_stage_in_context(plan, overwrite, Path(path))
         plan.seconds = time.perf_counter() - start
-        if manifest is None:  # pretrain returns None on ranks other than 0 under torchrun
-            manifest = {}
-        plan.manifest = manifest
-        upstream[plan.name] = manifest
-        upstream_ran = True
+        plan.manifest = manifest if manifest is not None else {}  # None on ranks other than 0 under torchrun
         report(f"{head}: done in {plan.seconds:.1f} s")
     return plans
 
 
 def _plan_all(plans: list[StagePlan]) -> None:
-    """Each stage's action as far as it can be known before any runs: a stage after one that runs is rebuilt."""
+    """Each stage's action, decided once before any runs. A stage's action depends only on the artifacts on disk
+    and on whether a stage before it runs (then it is rebuilt too), so running the stages changes no decision."""
     upstream: dict[str, dict] = {}
     upstream_ran = False
     for plan in plans:
@@ -350,16 +360,11 @@ def _plan_all(plans: list[StagePlan]) -> None:
         upstream_ran = upstream_ran or plan.action != "skip"
 
 
-def _in_the_way_hint(plan: StagePlan) -> str:
-    what = f"move '{plan.output}' away" if plan.output.is_file() else f"move your files out of '{plan.output}'"
-    return f"{what}, or change workdir; bertcli never deletes files it did not write"
-
-
 def _refuse_if_stuck(plan: StagePlan, overwrite: bool) -> None:
-    """A stage that cannot run as asked: files of the user's in its directory, or a stale artifact without
-    --overwrite."""
+    """A stage that cannot run as asked: something not bertcli's to replace in its directory, or a stale artifact
+    without --overwrite."""
     if plan.action == "blocked":
-        raise OutputExistsError(f"stage {plan.name}: '{plan.output}' {plan.reason}", hint=_in_the_way_hint(plan))
+        raise OutputExistsError(f"stage {plan.name}: '{plan.output}' {plan.reason}", hint=plan.fix)
     if plan.action == "rerun" and not overwrite:
         raise OutputExistsError(
             f"stage {plan.name}: '{plan.output}' exists but {plan.reason}",
