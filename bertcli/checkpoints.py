@@ -125,6 +125,10 @@ def save_checkpoint(
         marker = {"format_version": 1, "step": state.step, "bertcli_version": __version__, "files": files}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _fsync_file(tmp / MARKER)
+        for kept in users_files(final_path) if final_path.is_dir() else []:  # a model card in final/: carried over,
+            dest = tmp / kept.relative_to(final_path)  # unlisted, so still the user's (copied: a kill loses nothing)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(kept, dest, follow_symlinks=False)
         move_into_place(tmp, final_path, durable=True)
     except BaseException:  # a full disk or a kill: no partial checkpoint is left filling the disk
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,7 +255,31 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
     """Delete the oldest complete step checkpoints beyond the newest `keep`."""
     complete = [(s, p) for s, p in list_checkpoints(out_dir) if (p / MARKER).is_file()]
     for _, path in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_checkpoint(path)
+
+
+def users_files(checkpoint: Path) -> list[Path]:
+    """Files in a checkpoint directory that its marker does not list: the user's (a model card, notes). Without a
+    readable marker the directory is no checkpoint bertcli finished, and all of it counts as the user's."""
+    try:
+        listed = set(json.loads((checkpoint / MARKER).read_text(encoding="utf-8"))["files"]) | {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    found = (p for p in checkpoint.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(p for p in found if p.relative_to(checkpoint).as_posix() not in listed)
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Remove what bertcli wrote in a checkpoint directory; files of the user's stay, with the folders holding them."""
+    keep = set(users_files(checkpoint))
+    if not keep:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return
+    for p in sorted(checkpoint.rglob("*"), key=lambda q: len(q.parts), reverse=True):  # deepest first
+        if (p.is_file() or p.is_symlink()) and p not in keep:
+            p.unlink()
+        elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def restore_newest(
@@ -426,11 +454,19 @@ def start_run_dir(out_dir: Path, fresh: bool) -> None:
 
 
 def clear_run(out_dir: Path) -> None:
-    """--overwrite: remove what an earlier run wrote; files of the user's own in the directory are kept, and so are
-    the temporaries of a live writer (remove_stale_temps removes those of dead ones)."""
+    """--overwrite: remove what an earlier run wrote; files of the user's own are kept, at the top of the directory
+    and inside final/, the step checkpoints and tensorboard/ alike, and so are the temporaries of a live writer
+    (remove_stale_temps removes those of dead ones)."""
+    checkpoints = {path for _, path in list_checkpoints(out_dir)}
     for p in out_dir.iterdir():
-        if p.name in RUN_ENTRIES or p.name.startswith(STEP_PREFIX):
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        if p in checkpoints or (p.name == FINAL and p.is_dir()):
+            remove_checkpoint(p)
+        elif p.name == TENSORBOARD_DIR and p.is_dir():  # the event files are the run's; anything else the user's
+            for events in p.glob("events.out.tfevents.*"):
+                events.unlink()
+            if not any(p.iterdir()):
+                p.rmdir()
+        elif p.name in RUN_ENTRIES and p.is_dir():
+            shutil.rmtree(p)  # wandb/: the tracker's own files
+        elif p.name in RUN_ENTRIES:
+            p.unlink()

@@ -21,6 +21,7 @@ from bertcli.checkpoints import (
     TrainState,
     list_checkpoints,
     newest_valid_checkpoint,
+    prune_checkpoints,
     start_run_dir,
     verify_checkpoint,
 )
@@ -109,11 +110,30 @@ def test_resume_with_changed_config_is_refused(reference_run, tmp_path):
 def test_overwrite_replaces_the_run_but_keeps_other_files(reference_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
-    (run / "notes.txt").write_text("mine")
+    # files of the user's beside the run and inside its folders (they were deleted with final/, tensorboard/ and
+    # anything named step-*): a model card before an upload, notes, a plan
+    mine = {"notes.txt": "mine", "step-by-step-plan.md": "plan", "final/README.md": "card",
+            "tensorboard/mynote.txt": "tb", "step-00000004/why.txt": "why"}
+    for name, text in mine.items():
+        (run / name).write_text(text)
+    old_events = set((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert old_events
     pretrain.run(tiny_cfg(run_data_path(reference_run), run, max_steps=2, save_every=0, eval_every=0), overwrite=True)
-    assert (run / "notes.txt").read_text() == "mine"
-    assert not list_checkpoints(run)  # the old run's step-* are gone
+    assert {name: (run / name).read_text() for name in mine} == mine
+    assert not [p for _, p in list_checkpoints(run) if (p / MARKER).is_file()]  # the old run's checkpoints are gone
+    assert sorted(p.name for p in (run / "step-00000004").iterdir()) == ["why.txt"]
+    assert not old_events & set((run / "tensorboard").glob("events.out.tfevents.*"))  # the old run's events went
     assert json.loads((run / "manifest.json").read_text())["stats"]["steps"] == 2
+    assert verify_checkpoint(run / "final") is None  # the new final/, with the card carried over, unlisted
+
+
+def test_checkpoint_rotation_keeps_the_users_files(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "step-00000002" / "notes.txt").write_text("mine")
+    prune_checkpoints(run, keep=1)
+    assert sorted(p.name for p in (run / "step-00000002").iterdir()) == ["notes.txt"]
+    assert verify_checkpoint(run / "step-00000004") is None
 
 
 def test_start_run_dir_clears_a_run_and_only_dead_writers_temporaries(reference_run, tmp_path):
