@@ -337,6 +337,21 @@ def restore_newest(
     return state, Path(chosen)
 
 
+def finished_note(out_dir: Path, cfg: PretrainConfig, manifest: dict) -> str:
+    """What --resume says of a finished run it leaves alone: which limit stopped it, so the user raises that one."""
+    steps = manifest.get("stats", {}).get("steps")
+    head = f"'{out_dir}' is a finished run (final/ and manifest.json exist, step {steps}); nothing to do"
+    try:
+        elapsed = float(json.loads((out_dir / FINAL / STATE_DIR / "state.json").read_text(encoding="utf-8"))
+                        ["state"]["elapsed_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return head + " (raise max_steps or time_budget_s to continue it)"
+    if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+        return (head + f": it trained its time budget ({elapsed:.0f} of time_budget_s {cfg.time_budget_s:g} s), so "
+                "a higher max_steps changes nothing; raise time_budget_s (or set it to null) to continue it")
+    return head + f": it reached max_steps ({cfg.max_steps:,}); raise max_steps to continue it"
+
+
 def finished_run(out_dir: Path, cfg: PretrainConfig) -> dict | None:
     """For --resume: the manifest of a finished run in out_dir that has nothing left to do, else None. A finished run
     is continued (from final/) when max_steps was raised above its steps, or time_budget_s above its training time."""

@@ -166,6 +166,31 @@ def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> Non
     assert (copy / "pairs" / "manifest.json").read_bytes() == pairs_before
 
 
+def test_a_finished_run_continues_through_keys_resume_accepts(pipeline_run, tmp_path: Path) -> None:
+    # bert run rebuilt a finished run from step 0 (with --overwrite) when only log_every or max_steps changed
+    path, work = pipeline_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["workdir"] = str(copy)
+    cfg["pretrain"]["log_every"] = 2
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
+    assert "would resume (a finished run, with keys --resume accepts changed (pretrain.log_every: 1 → 2)" in _lines(
+        dry)[3]
+    weights = (copy / "pretrain" / "final" / "model.safetensors").read_bytes()
+    result = runner.invoke(app, ["run", str(moved)])  # no --overwrite needed: nothing is thrown away
+    assert result.exit_code == 0, result.output
+    assert "nothing to do: it reached max_steps (4)" in result.stderr
+    assert (copy / "pretrain" / "final" / "model.safetensors").read_bytes() == weights
+    cfg["pretrain"]["max_steps"] = 6
+    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    result = runner.invoke(app, ["run", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "pretrain" / "manifest.json").read_text())["stats"]["steps"] == 6
+
+
 def test_config_show_run_leaves_workdir_as_given(pipeline_run, tmp_path: Path) -> None:
     path, _ = pipeline_run
     cfg = yaml.safe_load(path.read_text())

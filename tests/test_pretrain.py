@@ -118,6 +118,18 @@ def test_finished_run_resume_is_a_no_op(reference_run, tmp_path):
     assert (run / "final" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_finished_run_says_which_limit_stopped_it(reference_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    capsys.readouterr()
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run), resume=True)
+    assert "nothing to do: it reached max_steps (6); raise max_steps to continue it" in capsys.readouterr().err
+    # a run that ended on its clock: a higher max_steps alone would change nothing, and the note says so
+    pretrain.run(tiny_cfg(run_data_path(reference_run), run, max_steps=100, time_budget_s=1e-3), resume=True)
+    err = capsys.readouterr().err
+    assert "it trained its time budget" in err and "raise time_budget_s (or set it to null)" in err
+
+
 def test_finished_run_resume_refuses_a_changed_recipe(reference_run, tmp_path):
     """--resume on a finished run with a key that may not change is refused as on an unfinished one, not met with
     "nothing to do" (which would leave the user thinking the new learning rate was taken)."""

@@ -221,19 +221,22 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
         plan.action, plan.reason = "run", "no artifact yet"
         return
     manifest = _manifest_or_empty(out)
+    # A pretraining run continues (--resume) through a change of the keys --resume accepts (max_steps,
+    # time_budget_s, log_every, …): starting it over would throw its steps away.
+    ignore = "resumable" if spec.resumable else "execution"
     if manifest.get("stage") != spec.manifest_stage:
         if spec.resumable and (out / "config.yaml").is_file():
             stored = _stored_config(plan.name, out)
-            if stored is not None and config_hash(stored) == config_hash(plan.cfg):
+            if stored is not None and config_hash(stored, ignore) == config_hash(plan.cfg, ignore):
                 if upstream_ran:  # its data is rebuilt under it: it cannot continue
                     plan.action, plan.reason = "rerun", "an unfinished run, but a stage before it is rebuilt"
                 else:
-                    plan.action, plan.reason = "resume", "an unfinished run with the same config"
+                    plan.action, plan.reason = "resume", "an unfinished run" + _resumed_with(stored, plan)
                 return
         plan.action, plan.reason = "rerun", "it is not a finished artifact of this stage"
         return
     stored = _stored_config(plan.name, out)
-    if stored is None or config_hash(stored) != config_hash(plan.cfg):
+    if stored is None or config_hash(stored, ignore) != config_hash(plan.cfg, ignore):
         changes = [] if stored is None else config_changes(stored, plan.cfg)
         plan.action, plan.reason = "rerun", "it was made with another config" + (
             f" ({describe_changes(changes, prefix=spec.section + '.')})" if changes else "")
@@ -245,7 +248,18 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
     if changed:
         plan.action, plan.reason = "rerun", changed
         return
+    if config_hash(stored) != config_hash(plan.cfg):  # only keys --resume accepts changed: pretrain decides
+        plan.action, plan.reason = "resume", "a finished run" + _resumed_with(stored, plan) + (
+            "; it continues if max_steps or time_budget_s was raised")
+        return
     plan.action, plan.reason, plan.manifest = "skip", "up to date: same config and inputs", manifest
+
+
+def _resumed_with(stored: Any, plan: StagePlan) -> str:
+    changes = config_changes(stored, plan.cfg)
+    if not changes:
+        return " with the same config"
+    return f", with keys --resume accepts changed ({describe_changes(changes, prefix=STAGES[plan.name].section + '.')})"
 
 
 def _in_the_way(plan: StagePlan) -> tuple[str, str] | None:

@@ -36,6 +36,7 @@ from bertcli.checkpoints import (
     RUN_MANIFEST,
     STEP_PREFIX,
     TrainState,
+    finished_note,
     finished_run,
     prepare_output,
     prune_checkpoints,
@@ -576,9 +577,7 @@ def _run(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool, overwrite: bo
     # rank 0 alone looks at the run directory (another node may not see it); the others follow its decisions
     done = dist.main_decides(ctx, lambda: finished_run(out, cfg) if resume else None)
     if done is not None:
-        steps_done = done["stats"]["steps"]
-        dist.log_main(ctx, f"'{out}' is a finished run (final/ and manifest.json exist, step {steps_done}); "
-                           "nothing to do (raise max_steps or time_budget_s to continue it)")
+        dist.log_main(ctx, finished_note(out, cfg, done))
         return done if ctx.is_main else None
     trainer = build_trainer(cfg, ctx, resume, overwrite)
     try:
