@@ -241,7 +241,9 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
     name = _strip_compression(path.name.lower())
-    if name.endswith(_JSONL_SUFFIXES):
+    # .json too, for a file named on its own (a directory's .json files are skipped: see _JSONL_SUFFIXES): JSON lines
+    # is what Hugging Face's Dataset.to_json writes there, and a JSON document read as text would poison the corpus
+    if name.endswith(_JSONL_SUFFIXES + (".json",)):
         return "jsonl"
     if name.endswith(_PARQUET_SUFFIXES):
         return "parquet"

@@ -47,6 +47,13 @@ def test_gzip_and_jsonl(tmp_path):
     bad.write_text('{"text": "ok"}\n{not json\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"bad\.jsonl:2: not valid JSON"):
         list(iter_documents([bad]))
+    # a .json named on its own is JSON lines (what Dataset.to_json writes); it was read as text, braces and all
+    named = tmp_path / "sub" / "e.json"
+    named.parent.mkdir()
+    named.write_text(json.dumps({"text": "E one."}) + "\n", encoding="utf-8")
+    assert list(iter_documents([named])) == [["E one."]]
+    with pytest.raises(InputError, match="holds no corpus files"):  # in a directory a .json is still not a corpus
+        resolve_inputs([named.parent])
 
 
 def test_document_per_line_keeps_korean_and_cjk(tmp_path):
