@@ -259,7 +259,8 @@ def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: s
     share = unknown / max(total, 1)
     if share > MOSTLY_UNKNOWN_SHARE:
         warn(f"{share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; train a vocabulary on "
-             "such text (bert train-vocab), or check limit_alphabet")
+             "such text (bert train-vocab), or check limit_alphabet; text in decomposed Unicode (NFD: Hangul as "
+             "jamo, as macOS copies it) needs composing to NFC first (docs/korean.md)")
 
 
 def count_unknown(id_lists: Iterable[Sequence[int]], tokenizer: Any) -> tuple[int, int]:

@@ -152,7 +152,9 @@ def test_tokenize_warns_when_a_text_is_mostly_unknown(tmp_path, tiny_corpus):
     assert "[UNK] [UNK] [UNK]" in result.stdout
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: 75% of text 2's tokens are [UNK] for the tokenizer of '{out}'; train a vocabulary "
-                        "on such text (bert train-vocab), or check limit_alphabet"], result.stderr
+                        "on such text (bert train-vocab), or check limit_alphabet; text in decomposed Unicode (NFD: "
+                        "Hangul as jamo, as macOS copies it) needs composing to NFC first (docs/korean.md)"], \
+        result.stderr
 
 
 def test_python_m_and_debug_traceback(tmp_path):
