@@ -127,8 +127,9 @@ def save_checkpoint(
         _fsync_file(tmp / MARKER)
         for kept in users_files(final_path) if final_path.is_dir() else []:  # a model card in final/: carried over,
             dest = tmp / kept.relative_to(final_path)  # unlisted, so still the user's (copied: a kill loses nothing)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(kept, dest, follow_symlinks=False)
+            if not dest.exists():  # never over a file of the new checkpoint
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(kept, dest, follow_symlinks=False)
         move_into_place(tmp, final_path, durable=True)
     except BaseException:  # a full disk or a kill: no partial checkpoint is left filling the disk
         shutil.rmtree(tmp, ignore_errors=True)
