@@ -58,6 +58,23 @@ def pipeline_run(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, Path]:
     return path, tmp / "work"
 
 
+def _copied_run(pipeline_run, tmp_path: Path, name: str = "moved.yaml") -> tuple[dict, Path, Path]:
+    """(pipeline config, its YAML, workdir): a copy of the finished work directory, so the other tests keep theirs,
+    and the pipeline pointed at it. Change cfg, then _save(cfg, yaml)."""
+    path, work = pipeline_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["workdir"] = str(copy)
+    moved = tmp_path / name
+    _save(cfg, moved)
+    return cfg, moved, copy
+
+
+def _save(cfg: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+
+
 def test_pipeline_makes_every_artifact_in_order(pipeline_run) -> None:
     path, work = pipeline_run
     manifests = {d: json.loads((work / d / "manifest.json").read_text()) for d in ("tokenizer", "pairs", "masked")}
@@ -91,15 +108,9 @@ def test_second_run_skips_every_stage(pipeline_run) -> None:
 
 
 def test_changed_stage_config_needs_overwrite_and_reruns_only_from_there(pipeline_run, tmp_path: Path) -> None:
-    path, work = pipeline_run
-    # A copy of the finished work directory, so the other tests keep theirs.
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["workdir"] = str(copy)
+    cfg, changed, copy = _copied_run(pipeline_run, tmp_path, "changed.yaml")
     cfg["mask"]["max_predictions_per_seq"] = 4
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    _save(cfg, changed)
 
     dry = runner.invoke(app, ["run", str(changed), "--dry-run"])
     assert dry.exit_code == 0, dry.output
@@ -142,21 +153,15 @@ def test_positions_below_the_pairs_length_are_refused_before_any_stage_runs(tmp_
 
 
 def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> None:
-    path, work = pipeline_run
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
+    cfg, moved, copy = _copied_run(pipeline_run, tmp_path)
     (copy / "pretrain" / "manifest.json").unlink()  # as if the run had been killed before it finished
-    cfg = yaml.safe_load(path.read_text())
-    cfg["workdir"] = str(copy)
-    moved = tmp_path / "moved.yaml"
-    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "would resume (an unfinished run with the same config)" in _lines(dry)[3]
     # When a stage before it is rebuilt, the run's data changes under it: it cannot be resumed, and the refusal
     # comes before the earlier stages overwrite the data it was started on (it came after, leaving it unresumable).
     cfg["pairs"]["seed"] = 8
-    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    _save(cfg, moved)
     dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
     assert "pretrain" in _lines(dry)[3]
     assert "would rerun (an unfinished run, but a stage before it is rebuilt" in _lines(dry)[3]
@@ -168,14 +173,9 @@ def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> Non
 
 def test_a_finished_run_continues_through_keys_resume_accepts(pipeline_run, tmp_path: Path) -> None:
     # bert run rebuilt a finished run from step 0 (with --overwrite) when only log_every or max_steps changed
-    path, work = pipeline_run
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["workdir"] = str(copy)
+    cfg, moved, copy = _copied_run(pipeline_run, tmp_path)
     cfg["pretrain"]["log_every"] = 2
-    moved = tmp_path / "moved.yaml"
-    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    _save(cfg, moved)
     dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
     assert "would resume (a finished run, with keys --resume accepts changed (pretrain.log_every: 1 → 2)" in _lines(
         dry)[3]
@@ -185,7 +185,7 @@ def test_a_finished_run_continues_through_keys_resume_accepts(pipeline_run, tmp_
     assert "nothing to do: it reached max_steps (4)" in result.stderr
     assert (copy / "pretrain" / "final" / "model.safetensors").read_bytes() == weights
     cfg["pretrain"]["max_steps"] = 6
-    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    _save(cfg, moved)
     result = runner.invoke(app, ["run", str(moved)])
     assert result.exit_code == 0, result.output
     assert json.loads((copy / "pretrain" / "manifest.json").read_text())["stats"]["steps"] == 6
@@ -202,17 +202,12 @@ def test_config_show_run_leaves_workdir_as_given(pipeline_run, tmp_path: Path) -
 
 
 def test_an_artifact_bertcli_cannot_replace_is_named_with_its_own_fix(pipeline_run, tmp_path: Path) -> None:
-    path, work = pipeline_run
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
+    cfg, moved, copy = _copied_run(pipeline_run, tmp_path)
     manifest = json.loads((copy / "pairs" / "manifest.json").read_text())
     del manifest["files"]  # written before manifests listed their files: bertcli's, but not safe to clear
     (copy / "pairs" / "manifest.json").write_text(json.dumps(manifest))
-    cfg = yaml.safe_load(path.read_text())
-    cfg["workdir"] = str(copy)
     cfg["pairs"]["seed"] = 8
-    moved = tmp_path / "moved.yaml"
-    moved.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    _save(cfg, moved)
     refused = runner.invoke(app, ["run", str(moved), "--overwrite"])
     assert refused.exit_code == 2 and "whose manifest does not list its files" in refused.stderr
     assert f"hint: remove the old artifact '{copy / 'pairs'}' yourself, or change workdir" in refused.stderr
