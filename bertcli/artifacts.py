@@ -32,6 +32,7 @@ TOKENIZER_DIR = "tokenizer"
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
 CHECKPOINT_MARKER = "checkpoint.json"  # a pretraining checkpoint's file list (checkpoints.MARKER)
+RUN_MARKER = "bertcli-run.json"  # written first into a pretraining run directory (checkpoints.RUN_MARKER)
 # Temporaries are named `.NAME.tmp-HOST-PID`: several nodes may write into one shared directory, and only the
 # writer's own node can tell whether its process is alive.
 _HOST = socket.gethostname().replace("/", "_")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from bertcli import __version__, dist
 from bertcli.artifacts import (
     CHECKPOINT_MARKER,
+    RUN_MARKER,
     DataArtifact,
     file_sha256,
     move_into_place,
@@ -36,9 +37,9 @@ MARKER = CHECKPOINT_MARKER  # written last inside a checkpoint: lists every file
 STATE_DIR = "training_state"
 RUN_CONFIG = "config.yaml"
 RUN_MANIFEST = "manifest.json"
-# Written first into a run directory: what makes it recognisably bertcli's (a config.yaml or a manifest.json alone
-# is not: many projects have one), so that --overwrite and --resume never take a user's folder for a run.
-RUN_MARKER = "bertcli-run.json"
+# RUN_MARKER, written first into a run directory, is what makes it recognisably bertcli's (a config.yaml or a
+# manifest.json alone is not: many projects have one), so that --overwrite and --resume never take a user's folder
+# for a run.
 # What a run writes at the top of its directory (besides step-* and temporaries): --overwrite removes these only.
 RUN_ENTRIES = {
     RUN_MARKER, RUN_CONFIG, METRICS_FILE, RUN_MANIFEST, FINAL, PLOT_FILE, TENSORBOARD_DIR, METRICS_FILE + ".tmp",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertcli.artifacts import RUN_MARKER
 from bertcli.errors import ArtifactError, InputError, one_line, warn
 
 # Files from which weights are taken (single file or sharded index). Only safetensors: a pickled
@@ -61,7 +62,7 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not p.is_dir():
         raise ArtifactError(f"--model '{p}' is a file, expected a model directory",
                             hint="pass the directory that holds config.json, the weights and the tokenizer")
-    if not (p / "config.json").is_file() and (p / "manifest.json").is_file():
+    if not (p / "config.json").is_file() and ((p / "manifest.json").is_file() or (p / RUN_MARKER).is_file()):
         from bertcli.artifacts import read_bertcli_manifest
 
         stage = (read_bertcli_manifest(p) or {}).get("stage")

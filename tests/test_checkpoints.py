@@ -199,3 +199,13 @@ def test_resume_with_data_of_another_vocabulary_refuses_and_keeps_the_run(refere
     with pytest.raises(BertcliError, match="tokenizer|vocab|data"):  # exit 2, one line
         pretrain.run(tiny_cfg(other_data, run), resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_model_command_on_an_unfinished_run_names_its_newest_checkpoint(reference_run, tmp_path):
+    """An unfinished run has no manifest.json yet (it is written last): its run marker says what it is, so the
+    hint names the newest step checkpoint instead of asking for run/final, which does not exist."""
+    from cli_helpers import refused_with_hint
+
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    _, hint = refused_with_hint(["fill-mask", "--model", str(run), "a [MASK] ."], "has no final/ checkpoint yet")
+    assert hint == f"hint: pass --model {run / 'step-00000004'} to use the newest checkpoint"
