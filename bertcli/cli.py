@@ -156,6 +156,7 @@ def train_vocab(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a WordPiece vocabulary; the directory loads with AutoTokenizer.from_pretrained."""
+    from bertcli.errors import warn
     from bertcli.stages import train_vocab as stage
 
     cfg = _stage_config("train-vocab", config, set_, {"input": input_, "output": output})
@@ -167,6 +168,10 @@ def train_vocab(
         + (f"; {manifest['added_tokens']:,} appended to the {manifest['extended_from']['vocab_size']:,} of "
            f"{cfg.extend_from}" if cfg.extend_from else "")
     )
+    if stats.get("skipped_other_files"):  # a .xz or .bz2 among the text would otherwise go unread without a word
+        warn(f"{stats['skipped_other_files']:,} file(s) in the input directories were not read: their names are "
+             "not corpus names (.txt, .gz, .zst, .jsonl, .parquet, …; docs/corpora.md). A text file named in --input "
+             "is read whatever its name; other compressions (.xz, .bz2) need decompressing first")
 
 
 @app.command("tokenize")

@@ -219,3 +219,20 @@ def test_train_vocab_on_a_corpus_holding_its_own_tokenizer_reads_only_the_corpus
     assert manifest["stats"]["skipped_artifacts"] == [str(corpus_dir / "tok")]
     before = json.loads((corpus_dir / "tok" / "manifest.json").read_text())["stats"]
     assert (manifest["stats"]["lines"], manifest["stats"]["sentences"]) == (before["lines"], before["sentences"])
+
+
+def test_train_vocab_says_when_files_of_a_directory_were_not_read(tmp_path, tiny_corpus):
+    """A .xz among the corpus files was skipped with only a count in the manifest."""
+    from typer.testing import CliRunner
+
+    from bertcli.cli import app
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(tiny_corpus, corpus / "a.txt")
+    (corpus / "b.txt.xz").write_bytes(b"\xfd7zXZ\x00")
+    result = CliRunner().invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tmp_path / "tok"),
+                                      "--set", "vocab_size=300"])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 file(s) in the input directories were not read" in result.stderr
+    assert "other compressions (.xz, .bz2) need decompressing first" in result.stderr
