@@ -457,6 +457,9 @@ def check_resume_config(out_dir: Path, cfg: PretrainConfig) -> None:
                 hint=f"use the same config to continue the run (only {', '.join(RESUMABLE_KEYS)} may change), "
                 "or start a new run with another --output",
             )
+        if not Path(cfg.data).exists() and Path(previous.data).exists():  # --data left out: the config file's
+            raise ArtifactError(f"--resume: the data '{cfg.data}' does not exist; the run was started on "
+                                f"'{previous.data}'", hint=f"pass --data {previous.data}")
 
 
 def start_run_dir(out_dir: Path, fresh: bool) -> None:

@@ -130,6 +130,13 @@ def test_finished_run_says_which_limit_stopped_it(reference_run, tmp_path, capsy
     assert "it trained its time budget" in err and "raise time_budget_s (or set it to null)" in err
 
 
+def test_resume_without_its_data_names_the_data_the_run_was_started_on(reference_run, tmp_path):
+    run = interrupted_copy(reference_run, tmp_path / "run")
+    with pytest.raises(ArtifactError, match=r"the data 'runs/masked' does not exist; the run was started on") as err:
+        pretrain.run(tiny_cfg("runs/masked", run), resume=True)  # --data left out: the config's default
+    assert err.value.hint == f"pass --data {run_data_path(reference_run)}"
+
+
 def test_finished_run_resume_refuses_a_changed_recipe(reference_run, tmp_path):
     """--resume on a finished run with a key that may not change is refused as on an unfinished one, not met with
     "nothing to do" (which would leave the user thinking the new learning rate was taken)."""

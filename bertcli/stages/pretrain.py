@@ -609,8 +609,8 @@ def build_trainer(cfg: PretrainConfig, ctx: dist.DistContext, resume: bool = Fal
     micro_batch_size, accum = micro_batching(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     torch.set_num_threads(devices.resolve_num_threads(cfg.num_threads, ctx.device))
     check_ddp_comm(cfg, ctx)
+    is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))  # names a run's data
     data = load_data(cfg.data)
-    is_resume = dist.main_decides(ctx, lambda: prepare_output(cfg, resume, overwrite, ctx))
     plan = EpochPlan(data.arrays, cfg.seed, cfg.batch_size, cfg.eval_fraction)
     if plan.batches_per_epoch(0) == 0:
         raise ArtifactError(
