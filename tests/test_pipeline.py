@@ -334,6 +334,13 @@ def test_files_of_the_users_in_a_stage_directory_stop_the_run_before_any_stage(t
     result = runner.invoke(app, ["run", str(path), "--overwrite"])
     assert result.exit_code == 2 and "is not a bertcli artifact" in result.stderr and "move your files" in result.stderr
     assert mine.read_text() == "mine"
+    # an empty folder where a stage writes is no obstacle (the stage itself accepts one), not a "stale" artifact
+    shutil.rmtree(tmp_path / "work")
+    (tmp_path / "work" / "tokenizer").mkdir(parents=True)
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert "tokenizer: would run (no artifact yet)" in _lines(dry)[0]
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0  # no --overwrite asked for
+    assert (tmp_path / "work" / "tokenizer" / "manifest.json").is_file()
     # and a file where a stage's directory goes
     shutil.rmtree(tmp_path / "work")
     (tmp_path / "work").mkdir()

@@ -217,7 +217,7 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
 def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -> None:
     spec = STAGES[plan.name]
     out = plan.output
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):  # an empty folder: the stage takes it as is
         plan.action, plan.reason = "run", "no artifact yet"
         return
     manifest = _manifest_or_empty(out)
