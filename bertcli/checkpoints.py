@@ -29,9 +29,12 @@ from bertcli.config import config_changes, describe_changes, keys_with_role, loa
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR, TRACKER_FILE, WANDB_DIR
 from bertcli.schemas import PretrainConfig
-from bertcli.vocab import copy_tokenizer_files
+from bertcli.vocab import TOKENIZER_FILES, copy_tokenizer_files
 
 STEP_PREFIX = "step-"
+# What save_pretrained and save_checkpoint write at the top of a checkpoint (besides training_state/).
+_CHECKPOINT_NAMES = {CHECKPOINT_MARKER, "config.json", "generation_config.json", "model.safetensors",
+                     "model.safetensors.index.json", *TOKENIZER_FILES}
 FINAL = "final"
 MARKER = CHECKPOINT_MARKER  # written last inside a checkpoint: lists every file with size and sha256
 STATE_DIR = "training_state"
@@ -162,13 +165,21 @@ def verify_checkpoint(path: Path) -> str | None:
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
-    """Step checkpoint directories (complete or not), oldest first."""
+    """Step checkpoint directories (complete or not), oldest first. A step-N folder that holds nothing bertcli
+    writes (only files of the user's, left by --overwrite or rotation) is no checkpoint."""
     found = []
     for p in out_dir.glob(f"{STEP_PREFIX}*"):
         suffix = p.name[len(STEP_PREFIX):]
-        if p.is_dir() and suffix.isdigit():
+        if p.is_dir() and suffix.isdigit() and any(_named_as_ours(q.relative_to(p)) for q in p.iterdir()):
             found.append((int(suffix), p))
     return sorted(found)
+
+
+def _named_as_ours(rel: Path) -> bool:
+    """A path inside a checkpoint that bertcli's checkpoints have: the marker, the weights and config, the tokenizer
+    files, training_state/."""
+    top = rel.parts[0]
+    return top in _CHECKPOINT_NAMES or top == STATE_DIR or (top.startswith("model-") and top.endswith(".safetensors"))
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -262,13 +273,15 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
 
 def users_files(checkpoint: Path) -> list[Path]:
     """Files in a checkpoint directory that its marker does not list: the user's (a model card, notes). Without a
-    readable marker the directory is no checkpoint bertcli finished, and all of it counts as the user's."""
+    readable marker (damaged, or never written), the files named as bertcli's checkpoints name theirs count as
+    bertcli's, so that a broken checkpoint's weights do not stay on disk for ever."""
     try:
         listed = set(json.loads((checkpoint / MARKER).read_text(encoding="utf-8"))["files"]) | {MARKER}
     except (OSError, ValueError, KeyError, TypeError):
-        listed = set()
+        listed = None
     found = (p for p in checkpoint.rglob("*") if p.is_file() or p.is_symlink())
-    return sorted(p for p in found if p.relative_to(checkpoint).as_posix() not in listed)
+    return sorted(p for p in found if (p.relative_to(checkpoint).as_posix() not in listed if listed is not None
+                                       else not _named_as_ours(p.relative_to(checkpoint))))
 
 
 def remove_checkpoint(checkpoint: Path) -> None:

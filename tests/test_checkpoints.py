@@ -22,6 +22,7 @@ from bertcli.checkpoints import (
     list_checkpoints,
     newest_valid_checkpoint,
     prune_checkpoints,
+    remove_checkpoint,
     start_run_dir,
     verify_checkpoint,
 )
@@ -134,6 +135,22 @@ def test_checkpoint_rotation_keeps_the_users_files(reference_run, tmp_path):
     prune_checkpoints(run, keep=1)
     assert sorted(p.name for p in (run / "step-00000002").iterdir()) == ["notes.txt"]
     assert verify_checkpoint(run / "step-00000004") is None
+    # the folder left holding only the user's file is no checkpoint: --resume neither stops on it nor warns
+    assert [p.name for _, p in list_checkpoints(run)] == ["step-00000004"]
+    killed = interrupted_copy(run, tmp_path / "killed")
+    shutil.rmtree(killed / "step-00000004")  # killed before its first checkpoint
+    pretrain.run(tiny_cfg(run_data_path(reference_run), killed, max_steps=2, save_every=0, eval_every=0),
+                 resume=True)
+    assert (killed / "step-00000002" / "notes.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_with_a_damaged_marker_is_still_removed_but_the_users_files_stay(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / "step-00000002" / MARKER).write_text("{trunc")
+    (run / "step-00000002" / "notes.txt").write_text("mine")
+    remove_checkpoint(run / "step-00000002")  # its weights must not stay on disk for ever
+    assert sorted(p.name for p in (run / "step-00000002").iterdir()) == ["notes.txt"]
 
 
 def test_start_run_dir_clears_a_run_and_only_dead_writers_temporaries(reference_run, tmp_path):
