@@ -54,6 +54,13 @@ def test_gzip_and_jsonl(tmp_path):
     assert list(iter_documents([named])) == [["E one."]]
     with pytest.raises(InputError, match="holds no corpus files"):  # in a directory a .json is still not a corpus
         resolve_inputs([named.parent])
+    # a JSON document is named as one, with how to convert it (it was "no 'text' field in the JSON object")
+    for name, content in (("array.json", json.dumps([{"text": "A."}]) + "\n"),
+                          ("pretty.json", json.dumps({"text": "A."}, indent=2) + "\n")):
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        with pytest.raises(InputError, match=rf"{name}:1: a JSON document, not JSON lines") as err:
+            list(iter_documents([tmp_path / name]))
+        assert "jq -c" in err.value.hint
 
 
 def test_document_per_line_keeps_korean_and_cjk(tmp_path):
