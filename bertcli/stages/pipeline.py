@@ -248,11 +248,22 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
     if changed:
         plan.action, plan.reason = "rerun", changed
         return
-    if config_hash(stored) != config_hash(plan.cfg):  # only keys --resume accepts changed: pretrain decides
+    if config_hash(stored) != config_hash(plan.cfg) and _limits_raised(stored, plan.cfg):  # keys --resume accepts
         plan.action, plan.reason = "resume", "a finished run" + _resumed_with(stored, plan) + (
-            "; it continues if max_steps or time_budget_s was raised")
+            "; it continues if the limit that stopped it was raised")
         return
-    plan.action, plan.reason, plan.manifest = "skip", "up to date: same config and inputs", manifest
+    plan.action, plan.manifest = "skip", manifest
+    if config_hash(stored) != config_hash(plan.cfg):  # log_every, device, …: nothing to do for a finished run
+        plan.reason = "up to date: a finished run" + _resumed_with(stored, plan)
+    else:
+        plan.reason = "up to date: same config and inputs"
+
+
+def _limits_raised(stored: Any, cfg: Any) -> bool:
+    """Whether a finished pretraining run may go on: max_steps or time_budget_s raised (a budget removed too)."""
+    budget_raised = stored.time_budget_s is not None and (cfg.time_budget_s is None
+                                                          or cfg.time_budget_s > stored.time_budget_s)
+    return cfg.max_steps > stored.max_steps or budget_raised
 
 
 def _resumed_with(stored: Any, plan: StagePlan) -> str:
