@@ -170,8 +170,9 @@ def train_vocab(
     )
     if stats.get("skipped_other_files"):  # a .xz or .bz2 among the text would otherwise go unread without a word
         warn(f"{stats['skipped_other_files']:,} file(s) in the input directories were not read: their names are "
-             "not corpus names (.txt, .gz, .zst, .jsonl, .parquet, …; docs/corpora.md). A text file named in --input "
-             "is read whatever its name; other compressions (.xz, .bz2) need decompressing first")
+             "not corpus names (.txt, .gz, .zst, .jsonl, .parquet, …; docs/corpora.md). A file named in --input is "
+             "read as text whatever its name (unless it names a format); other compressions (.xz, .bz2) need "
+             "decompressing first")
 
 
 @app.command("tokenize")
