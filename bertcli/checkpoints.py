@@ -170,15 +170,14 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in out_dir.glob(f"{STEP_PREFIX}*"):
         suffix = p.name[len(STEP_PREFIX):]
-        if p.is_dir() and suffix.isdigit() and any(_named_as_ours(q.relative_to(p)) for q in p.iterdir()):
+        if p.is_dir() and suffix.isdigit() and any(_named_as_ours(q.name) for q in p.iterdir()):
             found.append((int(suffix), p))
     return sorted(found)
 
 
-def _named_as_ours(rel: Path) -> bool:
-    """A path inside a checkpoint that bertcli's checkpoints have: the marker, the weights and config, the tokenizer
-    files, training_state/."""
-    top = rel.parts[0]
+def _named_as_ours(top: str) -> bool:
+    """A name at the top of a checkpoint that bertcli's checkpoints have: the marker, the weights and config, the
+    tokenizer files, training_state/."""
     return top in _CHECKPOINT_NAMES or top == STATE_DIR or (top.startswith("model-") and top.endswith(".safetensors"))
 
 
@@ -279,9 +278,11 @@ def users_files(checkpoint: Path) -> list[Path]:
         listed = set(json.loads((checkpoint / MARKER).read_text(encoding="utf-8"))["files"]) | {MARKER}
     except (OSError, ValueError, KeyError, TypeError):
         listed = None
+    def ours(rel: Path) -> bool:
+        return rel.as_posix() in listed if listed is not None else _named_as_ours(rel.parts[0])
+
     found = (p for p in checkpoint.rglob("*") if p.is_file() or p.is_symlink())
-    return sorted(p for p in found if (p.relative_to(checkpoint).as_posix() not in listed if listed is not None
-                                       else not _named_as_ours(p.relative_to(checkpoint))))
+    return sorted(p for p in found if not ours(p.relative_to(checkpoint)))
 
 
 def remove_checkpoint(checkpoint: Path) -> None:

@@ -499,12 +499,16 @@ def split_sentences(text: str, language: str = "auto") -> list[str]:
 def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | None:
     if not line.strip():
         return None
-    # A JSON document (an array, or an object spread over lines) in a .json file: said as such, not as a bad line
-    if line.strip() in ("[", "{") or line.lstrip().startswith("["):
+    try:
+        record = parse_json_line(path, lineno, line,
+                                 hint="each line of a .jsonl file is one flat JSON object holding the text")
+    except InputError:
+        if line.strip() not in ("[", "{"):
+            raise
+        record = []  # the first line of an array or of an object spread over lines: a JSON document
+    if isinstance(record, list):  # a JSON document in a .json file: said as such, not as a bad line
         raise InputError(f"{path}:{lineno}: a JSON document, not JSON lines (one object a line)",
                          hint="convert it: jq -c '.[]' for an array of objects, jq -c . for one object")
-    record = parse_json_line(path, lineno, line,
-                             hint="each line of a .jsonl file is one flat JSON object holding the text")
     if not isinstance(record, dict) or text_field not in record:
         raise InputError(
             f"{path}:{lineno}: no '{text_field}' field in the JSON object",

@@ -248,15 +248,14 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
     if changed:
         plan.action, plan.reason = "rerun", changed
         return
-    if config_hash(stored) != config_hash(plan.cfg) and _limits_raised(stored, plan.cfg):  # keys --resume accepts
+    resumable_changed = config_hash(stored) != config_hash(plan.cfg)  # keys --resume accepts (pretrain only)
+    if resumable_changed and _limits_raised(stored, plan.cfg):
         plan.action, plan.reason = "resume", "a finished run" + _resumed_with(stored, plan) + (
             "; it continues if the limit that stopped it was raised")
         return
-    plan.action, plan.manifest = "skip", manifest
-    if config_hash(stored) != config_hash(plan.cfg):  # log_every, device, …: nothing to do for a finished run
-        plan.reason = "up to date: a finished run" + _resumed_with(stored, plan)
-    else:
-        plan.reason = "up to date: same config and inputs"
+    plan.action, plan.manifest = "skip", manifest  # log_every, device, …: nothing to do for a finished run
+    plan.reason = ("up to date: a finished run" + _resumed_with(stored, plan) if resumable_changed
+                   else "up to date: same config and inputs")
 
 
 def _limits_raised(stored: Any, cfg: Any) -> bool:
