@@ -241,8 +241,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
     name = _strip_compression(path.name.lower())
-    # .json too, for a file named on its own (a directory's .json files are skipped: see _JSONL_SUFFIXES): JSON lines
-    # is what Hugging Face's Dataset.to_json writes there, and a JSON document read as text would poison the corpus
+    # .json too, for a file named on its own (a directory's are skipped): Dataset.to_json writes JSON lines there
     if name.endswith(_JSONL_SUFFIXES + (".json",)):
         return "jsonl"
     if name.endswith(_PARQUET_SUFFIXES):
@@ -499,21 +498,19 @@ def split_sentences(text: str, language: str = "auto") -> list[str]:
 def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str | None:
     if not line.strip():
         return None
+    hint = "each line of a .jsonl file is one flat JSON object holding the text"
     try:
-        record = parse_json_line(path, lineno, line,
-                                 hint="each line of a .jsonl file is one flat JSON object holding the text")
+        record = parse_json_line(path, lineno, line, hint=hint)
     except InputError:
-        if line.strip() not in ("[", "{"):
+        if line.strip() not in ("[", "{"):  # else the first line of an array, or of an object spread over lines
             raise
-        record = []  # the first line of an array or of an object spread over lines: a JSON document
+        record = []
     if isinstance(record, list):  # a JSON document in a .json file: said as such, not as a bad line
         raise InputError(f"{path}:{lineno}: a JSON document, not JSON lines (one object a line)",
                          hint="convert it: jq -c '.[]' for an array of objects, jq -c . for one object")
     if not isinstance(record, dict) or text_field not in record:
-        raise InputError(
-            f"{path}:{lineno}: no '{text_field}' field in the JSON object",
-            hint="set text_field to the key that holds the text",
-        )
+        raise InputError(f"{path}:{lineno}: no '{text_field}' field in the JSON object",
+                         hint="set text_field to the key that holds the text")
     value = record[text_field]
     if not isinstance(value, str):
         raise InputError(f"{path}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string",
