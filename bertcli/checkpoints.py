@@ -8,7 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -424,26 +424,40 @@ def _is_bertcli_checkpoint(path: Path) -> bool:
     return isinstance(marker, dict) and "bertcli_version" in marker and "files" in marker
 
 
+class RunDirProblem(NamedTuple):
+    what: str  # after "output 'DIR' "
+    hint: str
+    users_files: bool  # the directory holds files bertcli did not write
+
+
+def run_dir_problem(out: Path, data: Path) -> RunDirProblem | None:
+    """Why `bert pretrain` may not write its run into `out` (None when it may): `out` is its data or nested with
+    it, is a file, or holds files that are not a run. `bert run` asks this before any stage runs."""
+    data_real, real = data.resolve(), out.resolve()
+    if real == data_real or data_real in real.parents or real in data_real.parents:
+        return RunDirProblem(f"is the data '{data}', lies inside it or holds it",
+                             "choose an --output outside the data: bertcli never writes into its inputs", False)
+    if out.exists() and not out.is_dir():
+        return RunDirProblem("is a file", "choose another --output", False)
+    if out.is_dir() and not is_run_dir(out):
+        names = sorted(p.name for p in out.iterdir())
+        if names:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            return RunDirProblem(f"exists and holds files that are not a bertcli run ({shown})",
+                                 "choose another --output; bertcli never deletes files it did not write", True)
+    return None
+
+
 def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist.DistContext) -> bool:
     """Check the run directory (all ranks, read only) and decide whether this is a resumption.
 
     Returns True when an existing run is to be continued.
     """
     out = Path(cfg.output)
-    data, real = Path(cfg.data).resolve(), out.resolve()
-    if real == data or data in real.parents or real in data.parents:
-        raise OutputExistsError(
-            f"output '{out}' is the data '{cfg.data}', lies inside it or holds it",
-            hint="choose an --output outside the data: bertcli never writes into its inputs",
-        )
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output '{out}' is a file", hint="choose another --output")
+    problem = run_dir_problem(out, Path(cfg.data))
+    if problem is not None:
+        raise OutputExistsError(f"output '{out}' {problem.what}", hint=problem.hint)
     has_run = is_run_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not has_run:
-        raise OutputExistsError(
-            f"output '{out}' exists and holds files that are not a bertcli run",
-            hint="choose another --output; bertcli never deletes files it did not write",
-        )
     if not has_run:
         if resume:
             dist.log_main(ctx, f"note: --resume given but '{out}' holds no run yet; starting from step 0")

@@ -97,7 +97,7 @@ def test_output_with_another_run_is_refused(reference_run, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not a bertcli run"):
+    with pytest.raises(OutputExistsError, match=r"not a bertcli run \(notes\.txt\)"):  # names what is in the way
         pretrain.run(tiny_cfg(run_data_path(reference_run), foreign), overwrite=True)
     assert (foreign / "notes.txt").read_text() == "mine"
 

@@ -321,7 +321,7 @@ def test_files_of_the_users_in_a_stage_directory_stop_the_run_before_any_stage(t
     dry = runner.invoke(app, ["run", str(path), "--dry-run"])
     assert dry.exit_code == 0
     assert "pretrain → " in dry.stdout
-    assert "would stop, it holds files that are not a bertcli run (notes.txt)" in dry.stdout
+    assert "would stop, it exists and holds files that are not a bertcli run (notes.txt)" in dry.stdout
     for extra in ([], ["--overwrite"]):
         result = runner.invoke(app, ["run", str(path), *extra])
         assert result.exit_code == 2 and "error: stage pretrain: " in result.stderr, result.stderr

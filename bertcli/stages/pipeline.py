@@ -282,12 +282,10 @@ def _in_the_way(plan: StagePlan) -> tuple[str, str] | None:
         return "is not a directory, where the stage's directory goes", f"move '{plan.output}' away, or change workdir"
     mine = f"move your files out of '{plan.output}', or change workdir{keep}"
     if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
-        from bertcli.checkpoints import is_run_dir  # imports torch: only for a directory that is not an artifact
+        from bertcli.checkpoints import run_dir_problem  # imports torch: only for a directory that is no artifact
 
-        if is_run_dir(plan.output) or not any(plan.output.iterdir()):
-            return None
-        names = sorted(p.name for p in plan.output.iterdir())
-        return f"holds files that are not a bertcli run ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})", mine
+        problem = run_dir_problem(plan.output, Path(plan.cfg.data))
+        return None if problem is None else (problem.what, mine if problem.users_files else problem.hint)
     try:
         check_output(plan.output, overwrite=True, stage=spec.manifest_stage)
     except OutputExistsError as exc:
