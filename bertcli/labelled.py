@@ -74,8 +74,9 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
 
 
-def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for every non-blank row; CSV and TSV take their field names from the first line."""
+def _rows(path: Path, fmt: str, hint_format: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every non-blank row; CSV and TSV take their field names from the first line.
+    hint_format: how the user chooses another format (said when the header is in another one's separator)."""
     text = _read_text(path)
     if fmt == "jsonl":
         seen_row = False
@@ -98,13 +99,14 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
         if not lines:
             return
-        header = _header(path, lines[0][0], lines[0][1].split("\t"))
+        header = _header(path, lines[0][0], lines[0][1].split("\t"), "csv", hint_format)
         for line_no, line in lines[1:]:
             values = line.split("\t")
             if len(values) != len(header):
                 raise InputError(
-                    f"{path}:{line_no}: {len(values)} tab-separated columns, the header has {len(header)}",
-                    hint="one tab between columns and none inside a text, or use CSV (quoting) or JSONL",
+                    f"{path}:{line_no}: {_columns(len(values), 'tab')}, the header has {len(header)}",
+                    hint=_row_width_hint(len(values), len(header), "\t", "one tab between columns and none "
+                                         "inside a text, or use CSV (quoting) or JSONL"),
                 )
             yield line_no, dict(zip(header, values))
         return
@@ -119,12 +121,12 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             if not any(v.strip() for v in values):
                 continue
             if header is None:
-                header = _header(path, line_no, values)
+                header = _header(path, line_no, values, "tsv", hint_format)
                 continue
             if len(values) != len(header):
                 raise InputError(
-                    f"{path}:{line_no}: {len(values)} comma-separated columns, the header has {len(header)}",
-                    hint="quote a text that contains commas: \"a, b\"",
+                    f"{path}:{line_no}: {_columns(len(values), 'comma')}, the header has {len(header)}",
+                    hint=_row_width_hint(len(values), len(header), ",", "quote a text that contains commas: \"a, b\""),
                 )
             yield line_no, dict(zip(header, values))
     except csv.Error as exc:
@@ -134,10 +136,27 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         ) from exc
 
 
-def _header(path: Path, line_no: int, names: list[str]) -> list[str]:
+def _columns(count: int, separator_name: str) -> str:
+    return f"{count} {separator_name}-separated column{'' if count == 1 else 's'}"
+
+
+def _row_width_hint(width: int, header_width: int, separator: str, too_many: str) -> str:
+    if width > header_width:
+        return too_many
+    return f"give every row all {header_width} columns (an empty value as {'a,,b' if separator == ',' else 'two tabs'})"
+
+
+def _header(path: Path, line_no: int, names: list[str], other: str, hint_format: str) -> list[str]:
     """Column names of a CSV/TSV header line, stripped of spaces; a name given twice is an error, since one of the
-    two columns would be dropped without a word."""
+    two columns would be dropped without a word. One name holding the `other` format's separator: a file of the
+    other format (a .csv of tabs, or format: tsv set for a CSV), which would otherwise fail later on a field name
+    that looks present."""
     names = [n.strip() for n in names]
+    separator = {"csv": ",", "tsv": "\t"}[other]
+    if len(names) == 1 and separator in names[0]:
+        read_as = "TSV" if other == "csv" else "CSV"
+        raise InputError(f"{path}:{line_no}: the header line is one column, {names[0]!r}, read as {read_as}",
+                         hint=f"the file looks like {other.upper()}: {hint_format}")
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -189,7 +208,10 @@ def load_examples(
     fmt = detect_format(p, format, setting)
     examples: list[Example] = []
     field = text_field
-    for line_no, row in _rows(p, fmt):
+    other_format = "tsv" if fmt == "csv" else "csv"
+    hint_format = (f"name it .{other_format}, or {setting('format')}" if format == "auto"  # went by the suffix
+                   else f"set format: {other_format} (or auto, to go by the file's suffix)")
+    for line_no, row in _rows(p, fmt, hint_format):
         if field is None:
             field = next((f for f in DEFAULT_TEXT_FIELDS if f in row), None)
             if field is None:

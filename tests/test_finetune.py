@@ -271,6 +271,17 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     surrogate = bad("surrogate.jsonl", '{"text": "a .", "label": "x"}\n{"text": "b \\udc80 .", "label": "y"}\n')
     refused_with_hint([*base, "--train", str(surrogate)], "surrogate.jsonl:2", "'text'", "not a character")
     fails([*base, "--train", str(bad("cols.tsv", "sentence\tlabel\nthe cat .\tanimal\textra\n"))], "cols.tsv:2")
+    # A short row was told to quote its commas; a file in the other separator failed on a field "not in" a header
+    # that visibly held it.
+    _, hint = refused_with_hint([*base, "--train", str(bad("short.csv", "sentence,label\nthe cat .\n"))],
+                                "short.csv:2: 1 comma-separated column, the header has 2")
+    assert hint == "hint: give every row all 2 columns (an empty value as a,,b)"
+    tabs = bad("tabs.csv", "sentence\tlabel\nthe cat .\tanimal\n")
+    _, hint = refused_with_hint([*base, "--train", str(tabs)], "tabs.csv:1: the header line is one column", "as CSV")
+    assert hint.startswith("hint: the file looks like TSV: name it .tsv"), hint
+    commas = bad("commas.csv", "sentence,label\nthe cat .,animal\n")
+    _, hint = refused_with_hint([*base, "--train", str(commas), "--set", "format=tsv"], "commas.csv:1", "as TSV")
+    assert hint.startswith("hint: the file looks like CSV: set format: csv"), hint
     fails([*base, "--train", str(tmp_path / "missing.tsv")], "missing.tsv", "does not exist")
     fails([*base, "--train", str(TRAIN), "--set", "lerning_rate=1"], "did you mean 'learning_rate'")
     fails(["finetune", "--model", str(tmp_path / "nomodel"), "--train", str(TRAIN), "-o", str(out)], "does not exist")
