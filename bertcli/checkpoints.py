@@ -253,6 +253,19 @@ def checkpoint_candidates(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (_checkpoint_step(p), p.name == FINAL), reverse=True)
 
 
+def newest_run_record(out_dir: Path) -> dict | None:
+    """What the newest checkpoint records of its run (data and tokenizer hashes, …), read without verifying it:
+    for `bert run` to plan with (--resume verifies). None when no checkpoint has a readable record."""
+    for path in checkpoint_candidates(out_dir):
+        try:
+            record = json.loads((path / STATE_DIR / "state.json").read_text(encoding="utf-8"))["run"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
 def newest_valid_checkpoint(out_dir: Path, ctx: dist.DistContext | None = None) -> Path | None:
     """The newest complete step checkpoint; corrupt or unfinished ones are skipped with a warning."""
     for _, path in reversed(list_checkpoints(out_dir)):

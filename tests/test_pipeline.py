@@ -158,6 +158,20 @@ def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> Non
     dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "would resume (an unfinished run with the same config)" in _lines(dry)[3]
+    # Its data rebuilt by hand since it began (same configs, another corpus): the plan said "resume", and the
+    # stage then refused the other data. The checkpoint's record is the run's only note of what it trained on.
+    states = [p for p in (copy / "pretrain").glob("*/training_state/state.json")]
+    assert states
+    saved = {p: p.read_bytes() for p in states}
+    for state in states:
+        payload = json.loads(state.read_text())
+        payload["run"]["data_content_hash"] = "0" * 64
+        state.write_text(json.dumps(payload))
+    dry = runner.invoke(app, ["run", str(moved), "--dry-run"])
+    assert "would rerun (an unfinished run, but its training data changed since it began; needs --overwrite)" \
+        in _lines(dry)[3], dry.output
+    for state, content in saved.items():
+        state.write_bytes(content)
     # When a stage before it is rebuilt, the run's data changes under it: it cannot be resumed, and the refusal
     # comes before the earlier stages overwrite the data it was started on (it came after, leaving it unresumable).
     cfg["pairs"]["seed"] = 8

@@ -197,6 +197,19 @@ def _inputs_changed(name: str, cfg: Any, manifest: dict, upstream: dict[str, dic
     return ""
 
 
+def _run_data_changed(plan: StagePlan, upstream: dict[str, dict]) -> str:
+    """Why an unfinished run's data differs from the data it began on ('' when it does not, or is not known): it
+    has no manifest yet, so its newest checkpoint's record is what holds the data it trained on."""
+    from bertcli.checkpoints import newest_run_record  # imports torch: only for a run directory
+
+    recorded = (newest_run_record(plan.output) or {}).get("data_content_hash")
+    for given in STAGES[plan.name].inputs:
+        current = _identity_now(given, plan.cfg, upstream) if given.kind == "artifact" else None
+        if recorded and current and recorded != current:
+            return f"its {given.what} changed since it began"
+    return ""
+
+
 def _manifest_or_empty(directory: Path) -> dict:
     try:
         return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
@@ -228,8 +241,11 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
         if spec.resumable and (out / "config.yaml").is_file():
             stored = _stored_config(plan.name, out)
             if stored is not None and config_hash(stored, ignore) == config_hash(plan.cfg, ignore):
+                changed = _run_data_changed(plan, upstream)
                 if upstream_ran:  # its data is rebuilt under it: it cannot continue
                     plan.action, plan.reason = "rerun", "an unfinished run, but a stage before it is rebuilt"
+                elif changed:  # rebuilt by hand since (bert pairs --overwrite): --resume would refuse it
+                    plan.action, plan.reason = "rerun", f"an unfinished run, but {changed}"
                 else:
                     plan.action, plan.reason = "resume", "an unfinished run" + _resumed_with(stored, plan)
                 return
