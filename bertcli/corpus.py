@@ -233,7 +233,9 @@ def _outside_artifacts(matches: list[Path], base: Path, skipped: CorpusStats) ->
 # ---------------------------------------------------------------- how a file is read
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
-    """text, jsonl, parquet or arrow: `fmt` unless it is auto, else from the name (.gz/.zst suffixes ignored)."""
+    """text, jsonl, parquet or arrow: `fmt` unless it is auto, else from the name (.gz/.zst suffixes ignored). A
+    file named as text whose first line is a JSON object is refused: read as text, the vocabulary and the model
+    would learn the JSON's keys and quotes."""
     if fmt != "auto":
         return fmt
     name = _strip_compression(path.name.lower())
@@ -244,7 +246,32 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         return "parquet"
     if name.endswith(_ARROW_SUFFIXES):
         return "arrow"
+    line_no = _json_object_line(path)
+    if line_no:
+        raise InputError(f"{path}:{line_no}: a JSON object, in a file read as plain text",
+                         hint="name it .jsonl (or set format: jsonl) to read the text_field of each line; "
+                         "format: text reads the file as it is")
     return "text"
+
+
+def _json_object_line(path: Path) -> int:
+    """The number of the first non-blank line when it is a JSON object, else 0 (errors: left to the reader)."""
+    try:
+        with open_decompressed(path) as f:
+            for line_no, line in enumerate(iter(lambda: f.readline(_SNIFF_BYTES), b""), start=1):
+                text = line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+                if text:
+                    return line_no if text.startswith("{") and isinstance(_json_or_none(text), dict) else 0
+    except (OSError, EOFError, InputError):
+        pass
+    return 0
+
+
+def _json_or_none(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _check_not_binary(path: Path, head: bytes) -> None:

@@ -102,6 +102,25 @@ def test_binary_file_refused(tmp_path):
         list(iter_texts([p], errors="replace"))
 
 
+def test_json_lines_named_as_text_are_refused_unless_format_text_is_set(tmp_path):
+    # Read as text, a .txt of JSON lines trained the vocabulary on '{"text": "…' (keys and quotes as words).
+    records = '\ufeff\n{"text": "the cat sat .", "id": 1}\n{"text": "a dog ."}\n'
+    plain = tmp_path / "dump.txt"
+    plain.write_text(records, encoding="utf-8")
+    packed = tmp_path / "dump.gz"
+    packed.write_bytes(gzip.compress(records.encode()))
+    for path in (plain, packed):
+        with pytest.raises(InputError, match=rf"{path.name}:2: a JSON object, in a file read as plain text") as err:
+            list(iter_documents([path]))
+        assert "format: jsonl" in err.value.hint
+    as_text = [['{"text": "the cat sat .", "id": 1}', '{"text": "a dog ."}']]
+    assert list(iter_documents([plain], format="text")) == as_text
+    assert list(iter_documents([plain], format="jsonl")) == [["the cat sat ."], ["a dog ."]]
+    braces = tmp_path / "braces.txt"  # a text line that only starts with a brace is text
+    braces.write_text("{a set} of words .\n{\"text\": 1}\n", encoding="utf-8")
+    assert len(list(iter_texts([braces]))) == 2
+
+
 def test_enormous_line_comes_in_bounded_pieces_without_splitting_words(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "MAX_LINE_BYTES", 4096)
     words = [f"w{i}é" for i in range(5000)]  # ~35 KB on one line, multi-byte characters included
