@@ -253,17 +253,19 @@ def checkpoint_candidates(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (_checkpoint_step(p), p.name == FINAL), reverse=True)
 
 
+def _run_record(checkpoint: Path) -> dict:
+    """What a checkpoint records of its run (data and tokenizer hashes, …); {} when unreadable."""
+    try:
+        record = json.loads((checkpoint / STATE_DIR / "state.json").read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def newest_run_record(out_dir: Path) -> dict | None:
-    """What the newest checkpoint records of its run (data and tokenizer hashes, …), read without verifying it:
-    for `bert run` to plan with (--resume verifies). None when no checkpoint has a readable record."""
-    for path in checkpoint_candidates(out_dir):
-        try:
-            record = json.loads((path / STATE_DIR / "state.json").read_text(encoding="utf-8"))["run"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(record, dict):
-            return record
-    return None
+    """The newest checkpoint's run record, read without verifying it: for `bert run` to plan with (--resume
+    verifies). None when no checkpoint has a readable record."""
+    return next((r for r in map(_run_record, checkpoint_candidates(out_dir)) if r), None)
 
 
 def newest_valid_checkpoint(out_dir: Path, ctx: dist.DistContext | None = None) -> Path | None:
@@ -331,6 +333,8 @@ def restore_newest(
         problems = []
         for path in candidates:
             problem = verify_checkpoint(path)
+            if problem is None and data is not None:  # other data first: another vocabulary also changes the
+                check_resume_inputs(_run_record(path), data)  # weights' shapes, which read as a damaged checkpoint
             if problem is None:
                 try:
                     contents.update(read_checkpoint(path))
@@ -346,8 +350,6 @@ def restore_newest(
                 problems.append(f"{path.name}: {problem}")
                 contents.clear()
                 continue
-            if data is not None:
-                check_resume_inputs(contents["payload"]["run"], data)
             return str(path)
         if candidates:
             raise ArtifactError(
@@ -402,12 +404,12 @@ def finished_run(out_dir: Path, cfg: PretrainConfig) -> dict | None:
 
 def check_resume_inputs(run_info: dict, data: DataArtifact) -> None:
     """Refuse to continue a run on other data or another tokenizer than its checkpoint recorded."""
-    if run_info["tokenizer_hash"] != data.tokenizer_hash:
+    if run_info.get("tokenizer_hash", data.tokenizer_hash) != data.tokenizer_hash:
         raise ArtifactError(
             f"--resume: the data '{data.path}' was made with another tokenizer than the run's checkpoints",
             hint="resume with the data the run was started with",
         )
-    if run_info["data_content_hash"] != data.content_hash:
+    if run_info.get("data_content_hash", data.content_hash) != data.content_hash:
         raise ArtifactError(
             f"--resume: the data '{data.path}' differs from the data the run was started with",
             hint="resume with the same data artifact (its data position would be meaningless otherwise)",
