@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -250,17 +252,47 @@ def load_tokenizer(directory: str | Path) -> LoadedTokenizer:
     )
 
 
-MOSTLY_UNKNOWN_SHARE = 0.5
+MOSTLY_UNKNOWN_SHARE = 0.5  # one text: most of it unreadable
+CORPUS_UNKNOWN_SHARE = 0.05  # a corpus or a training file: a vocabulary trained on such text leaves well under 1%
+_NFD_SAMPLE_TEXTS = 1000
 
 
-def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: str | Path) -> None:
-    """Most tokens [UNK] (a tokenizer trained on another script, or text of emoji and marks): a model learns, scores
-    or classifies little but [UNK] there. Said, not refused: a few such inputs are deliberate."""
+def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: str | Path,
+                           texts: Iterable[str] = (), limit: float = MOSTLY_UNKNOWN_SHARE) -> None:
+    """More than `limit` of the tokens [UNK] (a tokenizer trained on another script, on decomposed text, or text of
+    emoji and marks): a model learns, scores or classifies little but [UNK] there. Said, not refused: a few such
+    inputs are deliberate. texts: the text (read lazily, the first thousand, and only when warning), to tell
+    decomposed input (NFD) from a vocabulary that lacks the script."""
     share = unknown / max(total, 1)
-    if share > MOSTLY_UNKNOWN_SHARE:
-        warn(f"{share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; train a vocabulary on "
-             "such text (bert train-vocab), or check limit_alphabet; text in decomposed Unicode (NFD: Hangul as "
-             "jamo, as macOS copies it) needs composing to NFC first (docs/korean.md)")
+    if share <= limit:
+        return
+    if _is_jamo_vocabulary(Path(tokenizer_dir)):
+        advice = ("its vocabulary is of Hangul jamo, trained on decomposed text (NFD): compose that corpus to NFC and "
+                  "train the vocabulary again (docs/korean.md)")
+    elif any(not unicodedata.is_normalized("NFC", t) for t in itertools.islice(texts, _NFD_SAMPLE_TEXTS)):
+        advice = ("the text is in decomposed Unicode (NFD: Hangul as jamo, as macOS copies it): compose it to NFC "
+                  "first (docs/korean.md)")
+    else:
+        advice = "train a vocabulary on such text (bert train-vocab), or check limit_alphabet"
+    warn(f"{share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; {advice}")
+
+
+def is_jamo_vocabulary(tokens: Iterable[str]) -> bool:
+    """Pieces that spell Hangul as conjoining jamo (U+1100–U+11FF), more of them than of composed syllables: a
+    vocabulary trained on decomposed (NFD) Korean, which reads composed text as [UNK]."""
+    jamo = syllables = 0
+    for token in tokens:
+        jamo += any("\u1100" <= c <= "\u11ff" for c in token)
+        syllables += any("\uac00" <= c <= "\ud7a3" for c in token)
+    return jamo >= 10 and jamo > syllables  # NFC text has no conjoining jamo (but Old Hangul)
+
+
+def _is_jamo_vocabulary(tokenizer_dir: Path) -> bool:
+    try:
+        lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return is_jamo_vocabulary(lines)
 
 
 def count_unknown(id_lists: Iterable[Sequence[int]], tokenizer: Any) -> tuple[int, int]:

@@ -129,6 +129,18 @@ def test_fill_mask_predicts_the_trained_words(tiny_bert: Path) -> None:
     assert human.splitlines()[0].split()[1] == "sat"
 
 
+def test_fill_mask_and_predict_nsp_say_when_the_text_is_mostly_unknown(tiny_bert: Path) -> None:
+    # Both answered an all-[UNK] text without a word, where tokenize, score and predict warn.
+    assert "tokens are [UNK]" not in ok(["fill-mask", "-m", str(tiny_bert), "the cat [MASK] on the mat ."]).stderr
+    result = ok(["fill-mask", "-m", str(tiny_bert), "ꙮꙮ ꙮ [MASK] ꙮ ."])
+    assert "warning: 75% of the text's tokens are [UNK]" in result.stderr  # 3 of 4, the mask left out
+    result = ok(["predict-nsp", "-m", str(tiny_bert), "--first", "ꙮꙮ ꙮ .", "--second", "ꙮ ꙮꙮ ."])
+    assert "warning: 67% of the text's tokens are [UNK]" in result.stderr  # 4 of 6
+    assert "IsNext" in result.stdout or "NotNext" in result.stdout
+    assert "[UNK]" not in ok(["predict-nsp", "-m", str(tiny_bert), "--first", "the cat sat .",
+                              "--second", "the dog ran ."]).stderr
+
+
 def test_fill_mask_two_masks(tiny_bert: Path) -> None:
     out = ok(["fill-mask", "--model", str(tiny_bert), "--json", "the cat [MASK] on the [MASK] ."]).stdout
     masks = json_lines(out)[0]["masks"]

@@ -261,6 +261,22 @@ def test_a_manifest_value_of_the_wrong_type_is_named(pairs_copy, key, value):
 # ---------------------------------------------------------------- 10. degenerate data
 
 
+def test_a_corpus_with_a_fifth_of_its_tokens_unknown_is_warned_about(tmp_path, tiny_tokenizer):
+    # 19% [UNK] (a vocabulary of too small an alphabet) passed without a word: the warning began at 50%, the
+    # share of one unreadable text, where a vocabulary fit for its corpus leaves well under 1%.
+    corpus = tmp_path / "some-unknown.txt"
+    doc = "\n".join(["the hacker wrote ꙮ code .", "a program ꙮ ran ."] * 4)
+    corpus.write_text(f"{doc}\n\n{doc}\n", encoding="utf-8")
+    pairs = tmp_path / "pairs"
+    result = runner.invoke(app, ["pairs", "--input", str(corpus), "--tokenizer", str(tiny_tokenizer), "--output",
+                                 str(pairs), "--set", "max_seq_length=32", "--set", "num_workers=1"])
+    assert result.exit_code == 0, result.output
+    share = json.loads((pairs / "manifest.json").read_text())["stats"]["unk_share"]
+    assert 0.05 < share < 0.5
+    assert f"warning: {share:.0%} of the corpus's tokens are [UNK]" in result.output
+    assert "train a vocabulary on such text" in result.output and "decomposed" not in result.output
+
+
 def test_a_corpus_the_tokenizer_cannot_read_is_warned_about_then_refused(tmp_path, tiny_tokenizer):
     corpus = tmp_path / "emoji.txt"
     docs = ["\n".join("🙂🙃 \u0301\u0302 😀" * (k + 1) for k in range(3)) for _ in range(4)]

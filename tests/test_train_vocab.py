@@ -152,9 +152,39 @@ def test_tokenize_warns_when_a_text_is_mostly_unknown(tmp_path, tiny_corpus):
     assert "[UNK] [UNK] [UNK]" in result.stdout
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: 75% of text 2's tokens are [UNK] for the tokenizer of '{out}'; train a vocabulary "
-                        "on such text (bert train-vocab), or check limit_alphabet; text in decomposed Unicode (NFD: "
-                        "Hangul as jamo, as macOS copies it) needs composing to NFC first (docs/korean.md)"], \
-        result.stderr
+                        "on such text (bert train-vocab), or check limit_alphabet"], result.stderr
+
+
+def test_unknown_tokens_are_blamed_on_decomposed_text_only_where_it_is(tmp_path):
+    # The [UNK] warning told every user to compose NFD text, also when the text was composed and the vocabulary
+    # was the one trained on decomposed (NFD) Korean: that vocabulary is of jamo, and train-vocab said nothing.
+    import unicodedata
+
+    sentences = ["서울은 대한민국의 수도입니다 .", "한국어 문장을 토큰으로 나눕니다 .",
+                 "사진을 찍으면 나중에 봅니다 ."] * 40
+    composed, decomposed = tmp_path / "nfc.txt", tmp_path / "nfd.txt"
+    composed.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    decomposed.write_text(unicodedata.normalize("NFD", composed.read_text(encoding="utf-8")), encoding="utf-8")
+
+    def train(corpus, out):
+        result = runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(out),
+                                     "--set", "vocab_size=300"])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if "jamo" in line]
+
+    def warned(tokenizer, text):
+        result = runner.invoke(app, ["tokenize", "--tokenizer", str(tokenizer), text])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+
+    assert train(composed, tmp_path / "syllables") == []
+    jamo_warning = train(decomposed, tmp_path / "jamo")
+    assert len(jamo_warning) == 1 and "spells Hangul as jamo" in jamo_warning[0]
+    nfd_text = unicodedata.normalize("NFD", "서울은 수도입니다 .")
+    [warning] = warned(tmp_path / "syllables", nfd_text)  # the text is decomposed: compose it
+    assert "the text is in decomposed Unicode (NFD" in warning and "train a vocabulary" not in warning
+    [warning] = warned(tmp_path / "jamo", "서울은 수도입니다 .")  # the vocabulary is: train it again
+    assert "its vocabulary is of Hangul jamo" in warning and "the text is in decomposed" not in warning
 
 
 def test_python_m_and_debug_traceback(tmp_path):

@@ -362,7 +362,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     """Fine-tune `seeds` runs and write the best one's model, metrics.jsonl and manifest.json (last) to output."""
     from bertcli.artifacts import atomic_output_dir, check_output, file_sha256, write_manifest
     from bertcli.model_dir import check_tokenizer_fits, resolve_device, warn_if_case_is_lost
-    from bertcli.vocab import count_unknown, warn_if_mostly_unknown
+    from bertcli.vocab import CORPUS_UNKNOWN_SHARE, count_unknown, warn_if_mostly_unknown
 
     model_dir = check_model_dir(cfg.model)
     splits = read_splits(cfg)
@@ -398,7 +398,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     train = encode(tokenizer, splits.train, label_ids, max_length)
     dev = encode(tokenizer, splits.dev, label_ids, max_length)
     warn_if_mostly_unknown(*count_unknown(train.input_ids, tokenizer), f"the training file {splits.train_file.path}",
-                           model_dir)
+                           model_dir, (e.text for e in splits.train), limit=CORPUS_UNKNOWN_SHARE)
     if train.truncated or dev.truncated:
         _log(f"warning: {train.truncated} training and {dev.truncated} dev examples are longer than {max_length} "
              "tokens and were truncated")

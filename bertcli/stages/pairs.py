@@ -27,13 +27,19 @@ from bertcli.artifacts import (
     write_manifest,
 )
 from bertcli.config import keys_with_role, load_config
-from bertcli.corpus import CorpusStats, iter_documents, require_text, resolve_inputs
+from bertcli.corpus import CorpusStats, iter_documents, iter_texts, require_text, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
 from bertcli.executors import open_executor
 from bertcli.parallel import WorkerPool
 from bertcli.schemas import PairsConfig
 from bertcli.shards import ShardedArrays, ShardWriter, token_dtype
-from bertcli.vocab import LoadedTokenizer, copy_tokenizer_files, load_tokenizer, warn_if_mostly_unknown
+from bertcli.vocab import (
+    CORPUS_UNKNOWN_SHARE,
+    LoadedTokenizer,
+    copy_tokenizer_files,
+    load_tokenizer,
+    warn_if_mostly_unknown,
+)
 
 BLOCK_DOCUMENTS = 256
 """Documents per unit of work. RNGs are seeded per (seed, pass, block), so output never depends on workers."""
@@ -450,7 +456,9 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
                 f"the corpus ({', '.join(map(str, paths))}) gave no sequences (every sentence tokenized to nothing)",
                 hint="check the corpus and the tokenizer",
             )
-        warn_if_mostly_unknown(totals["unk_tokens"], totals["document_tokens"], "the corpus", loaded.path)
+        corpus_text = iter_texts(paths, cfg.layout, cfg.format, cfg.text_field, cfg.errors, cfg.language)  # lazy
+        warn_if_mostly_unknown(totals["unk_tokens"], totals["document_tokens"], "the corpus", loaded.path,
+                               corpus_text, limit=CORPUS_UNKNOWN_SHARE)
         copy_tokenizer_files(loaded.path, tmp / TOKENIZER_DIR)
         manifest = write_manifest(
             tmp,

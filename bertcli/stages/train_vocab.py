@@ -17,6 +17,7 @@ from bertcli.vocab import (
     build_pre_tokenizer,
     build_tokenizer,
     canonical_order,
+    is_jamo_vocabulary,
     read_base_tokenizer,
     save_tokenizer,
 )
@@ -199,7 +200,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             raise ConfigError(
                 f"key 'vocab_size': {cfg.vocab_size} is smaller than the {len(cfg.special_tokens)} special tokens "
                 f"plus the corpus's alphabet ({len(learned) - len(cfg.special_tokens)} character pieces)",
-                hint=f"raise vocab_size above {len(learned)}, or lower limit_alphabet",
+                hint=f"raise vocab_size to at least {len(learned)}, or lower limit_alphabet",
             )
         vocab = canonical_order(learned, cfg.special_tokens, prefix) if cfg.algorithm == "bpe" else learned
         tok = build_tokenizer(
@@ -261,4 +262,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             why, remedy = "more pieces", "more text gives more"
         warn(f"the vocabulary has {len(vocab):,} tokens, not the {cfg.vocab_size:,} of vocab_size: the corpus gave no "
              f"{why}; a model trained with it has this smaller vocabulary ({remedy})")
+    if is_jamo_vocabulary(vocab):  # NFD Korean: composed text, as most tools write it, would then be all [UNK]
+        warn("the vocabulary spells Hangul as jamo: the corpus is in decomposed Unicode (NFD), and composed Korean "
+             "text will read as [UNK]; compose the corpus to NFC and train again (docs/korean.md)")
     return manifest

@@ -116,7 +116,7 @@ def classify(
             logits = clf.model(**{k: v.to(clf.device) for k, v in enc.items()}).logits  # (B, K)
             for i, row in zip(idx, torch.softmax(logits.float(), dim=-1).cpu().tolist()):
                 probs[i] = row
-    warn_if_mostly_unknown(unknown, total, "the input", clf.path)
+    warn_if_mostly_unknown(unknown, total, "the input", clf.path, texts)
     if truncated:  # one line, not one per text: a file of long texts would bury the results
         first = ", ".join(what(i) for i in sorted(truncated)[:3])
         warn(f"{len(truncated)} of {len(texts)} inputs are longer than the model's {clf.max_length} tokens and were "

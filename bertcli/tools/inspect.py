@@ -82,5 +82,5 @@ def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
     unk = loaded.special_ids["unk"]
     for i, e in enumerate(encodings):
         pieces = [t for t, special in zip(e.ids, e.special_tokens_mask) if not special]
-        warn_if_mostly_unknown(pieces.count(unk), len(pieces), f"text {i + 1}", tokenizer_dir)
+        warn_if_mostly_unknown(pieces.count(unk), len(pieces), f"text {i + 1}", tokenizer_dir, [texts[i]])
     return [{"text": t, "tokens": e.tokens, "ids": e.ids} for t, e in zip(texts, encodings)]

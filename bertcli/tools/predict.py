@@ -12,6 +12,7 @@ from bertcli.errors import ArtifactError, InputError, warn
 from bertcli.masking import IGNORE_INDEX
 from bertcli.model_dir import LoadedModel
 from bertcli.textio import check_unicode, parse_json_line, text_lines
+from bertcli.vocab import count_unknown, warn_if_mostly_unknown
 
 if TYPE_CHECKING:
     from bertcli.vocab import LoadedTokenizer
@@ -150,15 +151,20 @@ def predict_nsp(
     # Batches of similar length waste little on padding (character length is a cheap proxy for token length).
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     probs: list[float] = [0.0] * len(pairs)
+    unknown = total = 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         enc = encode_texts(loaded, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], what=lambda k: name(idx[k]))
+        batch_unknown, batch_total = count_unknown(enc["input_ids"], loaded.tokenizer)
+        unknown, total = unknown + batch_unknown, total + batch_total
         batch = pad_batch(loaded, enc)
         with torch.inference_mode():
             out = loaded.model.bert(**batch)
             logits = loaded.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
             for i, p in zip(idx, torch.softmax(logits.float(), dim=-1)[:, 0].cpu().tolist()):
                 probs[i] = p
+    warn_if_mostly_unknown(unknown, total, "the text" if len(pairs) == 1 else "the pairs", loaded.path,
+                           (text for pair in pairs for text in pair))
     return [
         {"first": a, "second": b, "is_next_probability": p, "label": "IsNext" if p >= 0.5 else "NotNext"}
         for (a, b), p in zip(pairs, probs)
@@ -260,6 +266,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[dict]:
         )
     for message in truncated:
         warn(message)
+    unknown, total = count_unknown([[t for t in ids if t != mask_id]], tok)
+    warn_if_mostly_unknown(unknown, total, "the text", loaded.path, [text])
     beyond = text.count(mask_token) - len(positions)  # the tokenizer matches the mask token as written
     if beyond > 0:
         warn(f"{beyond} of the text's {len(positions) + beyond} {mask_token} tokens lie beyond the model's "

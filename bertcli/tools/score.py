@@ -146,7 +146,7 @@ def score_stream(
             copies += len(scored)
             unknown += scored.count(tok.unk_token_id) if tok.unk_token_id is not None else 0
     # an [UNK] is scored as the token [UNK]: two texts of unknowns score alike
-    warn_if_mostly_unknown(unknown, copies, "the text", loaded.path)
+    warn_if_mostly_unknown(unknown, copies, "the text", loaded.path, (t for _, t in numbered()))
     bar = tqdm(total=copies, desc="score", unit="copy", dynamic_ncols=True, disable=not progress)
     try:
         for chunk in batched(numbered(), CHUNK_TEXTS):
