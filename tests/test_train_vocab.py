@@ -141,6 +141,19 @@ def test_tokenize_plain_output(tiny_tokenizer):
     assert tokens.split()[0] == "[CLS]" and ids.split()[0] == "2"
 
 
+def test_tokenize_gives_what_autotokenizer_gives_for_special_tokens_in_the_text(tiny_tokenizer):
+    # `bert tokenize "the [MASK] sat"` printed "[ mask ]" in pieces, where AutoTokenizer and fill-mask read [MASK].
+    from transformers import AutoTokenizer
+
+    texts = ["the [MASK] sat on [SEP] the mat .", "a [mask] in lower case", "[CLS][MASK]x"]
+    result = runner.invoke(app, ["tokenize", "--tokenizer", str(tiny_tokenizer), "--json", *texts])
+    assert result.exit_code == 0, result.output
+    ours = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    reference = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
+    assert [o["ids"] for o in ours] == [reference(t)["input_ids"] for t in texts]
+    assert "[MASK]" in ours[0]["tokens"] and "[MASK]" not in ours[1]["tokens"]
+
+
 def test_tokenize_warns_when_a_text_is_mostly_unknown(tmp_path, tiny_corpus):
     # A tokenizer of English text only: three Hangul words are [UNK], the full stop is known (3 of 4). The README
     # once paired the two without a word.

@@ -75,10 +75,17 @@ def render(directory: str | Path, examples: int = 3) -> str:
 
 def tokenize(tokenizer_dir: str | Path, texts: list[str]) -> list[dict]:
     """Pieces and ids of each text, with [CLS]/[SEP] as AutoTokenizer adds them by default."""
+    from tokenizers import AddedToken, Tokenizer
+
     loaded = load_tokenizer(tokenizer_dir)
     for i, text in enumerate(texts):
         check_unicode(text, f"text {i + 1}")
-    encodings = loaded.tokenizer.encode_batch(list(texts))
+    # transformers matches the special tokens as written in a text ("The [MASK] sat"), before normalization; our
+    # tokenizer.json leaves them to the config files (a corpus's literal "[SEP]" stays text in `bert pairs`)
+    tokenizer = Tokenizer.from_str(loaded.tokenizer.to_str())
+    tokenizer.add_special_tokens([AddedToken(loaded.tokenizer.id_to_token(i), special=True, normalized=False)
+                                  for i in loaded.all_special_ids])
+    encodings = tokenizer.encode_batch(list(texts))
     unk = loaded.special_ids["unk"]
     for i, e in enumerate(encodings):
         pieces = [t for t, special in zip(e.ids, e.special_tokens_mask) if not special]
