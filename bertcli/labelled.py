@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -187,7 +188,8 @@ def _label(path: Path, line_no: int, row: dict[str, Any], field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InputError(f"{path}:{line_no}: label '{field}' is {json.dumps(value)}, expected a string or an integer",
                          hint="one label per example, as a name (\"positive\") or a class id (1)")
-    label = str(value).strip()
+    # NFC: a label typed on one system and copied on another (macOS writes Hangul decomposed) is the same label
+    label = unicodedata.normalize("NFC", str(value).strip())
     if not label:
         raise InputError(f"{path}:{line_no}: label '{field}' is empty", hint="every training example needs a label")
     return label

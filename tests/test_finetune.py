@@ -370,6 +370,22 @@ def test_held_out_refusals_and_a_dev_file_equal_to_train(tiny_bert: Path, tmp_pa
     ok([*base, "--train", str(spaced), "--dev", str(DEV), "-o", str(tmp_path / "c")])
 
 
+def test_labels_are_the_same_whether_composed_or_decomposed(tmp_path: Path) -> None:
+    # A dev file with the labels in NFD (copied on macOS) was refused: "label '긍정' does not occur in the training
+    # file", the hint listing 긍정 — two strings that look identical.
+    import unicodedata
+
+    from bertcli.labelled import load_examples
+
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    rows = "sentence\tlabel\n좋아요 .\t긍정\n싫어요 .\t부정\n"
+    train.write_text(rows, encoding="utf-8")
+    dev.write_text(unicodedata.normalize("NFD", rows), encoding="utf-8")
+    assert dev.read_text(encoding="utf-8") != rows
+    labels = [[e.label for e in load_examples(path).examples] for path in (train, dev)]
+    assert labels[0] == labels[1] == ["긍정", "부정"]
+
+
 def test_classification_metrics() -> None:
     # Binary: TP 3, FN 1, FP 2, TN 4 (label 1 positive). MCC = (3·4 − 2·1) / sqrt(5·4·6·5) = 10 / sqrt(600).
     gold = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
