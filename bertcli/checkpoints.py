@@ -38,6 +38,7 @@ _CHECKPOINT_NAMES = {CHECKPOINT_MARKER, "config.json", "generation_config.json",
 FINAL = "final"
 MARKER = CHECKPOINT_MARKER  # written last inside a checkpoint: lists every file with size and sha256
 STATE_DIR = "training_state"
+_STATE_FILES = {"optimizer.pt", "rng.pt", "state.json"}  # what save_checkpoint writes into STATE_DIR
 RUN_CONFIG = "config.yaml"
 RUN_MANIFEST = "manifest.json"
 # RUN_MARKER, written first into a run directory, is what makes it recognisably bertcli's (a config.yaml or a
@@ -170,15 +171,20 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in out_dir.glob(f"{STEP_PREFIX}*"):
         suffix = p.name[len(STEP_PREFIX):]
-        if p.is_dir() and suffix.isdigit() and any(_named_as_ours(q.name) for q in p.iterdir()):
+        if p.is_dir() and suffix.isdigit() and any(_named_as_ours(q.relative_to(p)) for q in p.rglob("*")
+                                                   if q.is_file()):
             found.append((int(suffix), p))
     return sorted(found)
 
 
-def _named_as_ours(top: str) -> bool:
-    """A name at the top of a checkpoint that bertcli's checkpoints have: the marker, the weights and config, the
-    tokenizer files, training_state/."""
-    return top in _CHECKPOINT_NAMES or top == STATE_DIR or (top.startswith("model-") and top.endswith(".safetensors"))
+def _named_as_ours(rel: Path) -> bool:
+    """A file's path in a checkpoint that bertcli's checkpoints have: the marker, the weights and config, the
+    tokenizer files, training_state/'s three (a note of the user's in training_state/ is the user's)."""
+    if rel.parts[0] == STATE_DIR:
+        return len(rel.parts) == 2 and rel.parts[1] in _STATE_FILES
+    top = rel.parts[0]
+    return len(rel.parts) == 1 and (top in _CHECKPOINT_NAMES or (top.startswith("model-")
+                                                                  and top.endswith(".safetensors")))
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -294,7 +300,7 @@ def users_files(checkpoint: Path) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError):
         listed = None
     def ours(rel: Path) -> bool:
-        return rel.as_posix() in listed if listed is not None else _named_as_ours(rel.parts[0])
+        return rel.as_posix() in listed if listed is not None else _named_as_ours(rel)
 
     found = (p for p in checkpoint.rglob("*") if p.is_file() or p.is_symlink())
     return sorted(p for p in found if not ours(p.relative_to(checkpoint)))

@@ -114,15 +114,20 @@ def test_overwrite_replaces_the_run_but_keeps_other_files(reference_run, tmp_pat
     # files of the user's beside the run and inside its folders (they were deleted with final/, tensorboard/ and
     # anything named step-*): a model card before an upload, notes, a plan
     mine = {"notes.txt": "mine", "step-by-step-plan.md": "plan", "final/README.md": "card",
-            "tensorboard/mynote.txt": "tb", "step-00000004/why.txt": "why"}
+            "tensorboard/mynote.txt": "tb", "step-00000004/why.txt": "why",
+            # in training_state/ too, of a folder the new run writes again (final/) or not (step 4): they were
+            # taken for bertcli's once the clear had removed the marker that lists what is
+            "final/training_state/u.txt": "u", "step-00000004/training_state/v.txt": "v"}
     for name, text in mine.items():
         (run / name).write_text(text)
     old_events = set((run / "tensorboard").glob("events.out.tfevents.*"))
     assert old_events
     pretrain.run(tiny_cfg(run_data_path(reference_run), run, max_steps=2, save_every=0, eval_every=0), overwrite=True)
     assert {name: (run / name).read_text() for name in mine} == mine
-    assert not [p for _, p in list_checkpoints(run) if (p / MARKER).is_file()]  # the old run's checkpoints are gone
-    assert sorted(p.name for p in (run / "step-00000004").iterdir()) == ["why.txt"]
+    assert not (run / "step-00000004" / MARKER).is_file()  # the old run's checkpoints are gone
+    assert sorted(p.relative_to(run / "step-00000004").as_posix() for p in (run / "step-00000004").rglob("*")) == [
+        "training_state", "training_state/v.txt", "why.txt"]
+    assert list_checkpoints(run) == []  # a folder of the user's notes is no (unfinished) checkpoint to skip
     assert not old_events & set((run / "tensorboard").glob("events.out.tfevents.*"))  # the old run's events went
     assert json.loads((run / "manifest.json").read_text())["stats"]["steps"] == 2
     assert verify_checkpoint(run / "final") is None  # the new final/, with the card carried over, unlisted
