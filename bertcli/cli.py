@@ -36,9 +36,17 @@ def _debug() -> bool:
     return os.environ.get("BERTCLI_DEBUG", "") not in ("", "0")
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): rank 0 speaks for the run, the others for themselves."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
 def _interrupted_note(kwargs: dict) -> str:
     """What an interruption leaves: for a pretraining run, the checkpoint that --resume continues from."""
     output = kwargs.get("output")
+    if output and (Path(output) / "manifest.json").is_file() and (Path(output) / "final").is_dir():
+        return f"the run in '{output}' had finished: its model is {Path(output) / 'final'}"
     if output and Path(output).is_dir():
         steps = sorted(p.name for p in Path(output).glob("step-*") if (p / "checkpoint.json").is_file())
         if steps:
@@ -65,12 +73,17 @@ def report_errors(func: Callable) -> Callable:
             if _debug():
                 traceback.print_exc()
             _close_progress_bars()
-            typer.echo(f"error: {exc.message}", err=True)
+            rank = _rank()
+            if exc.relayed and not _debug():  # rank 0's error, which rank 0 prints
+                raise typer.Exit(2) from None
+            # under torchrun every rank checks the same config: `torchrun --local-ranks-filter 0` shows rank 0 alone
+            typer.echo(f"error: {f'rank {rank}: ' if rank else ''}{exc.message}", err=True)
             if exc.hint:
                 typer.echo(f"hint: {exc.hint}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {_interrupted_note(kwargs)}", err=True)
+            if _rank() == 0:  # the others may not see the run directory: rank 0's note is the one that holds
+                typer.echo(f"interrupted: {_interrupted_note(kwargs)}", err=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -461,9 +474,11 @@ def run_pipeline(
     """Run train-vocab → pairs → mask → pretrain from one YAML; a stage whose artifact is up to date is skipped."""
     from bertcli.stages import pipeline as stage
 
-    plans = stage.run(file, set_ or [], overwrite=overwrite, dry_run=dry_run, report=typer.echo)
+    speaks = _rank() == 0  # under torchrun: rank 0 reports for the run
+    plans = stage.run(file, set_ or [], overwrite=overwrite, dry_run=dry_run,
+                      report=typer.echo if speaks else lambda line: None)
     model = stage.final_model(plans)
-    if model is not None and not dry_run:
+    if model is not None and not dry_run and speaks:
         from bertcli.tools.predict import fill_mask_example
 
         pairs = next((plan.cfg for plan in plans if plan.name == "pairs"), None)

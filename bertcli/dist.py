@@ -167,7 +167,9 @@ def main_decides(ctx: DistContext | None, decide: Callable[[], Any]) -> Any:
         result, error = broadcast_object(ctx, (result, error))
     if error is not None:
         kind, message, hint = error
-        raise kind(message, hint=hint)
+        exc = kind(message, hint=hint)
+        exc.relayed = ctx is not None and not ctx.is_main
+        raise exc
     return result
 
 

@@ -14,6 +14,7 @@ class BertcliError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.relayed = False  # raised on this rank because rank 0 raised it (dist.main_decides): rank 0 reports it
 
     def __str__(self) -> str:
         return self.message

@@ -152,6 +152,25 @@ def test_positions_below_the_pairs_length_are_refused_before_any_stage_runs(tmp_
     assert "max_position_embeddings" not in runner.invoke(app, ["run", str(path), "--dry-run"]).output
 
 
+def test_under_torchrun_bert_run_builds_no_data_stage(tmp_path: Path, tiny_corpus: Path, monkeypatch) -> None:
+    # Every process ran train-vocab into the same directory: rank 1 failed on rank 0's artifact, exit 1.
+    path = _pipeline_yaml(tmp_path, tiny_corpus)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: bert run under torchrun (2 processes): stage train-vocab would run in every process",
+        f"hint: build the data first with one process: bert run {path} --set 'stages=[train-vocab, pairs, mask]'; "
+        "then the same torchrun command pretrains"]
+    assert not (tmp_path / "work").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    built = runner.invoke(app, ["run", str(path), "--set", "stages=[train-vocab, pairs, mask]"])  # the hint's
+    assert built.exit_code == 0, built.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert [line.split(": would ")[1].split()[0] for line in _lines(dry)] == ["skip", "skip", "skip", "run"]
+
+
 def test_unfinished_pretrain_run_is_resumed(pipeline_run, tmp_path: Path) -> None:
     cfg, moved, copy = _copied_run(pipeline_run, tmp_path)
     (copy / "pretrain" / "manifest.json").unlink()  # as if the run had been killed before it finished

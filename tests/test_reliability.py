@@ -464,6 +464,55 @@ def test_an_interrupted_pretraining_names_the_checkpoint_to_resume_from(tmp_path
     assert "step-00000004" in result.output and "--resume" in result.output and "Traceback" not in result.output
 
 
+def test_under_torchrun_rank_0_speaks_for_the_run(tmp_path, masked_data, monkeypatch):
+    # Every rank printed every error and its own "interrupted:" note: a rank that could not see the run directory
+    # said "no finished output", rank 0 "can continue from step-…". And an interruption after the run had
+    # finished offered --resume.
+    from bertcli import dist
+    from bertcli.errors import ArtifactError
+    from bertcli.stages import pretrain
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(masked_data), "--output", str(run)]
+    decided_by_rank_0 = dist.DistContext(rank=1, world_size=2, local_rank=1, device=None, backend="gloo")
+
+    def refuse(cfg, resume=False, overwrite=False):
+        dist.main_decides(decided_by_rank_0, lambda: None)  # rank 1 decides nothing: it raises what rank 0 sent
+        raise AssertionError("not reached")
+
+    def relay(ctx, obj):
+        return None, (ArtifactError, "the run's data changed", "use the same data")
+
+    monkeypatch.setattr(dist, "broadcast_object", relay)
+    monkeypatch.setattr(pretrain, "run", refuse)
+    monkeypatch.setenv("RANK", "1")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.output == ""  # rank 0 prints it, once
+
+    def own_error(cfg, resume=False, overwrite=False):
+        raise ArtifactError("data 'x' does not exist on this node", hint="mount it")
+
+    monkeypatch.setattr(pretrain, "run", own_error)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: rank 1: data 'x' does not exist on this node", "hint: mount it"]
+
+    def interrupted(cfg, resume=False, overwrite=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "run", interrupted)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130 and result.output == ""  # rank 0 says where the run can continue
+    monkeypatch.setenv("RANK", "0")
+    (run / "final").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    (run / "step-00000004").mkdir()
+    (run / "step-00000004" / "checkpoint.json").write_text("{}")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert result.stderr == f"interrupted: the run in '{run}' had finished: its model is {run / 'final'}\n"
+
+
 def test_ctrl_c_during_a_parallel_stage_is_one_line(tmp_path, tiny_tokenizer):
     import signal
     import time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -373,6 +374,7 @@ def run(
         return plans
     for plan in plans:
         _refuse_if_stuck(plan, overwrite)
+    _refuse_data_stages_in_many_processes(plans, Path(path))
     for head, plan in zip(heads, plans):
         if plan.action == "skip":
             report(f"{head}: skipped, {plan.reason}")
@@ -396,6 +398,20 @@ def _plan_all(plans: list[StagePlan]) -> None:
         if plan.action == "skip":
             upstream[plan.name] = plan.manifest
         upstream_ran = upstream_ran or plan.action != "skip"
+
+
+def _refuse_data_stages_in_many_processes(plans: list[StagePlan], pipeline_file: Path) -> None:
+    """Under torchrun every process runs `bert run`: pretraining shares the work among them, but a data stage
+    would run in each, every process writing the same artifact. They are built first, with one process."""
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    waiting = [plan.name for plan in plans if plan.action != "skip" and not STAGES[plan.name].resumable]
+    if processes > 1 and waiting:
+        before = [plan.name for plan in plans if not STAGES[plan.name].resumable]
+        raise ConfigError(
+            f"bert run under torchrun ({processes} processes): stage {waiting[0]} would run in every process",
+            hint=f"build the data first with one process: bert run {pipeline_file} --set 'stages=[{', '.join(before)}]'"
+            "; then the same torchrun command pretrains",
+        )
 
 
 def _refuse_if_stuck(plan: StagePlan, overwrite: bool) -> None:
