@@ -133,9 +133,11 @@ def micro_batching(batch_size: int, max_micro_batch_size: int, world_size: int) 
     """(micro-batch size, accumulation steps) for a global batch over world_size processes: the largest divisor of
     the per-process batch that is at most max_micro_batch_size, so any batch_size splits without a remainder."""
     if batch_size % world_size:
+        counts = [n for n in range(1, min(batch_size, 64) + 1) if batch_size % n == 0]
         raise ConfigError(
             f"key 'batch_size': {batch_size} sequences cannot be split evenly over {world_size} processes",
-            hint=f"choose a batch_size that is a multiple of {world_size}",
+            hint=f"choose a batch_size that is a multiple of {world_size}, or run {', '.join(map(str, counts))} "
+            "processes (a run resumed keeps its batch_size)",
         )
     per_process = batch_size // world_size
     micro = max(d for d in range(1, min(per_process, max_micro_batch_size) + 1) if per_process % d == 0)

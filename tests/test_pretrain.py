@@ -410,3 +410,8 @@ def test_micro_batches_follow_batch_size_and_process_count():
     assert devices.micro_batching(10, 4, 1) == (2, 5)
     with pytest.raises(ConfigError, match="batch_size.*3 processes"):
         devices.micro_batching(32, 32, 3)
+    # resuming a batch-33 run on 2 processes: batch_size cannot change then, the number of processes can
+    with pytest.raises(ConfigError) as refused:
+        devices.micro_batching(33, 32, 2)
+    assert refused.value.hint == ("choose a batch_size that is a multiple of 2, or run 1, 3, 11, 33 processes "
+                                  "(a run resumed keeps its batch_size)")
