@@ -3,12 +3,13 @@ checks that decide whether an output is a new run, a run to resume, or something
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -108,7 +109,8 @@ def save_checkpoint(
     final_path = out_dir / name
     tmp = temp_dir_for(final_path)
     try:
-        model.save_pretrained(tmp)
+        with _quiet_hf_progress():  # its "Writing model shards" bar, each checkpoint, inside the training bar
+            model.save_pretrained(tmp)
         copy_tokenizer_files(tokenizer_dir, tmp, max_positions=getattr(model.config, "max_position_embeddings", None))
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
@@ -185,6 +187,19 @@ def _named_as_ours(rel: Path) -> bool:
     top = rel.parts[0]
     return len(rel.parts) == 1 and (top in _CHECKPOINT_NAMES or (top.startswith("model-")
                                                                   and top.endswith(".safetensors")))
+
+
+@contextlib.contextmanager
+def _quiet_hf_progress() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def rng_state() -> dict[str, torch.Tensor]:

@@ -133,6 +133,15 @@ def test_overwrite_replaces_the_run_but_keeps_other_files(reference_run, tmp_pat
     assert verify_checkpoint(run / "final") is None  # the new final/, with the card carried over, unlisted
 
 
+def test_saving_a_checkpoint_draws_no_bar_of_transformers(reference_run, tmp_path, capfd):
+    # transformers' "Writing model shards" bar, one per checkpoint, broke the training bar's line ("[A" codes)
+    from transformers.utils import logging as hf_logging
+
+    pretrain.run(tiny_cfg(run_data_path(reference_run), tmp_path / "run", max_steps=2, save_every=1, eval_every=0))
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # left as it was, for the user's own transformers code
+
+
 def test_checkpoint_rotation_keeps_the_users_files(reference_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
