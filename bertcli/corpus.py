@@ -117,7 +117,9 @@ def resolve_inputs(paths: Iterable[str | os.PathLike], stats: CorpusStats | None
             raise InputError(f"input path '{text}' is not a regular file (a pipe or a device)",
                              hint="save the corpus to a file first")
         else:
-            raise InputError(f"input path '{text}' does not exist", hint="check the --input path")
+            relative = "" if p.is_absolute() else f"; a relative path is read from where bert runs ({Path.cwd()})"
+            raise InputError(f"input path '{text}' does not exist",
+                             hint=f"check --input (or the config's key input){relative}")
     return out
 
 

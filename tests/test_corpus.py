@@ -262,3 +262,12 @@ def test_train_vocab_says_when_files_of_a_directory_were_not_read(tmp_path, tiny
     assert result.exit_code == 0, result.output
     assert "warning: 1 file(s) in the input directories were not read" in result.stderr
     assert "other compressions (.xz, .bz2) need decompressing first" in result.stderr
+
+
+def test_a_missing_relative_input_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # "check the --input path", for a path that came from a config file's key and was read from elsewhere
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="input path 'corpus/ko' does not exist") as err:
+        resolve_inputs(["corpus/ko"])
+    assert err.value.hint == f"check --input (or the config's key input); a relative path is read from where bert " \
+                             f"runs ({tmp_path})"

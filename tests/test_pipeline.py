@@ -335,6 +335,9 @@ def test_a_stage_refusal_names_the_stage_and_leaves_no_empty_workdir(tmp_path: P
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "input path 'corpus.txt' does not exist" in result.stderr
     assert f"relative paths are read from the directory bert runs in ({tmp_path})" in result.stderr
+    # and the dry run says so too (it said "would run" for every stage)
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert dry.exit_code == 2 and dry.stderr == result.stderr and "would run" not in dry.output
     # A workdir that is a file: the key is named before any stage starts (it was "cannot use …: File exists").
     (tmp_path / "work").write_text("mine")
     path = _pipeline_yaml(tmp_path, tiny_corpus, stages=["train-vocab"])

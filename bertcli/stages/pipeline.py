@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -10,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bertcli.artifacts import check_output, foreign_entries, read_bertcli_manifest
 from bertcli.config import (
@@ -326,6 +327,22 @@ def _run_stage(plan: StagePlan, overwrite: bool) -> dict | None:
     return module.run(plan.cfg, overwrite=overwrite)
 
 
+@contextlib.contextmanager
+def _in_pipeline_terms(stage: str, pipeline_file: Path) -> Iterator[None]:
+    """A stage's refusal in the pipeline's terms: which stage, which section's key, where relative input paths are
+    read from."""
+    try:
+        yield
+    except BertcliError as exc:
+        section = STAGES[stage].section
+        exc.message = f"stage {stage}: " + exc.message.replace("key '", f"key '{section}.", 1)
+        exc.args = (exc.message,)
+        if exc.message.startswith(f"stage {stage}: input "):
+            exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
+                        f"in ({Path.cwd()})")
+        raise
+
+
 def _run_stage_in_context(plan: StagePlan, overwrite: bool, pipeline_file: Path) -> dict | None:
     """_run_stage, with a stage's refusal put in the pipeline's terms (which stage, which section's key, paths
     read from the current directory), and the workdir folders this stage created removed again if it left them
@@ -333,15 +350,8 @@ def _run_stage_in_context(plan: StagePlan, overwrite: bool, pipeline_file: Path)
     workdir = plan.output.parent
     existing = next(d for d in [workdir, *workdir.parents] if d.exists())  # a cwd-relative path ends at "."
     try:
-        return _run_stage(plan, overwrite=overwrite)
-    except BertcliError as exc:
-        section = STAGES[plan.name].section
-        exc.message = f"stage {plan.name}: " + exc.message.replace("key '", f"key '{section}.", 1)
-        exc.args = (exc.message,)
-        if exc.message.startswith(f"stage {plan.name}: input path "):
-            exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
-                        f"in ({Path.cwd()})")
-        raise
+        with _in_pipeline_terms(plan.name, pipeline_file):
+            return _run_stage(plan, overwrite=overwrite)
     finally:  # the folders this stage made on the way to its workdir, if it failed leaving them empty
         for folder in [workdir, *workdir.parents]:
             if folder == existing or not folder.is_dir() or any(folder.iterdir()):
@@ -363,7 +373,7 @@ def run(
         raise ConfigError(f"key 'workdir' in {path}: '{workdir}' is a file, not a directory",
                           hint="set workdir to a directory (it is created if missing)")
     heads = [f"[{i}/{len(plans)}] {plan.name} → {plan.output}" for i, plan in enumerate(plans, start=1)]
-    _plan_all(plans)  # every stage's action before any runs: a refusal comes before the others' work
+    _plan_all(plans, Path(path))  # every stage's action before any runs: a refusal comes before the others' work
     if dry_run:
         for head, plan in zip(heads, plans):
             if plan.action == "blocked":
@@ -388,13 +398,19 @@ def run(
     return plans
 
 
-def _plan_all(plans: list[StagePlan]) -> None:
+def _plan_all(plans: list[StagePlan], pipeline_file: Path) -> None:
     """Each stage's action, decided once before any runs. A stage's action depends only on the artifacts on disk
-    and on whether a stage before it runs (then it is rebuilt too), so running the stages changes no decision."""
+    and on whether a stage before it runs (then it is rebuilt too), so running the stages changes no decision. A
+    corpus that cannot be found is refused here, dry run or not."""
+    from bertcli.corpus import resolve_inputs
+
     upstream: dict[str, dict] = {}
     upstream_ran = False
     for plan in plans:
-        plan_stage(plan, upstream, upstream_ran)
+        with _in_pipeline_terms(plan.name, pipeline_file):
+            if STAGES[plan.name].reads_corpus:
+                resolve_inputs(plan.cfg.input)
+            plan_stage(plan, upstream, upstream_ran)
         if plan.action == "skip":
             upstream[plan.name] = plan.manifest
         upstream_ran = upstream_ran or plan.action != "skip"
