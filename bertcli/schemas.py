@@ -219,7 +219,7 @@ class MaskConfig:
     output: str = field(default="runs/masked", metadata={"roles": ("execution",)})
     """Directory to write the masked artifact to."""
     masked_lm_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
-    """Share of candidate tokens (every token but the tokenizer's special ones, [UNK] included) selected for
+    """Share of candidate tokens (every token but the tokenizer's special ones, [UNK] among them) selected for
     prediction."""
     max_predictions_per_seq: int = field(default=20, metadata={"ge": 1, "le": MAX_POSITIONS})
     """Cap on the selected tokens per sequence."""
