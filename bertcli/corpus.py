@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 from bertcli.columnar import hf_dataset_files, iter_records, require_pyarrow
 from bertcli.compressed import is_compressed, open_decompressed
 from bertcli.errors import InputError, one_line
-from bertcli.textio import parse_json_line
+from bertcli.textio import looks_utf16, parse_json_line
 
 # A line longer than this is handed on in pieces (cut at whitespace) so that one enormous line never has to be
 # held whole: memory stays bounded whatever the file.
@@ -279,9 +279,7 @@ def _json_or_none(text: str) -> object:
 def _check_not_binary(path: Path, head: bytes) -> None:
     if not head:
         return
-    # UTF-16: a byte-order mark, or (without one) every other byte NUL, as ASCII text has in UTF-16
-    zeros = max(head[0::2].count(0), head[1::2].count(0))
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 64 and zeros > len(head) // 4):
+    if looks_utf16(head):
         raise InputError(
             f"{path}: is UTF-16 text; bertcli reads UTF-8",
             hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > corpus.txt",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertcli.errors import InputError
-from bertcli.textio import check_regular_file, check_unicode, parse_json_line
+from bertcli.textio import check_regular_file, check_unicode, not_utf8, parse_json_line
 
 FORMATS = ("csv", "tsv", "jsonl")
 # The text field when none is configured: GLUE's name first, then the common one.
@@ -71,8 +71,7 @@ def _read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason})", hint="save the file as UTF-8") from exc
+        raise not_utf8(path, data[: exc.start].count(b"\n") + 1, exc, data[:8192]) from exc
 
 
 def _rows(path: Path, fmt: str, hint_format: str) -> Iterator[tuple[int, dict[str, Any]]]:

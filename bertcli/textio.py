@@ -43,6 +43,22 @@ def check_regular_file(path: Path, what: str, hint: str) -> None:
             else "is not a regular file (a pipe or a device)"), hint=hint)
 
 
+def looks_utf16(head: bytes) -> bool:
+    """A byte-order mark of UTF-16, or (without one) every other byte NUL, as ASCII text has in UTF-16."""
+    zeros = max(head[0::2].count(0), head[1::2].count(0))
+    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 64 and zeros > len(head) // 4)
+
+
+def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError, head: bytes) -> InputError:
+    """The error for a file that is not UTF-8, saying which encoding it likely is and how to convert it."""
+    if looks_utf16(head[:8192]):
+        return InputError(f"{path}: is UTF-16 text; bertcli reads UTF-8",
+                          hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > converted{path.suffix}")
+    return InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+                      hint=f"save the file as UTF-8, e.g. iconv -f CP949 -t UTF-8 '{path}' > converted{path.suffix} "
+                      "(CP949 for Korean; CP1252, Shift_JIS, GB18030 for others)")
+
+
 def text_lines(path: Path, what: str, hint: str = "pass a text file, one a line") -> Iterator[tuple[int, str]]:
     """(line number, line) of a UTF-8 text file, blank lines skipped: sentences to score, texts to classify, JSON
     lines. hint: what to pass instead of a missing file or a directory."""
@@ -52,8 +68,8 @@ def text_lines(path: Path, what: str, hint: str = "pass a text file, one a line"
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
-                                 hint="save the file as UTF-8") from exc
+                with path.open("rb") as again:
+                    raise not_utf8(path, line_no, exc, again.read(8192)) from exc
             if line_no == 1:
                 line = line.lstrip("\ufeff")
             if line.strip():

@@ -279,6 +279,15 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     tabs = bad("tabs.csv", "sentence\tlabel\nthe cat .\tanimal\n")
     _, hint = refused_with_hint([*base, "--train", str(tabs)], "tabs.csv:1: the header line is one column", "as CSV")
     assert hint.startswith("hint: the file looks like TSV: name it .tsv"), hint
+    # Not UTF-8: which encoding it likely is, and how to convert it (both were "not UTF-8 text (invalid start byte)")
+    utf16 = tmp_path / "utf16.tsv"
+    utf16.write_text("sentence\tlabel\nthe cat .\tanimal\n", encoding="utf-16")
+    _, hint = refused_with_hint([*base, "--train", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
+    assert "iconv -f UTF-16 -t UTF-8" in hint
+    cp949 = tmp_path / "cp949.tsv"
+    cp949.write_bytes("sentence\tlabel\n좋아요 .\t긍정\n".encode("cp949"))
+    _, hint = refused_with_hint([*base, "--train", str(cp949)], f"{cp949}:2: not UTF-8 text")
+    assert "iconv -f CP949 -t UTF-8" in hint
     commas = bad("commas.csv", "sentence,label\nthe cat .,animal\n")
     _, hint = refused_with_hint([*base, "--train", str(commas), "--set", "format=tsv"], "commas.csv:1", "as TSV")
     assert hint.startswith("hint: the file looks like CSV: set format: csv"), hint

@@ -183,6 +183,9 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     surrogate.write_text('{"sentence_good": "the cat \\ud800 .", "sentence_bad": "cat the ."}\n')
     fails([*model, "--pairs", str(surrogate)], f"{surrogate}:1", "not a character")
     fails([*model, "the cat \udcff sat"], "text 1", "not a character")  # bytes not UTF-8 in argv
+    utf16 = tmp_path / "sentences.txt"  # through text_lines: named as UTF-16, as the corpus reader names it
+    utf16.write_text("the cat sat .\nthe dog ran .\n", encoding="utf-16")
+    fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
     null_group = tmp_path / "null-group.jsonl"
     null_group.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": null}\n')
     fails([*model, "--pairs", str(null_group), "--group-by", "UID"], f"{null_group}:1", "not a group name")
