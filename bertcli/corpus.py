@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 from bertcli.columnar import hf_dataset_files, iter_records, require_pyarrow
 from bertcli.compressed import is_compressed, open_decompressed
-from bertcli.errors import InputError, one_line
+from bertcli.errors import InputError, one_line, warn
 from bertcli.textio import looks_utf16, parse_json_line
 
 # A line longer than this is handed on in pieces (cut at whitespace) so that one enormous line never has to be
@@ -535,14 +535,19 @@ def iter_texts(
         yield from doc
 
 
-def require_text(stats: CorpusStats, paths: Iterable[str]) -> None:
-    """An InputError when reading found no text at all (empty files, only blank lines)."""
+def check_what_was_read(stats: CorpusStats, paths: Iterable[str]) -> None:
+    """After reading: an InputError when it found no text at all (empty files, only blank lines); a warning when
+    errors: replace had to replace bytes in many lines (a file in another encoding, read as mojibake)."""
+    names = ", ".join(str(p) for p in paths)
     if stats.sentences == 0:
-        names = ", ".join(str(p) for p in paths)
         raise InputError(
             f"the corpus ({names}) holds no text: {stats.files} file(s), {stats.lines} line(s), all empty",
             hint="point --input at files with text in them",
         )
+    if stats.replaced_invalid_utf8_lines > 0.1 * stats.lines:
+        warn(f"{stats.replaced_invalid_utf8_lines:,} of the corpus's {stats.lines:,} lines held bytes that are not "
+             f"UTF-8, read as U+FFFD (errors: replace): the corpus ({names}) is likely in another encoding; convert "
+             "it, e.g. iconv -f CP949 -t UTF-8 (CP1252, Shift_JIS, GB18030 for others)")
 
 
 _BLANK_RUN = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")

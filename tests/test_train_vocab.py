@@ -283,3 +283,19 @@ def test_an_unknown_key_names_the_stage_whose_keys_to_list(tmp_path, tiny_corpus
                                  "--set", "vocab=100"])
     assert result.exit_code == 2
     assert "hint: run `bert config show train-vocab` to see every valid key" in result.stderr, result.stderr
+
+
+def test_a_corpus_in_another_encoding_read_with_errors_replace_is_warned_about(tmp_path):
+    # errors: replace read a CP949 file line by line as U+FFFD, and the vocabulary came out as mojibake, silently
+    corpus = tmp_path / "cp949.txt"
+    corpus.write_bytes(("서울은 대한민국의 수도입니다 .\n사진을 찍으면 나중에 봅니다 .\n" * 20).encode("cp949"))
+    result = runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(tmp_path / "tok"),
+                                 "--set", "vocab_size=200", "--set", "errors=replace"])
+    assert result.exit_code == 0, result.output
+    assert "warning: 40 of the corpus's 40 lines held bytes that are not UTF-8" in result.stderr
+    assert "iconv -f CP949 -t UTF-8" in result.stderr
+    utf8 = tmp_path / "utf8.txt"
+    utf8.write_text("서울은 수도입니다 .\n", encoding="utf-8")
+    clean = runner.invoke(app, ["train-vocab", "--input", str(utf8), "--output", str(tmp_path / "tok2"),
+                                "--set", "vocab_size=200", "--set", "errors=replace"])
+    assert clean.exit_code == 0 and "not UTF-8" not in clean.stderr

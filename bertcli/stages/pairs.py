@@ -27,7 +27,7 @@ from bertcli.artifacts import (
     write_manifest,
 )
 from bertcli.config import keys_with_role, load_config
-from bertcli.corpus import CorpusStats, iter_documents, iter_texts, require_text, resolve_inputs
+from bertcli.corpus import CorpusStats, check_what_was_read, iter_documents, iter_texts, resolve_inputs
 from bertcli.errors import ArtifactError, ConfigError, InputError
 from bertcli.executors import open_executor
 from bertcli.parallel import WorkerPool
@@ -395,7 +395,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
             return np.full(BLOCK_DOCUMENTS, inside, bool)
 
         _tokenize_corpus(pool, cfg, loaded, scratch / "own", dtype, keep_own, "tokenizing", corpus_stats)
-        require_text(corpus_stats, cfg.input)
+        check_what_was_read(corpus_stats, cfg.input)
         num_documents = corpus_stats.documents
         if cfg.nsp and num_documents < 2:
             raise InputError(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bertcli.artifacts import atomic_output_dir, check_output, file_fingerprints, write_manifest
-from bertcli.corpus import CorpusStats, detect_format, iter_texts, require_text, resolve_inputs, scan_plain_file
+from bertcli.corpus import CorpusStats, check_what_was_read, detect_format, iter_texts, resolve_inputs, scan_plain_file
 from bertcli.errors import ConfigError, warn
 from bertcli.schemas import TrainVocabConfig
 from bertcli.vocab import (
@@ -192,7 +192,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             learned = _train_bpe(cfg, paths, stats)
         else:
             learned = _train_wordpiece(cfg, paths, stats)
-        require_text(stats, cfg.input)
+        check_what_was_read(stats, cfg.input)
         prefix = cfg.continuing_subword_prefix
         alphabet = {t[len(prefix) :] if t.startswith(prefix) and len(t) > len(prefix) else t for t in learned}
         alphabet = {t for t in alphabet if len(t) == 1} - set(cfg.special_tokens)
