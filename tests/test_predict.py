@@ -477,3 +477,19 @@ def test_fill_mask_example_asks_for_a_word_the_corpus_uses_often(tmp_path: Path,
                            language="auto")
     monkeypatch.setattr(predict, "COMMON_PIECES", 0)  # a corpus this small has no "the" to leave out
     assert predict.fill_mask_example(keys, tok) == lines[1].replace("harbour", "[MASK]")
+
+
+def test_fill_mask_lines_align_for_wide_characters() -> None:
+    # The token column was padded by characters: a Hangul answer (two terminal columns a character) pushed its
+    # filled-in text 2 columns right of the others'.
+    import unicodedata
+
+    from bertcli.tools.predict import format_fill_mask
+
+    preds = [{"probability": 0.5, "token": token, "sequence": "x"} for token in ("사진", "photo", "##을")]
+    lines = format_fill_mask([{"mask_index": 0, "position": 1, "predictions": preds}], "[MASK]").splitlines()
+
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    assert len({columns(line) for line in lines}) == 1, lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -594,8 +595,14 @@ def format_fill_mask(masks: list[dict], mask_token: str) -> str:
     for m in masks:
         if len(masks) > 1:
             lines.append(f"{mask_token} #{m['mask_index'] + 1} (token {m['position']}):")
-        lines.extend(f"  {p['probability']:.4f}  {p['token']:<15} {p['sequence']}" for p in m["predictions"])
+        lines.extend(f"  {p['probability']:.4f}  {_padded(p['token'], 15)} {p['sequence']}" for p in m["predictions"])
     return "\n".join(lines)
+
+
+def _padded(text: str, columns: int) -> str:
+    """text padded to `columns` terminal columns: Hangul, kana and CJK ideographs take two each."""
+    width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, columns - width)
 
 
 def format_metrics(metrics: dict) -> str:
