@@ -137,6 +137,7 @@ def test_saving_a_checkpoint_draws_no_bar_of_transformers(reference_run, tmp_pat
     # transformers' "Writing model shards" bar, one per checkpoint, broke the training bar's line ("[A" codes)
     from transformers.utils import logging as hf_logging
 
+    hf_logging.enable_progress_bar()  # as in a fresh process (the model tools run before turn it off for theirs)
     pretrain.run(tiny_cfg(run_data_path(reference_run), tmp_path / "run", max_steps=2, save_every=1, eval_every=0))
     assert "Writing model shards" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # left as it was, for the user's own transformers code
