@@ -243,10 +243,9 @@ def _plan_action(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool)
         if spec.resumable and (out / "config.yaml").is_file():
             stored = _stored_config(plan.name, out)
             if stored is not None and config_hash(stored, ignore) == config_hash(plan.cfg, ignore):
-                changed = _run_data_changed(plan, upstream)
                 if upstream_ran:  # its data is rebuilt under it: it cannot continue
                     plan.action, plan.reason = "rerun", "an unfinished run, but a stage before it is rebuilt"
-                elif changed:  # rebuilt by hand since (bert pairs --overwrite): --resume would refuse it
+                elif changed := _run_data_changed(plan, upstream):  # rebuilt by hand since: --resume would refuse
                     plan.action, plan.reason = "rerun", f"an unfinished run, but {changed}"
                 else:
                     plan.action, plan.reason = "resume", "an unfinished run" + _resumed_with(stored, plan)
