@@ -269,12 +269,22 @@ def warn_if_mostly_unknown(unknown: int, total: int, what: str, tokenizer_dir: s
     if _is_jamo_vocabulary(Path(tokenizer_dir)):
         advice = ("its vocabulary is of Hangul jamo, trained on decomposed text (NFD): compose that corpus to NFC and "
                   "train the vocabulary again (docs/korean.md)")
-    elif any(not unicodedata.is_normalized("NFC", t) for t in itertools.islice(texts, _NFD_SAMPLE_TEXTS)):
+    elif _mostly_decomposed(itertools.islice(texts, _NFD_SAMPLE_TEXTS)):
         advice = ("the text is in decomposed Unicode (NFD: Hangul as jamo, as macOS copies it): compose it to NFC "
                   "first (docs/korean.md)")
     else:
         advice = "train a vocabulary on such text (bert train-vocab), or check limit_alphabet"
     warn(f"{share:.0%} of {what}'s tokens are [UNK] for the tokenizer of '{tokenizer_dir}'; {advice}")
+
+
+def _mostly_decomposed(texts: Iterable[str]) -> bool:
+    """Whether composing the texts (NFC) would change a twentieth of their characters or more: decomposed input
+    (Hangul as jamo), not one accent among many words of another script."""
+    before = after = 0
+    for text in texts:
+        before += len(text)
+        after += len(unicodedata.normalize("NFC", text))
+    return before - after >= 0.05 * max(before, 1)
 
 
 def is_jamo_vocabulary(tokens: Iterable[str]) -> bool:
@@ -288,11 +298,14 @@ def is_jamo_vocabulary(tokens: Iterable[str]) -> bool:
 
 
 def _is_jamo_vocabulary(tokenizer_dir: Path) -> bool:
+    """is_jamo_vocabulary of a tokenizer directory, unless it strips accents (strip_accents: all), whose normalizer
+    decomposes every input itself: its jamo are meant, and composed text reads fine."""
     try:
+        config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
         lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError):
         return False
-    return is_jamo_vocabulary(lines)
+    return not (isinstance(config, dict) and config.get("strip_accents") is True) and is_jamo_vocabulary(lines)
 
 
 def count_unknown(id_lists: Iterable[Sequence[int]], tokenizer: Any) -> tuple[int, int]:

@@ -179,9 +179,9 @@ def test_unknown_tokens_are_blamed_on_decomposed_text_only_where_it_is(tmp_path)
     composed.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     decomposed.write_text(unicodedata.normalize("NFD", composed.read_text(encoding="utf-8")), encoding="utf-8")
 
-    def train(corpus, out):
+    def train(corpus, out, *options):
         result = runner.invoke(app, ["train-vocab", "--input", str(corpus), "--output", str(out),
-                                     "--set", "vocab_size=300"])
+                                     "--set", "vocab_size=300", *options])
         assert result.exit_code == 0, result.output
         return [line for line in result.stderr.splitlines() if "jamo" in line]
 
@@ -198,6 +198,14 @@ def test_unknown_tokens_are_blamed_on_decomposed_text_only_where_it_is(tmp_path)
     assert "the text is in decomposed Unicode (NFD" in warning and "train a vocabulary" not in warning
     [warning] = warned(tmp_path / "jamo", "서울은 수도입니다 .")  # the vocabulary is: train it again
     assert "its vocabulary is of Hangul jamo" in warning and "the text is in decomposed" not in warning
+    # strip_accents: all decomposes every input itself: its jamo are meant, and composed text reads fine
+    assert train(composed, tmp_path / "stripped", "--set", "strip_accents=all") == []
+    assert warned(tmp_path / "stripped", "서울은 수도입니다 .") == []
+    [warning] = warned(tmp_path / "stripped", "😀😀😀 😀")
+    assert "jamo" not in warning and "train a vocabulary on such text" in warning
+    # one decomposed accent among words of another script: the script is what the vocabulary lacks
+    [warning] = warned(tmp_path / "syllables", "Привет мир как дела cafe\u0301")
+    assert "train a vocabulary on such text" in warning and "decomposed" not in warning
 
 
 def test_python_m_and_debug_traceback(tmp_path):

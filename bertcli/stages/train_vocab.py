@@ -262,7 +262,7 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             why, remedy = "more pieces", "more text gives more"
         warn(f"the vocabulary has {len(vocab):,} tokens, not the {cfg.vocab_size:,} of vocab_size: the corpus gave no "
              f"{why}; a model trained with it has this smaller vocabulary ({remedy})")
-    if is_jamo_vocabulary(vocab):  # NFD Korean: composed text, as most tools write it, would then be all [UNK]
+    if cfg.strip_accents != "all" and is_jamo_vocabulary(vocab):  # NFD Korean: composed text would read as [UNK]
         warn("the vocabulary spells Hangul as jamo: the corpus is in decomposed Unicode (NFD), and composed Korean "
              "text will read as [UNK]; compose the corpus to NFC and train again (docs/korean.md)")
     return manifest
