@@ -463,7 +463,7 @@ def _is_bertcli_checkpoint(path: Path) -> bool:
 class RunDirProblem(NamedTuple):
     what: str  # after "output 'DIR' "
     hint: str
-    users_files: bool  # the directory holds files bertcli did not write
+    kind: str  # "data": the data's directory or nested with it; "file": a file; "users": holds files not bertcli's
 
 
 def run_dir_problem(out: Path, data: Path) -> RunDirProblem | None:
@@ -472,15 +472,15 @@ def run_dir_problem(out: Path, data: Path) -> RunDirProblem | None:
     data_real, real = data.resolve(), out.resolve()
     if real == data_real or data_real in real.parents or real in data_real.parents:
         return RunDirProblem(f"is the data '{data}', lies inside it or holds it",
-                             "choose an --output outside the data: bertcli never writes into its inputs", False)
+                             "choose an --output outside the data: bertcli never writes into its inputs", "data")
     if out.exists() and not out.is_dir():
-        return RunDirProblem("is a file", "choose another --output", False)
+        return RunDirProblem("is a file", "choose another --output", "file")
     if out.is_dir() and not is_run_dir(out):
         names = sorted(p.name for p in out.iterdir())
         if names:
             shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
             return RunDirProblem(f"exists and holds files that are not a bertcli run ({shown})",
-                                 "choose another --output; bertcli never deletes files it did not write", True)
+                                 "choose another --output; bertcli never deletes files it did not write", "users")
     return None
 
 

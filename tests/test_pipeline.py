@@ -152,6 +152,20 @@ def test_positions_below_the_pairs_length_are_refused_before_any_stage_runs(tmp_
     assert "max_position_embeddings" not in runner.invoke(app, ["run", str(path), "--dry-run"]).output
 
 
+def test_a_run_directory_inside_the_data_is_refused_before_any_stage(tmp_path: Path, tiny_corpus: Path) -> None:
+    # pretrain.output inside workdir/masked: the dry run said "would run", and the real run built every data stage
+    # before pretrain refused (with a hint about an --output that bert run does not have).
+    path = _pipeline_yaml(tmp_path, tiny_corpus, pretrain__output=str(tmp_path / "work" / "masked" / "run"))
+    dry = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert _lines(dry)[3].endswith(f"would stop, it is the data '{tmp_path / 'work' / 'masked'}', lies inside it or "
+                                   "holds it; set pretrain.output outside the data, or leave it to workdir; bertcli "
+                                   "never writes into its inputs"), _lines(dry)[3]
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "stage pretrain" in result.stderr and "running" not in result.output
+    assert not (tmp_path / "work").exists()
+
+
 def test_under_torchrun_bert_run_builds_no_data_stage(tmp_path: Path, tiny_corpus: Path, monkeypatch) -> None:
     # Every process ran train-vocab into the same directory: rank 1 failed on rank 0's artifact, exit 1.
     path = _pipeline_yaml(tmp_path, tiny_corpus)

@@ -223,7 +223,8 @@ def plan_stage(plan: StagePlan, upstream: dict[str, dict], upstream_ran: bool) -
     """Decide whether the stage runs, is skipped (its artifact is up to date), must replace a stale artifact, or
     cannot (what is in its directory is not bertcli's to replace)."""
     _plan_action(plan, upstream, upstream_ran)
-    if plan.action == "rerun":
+    # a new run's directory may still be refused: inside its data (pretrain.output set into workdir/pairs)
+    if plan.action == "rerun" or (plan.action == "run" and STAGES[plan.name].resumable):
         blocked = _in_the_way(plan)
         if blocked:
             plan.action, (plan.reason, plan.fix) = "blocked", blocked
@@ -295,14 +296,16 @@ def _in_the_way(plan: StagePlan) -> tuple[str, str] | None:
     The stage itself would refuse the same way, but only after the stages before it ran."""
     spec = STAGES[plan.name]
     keep = "; bertcli never deletes files it did not write"
-    if not plan.output.is_dir():
+    if plan.output.exists() and not plan.output.is_dir():
         return "is not a directory, where the stage's directory goes", f"move '{plan.output}' away, or change workdir"
     mine = f"move your files out of '{plan.output}', or change workdir{keep}"
     if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
         from bertcli.checkpoints import run_dir_problem  # imports torch: only for a directory that is no artifact
 
         problem = run_dir_problem(plan.output, Path(plan.cfg.data))
-        return None if problem is None else (problem.what, mine if problem.users_files else problem.hint)
+        outside = (f"set {spec.section}.output outside the data, or leave it to workdir; bertcli never writes into "
+                   "its inputs")
+        return None if problem is None else (problem.what, mine if problem.kind == "users" else outside)
     try:
         check_output(plan.output, overwrite=True, stage=spec.manifest_stage)
     except OutputExistsError as exc:
