@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -260,7 +261,8 @@ def _json_object_line(path: Path) -> int:
     """The number of the first non-blank line when it is a JSON object, else 0 (errors: left to the reader)."""
     try:
         with open_decompressed(path) as f:
-            for line_no, line in enumerate(iter(lambda: f.readline(_SNIFF_BYTES), b""), start=1):
+            lines = itertools.islice(iter(lambda: f.readline(_SNIFF_BYTES), b""), 1000)  # leading blank lines
+            for line_no, line in enumerate(lines, start=1):
                 text = line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
                 if text:
                     return line_no if text.startswith("{") and isinstance(_json_or_none(text), dict) else 0

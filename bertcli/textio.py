@@ -44,17 +44,21 @@ def check_regular_file(path: Path, what: str, hint: str) -> None:
 
 
 def looks_utf16(head: bytes) -> bool:
-    """A byte-order mark of UTF-16, or (without one) every other byte NUL, as ASCII text has in UTF-16."""
-    zeros = max(head[0::2].count(0), head[1::2].count(0))
-    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 64 and zeros > len(head) // 4)
+    """A byte-order mark of UTF-16, or (without one) NUL in most bytes of one parity and few of the other, as
+    ASCII text has in UTF-16 (a binary file's NULs fall on both)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    half = len(head) // 2
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    return len(head) >= 64 and max(even, odd) > half // 2 and min(even, odd) < half // 10
 
 
-def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError, head: bytes) -> InputError:
+def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError | None, head: bytes) -> InputError:
     """The error for a file that is not UTF-8, saying which encoding it likely is and how to convert it."""
     if looks_utf16(head[:8192]):
         return InputError(f"{path}: is UTF-16 text; bertcli reads UTF-8",
                           hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > converted{path.suffix}")
-    return InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
+    return InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason if exc else 'cannot be decoded'})",
                       hint=f"save the file as UTF-8, e.g. iconv -f CP949 -t UTF-8 '{path}' > converted{path.suffix} "
                       "(CP949 for Korean; CP1252, Shift_JIS, GB18030 for others)")
 
@@ -64,6 +68,10 @@ def text_lines(path: Path, what: str, hint: str = "pass a text file, one a line"
     lines. hint: what to pass instead of a missing file or a directory."""
     check_regular_file(path, f"{what} ", hint)
     with path.open("rb") as fh:
+        head = fh.read(8192)
+        if looks_utf16(head):  # UTF-16 of ASCII is valid UTF-8, NUL-interleaved: no decoding error would say it
+            raise not_utf8(path, 1, None, head)
+        fh.seek(0)
         for line_no, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")

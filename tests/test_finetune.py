@@ -284,6 +284,12 @@ def test_finetune_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     utf16.write_text("sentence\tlabel\nthe cat .\tanimal\n", encoding="utf-16")
     _, hint = refused_with_hint([*base, "--train", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
     assert "iconv -f UTF-16 -t UTF-8" in hint
+    bare = tmp_path / "utf16le.csv"  # no byte-order mark: valid UTF-8, one NUL after every letter
+    bare.write_bytes("sentence,label\nthe cat .,animal\nthe sun .,thing\n".encode("utf-16-le"))
+    refused_with_hint([*base, "--train", str(bare)], f"{bare}: is UTF-16 text; bertcli reads UTF-8")
+    binary = tmp_path / "sheet.csv"  # a spreadsheet's NULs fall on odd and even bytes alike: not called UTF-16
+    binary.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(200) + b"\xff" * 100)
+    refused_with_hint([*base, "--train", str(binary)], f"{binary}:1: not UTF-8 text")
     cp949 = tmp_path / "cp949.tsv"
     cp949.write_bytes("sentence\tlabel\n좋아요 .\t긍정\n".encode("cp949"))
     _, hint = refused_with_hint([*base, "--train", str(cp949)], f"{cp949}:2: not UTF-8 text")

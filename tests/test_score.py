@@ -186,6 +186,8 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     utf16 = tmp_path / "sentences.txt"  # through text_lines: named as UTF-16, as the corpus reader names it
     utf16.write_text("the cat sat .\nthe dog ran .\n", encoding="utf-16")
     fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
+    utf16.write_bytes("the cat sat on the mat .\nthe dog ran to the park .\n".encode("utf-16-le"))  # no mark
+    fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
     null_group = tmp_path / "null-group.jsonl"
     null_group.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": null}\n')
     fails([*model, "--pairs", str(null_group), "--group-by", "UID"], f"{null_group}:1", "not a group name")

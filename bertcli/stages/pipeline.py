@@ -339,7 +339,7 @@ def _in_pipeline_terms(stage: str, pipeline_file: Path) -> Iterator[None]:
         section = STAGES[stage].section
         exc.message = f"stage {stage}: " + exc.message.replace("key '", f"key '{section}.", 1)
         exc.args = (exc.message,)
-        if exc.message.startswith(f"stage {stage}: input "):
+        if exc.message.startswith(f"stage {stage}: input path "):  # other input refusals keep their own hint
             exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
                         f"in ({Path.cwd()})")
         raise
@@ -421,14 +421,16 @@ def _plan_all(plans: list[StagePlan], pipeline_file: Path) -> None:
 def _refuse_data_stages_in_many_processes(plans: list[StagePlan], pipeline_file: Path) -> None:
     """Under torchrun every process runs `bert run`: pretraining shares the work among them, but a data stage
     would run in each, every process writing the same artifact. They are built first, with one process."""
-    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    waiting = [plan.name for plan in plans if plan.action != "skip" and not STAGES[plan.name].resumable]
+    world = os.environ.get("WORLD_SIZE", "1")
+    processes = int(world) if world.isdigit() else 1
+    waiting = [plan for plan in plans if plan.action != "skip" and not STAGES[plan.name].resumable]
     if processes > 1 and waiting:
         before = [plan.name for plan in plans if not STAGES[plan.name].resumable]
+        stale = " --overwrite" if any(plan.action == "rerun" for plan in waiting) else ""
         raise ConfigError(
-            f"bert run under torchrun ({processes} processes): stage {waiting[0]} would run in every process",
+            f"bert run under torchrun ({processes} processes): stage {waiting[0].name} would run in every process",
             hint=f"build the data first with one process: bert run {pipeline_file} --set 'stages=[{', '.join(before)}]'"
-            "; then the same torchrun command pretrains",
+            f"{stale}; then the same torchrun command pretrains",
         )
 
 
