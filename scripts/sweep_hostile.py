@@ -633,6 +633,14 @@ _corpus_case("dir-hidden-and-json-only", _hidden_only, "refuse", ("INP",))
 _corpus_case("binary", _binary, "refuse", ("INP",))
 _corpus_case("binary", _binary, "refuse", ("INP",), command="pairs")
 _corpus_case("utf16", _utf16, "refuse", ("INP", "UTF-16"))
+_corpus_case("json-lines-named-txt",
+             lambda d: write(d / "dump.txt", '{"text": "hello there."}\n{"text": "more text."}\n'), "refuse",
+             ("INP:1", "JSON"))
+_corpus_case("json-lines-named-txt", lambda d: write(d / "dump.txt", '{"text": "hello there."}\n'), "refuse",
+             ("INP:1",), command="pairs")
+_corpus_case("json-lines-named-txt-format-text",
+             lambda d: write(d / "dump.txt", '{"text": "hello there."}\n' * 20), "accept",
+             extra=("--set", "format=text"))
 _corpus_case("invalid-utf8-strict", _bad_utf8, "refuse", ("INP:",))
 _corpus_case("invalid-utf8-strict", _bad_utf8, "refuse", ("INP:",), command="pairs")
 _corpus_case("invalid-utf8-replace", _bad_utf8, "accept", extra=("--set", "errors=replace"))
@@ -1489,6 +1497,10 @@ _ft("ragged-csv", lambda: {"train": ("t.csv", "text,label\nhello,pos\na, b, c,ne
 _ft("ragged-tsv", lambda: {"train": ("t.tsv", "text\tlabel\nhello\tpos\nx\ty\tz\n")}, names=(":3",))
 _ft("unknown-suffix", lambda: {"train": ("t.txt", "text,label\nhello,pos\n")}, names=(".txt",))
 _ft("non-utf8", lambda: {"train": ("t.csv", b"text,label\nh\xffllo,pos\n")}, names=("UTF-8",))
+_ft("short-csv-row", lambda: {"train": ("t.csv", "text,label\nhello,pos\nno label here\n")}, names=(":3", "column"))
+_ft("tabs-named-csv", lambda: {"train": ("t.csv", "text\tlabel\nhello\tpos\n")}, names=(":1", "CSV"))
+_ft("utf16-without-bom", lambda: {"train": ("t.csv", ("text,label\n" + "hello there,pos\n" * 8).encode("utf-16-le"))},
+    names=("UTF-16",))
 _ft("dev-label-unseen", lambda: {"train": ("t.jsonl", _rows(40)), "dev": ("d.jsonl", _rows(6, ("pos", "maybe")))},
     names=("maybe",))
 _ft("single-class", lambda: {"train": ("t.jsonl", _rows(30, ("pos",)))}, expect="either")
