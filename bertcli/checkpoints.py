@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -29,14 +29,13 @@ from bertcli.artifacts import (
 from bertcli.config import config_changes, describe_changes, keys_with_role, load_config
 from bertcli.errors import ArtifactError, ConfigError, OutputExistsError
 from bertcli.metrics import METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR, TRACKER_FILE, WANDB_DIR
+from bertcli.run_dir import FINAL, STEP_PREFIX, is_run_dir, run_dir_problem
 from bertcli.schemas import PretrainConfig
 from bertcli.vocab import TOKENIZER_FILES, copy_tokenizer_files
 
-STEP_PREFIX = "step-"
 # What save_pretrained and save_checkpoint write at the top of a checkpoint (besides training_state/).
 _CHECKPOINT_NAMES = {CHECKPOINT_MARKER, "config.json", "generation_config.json", "model.safetensors",
                      "model.safetensors.index.json", *TOKENIZER_FILES}
-FINAL = "final"
 MARKER = CHECKPOINT_MARKER  # written last inside a checkpoint: lists every file with size and sha256
 STATE_DIR = "training_state"
 _STATE_FILES = {"optimizer.pt", "rng.pt", "state.json"}  # what save_checkpoint writes into STATE_DIR
@@ -435,53 +434,6 @@ def check_resume_inputs(run_info: dict, data: DataArtifact) -> None:
             f"--resume: the data '{data.path}' differs from the data the run was started with",
             hint="resume with the same data artifact (its data position would be meaningless otherwise)",
         )
-
-
-# ---------------------------------------------------------------------------------------------- run directory
-
-def is_run_dir(path: Path) -> bool:
-    """A directory that `bert pretrain` wrote: it holds the run marker, or (runs begun before the marker existed)
-    a pretrain manifest or a finished bertcli checkpoint."""
-    if not path.is_dir():
-        return False
-    if (path / RUN_MARKER).is_file():
-        return True
-    manifest = read_bertcli_manifest(path)
-    if manifest is not None:  # another stage's artifact is no run: --overwrite must not clear it
-        return manifest.get("stage") == "pretrain"
-    return any(_is_bertcli_checkpoint(p) for p in path.iterdir() if p.name == FINAL or p.name.startswith(STEP_PREFIX))
-
-
-def _is_bertcli_checkpoint(path: Path) -> bool:
-    try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and "bertcli_version" in marker and "files" in marker
-
-
-class RunDirProblem(NamedTuple):
-    what: str  # after "output 'DIR' "
-    hint: str
-    kind: str  # "data": the data's directory or nested with it; "file": a file; "users": holds files not bertcli's
-
-
-def run_dir_problem(out: Path, data: Path) -> RunDirProblem | None:
-    """Why `bert pretrain` may not write its run into `out` (None when it may): `out` is its data or nested with
-    it, is a file, or holds files that are not a run. `bert run` asks this before any stage runs."""
-    data_real, real = data.resolve(), out.resolve()
-    if real == data_real or data_real in real.parents or real in data_real.parents:
-        return RunDirProblem(f"is the data '{data}', lies inside it or holds it",
-                             "choose an --output outside the data: bertcli never writes into its inputs", "data")
-    if out.exists() and not out.is_dir():
-        return RunDirProblem("is a file", "choose another --output", "file")
-    if out.is_dir() and not is_run_dir(out):
-        names = sorted(p.name for p in out.iterdir())
-        if names:
-            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-            return RunDirProblem(f"exists and holds files that are not a bertcli run ({shown})",
-                                 "choose another --output; bertcli never deletes files it did not write", "users")
-    return None
 
 
 def prepare_output(cfg: PretrainConfig, resume: bool, overwrite: bool, ctx: dist.DistContext) -> bool:

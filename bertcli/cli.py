@@ -39,7 +39,7 @@ def _debug() -> bool:
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise): rank 0 speaks for the run, the others for themselves."""
     rank = os.environ.get("RANK", "0")
-    return int(rank) if rank.isdigit() else 0
+    return int(rank) if rank.isdecimal() else 0
 
 
 def _interrupted_note(kwargs: dict) -> str:

@@ -314,8 +314,8 @@ def iter_lines(path: Path, errors: str = "strict", stats: CorpusStats | None = N
                 chunk = f.readline(MAX_LINE_BYTES)
                 if not chunk:
                     break
-                if first:
-                    _check_not_binary(path, chunk[:_SNIFF_BYTES])
+                if first:  # the first line and what follows it: a short first line says little
+                    _check_not_binary(path, (chunk + f.peek(_SNIFF_BYTES))[:_SNIFF_BYTES])
                     if chunk.startswith(codecs.BOM_UTF8):
                         chunk = chunk[len(codecs.BOM_UTF8) :]
                     first = False

@@ -50,7 +50,7 @@ def looks_utf16(head: bytes) -> bool:
         return True
     half = len(head) // 2
     even, odd = head[0::2].count(0), head[1::2].count(0)
-    return len(head) >= 64 and max(even, odd) > half // 2 and min(even, odd) < half // 10
+    return len(head) >= 8 and max(even, odd) > half // 2 and min(even, odd) <= half // 10
 
 
 def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError | None, head: bytes) -> InputError:

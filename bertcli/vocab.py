@@ -298,14 +298,15 @@ def is_jamo_vocabulary(tokens: Iterable[str]) -> bool:
 
 
 def _is_jamo_vocabulary(tokenizer_dir: Path) -> bool:
-    """is_jamo_vocabulary of a tokenizer directory, unless it strips accents (strip_accents: all), whose normalizer
-    decomposes every input itself: its jamo are meant, and composed text reads fine."""
+    """is_jamo_vocabulary of a tokenizer directory, unless its normalizer decomposes Hangul itself (strip_accents:
+    all, or BERT's uncased default): its jamo are meant, and composed text reads fine."""
     try:
-        config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
         lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
+        normalizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).normalizer
+    except Exception:  # noqa: BLE001 - no vocab.txt or an unreadable tokenizer.json: nothing to say
         return False
-    return not (isinstance(config, dict) and config.get("strip_accents") is True) and is_jamo_vocabulary(lines)
+    decomposes = normalizer is not None and normalizer.normalize_str("한") != "한"
+    return not decomposes and is_jamo_vocabulary(lines)
 
 
 def count_unknown(id_lists: Iterable[Sequence[int]], tokenizer: Any) -> tuple[int, int]:

@@ -271,3 +271,15 @@ def test_a_missing_relative_input_says_where_it_was_looked_for(tmp_path, monkeyp
         resolve_inputs(["corpus/ko"])
     assert err.value.hint == f"check --input (or the config's key input); a relative path is read from where bert " \
                              f"runs ({tmp_path})"
+
+
+def test_utf16_without_a_mark_and_with_a_short_first_line_is_named(tmp_path):
+    # Only the first line was sniffed: "ab" and its NULs looked like a binary file ("set format: parquet")
+    path = tmp_path / "u16.txt"
+    path.write_bytes("ab\nthe cat sat on the mat .\nthe dog ran to the park .\n".encode("utf-16-le"))
+    with pytest.raises(InputError, match="is UTF-16 text"):
+        list(iter_texts([path]))
+    gz = tmp_path / "u16.txt.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(InputError, match="is UTF-16 text"):
+        list(iter_texts([gz]))

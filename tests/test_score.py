@@ -188,6 +188,8 @@ def test_score_bad_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
     utf16.write_bytes("the cat sat on the mat .\nthe dog ran to the park .\n".encode("utf-16-le"))  # no mark
     fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
+    utf16.write_bytes("the cat sat .\n".encode("utf-16-le"))  # 28 bytes: it was read, NUL after every letter
+    fails([*model, "--input", str(utf16)], f"{utf16}: is UTF-16 text; bertcli reads UTF-8")
     null_group = tmp_path / "null-group.jsonl"
     null_group.write_text('{"sentence_good": "the cat .", "sentence_bad": "cat the .", "UID": null}\n')
     fails([*model, "--pairs", str(null_group), "--group-by", "UID"], f"{null_group}:1", "not a group name")

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from bertcli.config import (
     where_to_fix,
 )
 from bertcli.errors import BertcliError, ConfigError, OutputExistsError
+from bertcli.run_dir import run_dir_problem
 from bertcli.schemas import STAGES, PipelineConfig, StageInput
 
 
@@ -300,8 +302,6 @@ def _in_the_way(plan: StagePlan) -> tuple[str, str] | None:
         return "is not a directory, where the stage's directory goes", f"move '{plan.output}' away, or change workdir"
     mine = f"move your files out of '{plan.output}', or change workdir{keep}"
     if spec.resumable:  # a pretraining run keeps the user's files beside its own; anything else is not a run
-        from bertcli.checkpoints import run_dir_problem  # imports torch: only for a directory that is no artifact
-
         problem = run_dir_problem(plan.output, Path(plan.cfg.data))
         outside = (f"set {spec.section}.output outside the data, or leave it to workdir; bertcli never writes into "
                    "its inputs")
@@ -339,7 +339,8 @@ def _in_pipeline_terms(stage: str, pipeline_file: Path) -> Iterator[None]:
         section = STAGES[stage].section
         exc.message = f"stage {stage}: " + exc.message.replace("key '", f"key '{section}.", 1)
         exc.args = (exc.message,)
-        if exc.message.startswith(f"stage {stage}: input path "):  # other input refusals keep their own hint
+        if exc.message.startswith(f"stage {stage}: input ") and exc.message.endswith(("does not exist",
+                                                                                         "matches no file")):
             exc.hint = (f"fix input in {pipeline_file}; its relative paths are read from the directory bert runs "
                         f"in ({Path.cwd()})")
         raise
@@ -386,7 +387,7 @@ def run(
         return plans
     for plan in plans:
         _refuse_if_stuck(plan, overwrite)
-    _refuse_data_stages_in_many_processes(plans, Path(path))
+    _refuse_data_stages_in_many_processes(plans, Path(path), overrides)
     for head, plan in zip(heads, plans):
         if plan.action == "skip":
             report(f"{head}: skipped, {plan.reason}")
@@ -418,19 +419,21 @@ def _plan_all(plans: list[StagePlan], pipeline_file: Path) -> None:
         upstream_ran = upstream_ran or plan.action != "skip"
 
 
-def _refuse_data_stages_in_many_processes(plans: list[StagePlan], pipeline_file: Path) -> None:
+def _refuse_data_stages_in_many_processes(plans: list[StagePlan], pipeline_file: Path,
+                                         overrides: Sequence[str]) -> None:
     """Under torchrun every process runs `bert run`: pretraining shares the work among them, but a data stage
     would run in each, every process writing the same artifact. They are built first, with one process."""
     world = os.environ.get("WORLD_SIZE", "1")
-    processes = int(world) if world.isdigit() else 1
+    processes = int(world) if world.isdecimal() else 1
     waiting = [plan for plan in plans if plan.action != "skip" and not STAGES[plan.name].resumable]
     if processes > 1 and waiting:
         before = [plan.name for plan in plans if not STAGES[plan.name].resumable]
         stale = " --overwrite" if any(plan.action == "rerun" for plan in waiting) else ""
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)  # the same configs, or the data stays stale
         raise ConfigError(
             f"bert run under torchrun ({processes} processes): stage {waiting[0].name} would run in every process",
-            hint=f"build the data first with one process: bert run {pipeline_file} --set 'stages=[{', '.join(before)}]'"
-            f"{stale}; then the same torchrun command pretrains",
+            hint=f"build the data first with one process: bert run {pipeline_file}{sets} --set "
+            f"'stages=[{', '.join(before)}]'{stale}; then the same torchrun command pretrains",
         )
 
 

@@ -30,11 +30,9 @@ from bertcli.batching import (
     unigram_log_prior,
 )
 from bertcli.checkpoints import (
-    FINAL,
     MARKER,
     RUN_CONFIG,
     RUN_MANIFEST,
-    STEP_PREFIX,
     TrainState,
     finished_note,
     finished_run,
@@ -64,6 +62,7 @@ from bertcli.model import (
     training_flops,
 )
 from bertcli.model_dir import load_init_model
+from bertcli.run_dir import FINAL, STEP_PREFIX
 from bertcli.schemas import PretrainConfig
 
 MAX_CONSECUTIVE_ROLLBACKS = 5
