@@ -273,13 +273,19 @@ def checkpoint_candidates(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (_checkpoint_step(p), p.name == FINAL), reverse=True)
 
 
-def _run_record(checkpoint: Path) -> dict:
-    """What a checkpoint records of its run (data and tokenizer hashes, …); {} when unreadable."""
+def _saved_state(checkpoint: Path, part: str) -> dict:
+    """One part of a checkpoint's training_state/state.json, unverified: "state" (step, elapsed_s, …) or "run"
+    (data and tokenizer hashes, …); {} when it cannot be read."""
     try:
-        record = json.loads((checkpoint / STATE_DIR / "state.json").read_text(encoding="utf-8"))["run"]
+        value = json.loads((checkpoint / STATE_DIR / "state.json").read_text(encoding="utf-8"))[part]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    return record if isinstance(record, dict) else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _run_record(checkpoint: Path) -> dict:
+    """What a checkpoint records of its run (data and tokenizer hashes, …); {} when unreadable."""
+    return _saved_state(checkpoint, "run")
 
 
 def newest_run_record(out_dir: Path) -> dict | None:
@@ -393,9 +399,8 @@ def finished_note(out_dir: Path, cfg: PretrainConfig, manifest: dict) -> str:
     steps = manifest.get("stats", {}).get("steps")
     head = f"'{out_dir}' is a finished run (final/ and manifest.json exist, step {steps}); nothing to do"
     try:
-        elapsed = float(json.loads((out_dir / FINAL / STATE_DIR / "state.json").read_text(encoding="utf-8"))
-                        ["state"]["elapsed_s"])
-    except (OSError, ValueError, KeyError, TypeError):
+        elapsed = float(_saved_state(out_dir / FINAL, "state")["elapsed_s"])
+    except (KeyError, TypeError, ValueError):
         return head + " (raise max_steps or time_budget_s to continue it)"
     if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
         return (head + f": it trained its time budget ({elapsed:.0f} of time_budget_s {cfg.time_budget_s:g} s), so "
@@ -411,10 +416,10 @@ def finished_run(out_dir: Path, cfg: PretrainConfig) -> dict | None:
     if manifest is None or manifest.get("stage") != "pretrain":
         return None  # not a finished bertcli run (a folder's own manifest.json is not one)
     check_resume_config(out_dir, cfg)  # a changed learning rate is refused here too, not met with "nothing to do"
+    state = _saved_state(final, "state")
     try:
-        state = json.loads((final / STATE_DIR / "state.json").read_text(encoding="utf-8"))["state"]
         steps, elapsed = int(state["step"]), float(state["elapsed_s"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return manifest  # no training state to continue from: the run stays as it is
     budget_left = cfg.time_budget_s is None or elapsed < cfg.time_budget_s
     if steps < cfg.max_steps and budget_left:

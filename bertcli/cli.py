@@ -42,18 +42,6 @@ def _rank() -> int:
     return int(rank) if rank.isdecimal() else 0
 
 
-def _interrupted_note(kwargs: dict) -> str:
-    """What an interruption leaves: for a pretraining run, the checkpoint that --resume continues from."""
-    output = kwargs.get("output")
-    if output and (Path(output) / "manifest.json").is_file() and (Path(output) / "final").is_dir():
-        return f"the run in '{output}' had finished: its model is {Path(output) / 'final'}"
-    if output and Path(output).is_dir():
-        steps = sorted(p.name for p in Path(output).glob("step-*") if (p / "checkpoint.json").is_file())
-        if steps:
-            return f"the run in '{output}' can continue from {steps[-1]}: rerun with --resume"
-    return "no finished output was written for this run"
-
-
 def _close_progress_bars() -> None:
     """End any progress bar still drawn, so that the error starts a line of its own."""
     from tqdm import tqdm
@@ -83,7 +71,9 @@ def report_errors(func: Callable) -> Callable:
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if _rank() == 0:  # the others may not see the run directory: rank 0's note is the one that holds
-                typer.echo(f"interrupted: {_interrupted_note(kwargs)}", err=True)
+                from bertcli.run_dir import interrupted_note
+
+                typer.echo(f"interrupted: {interrupted_note(kwargs.get('output'))}", err=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from bertcli.artifacts import CHECKPOINT_MARKER, RUN_MARKER, read_bertcli_manifest
+from bertcli.artifacts import CHECKPOINT_MARKER, MANIFEST, RUN_MARKER, read_bertcli_manifest
 
 STEP_PREFIX = "step-"  # step-00001000/: a checkpoint of a run, by its step
 FINAL = "final"  # the finished run's model
@@ -56,3 +56,16 @@ def run_dir_problem(out: Path, data: Path) -> RunDirProblem | None:
             return RunDirProblem(f"exists and holds files that are not a bertcli run ({shown})",
                                  "choose another --output; bertcli never deletes files it did not write", "users")
     return None
+
+
+def interrupted_note(output: str | None) -> str:
+    """What an interruption (Ctrl-C) leaves in a command's --output: for a pretraining run, the checkpoint that
+    --resume continues from, or that the run had finished before the interruption."""
+    out = Path(output) if output else None
+    if out is not None and (out / MANIFEST).is_file() and (out / FINAL).is_dir():
+        return f"the run in '{out}' had finished: its model is {out / FINAL}"
+    if out is not None and out.is_dir():
+        steps = sorted(p.name for p in out.glob(f"{STEP_PREFIX}*") if (p / CHECKPOINT_MARKER).is_file())
+        if steps:
+            return f"the run in '{out}' can continue from {steps[-1]}: rerun with --resume"
+    return "no finished output was written for this run"
