@@ -262,10 +262,11 @@ def run(cfg: TrainVocabConfig, overwrite: bool = False) -> dict:
             why, remedy = "more pieces", "more text gives more"
         warn(f"the vocabulary has {len(vocab):,} tokens, not the {cfg.vocab_size:,} of vocab_size: the corpus gave no "
              f"{why}; a model trained with it has this smaller vocabulary ({remedy})")
-    if is_jamo_vocabulary(vocab) and cfg.strip_accents == "all":  # decomposed on purpose, but never meant for Hangul
-        warn("strip_accents: all spells Hangul as jamo (and drops the voicing marks of kana): a vocabulary of jamo "
-             "wastes its pieces; set strip_accents: none or latin for Korean (docs/korean.md)")
-    elif is_jamo_vocabulary(vocab):  # NFD Korean: composed text would read as [UNK]
-        warn("the vocabulary spells Hangul as jamo: the corpus is in decomposed Unicode (NFD), and composed Korean "
-             "text will read as [UNK]; compose the corpus to NFC and train again (docs/korean.md)")
+    if is_jamo_vocabulary(vocab):
+        if cfg.strip_accents == "all":  # decomposed on purpose, but never meant for Hangul
+            warn("strip_accents: all spells Hangul as jamo (and drops the voicing marks of kana): a vocabulary of "
+                 "jamo wastes its pieces; set strip_accents: none or latin for Korean (docs/korean.md)")
+        else:  # NFD Korean: composed text would read as [UNK]
+            warn("the vocabulary spells Hangul as jamo: the corpus is in decomposed Unicode (NFD), and composed "
+                 "Korean text will read as [UNK]; compose the corpus to NFC and train again (docs/korean.md)")
     return manifest
