@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 from bertcli.columnar import hf_dataset_files, iter_records, require_pyarrow
 from bertcli.compressed import is_compressed, open_decompressed
 from bertcli.errors import InputError, one_line, warn
-from bertcli.textio import looks_utf16, parse_json_line
+from bertcli.textio import parse_json_line, refuse_utf16
 
 # A line longer than this is handed on in pieces (cut at whitespace) so that one enormous line never has to be
 # held whole: memory stays bounded whatever the file.
@@ -281,11 +281,7 @@ def _json_or_none(text: str) -> object:
 def _check_not_binary(path: Path, head: bytes) -> None:
     if not head:
         return
-    if looks_utf16(head):
-        raise InputError(
-            f"{path}: is UTF-16 text; bertcli reads UTF-8",
-            hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > corpus.txt",
-        )
+    refuse_utf16(path, head)
     # Text may hold a stray NUL; a file where control bytes are common is not text.
     controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
     if b"\0" * 4 in head or controls / len(head) > 0.1:

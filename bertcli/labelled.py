@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertcli.errors import InputError
-from bertcli.textio import check_regular_file, check_unicode, looks_utf16, not_utf8, parse_json_line
+from bertcli.textio import check_regular_file, check_unicode, not_utf8, parse_json_line, refuse_utf16
 
 FORMATS = ("csv", "tsv", "jsonl")
 # The text field when none is configured: GLUE's name first, then the common one.
@@ -68,8 +68,7 @@ def detect_format(path: Path, format: str = "auto", setting: Callable[[str], str
 
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
-    if looks_utf16(data[:8192]):  # UTF-16 of ASCII decodes as UTF-8, NUL-interleaved: no error would say it
-        raise not_utf8(path, 1, None, data[:8192])
+    refuse_utf16(path, data)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

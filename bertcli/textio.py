@@ -53,12 +53,18 @@ def looks_utf16(head: bytes) -> bool:
     return len(head) >= 8 and max(even, odd) > half // 2 and min(even, odd) <= half // 10
 
 
-def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError | None, head: bytes) -> InputError:
-    """The error for a file that is not UTF-8, saying which encoding it likely is and how to convert it."""
+def refuse_utf16(path: Path, head: bytes) -> None:
+    """An InputError naming a UTF-16 file (its first bytes `head`): UTF-16 of ASCII is valid UTF-8, NUL-interleaved,
+    so no decoding error would say what it is."""
     if looks_utf16(head[:8192]):
-        return InputError(f"{path}: is UTF-16 text; bertcli reads UTF-8",
-                          hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > converted{path.suffix}")
-    return InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason if exc else 'cannot be decoded'})",
+        raise InputError(f"{path}: is UTF-16 text; bertcli reads UTF-8",
+                         hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 '{path}' > converted{path.suffix}")
+
+
+def not_utf8(path: Path, line_no: int, exc: UnicodeDecodeError, head: bytes) -> InputError:
+    """The error for a file that is not UTF-8, saying which encoding it likely is and how to convert it."""
+    refuse_utf16(path, head)
+    return InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})",
                       hint=f"save the file as UTF-8, e.g. iconv -f CP949 -t UTF-8 '{path}' > converted{path.suffix} "
                       "(CP949 for Korean; CP1252, Shift_JIS, GB18030 for others)")
 
@@ -68,9 +74,7 @@ def text_lines(path: Path, what: str, hint: str = "pass a text file, one a line"
     lines. hint: what to pass instead of a missing file or a directory."""
     check_regular_file(path, f"{what} ", hint)
     with path.open("rb") as fh:
-        head = fh.read(8192)
-        if looks_utf16(head):  # UTF-16 of ASCII is valid UTF-8, NUL-interleaved: no decoding error would say it
-            raise not_utf8(path, 1, None, head)
+        refuse_utf16(path, fh.read(8192))
         fh.seek(0)
         for line_no, raw in enumerate(fh, start=1):
             try:
